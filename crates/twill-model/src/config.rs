@@ -1,0 +1,508 @@
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnetwork::{Ipv4Network, Ipv6Network};
+use serde_json::{Map, Value};
+
+use crate::{ModelError, SubnetKey};
+
+/// The largest config we accept. flannel's are a few hundred bytes.
+pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
+
+/// The `Backend` object of the config: its `Type`, and the whole object kept
+/// as JSON for the backend to parse its own fields (`VNI`, `Port`, ...).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    /// `Backend.Type`; `udp` when the config has no `Backend`, as in flannel.
+    pub backend_type: String,
+    /// The whole `Backend` object (an empty object when absent).
+    pub raw: Value,
+}
+
+impl BackendConfig {
+    /// A backend config with only a `Type`.
+    #[must_use]
+    pub fn new(backend_type: &str) -> Self {
+        let mut raw = Map::new();
+        raw.insert("Type".into(), Value::String(backend_type.into()));
+        BackendConfig {
+            backend_type: backend_type.into(),
+            raw: Value::Object(raw),
+        }
+    }
+
+    /// Parses the backend's own fields into `T`.
+    ///
+    /// # Errors
+    /// [`ModelError::InvalidData`] naming the field that does not fit.
+    pub fn parse_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, ModelError> {
+        T::deserialize(&self.raw).map_err(|e| ModelError::InvalidData {
+            what: "Backend",
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// flannel's network configuration, the JSON at `<prefix>/config`, with
+/// flannel v0.28's defaults applied and validated.
+///
+/// Field names are matched as Go's `encoding/json` matches them (exact, then
+/// case-insensitive); unknown fields are ignored, as flannel does.
+///
+/// ```
+/// use twill_model::NetworkConfig;
+/// let cfg = NetworkConfig::parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+/// assert_eq!(cfg.subnet_len, 24);
+/// assert_eq!(cfg.subnet_min.to_string(), "10.5.1.0"); // flannel skips the first subnet
+/// assert_eq!(cfg.subnet_max.to_string(), "10.5.255.0");
+/// let err = NetworkConfig::parse(r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.0.5"}"#).unwrap_err();
+/// assert_eq!(err.to_string(), "SubnetMin 10.5.0.5 is not aligned to SubnetLen 24");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkConfig {
+    /// `EnableIPv4` (default true).
+    pub enable_ipv4: bool,
+    /// `EnableIPv6` (default false).
+    pub enable_ipv6: bool,
+    /// `Network`: the cluster network every subnet comes from.
+    pub network: Ipv4Network,
+    /// `SubnetLen`: prefix length of each host's subnet.
+    pub subnet_len: u8,
+    /// `SubnetMin`: the first allocatable subnet's address.
+    pub subnet_min: Ipv4Addr,
+    /// `SubnetMax`: the last allocatable subnet's address.
+    pub subnet_max: Ipv4Addr,
+    /// `IPv6Network` (parsed and validated; IPv6 leases are not programmed yet).
+    pub ipv6_network: Option<Ipv6Network>,
+    /// `IPv6SubnetLen`.
+    pub ipv6_subnet_len: u8,
+    /// `IPv6SubnetMin`.
+    pub ipv6_subnet_min: Option<Ipv6Addr>,
+    /// `IPv6SubnetMax`.
+    pub ipv6_subnet_max: Option<Ipv6Addr>,
+    /// `Backend`.
+    pub backend: BackendConfig,
+}
+
+fn type_name(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("boolean {b}"),
+        Value::Number(n) => format!("number {n}"),
+        Value::String(s) => format!("string {:?}", s.chars().take(64).collect::<String>()),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+/// Looks a field up as Go's encoding/json does: exact name first, then
+/// case-insensitively. JSON `null` counts as absent, as in Go.
+fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    obj.get(name)
+        .or_else(|| {
+            obj.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+        })
+        .filter(|v| !v.is_null())
+}
+
+fn get_bool(obj: &Map<String, Value>, name: &'static str, default: bool) -> Result<bool, ModelError> {
+    match field(obj, name) {
+        None => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(v) => Err(ModelError::WrongType {
+            field: name,
+            expected: "a boolean",
+            found: type_name(v),
+        }),
+    }
+}
+
+fn get_len(obj: &Map<String, Value>, name: &'static str) -> Result<u8, ModelError> {
+    match field(obj, name) {
+        None => Ok(0),
+        Some(Value::Number(n)) => {
+            let v = n.as_u64().ok_or_else(|| ModelError::InvalidValue {
+                field: name,
+                value: n.to_string(),
+                reason: "must be a non-negative integer".into(),
+            })?;
+            u8::try_from(v).map_err(|_| ModelError::InvalidValue {
+                field: name,
+                value: n.to_string(),
+                reason: "is larger than any prefix length".into(),
+            })
+        }
+        Some(v) => Err(ModelError::WrongType {
+            field: name,
+            expected: "a number",
+            found: type_name(v),
+        }),
+    }
+}
+
+fn get_str<'a>(obj: &'a Map<String, Value>, name: &'static str) -> Result<Option<&'a str>, ModelError> {
+    match field(obj, name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(v) => Err(ModelError::WrongType {
+            field: name,
+            expected: "a string",
+            found: type_name(v),
+        }),
+    }
+}
+
+fn invalid(field: &'static str, value: &str, reason: &str) -> ModelError {
+    ModelError::InvalidValue {
+        field,
+        value: value.chars().take(64).collect(),
+        reason: reason.into(),
+    }
+}
+
+fn get_v4(obj: &Map<String, Value>, name: &'static str) -> Result<Option<Ipv4Addr>, ModelError> {
+    get_str(obj, name)?
+        .map(|s| s.parse().map_err(|_| invalid(name, s, "not an IPv4 address")))
+        .transpose()
+}
+
+fn get_v6(obj: &Map<String, Value>, name: &'static str) -> Result<Option<Ipv6Addr>, ModelError> {
+    get_str(obj, name)?
+        .map(|s| s.parse().map_err(|_| invalid(name, s, "not an IPv6 address")))
+        .transpose()
+}
+
+impl NetworkConfig {
+    /// Parses and validates the config JSON, applying flannel's defaults.
+    ///
+    /// # Errors
+    /// A [`ModelError`] naming the field and value at fault.
+    pub fn parse(json: &str) -> Result<Self, ModelError> {
+        Self::parse_slice(json.as_bytes())
+    }
+
+    /// As [`NetworkConfig::parse`], from bytes as stored in etcd.
+    ///
+    /// # Errors
+    /// A [`ModelError`] naming the field and value at fault.
+    pub fn parse_slice(bytes: &[u8]) -> Result<Self, ModelError> {
+        if bytes.len() > MAX_CONFIG_BYTES {
+            return Err(ModelError::TooLarge {
+                what: "config",
+                len: bytes.len(),
+                max: MAX_CONFIG_BYTES,
+            });
+        }
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ModelError::InvalidJson {
+                what: "config",
+                reason: "it is empty".into(),
+            });
+        }
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| ModelError::InvalidJson {
+            what: "config",
+            reason: e.to_string(),
+        })?;
+        let Value::Object(obj) = value else {
+            return Err(ModelError::WrongType {
+                field: "config",
+                expected: "a JSON object",
+                found: type_name(&value),
+            });
+        };
+        Self::from_object(&obj)
+    }
+
+    fn from_object(obj: &Map<String, Value>) -> Result<Self, ModelError> {
+        let enable_ipv4 = get_bool(obj, "EnableIPv4", true)?;
+        let enable_ipv6 = get_bool(obj, "EnableIPv6", false)?;
+
+        let backend = match field(obj, "Backend") {
+            None => BackendConfig::new("udp"),
+            Some(Value::Object(b)) => {
+                let backend_type = get_str(b, "Type")?.unwrap_or_default().to_string();
+                BackendConfig {
+                    backend_type,
+                    raw: Value::Object(b.clone()),
+                }
+            }
+            Some(v) => {
+                return Err(ModelError::WrongType {
+                    field: "Backend",
+                    expected: "an object",
+                    found: type_name(v),
+                })
+            }
+        };
+
+        let network = match get_str(obj, "Network")? {
+            Some(s) => Some(parse_v4_cidr("Network", s)?),
+            None => None,
+        };
+        let ipv6_network = match get_str(obj, "IPv6Network")? {
+            Some(s) => Some(parse_v6_cidr("IPv6Network", s)?),
+            None => None,
+        };
+
+        let mut cfg = NetworkConfig {
+            enable_ipv4,
+            enable_ipv6,
+            network: network.unwrap_or_else(|| Ipv4Network::from(Ipv4Addr::UNSPECIFIED)),
+            subnet_len: get_len(obj, "SubnetLen")?,
+            subnet_min: get_v4(obj, "SubnetMin")?.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            subnet_max: get_v4(obj, "SubnetMax")?.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            ipv6_network,
+            ipv6_subnet_len: get_len(obj, "IPv6SubnetLen")?,
+            ipv6_subnet_min: get_v6(obj, "IPv6SubnetMin")?,
+            ipv6_subnet_max: get_v6(obj, "IPv6SubnetMax")?,
+            backend,
+        };
+
+        if enable_ipv4 {
+            if network.is_none() {
+                return Err(ModelError::Missing {
+                    field: "Network",
+                    hint: ": the config must say which network to split, e.g. \"Network\": \"10.5.0.0/16\"",
+                });
+            }
+            cfg.validate_v4()?;
+        } else if !enable_ipv6 {
+            return Err(invalid("EnableIPv4", "false", "with EnableIPv6 false no address family is enabled"));
+        }
+        if enable_ipv6 {
+            cfg.validate_v6()?;
+        }
+        Ok(cfg)
+    }
+
+    /// flannel's `CheckNetworkConfig` for IPv4, with typed errors, plus
+    /// SubnetMin <= SubnetMax which flannel leaves to fail at allocation.
+    fn validate_v4(&mut self) -> Result<(), ModelError> {
+        let prefix = self.network.prefix();
+        let net_str = self.network.to_string();
+        if self.subnet_len > 0 {
+            if self.subnet_len > 30 {
+                return Err(ModelError::SubnetLenTooLong {
+                    field: "SubnetLen",
+                    len: self.subnet_len,
+                    max: 30,
+                });
+            }
+            if self.subnet_len < prefix + 2 {
+                return Err(ModelError::SubnetLenTooShort {
+                    field: "SubnetLen",
+                    len: self.subnet_len,
+                    network: net_str,
+                    min: prefix + 2,
+                });
+            }
+        } else if prefix > 28 {
+            return Err(ModelError::NetworkTooSmall {
+                field: "Network",
+                network: net_str,
+                max: 28,
+            });
+        } else if prefix <= 22 {
+            self.subnet_len = 24;
+        } else {
+            self.subnet_len = prefix + 2;
+        }
+
+        let size = 1u32 << (32 - u32::from(self.subnet_len));
+        let net = u32::from(self.network.network());
+        let last = net | (u32::MAX.checked_shr(u32::from(prefix)).unwrap_or(0));
+        if self.subnet_min.is_unspecified() {
+            // Skip the first subnet: its .0 would be the network address.
+            self.subnet_min = Ipv4Addr::from(net + size);
+        } else if !self.network.contains(self.subnet_min) {
+            return Err(ModelError::OutsideNetwork {
+                field: "SubnetMin",
+                addr: IpAddr::V4(self.subnet_min),
+                network: net_str,
+            });
+        }
+        if self.subnet_max.is_unspecified() {
+            self.subnet_max = Ipv4Addr::from(last - (size - 1));
+        } else if !self.network.contains(self.subnet_max) {
+            return Err(ModelError::OutsideNetwork {
+                field: "SubnetMax",
+                addr: IpAddr::V4(self.subnet_max),
+                network: net_str,
+            });
+        }
+        let mask = u32::MAX << (32 - u32::from(self.subnet_len));
+        for (field, addr) in [("SubnetMin", self.subnet_min), ("SubnetMax", self.subnet_max)] {
+            if u32::from(addr) & !mask != 0 {
+                return Err(ModelError::NotAligned {
+                    field,
+                    addr: IpAddr::V4(addr),
+                    len: self.subnet_len,
+                });
+            }
+        }
+        if self.subnet_min > self.subnet_max {
+            return Err(ModelError::MinAboveMax {
+                min: IpAddr::V4(self.subnet_min),
+                max: IpAddr::V4(self.subnet_max),
+            });
+        }
+        Ok(())
+    }
+
+    fn validate_v6(&mut self) -> Result<(), ModelError> {
+        let Some(network) = self.ipv6_network else {
+            return Err(ModelError::Missing {
+                field: "IPv6Network",
+                hint: ": EnableIPv6 is true",
+            });
+        };
+        let prefix = network.prefix();
+        let net_str = network.to_string();
+        if self.ipv6_subnet_len > 0 {
+            if self.ipv6_subnet_len > 126 {
+                return Err(ModelError::SubnetLenTooLong {
+                    field: "IPv6SubnetLen",
+                    len: self.ipv6_subnet_len,
+                    max: 126,
+                });
+            }
+            if self.ipv6_subnet_len < prefix + 2 {
+                return Err(ModelError::SubnetLenTooShort {
+                    field: "IPv6SubnetLen",
+                    len: self.ipv6_subnet_len,
+                    network: net_str,
+                    min: prefix + 2,
+                });
+            }
+        } else if prefix > 124 {
+            return Err(ModelError::NetworkTooSmall {
+                field: "IPv6Network",
+                network: net_str,
+                max: 124,
+            });
+        } else if prefix <= 62 {
+            self.ipv6_subnet_len = 64;
+        } else {
+            self.ipv6_subnet_len = prefix + 2;
+        }
+        let size = 1u128 << (128 - u32::from(self.ipv6_subnet_len));
+        let net = u128::from(network.network());
+        let last = net | u128::MAX.checked_shr(u32::from(prefix)).unwrap_or(0);
+        let min = match self.ipv6_subnet_min {
+            None => Ipv6Addr::from(net + size),
+            Some(a) if !network.contains(a) => {
+                return Err(ModelError::OutsideNetwork {
+                    field: "IPv6SubnetMin",
+                    addr: IpAddr::V6(a),
+                    network: net_str,
+                })
+            }
+            Some(a) => a,
+        };
+        let max = match self.ipv6_subnet_max {
+            None => Ipv6Addr::from(last - (size - 1)),
+            Some(a) if !network.contains(a) => {
+                return Err(ModelError::OutsideNetwork {
+                    field: "IPv6SubnetMax",
+                    addr: IpAddr::V6(a),
+                    network: net_str,
+                })
+            }
+            Some(a) => a,
+        };
+        for (field, addr) in [("IPv6SubnetMin", min), ("IPv6SubnetMax", max)] {
+            if u128::from(addr) & (size - 1) != 0 {
+                return Err(ModelError::NotAligned {
+                    field,
+                    addr: IpAddr::V6(addr),
+                    len: self.ipv6_subnet_len,
+                });
+            }
+        }
+        if min > max {
+            return Err(ModelError::MinAboveMax {
+                min: IpAddr::V6(min),
+                max: IpAddr::V6(max),
+            });
+        }
+        self.ipv6_subnet_min = Some(min);
+        self.ipv6_subnet_max = Some(max);
+        Ok(())
+    }
+
+    /// How many subnets lie in `[SubnetMin, SubnetMax]`.
+    #[must_use]
+    pub fn subnet_count(&self) -> u32 {
+        let shift = 32 - u32::from(self.subnet_len);
+        ((u32::from(self.subnet_max) - u32::from(self.subnet_min)) >> shift) + 1
+    }
+
+    /// The `index`-th allocatable subnet (0 is `SubnetMin`), if in range.
+    #[must_use]
+    pub fn subnet_at(&self, index: u32) -> Option<Ipv4Network> {
+        if index >= self.subnet_count() {
+            return None;
+        }
+        let shift = 32 - u32::from(self.subnet_len);
+        let addr = u32::from(self.subnet_min) + (index << shift);
+        Ipv4Network::new(Ipv4Addr::from(addr), self.subnet_len).ok()
+    }
+
+    /// The allocation index of `subnet` if it is one of the allocatable
+    /// subnets (right length, aligned, within `[SubnetMin, SubnetMax]`).
+    #[must_use]
+    pub fn subnet_index(&self, subnet: Ipv4Network) -> Option<u32> {
+        if subnet.prefix() != self.subnet_len {
+            return None;
+        }
+        let addr = u32::from(subnet.network());
+        let (min, max) = (u32::from(self.subnet_min), u32::from(self.subnet_max));
+        if addr < min || addr > max {
+            return None;
+        }
+        Some((addr - min) >> (32 - u32::from(self.subnet_len)))
+    }
+
+    /// Checks that a lease's subnet may be programmed: it lies entirely inside
+    /// `Network`. (A lease with another length, left from an older config, is
+    /// still routable; the allocator never hands such subnets out.)
+    ///
+    /// # Errors
+    /// [`ModelError::SubnetOutsideNetwork`].
+    pub fn check_subnet(&self, key: &SubnetKey) -> Result<(), ModelError> {
+        let sn = key.ipv4;
+        if sn.prefix() < self.network.prefix() || !self.network.contains(sn.network()) {
+            return Err(ModelError::SubnetOutsideNetwork {
+                subnet: sn.to_string(),
+                network: self.network.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn parse_v4_cidr(field: &'static str, s: &str) -> Result<Ipv4Network, ModelError> {
+    let (addr, len) = s
+        .split_once('/')
+        .ok_or_else(|| invalid(field, s, "expected an IPv4 CIDR such as 10.5.0.0/16"))?;
+    let ip: Ipv4Addr = addr.parse().map_err(|_| invalid(field, s, "not an IPv4 CIDR"))?;
+    let len: u8 = len
+        .parse()
+        .map_err(|_| invalid(field, s, "prefix length is not a number"))?;
+    let net = Ipv4Network::new(ip, len).map_err(|_| invalid(field, s, "prefix length is over 32"))?;
+    // flannel masks host bits (Go's net.ParseCIDR), so "10.5.1.2/16" means 10.5.0.0/16.
+    Ipv4Network::new(net.network(), len).map_err(|_| invalid(field, s, "prefix length is over 32"))
+}
+
+fn parse_v6_cidr(field: &'static str, s: &str) -> Result<Ipv6Network, ModelError> {
+    let (addr, len) = s
+        .split_once('/')
+        .ok_or_else(|| invalid(field, s, "expected an IPv6 CIDR such as fd00::/56"))?;
+    let ip: Ipv6Addr = addr.parse().map_err(|_| invalid(field, s, "not an IPv6 CIDR"))?;
+    let len: u8 = len
+        .parse()
+        .map_err(|_| invalid(field, s, "prefix length is not a number"))?;
+    let net = Ipv6Network::new(ip, len).map_err(|_| invalid(field, s, "prefix length is over 128"))?;
+    Ipv6Network::new(net.network(), len).map_err(|_| invalid(field, s, "prefix length is over 128"))
+}

@@ -1,0 +1,159 @@
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ModelError, SubnetKey};
+
+/// The largest lease value we accept from the store. flannel's values are
+/// about 100 bytes; anything near this limit is garbage or an attack.
+pub const MAX_LEASE_BYTES: usize = 16 * 1024;
+
+/// What a host publishes about itself in its lease: the JSON value stored at
+/// `<prefix>/subnets/<key>`, field for field as flannel's `LeaseAttrs`.
+///
+/// Serialization is byte-identical to flannel's: the same field names and
+/// order, `PublicIPv6`, `BackendData` and `BackendV6Data` omitted when absent.
+/// `BackendData` stays opaque JSON; each backend parses its own.
+///
+/// ```
+/// use twill_model::LeaseAttrs;
+/// let json = r#"{"PublicIP":"10.0.0.3","BackendType":"vxlan","BackendData":{"VtepMAC":"6e:af:8f:41:72:26"}}"#;
+/// let attrs = LeaseAttrs::from_json(json).unwrap();
+/// assert_eq!(attrs.public_ip.to_string(), "10.0.0.3");
+/// assert_eq!(attrs.to_json(), json);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseAttrs {
+    /// The host's underlay address: where peers send encapsulated traffic.
+    #[serde(rename = "PublicIP")]
+    pub public_ip: Ipv4Addr,
+    /// The host's IPv6 underlay address (dual stack).
+    #[serde(
+        rename = "PublicIPv6",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// The backend's `Type` (`vxlan`, `host-gw`, ...).
+    #[serde(rename = "BackendType", default, skip_serializing_if = "String::is_empty")]
+    pub backend_type: String,
+    /// Backend-specific data, e.g. `{"VtepMAC":"..."}` for vxlan.
+    #[serde(
+        rename = "BackendData",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backend_data: Option<serde_json::Value>,
+    /// Backend-specific data for IPv6.
+    #[serde(
+        rename = "BackendV6Data",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backend_v6_data: Option<serde_json::Value>,
+}
+
+impl LeaseAttrs {
+    /// Attributes with no backend data.
+    #[must_use]
+    pub fn new(public_ip: Ipv4Addr, backend_type: impl Into<String>) -> Self {
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: backend_type.into(),
+            backend_data: None,
+            backend_v6_data: None,
+        }
+    }
+
+    /// Parses a lease value as stored in etcd.
+    ///
+    /// # Errors
+    /// [`ModelError::TooLarge`], [`ModelError::InvalidJson`] or
+    /// [`ModelError::InvalidData`] naming the offending field.
+    pub fn from_json(json: &str) -> Result<Self, ModelError> {
+        Self::from_slice(json.as_bytes())
+    }
+
+    /// Parses a lease value from raw bytes (etcd values are bytes).
+    ///
+    /// # Errors
+    /// As [`LeaseAttrs::from_json`].
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, ModelError> {
+        if bytes.len() > MAX_LEASE_BYTES {
+            return Err(ModelError::TooLarge {
+                what: "lease",
+                len: bytes.len(),
+                max: MAX_LEASE_BYTES,
+            });
+        }
+        serde_json::from_slice(bytes).map_err(|e| {
+            if e.is_syntax() || e.is_eof() {
+                ModelError::InvalidJson {
+                    what: "lease",
+                    reason: e.to_string(),
+                }
+            } else {
+                ModelError::InvalidData {
+                    what: "lease",
+                    reason: e.to_string(),
+                }
+            }
+        })
+    }
+
+    /// The value to store, exactly as flannel writes it.
+    #[must_use]
+    pub fn to_json(&self) -> String {
+        // Serializing plain strings, addresses and JSON values cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses `BackendData` as the backend's own type.
+    ///
+    /// # Errors
+    /// [`ModelError::Missing`] when there is none, [`ModelError::InvalidData`]
+    /// when it does not have the expected shape.
+    pub fn backend_data_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, ModelError> {
+        let data = self.backend_data.as_ref().ok_or(ModelError::Missing {
+            field: "BackendData",
+            hint: "",
+        })?;
+        T::deserialize(data).map_err(|e| ModelError::InvalidData {
+            what: "BackendData",
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Whether a lease expires or is a permanent reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LeaseKind {
+    /// A lease with a TTL, renewed by its holder.
+    Expiring,
+    /// A key written by an operator without a TTL: never allocated to
+    /// anyone else, used by the host whose `PublicIP` matches.
+    Reservation,
+}
+
+/// A subnet lease as read from (or written to) the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubnetLease {
+    /// The subnet, i.e. the key.
+    pub key: SubnetKey,
+    /// What the holder published.
+    pub attrs: LeaseAttrs,
+    /// Expiring lease or reservation.
+    pub kind: LeaseKind,
+    /// The store revision at which this value was last modified (0 if unknown).
+    pub revision: i64,
+}
+
+impl SubnetLease {
+    /// Whether this is an operator's reservation (no TTL).
+    #[must_use]
+    pub fn is_reservation(&self) -> bool {
+        self.kind == LeaseKind::Reservation
+    }
+}

@@ -1,0 +1,4 @@
+//! Subnet allocation and lease management for twill. (being written)
+
+pub mod registry;
+pub use registry::*;
