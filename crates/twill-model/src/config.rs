@@ -106,7 +106,11 @@ fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
         .filter(|v| !v.is_null())
 }
 
-fn get_bool(obj: &Map<String, Value>, name: &'static str, default: bool) -> Result<bool, ModelError> {
+fn get_bool(
+    obj: &Map<String, Value>,
+    name: &'static str,
+    default: bool,
+) -> Result<bool, ModelError> {
     match field(obj, name) {
         None => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),
@@ -141,7 +145,10 @@ fn get_len(obj: &Map<String, Value>, name: &'static str) -> Result<u8, ModelErro
     }
 }
 
-fn get_str<'a>(obj: &'a Map<String, Value>, name: &'static str) -> Result<Option<&'a str>, ModelError> {
+fn get_str<'a>(
+    obj: &'a Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<&'a str>, ModelError> {
     match field(obj, name) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.as_str())),
@@ -163,13 +170,19 @@ fn invalid(field: &'static str, value: &str, reason: &str) -> ModelError {
 
 fn get_v4(obj: &Map<String, Value>, name: &'static str) -> Result<Option<Ipv4Addr>, ModelError> {
     get_str(obj, name)?
-        .map(|s| s.parse().map_err(|_| invalid(name, s, "not an IPv4 address")))
+        .map(|s| {
+            s.parse()
+                .map_err(|_| invalid(name, s, "not an IPv4 address"))
+        })
         .transpose()
 }
 
 fn get_v6(obj: &Map<String, Value>, name: &'static str) -> Result<Option<Ipv6Addr>, ModelError> {
     get_str(obj, name)?
-        .map(|s| s.parse().map_err(|_| invalid(name, s, "not an IPv6 address")))
+        .map(|s| {
+            s.parse()
+                .map_err(|_| invalid(name, s, "not an IPv6 address"))
+        })
         .transpose()
 }
 
@@ -268,7 +281,11 @@ impl NetworkConfig {
             }
             cfg.validate_v4()?;
         } else if !enable_ipv6 {
-            return Err(invalid("EnableIPv4", "false", "with EnableIPv6 false no address family is enabled"));
+            return Err(invalid(
+                "EnableIPv4",
+                "false",
+                "with EnableIPv6 false no address family is enabled",
+            ));
         }
         if enable_ipv6 {
             cfg.validate_v6()?;
@@ -332,7 +349,10 @@ impl NetworkConfig {
             });
         }
         let mask = u32::MAX << (32 - u32::from(self.subnet_len));
-        for (field, addr) in [("SubnetMin", self.subnet_min), ("SubnetMax", self.subnet_max)] {
+        for (field, addr) in [
+            ("SubnetMin", self.subnet_min),
+            ("SubnetMax", self.subnet_max),
+        ] {
             if u32::from(addr) & !mask != 0 {
                 return Err(ModelError::NotAligned {
                     field,
@@ -486,11 +506,14 @@ fn parse_v4_cidr(field: &'static str, s: &str) -> Result<Ipv4Network, ModelError
     let (addr, len) = s
         .split_once('/')
         .ok_or_else(|| invalid(field, s, "expected an IPv4 CIDR such as 10.5.0.0/16"))?;
-    let ip: Ipv4Addr = addr.parse().map_err(|_| invalid(field, s, "not an IPv4 CIDR"))?;
+    let ip: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| invalid(field, s, "not an IPv4 CIDR"))?;
     let len: u8 = len
         .parse()
         .map_err(|_| invalid(field, s, "prefix length is not a number"))?;
-    let net = Ipv4Network::new(ip, len).map_err(|_| invalid(field, s, "prefix length is over 32"))?;
+    let net =
+        Ipv4Network::new(ip, len).map_err(|_| invalid(field, s, "prefix length is over 32"))?;
     // flannel masks host bits (Go's net.ParseCIDR), so "10.5.1.2/16" means 10.5.0.0/16.
     Ipv4Network::new(net.network(), len).map_err(|_| invalid(field, s, "prefix length is over 32"))
 }
@@ -499,10 +522,13 @@ fn parse_v6_cidr(field: &'static str, s: &str) -> Result<Ipv6Network, ModelError
     let (addr, len) = s
         .split_once('/')
         .ok_or_else(|| invalid(field, s, "expected an IPv6 CIDR such as fd00::/56"))?;
-    let ip: Ipv6Addr = addr.parse().map_err(|_| invalid(field, s, "not an IPv6 CIDR"))?;
+    let ip: Ipv6Addr = addr
+        .parse()
+        .map_err(|_| invalid(field, s, "not an IPv6 CIDR"))?;
     let len: u8 = len
         .parse()
         .map_err(|_| invalid(field, s, "prefix length is not a number"))?;
-    let net = Ipv6Network::new(ip, len).map_err(|_| invalid(field, s, "prefix length is over 128"))?;
+    let net =
+        Ipv6Network::new(ip, len).map_err(|_| invalid(field, s, "prefix length is over 128"))?;
     Ipv6Network::new(net.network(), len).map_err(|_| invalid(field, s, "prefix length is over 128"))
 }

@@ -71,7 +71,10 @@ fn split_prefix<'a>(key: &str, part: &'a str) -> Result<(&'a str, u8), ModelErro
         .rsplit_once('-')
         .ok_or_else(|| key_err(key, "expected <address>-<prefix length>"))?;
     if len.is_empty() || len.len() > 3 || !len.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(key_err(key, format!("prefix length {len:?} is not a number")));
+        return Err(key_err(
+            key,
+            format!("prefix length {len:?} is not a number"),
+        ));
     }
     let len: u8 = len
         .parse()

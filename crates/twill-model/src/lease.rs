@@ -35,7 +35,11 @@ pub struct LeaseAttrs {
     )]
     pub public_ipv6: Option<Ipv6Addr>,
     /// The backend's `Type` (`vxlan`, `host-gw`, ...).
-    #[serde(rename = "BackendType", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "BackendType",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub backend_type: String,
     /// Backend-specific data, e.g. `{"VtepMAC":"..."}` for vxlan.
     #[serde(
