@@ -1,0 +1,488 @@
+//! Choosing a free subnet in `[SubnetMin, SubnetMax]`.
+//!
+//! flannel scans linearly from `SubnetMin` for the first free subnet, which is
+//! O(N) per allocation and makes every agent that starts at the same time
+//! race for the same subnet. [`SubnetAllocator`] keeps a sparse segment tree
+//! of taken-counts over the allocation indices (leaves are 64-slot bitmaps,
+//! nodes are created only where something is taken) and picks the k-th free
+//! slot for a uniformly random k: O(log N) per operation whatever the fill,
+//! memory proportional to the number of taken subnets, and concurrent agents
+//! spread out over the free space.
+
+use rand::Rng;
+use twill_model::Ipv4Network;
+use twill_model::NetworkConfig;
+
+use crate::SubnetError;
+
+/// Slots per leaf bitmap.
+const LEAF: u32 = 64;
+/// Marks an absent child (index 0 is always the root, never a child).
+const NONE: u32 = 0;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Node {
+    /// Taken slots in this node's range.
+    taken: u32,
+    /// Children in the arena (internal nodes only); [`NONE`] when absent,
+    /// which means "nothing taken there".
+    children: [u32; 2],
+    /// Taken bitmap (leaves only).
+    bits: u64,
+}
+
+/// Free-subnet bookkeeping for one [`NetworkConfig`]: which of its
+/// `subnet_count()` allocatable subnets are taken, and a uniformly random
+/// choice among the free ones in O(log N).
+///
+/// ```
+/// use rand::{rngs::SmallRng, SeedableRng};
+/// use twill_model::NetworkConfig;
+/// use twill_subnet::{SubnetAllocator, SubnetError};
+///
+/// let cfg = NetworkConfig::parse(r#"{"Network":"192.168.0.0/16","SubnetLen":24,
+///     "SubnetMin":"192.168.0.0","SubnetMax":"192.168.5.0"}"#).unwrap();
+/// let mut alloc = SubnetAllocator::new(&cfg);
+/// alloc.mark_taken("192.168.3.0/24".parse().unwrap());
+/// let mut rng = SmallRng::seed_from_u64(7);
+/// let mut got = Vec::new();
+/// while let Ok(net) = alloc.allocate(&mut rng) {
+///     got.push(net.to_string());
+/// }
+/// got.sort();
+/// assert_eq!(got, ["192.168.0.0/24", "192.168.1.0/24", "192.168.2.0/24",
+///                  "192.168.4.0/24", "192.168.5.0/24"]);
+/// assert!(matches!(alloc.allocate(&mut rng), Err(SubnetError::Exhausted { total: 6, taken: 6 })));
+/// ```
+#[derive(Debug, Clone)]
+pub struct SubnetAllocator {
+    config: NetworkConfig,
+    count: u32,
+    /// Size of the root's range: a power of two, at least [`LEAF`].
+    span: u32,
+    nodes: Vec<Node>,
+}
+
+impl SubnetAllocator {
+    /// An allocator with every subnet of `config` free.
+    #[must_use]
+    pub fn new(config: &NetworkConfig) -> Self {
+        let count = config.subnet_count();
+        let span = count
+            .max(LEAF)
+            .checked_next_power_of_two()
+            .unwrap_or(1 << 31);
+        SubnetAllocator {
+            config: config.clone(),
+            count,
+            span,
+            nodes: vec![Node::default()],
+        }
+    }
+
+    /// An allocator with the given subnets taken (those outside the range
+    /// are ignored).
+    #[must_use]
+    pub fn with_taken(
+        config: &NetworkConfig,
+        taken: impl IntoIterator<Item = Ipv4Network>,
+    ) -> Self {
+        let mut a = Self::new(config);
+        for net in taken {
+            a.mark_taken(net);
+        }
+        a
+    }
+
+    /// The config this allocator splits.
+    #[must_use]
+    pub fn config(&self) -> &NetworkConfig {
+        &self.config
+    }
+
+    /// How many subnets lie in `[SubnetMin, SubnetMax]`.
+    #[must_use]
+    pub fn total(&self) -> u32 {
+        self.count
+    }
+
+    /// How many of them are taken.
+    #[must_use]
+    pub fn taken(&self) -> u32 {
+        self.nodes[0].taken
+    }
+
+    /// How many of them are free.
+    #[must_use]
+    pub fn free(&self) -> u32 {
+        self.count - self.taken()
+    }
+
+    /// Whether `subnet` is allocatable (in range, right length, aligned) and
+    /// not taken.
+    #[must_use]
+    pub fn is_free(&self, subnet: Ipv4Network) -> bool {
+        match self.config.subnet_index(subnet) {
+            Some(i) => !self.bit(i),
+            None => false,
+        }
+    }
+
+    /// Marks `subnet` as taken (by a lease or a reservation). Returns whether
+    /// anything changed: `false` if it was already taken or is outside the
+    /// allocatable range (such subnets are ignored).
+    pub fn mark_taken(&mut self, subnet: Ipv4Network) -> bool {
+        match self.config.subnet_index(subnet) {
+            Some(i) => self.set(i, true),
+            None => false,
+        }
+    }
+
+    /// Marks `subnet` as free again. Returns whether anything changed.
+    pub fn release(&mut self, subnet: Ipv4Network) -> bool {
+        match self.config.subnet_index(subnet) {
+            Some(i) => self.set(i, false),
+            None => false,
+        }
+    }
+
+    /// Picks a uniformly random free subnet without marking it taken.
+    ///
+    /// # Errors
+    /// [`SubnetError::Exhausted`] when every subnet is taken.
+    pub fn choose<G: Rng + ?Sized>(&self, rng: &mut G) -> Result<Ipv4Network, SubnetError> {
+        let free = self.free();
+        if free == 0 {
+            return Err(SubnetError::Exhausted {
+                total: self.count,
+                taken: self.taken(),
+            });
+        }
+        let k = rng.random_range(0..free);
+        self.nth_free(k).ok_or(SubnetError::Exhausted {
+            total: self.count,
+            taken: self.taken(),
+        })
+    }
+
+    /// Picks a uniformly random free subnet and marks it taken.
+    ///
+    /// # Errors
+    /// [`SubnetError::Exhausted`] when every subnet is taken.
+    pub fn allocate<G: Rng + ?Sized>(&mut self, rng: &mut G) -> Result<Ipv4Network, SubnetError> {
+        let net = self.choose(rng)?;
+        self.mark_taken(net);
+        Ok(net)
+    }
+
+    /// The lowest free subnet (flannel's choice), in O(log N).
+    #[must_use]
+    pub fn first_free(&self) -> Option<Ipv4Network> {
+        self.nth_free(0)
+    }
+
+    /// The `k`-th free subnet in address order (0-based), in O(log N).
+    #[must_use]
+    pub fn nth_free(&self, mut k: u32) -> Option<Ipv4Network> {
+        if k >= self.free() {
+            return None;
+        }
+        let (mut node, mut lo, mut size) = (0u32, 0u32, self.span);
+        loop {
+            let n = self.nodes.get(node as usize)?;
+            if size <= LEAF {
+                let cap = self.cap(lo, size);
+                let free_bits = !n.bits & mask(cap);
+                return self.config.subnet_at(lo + select_bit(free_bits, k)?);
+            }
+            let half = size / 2;
+            let left = n.children[0];
+            let left_free = self.cap(lo, half) - self.taken_of(left);
+            let child = if k < left_free {
+                left
+            } else {
+                k -= left_free;
+                lo += half;
+                n.children[1]
+            };
+            size = half;
+            if child == NONE {
+                // Nothing taken below: the slots are contiguous and free.
+                return self.config.subnet_at(lo + k);
+            }
+            node = child;
+        }
+    }
+
+    /// Number of allocatable slots in `[lo, lo + size)`.
+    fn cap(&self, lo: u32, size: u32) -> u32 {
+        self.count.saturating_sub(lo).min(size)
+    }
+
+    fn taken_of(&self, node: u32) -> u32 {
+        if node == NONE {
+            0
+        } else {
+            self.nodes.get(node as usize).map_or(0, |n| n.taken)
+        }
+    }
+
+    fn bit(&self, index: u32) -> bool {
+        let (mut node, mut lo, mut size) = (0u32, 0u32, self.span);
+        loop {
+            let Some(n) = self.nodes.get(node as usize) else {
+                return false;
+            };
+            if size <= LEAF {
+                return n.bits >> (index - lo) & 1 == 1;
+            }
+            let half = size / 2;
+            let side = usize::from(index >= lo + half);
+            if side == 1 {
+                lo += half;
+            }
+            node = n.children[side];
+            if node == NONE {
+                return false;
+            }
+            size = half;
+        }
+    }
+
+    fn set(&mut self, index: u32, taken: bool) -> bool {
+        if index >= self.count || self.bit(index) == taken {
+            return false;
+        }
+        let (mut node, mut lo, mut size) = (0usize, 0u32, self.span);
+        loop {
+            let n = &mut self.nodes[node];
+            if taken {
+                n.taken += 1;
+            } else {
+                n.taken -= 1;
+            }
+            if size <= LEAF {
+                n.bits ^= 1 << (index - lo);
+                return true;
+            }
+            let half = size / 2;
+            let side = usize::from(index >= lo + half);
+            if side == 1 {
+                lo += half;
+            }
+            let mut child = n.children[side];
+            if child == NONE {
+                // Only reached when taking: a free slot under an absent node.
+                child = u32::try_from(self.nodes.len()).unwrap_or(u32::MAX);
+                self.nodes.push(Node::default());
+                self.nodes[node].children[side] = child;
+            }
+            node = child as usize;
+            size = half;
+        }
+    }
+}
+
+fn mask(cap: u32) -> u64 {
+    if cap >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << cap) - 1
+    }
+}
+
+/// The position of the `k`-th set bit of `bits`.
+fn select_bit(mut bits: u64, k: u32) -> Option<u32> {
+    if k >= bits.count_ones() {
+        return None;
+    }
+    // Narrow by halves, then by bytes, then bit by bit.
+    let mut base = 0u32;
+    let mut k = k;
+    for width in [32u32, 16, 8] {
+        let low = bits & ((1u64 << width) - 1);
+        let ones = low.count_ones();
+        if k >= ones {
+            k -= ones;
+            bits >>= width;
+            base += width;
+        } else {
+            bits = low;
+        }
+    }
+    for i in 0..8 {
+        if bits >> i & 1 == 1 {
+            if k == 0 {
+                return Some(base + i);
+            }
+            k -= 1;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::{rngs::SmallRng, SeedableRng};
+    use std::collections::BTreeSet;
+
+    fn cfg(json: &str) -> NetworkConfig {
+        NetworkConfig::parse(json).unwrap()
+    }
+
+    const SEED: &str = r#"{"Network":"192.168.0.0/16","SubnetLen":24,"SubnetMin":"192.168.0.0","SubnetMax":"192.168.5.0","Backend":{"Type":"vxlan","VNI":100,"Port":8472}}"#;
+
+    #[test]
+    fn seed_config_yields_exactly_its_six_subnets() {
+        let c = cfg(SEED);
+        let mut a = SubnetAllocator::new(&c);
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut got = BTreeSet::new();
+        for _ in 0..6 {
+            got.insert(a.allocate(&mut rng).unwrap().to_string());
+        }
+        let want: BTreeSet<String> = (0..6).map(|i| format!("192.168.{i}.0/24")).collect();
+        assert_eq!(got, want);
+        match a.allocate(&mut rng) {
+            Err(SubnetError::Exhausted { total, taken }) => assert_eq!((total, taken), (6, 6)),
+            other => panic!("expected Exhausted, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn select_bit_finds_each_set_bit() {
+        let bits =
+            0b1011_0000_0000_0000_0000_0000_0000_0000_0000_0000_0000_0000_0000_0000_1001_0110u64;
+        let positions: Vec<u32> = (0..64).filter(|i| bits >> i & 1 == 1).collect();
+        for (k, p) in positions.iter().enumerate() {
+            assert_eq!(select_bit(bits, u32::try_from(k).unwrap()), Some(*p));
+        }
+        assert_eq!(
+            select_bit(bits, u32::try_from(positions.len()).unwrap()),
+            None
+        );
+    }
+
+    #[test]
+    fn out_of_range_and_wrong_length_are_ignored() {
+        let c = cfg(SEED);
+        let mut a = SubnetAllocator::new(&c);
+        assert!(!a.mark_taken("192.168.6.0/24".parse().unwrap()));
+        assert!(!a.mark_taken("10.0.0.0/24".parse().unwrap()));
+        assert!(!a.mark_taken("192.168.0.0/23".parse().unwrap()));
+        assert_eq!(a.taken(), 0);
+        assert!(a.mark_taken("192.168.5.0/24".parse().unwrap()));
+        assert!(!a.mark_taken("192.168.5.0/24".parse().unwrap()));
+        assert!(!a.is_free("192.168.5.0/24".parse().unwrap()));
+        assert!(a.release("192.168.5.0/24".parse().unwrap()));
+        assert!(a.is_free("192.168.5.0/24".parse().unwrap()));
+        assert!(!a.is_free("192.168.6.0/24".parse().unwrap()));
+    }
+
+    #[test]
+    fn large_space_nearly_full_still_allocates_the_remaining() {
+        let c = cfg(
+            r#"{"Network":"10.0.0.0/8","SubnetLen":24,"SubnetMin":"10.0.0.0","SubnetMax":"10.255.255.0"}"#,
+        );
+        assert_eq!(c.subnet_count(), 65_536);
+        let mut a = SubnetAllocator::new(&c);
+        let free: BTreeSet<u32> = [5, 64, 999, 40_000, 65_535].into();
+        for i in 0..65_536 {
+            if !free.contains(&i) {
+                a.mark_taken(c.subnet_at(i).unwrap());
+            }
+        }
+        assert_eq!(a.free(), 5);
+        assert_eq!(a.first_free(), c.subnet_at(5));
+        let mut rng = SmallRng::seed_from_u64(3);
+        let mut got = BTreeSet::new();
+        while let Ok(n) = a.allocate(&mut rng) {
+            got.insert(c.subnet_index(n).unwrap());
+        }
+        assert_eq!(got, free);
+    }
+
+    fn arb_config() -> impl Strategy<Value = NetworkConfig> {
+        // Network 10.0.0.0/16, subnets /24../28, random [min, max].
+        (24u8..=28, 0u32..300, 0u32..300).prop_map(|(len, a, b)| {
+            let n = 1u32 << (len - 16);
+            let (lo, hi) = (a.min(b) % n, a.max(b) % n);
+            let (lo, hi) = (lo.min(hi), lo.max(hi));
+            let addr = |i: u32| std::net::Ipv4Addr::from(0x0A00_0000u32 + (i << (32 - u32::from(len))));
+            cfg(&format!(
+                r#"{{"Network":"10.0.0.0/16","SubnetLen":{len},"SubnetMin":"{}","SubnetMax":"{}"}}"#,
+                addr(lo),
+                addr(hi)
+            ))
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn allocates_every_free_slot_once_then_exhausted(
+            c in arb_config(),
+            taken in proptest::collection::vec(0u32..5000, 0..200),
+            seed in any::<u64>(),
+        ) {
+            let mut a = SubnetAllocator::new(&c);
+            let mut taken_set = BTreeSet::new();
+            for t in taken {
+                // Some in range, some beyond SubnetMax (ignored), some of another length.
+                let addr = std::net::Ipv4Addr::from(0x0A00_0000u32 + (t << (32 - u32::from(c.subnet_len))));
+                if let Ok(net) = Ipv4Network::new(addr, c.subnet_len) {
+                    if a.mark_taken(net) {
+                        taken_set.insert(net);
+                    }
+                }
+                if let Ok(other) = Ipv4Network::new(addr, c.subnet_len - 1) {
+                    prop_assert!(!a.mark_taken(other));
+                }
+            }
+            let free_before = a.free();
+            prop_assert_eq!(free_before, c.subnet_count() - u32::try_from(taken_set.len()).unwrap());
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let mut got = BTreeSet::new();
+            loop {
+                match a.allocate(&mut rng) {
+                    Ok(net) => {
+                        prop_assert!(c.subnet_index(net).is_some(), "{} out of range", net);
+                        prop_assert!(!taken_set.contains(&net), "{} was taken", net);
+                        prop_assert!(got.insert(net), "{} returned twice", net);
+                    }
+                    Err(SubnetError::Exhausted { total, taken }) => {
+                        prop_assert_eq!(total, c.subnet_count());
+                        prop_assert_eq!(taken, total);
+                        break;
+                    }
+                    Err(e) => prop_assert!(false, "unexpected {}", e),
+                }
+            }
+            prop_assert_eq!(u32::try_from(got.len()).unwrap(), free_before);
+        }
+
+        #[test]
+        fn nth_free_matches_a_linear_scan(
+            c in arb_config(),
+            ops in proptest::collection::vec((any::<bool>(), 0u32..300), 0..300),
+        ) {
+            let mut a = SubnetAllocator::new(&c);
+            let mut model = vec![false; c.subnet_count() as usize];
+            for (take, i) in ops {
+                let i = i % c.subnet_count();
+                let net = c.subnet_at(i).unwrap();
+                let changed = if take { a.mark_taken(net) } else { a.release(net) };
+                prop_assert_eq!(changed, model[i as usize] != take);
+                model[i as usize] = take;
+            }
+            let free: Vec<u32> = (0..c.subnet_count()).filter(|&i| !model[i as usize]).collect();
+            prop_assert_eq!(a.free() as usize, free.len());
+            for (k, i) in free.iter().enumerate() {
+                prop_assert_eq!(a.nth_free(u32::try_from(k).unwrap()), c.subnet_at(*i));
+                prop_assert!(a.is_free(c.subnet_at(*i).unwrap()));
+            }
+            prop_assert_eq!(a.nth_free(u32::try_from(free.len()).unwrap()), None);
+        }
+    }
+}
