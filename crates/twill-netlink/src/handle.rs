@@ -1,0 +1,658 @@
+//! The socket, batching and the `ip`-shaped sub-handles.
+
+use std::io::Cursor;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use neli::consts::rtnl::Rtm;
+use neli::nl::{NlPayload, Nlmsghdr};
+use neli::types::Buffer;
+use neli::FromBytes;
+use nix::errno::Errno;
+use nix::sys::socket::{
+    bind, recv, send, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag,
+    SockProtocol, SockType,
+};
+
+use crate::parse;
+use crate::request::{encode_dump, encode_get_link, Request, AF_BRIDGE, AF_INET};
+use crate::types::{Address, FdbEntry, Link, LinkChange, LinkKind, Neighbour, Route, VxlanSpec};
+use crate::NetlinkError;
+
+#[allow(clippy::cast_possible_truncation)] // 2 fits
+const NLMSG_ERROR: u16 = linux_raw_sys::netlink::NLMSG_ERROR as u16;
+#[allow(clippy::cast_possible_truncation)] // 3 fits
+const NLMSG_DONE: u16 = linux_raw_sys::netlink::NLMSG_DONE as u16;
+
+/// (sequence number, message type, errno (negative) or 0, payload)
+type Frame = (u32, u16, i32, Vec<u8>);
+/// Receive buffer we ask for (with `SO_RCVBUFFORCE` when root). Every ACK of a
+/// batch is queued before we read any, so it must hold a whole batch's ACKs.
+const WANTED_RCVBUF: usize = 32 << 20;
+/// Kernel memory one queued ACK costs (skb truesize, rounded up generously).
+const ACK_TRUESIZE: usize = 1280;
+/// Default messages per `send`.
+pub const DEFAULT_BATCH: usize = 1024;
+const RECV_BUF: usize = 256 << 10;
+
+/// What [`NetlinkHandle::execute`] returns: one result per request, in order.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    /// `results[i]` is the kernel's answer to request `i`.
+    pub results: Vec<Result<(), NetlinkError>>,
+}
+
+impl BatchOutcome {
+    /// Number of requests the kernel accepted.
+    #[must_use]
+    pub fn ok_count(&self) -> usize {
+        self.results.iter().filter(|r| r.is_ok()).count()
+    }
+
+    /// The failures, with their request index.
+    pub fn errors(&self) -> impl Iterator<Item = (usize, &NetlinkError)> {
+        self.results
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.as_ref().err().map(|e| (i, e)))
+    }
+
+    /// Fails with the first error that is not `EEXIST`/`ENOENT`-like; those count as success.
+    ///
+    /// # Errors
+    /// The first error that is neither "exists" nor "not found".
+    pub fn ok_ignoring_exists_and_missing(self) -> Result<(), NetlinkError> {
+        match self
+            .results
+            .into_iter()
+            .filter_map(Result::err)
+            .find(|e| !e.is_exists() && !e.is_not_found())
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Fails with the first error of any kind.
+    ///
+    /// # Errors
+    /// The first error.
+    pub fn ok(self) -> Result<(), NetlinkError> {
+        self.results.into_iter().collect()
+    }
+}
+
+/// A `NETLINK_ROUTE` socket in the network namespace of the thread that
+/// created it. Synchronous; `Send`, so it can move to another thread (it keeps
+/// talking to the namespace it was opened in).
+#[derive(Debug)]
+pub struct NetlinkHandle {
+    fd: OwnedFd,
+    seq: u32,
+    batch: usize,
+    buf: Vec<u8>,
+}
+
+fn sock_err(op: &'static str) -> impl Fn(Errno) -> NetlinkError {
+    move |e| NetlinkError::Socket {
+        op,
+        source: std::io::Error::from(e),
+    }
+}
+
+impl NetlinkHandle {
+    /// Opens a socket in the current thread's network namespace, raising its
+    /// receive buffer (`SO_RCVBUFFORCE` when permitted, else `SO_RCVBUF`) so a
+    /// batch's ACKs fit.
+    ///
+    /// # Errors
+    /// When the socket cannot be created or bound.
+    pub fn new() -> Result<Self, NetlinkError> {
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkRoute,
+        )
+        .map_err(sock_err("socket"))?;
+        if setsockopt(&fd, sockopt::RcvBufForce, &WANTED_RCVBUF).is_err() {
+            // Unprivileged: capped by net.core.rmem_max.
+            let _ = setsockopt(&fd, sockopt::RcvBuf, &WANTED_RCVBUF);
+        }
+        if setsockopt(&fd, sockopt::SndBufForce, &(4usize << 20)).is_err() {
+            let _ = setsockopt(&fd, sockopt::SndBuf, &(4usize << 20));
+        }
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(sock_err("bind"))?;
+        let rcvbuf = nix::sys::socket::getsockopt(&fd, sockopt::RcvBuf).unwrap_or(212_992);
+        let batch = (rcvbuf / ACK_TRUESIZE).clamp(16, DEFAULT_BATCH);
+        Ok(Self {
+            fd,
+            seq: 1,
+            batch,
+            buf: vec![0; RECV_BUF],
+        })
+    }
+
+    /// Messages sent per `send(2)` (bounded by what the receive buffer can hold in ACKs).
+    #[must_use]
+    pub fn batch_size(&self) -> usize {
+        self.batch
+    }
+
+    /// Sets the messages per `send(2)` (clamped to 1..=what the receive buffer allows).
+    pub fn set_batch_size(&mut self, n: usize) {
+        let rcvbuf = nix::sys::socket::getsockopt(&self.fd, sockopt::RcvBuf).unwrap_or(212_992);
+        self.batch = n.clamp(1, (rcvbuf / ACK_TRUESIZE).max(1));
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1).max(1);
+        self.seq
+    }
+
+    /// `ip link` operations.
+    pub fn link(&mut self) -> LinkHandle<'_> {
+        LinkHandle(self)
+    }
+
+    /// `ip addr` operations.
+    pub fn address(&mut self) -> AddressHandle<'_> {
+        AddressHandle(self)
+    }
+
+    /// `ip neigh` operations.
+    pub fn neighbour(&mut self) -> NeighbourHandle<'_> {
+        NeighbourHandle(self)
+    }
+
+    /// `bridge fdb` operations.
+    pub fn fdb(&mut self) -> FdbHandle<'_> {
+        FdbHandle(self)
+    }
+
+    /// `ip route` operations.
+    pub fn route(&mut self) -> RouteHandle<'_> {
+        RouteHandle(self)
+    }
+
+    /// Sends all `requests`, many per `send(2)`, each with `NLM_F_ACK` and
+    /// its own sequence number, and maps every ACK back to its request.
+    ///
+    /// Requests are applied in order. A failed request does not stop the
+    /// others. The outer `Err` is for socket failures only; kernel refusals are
+    /// in [`BatchOutcome::results`].
+    ///
+    /// # Errors
+    /// When sending or receiving fails (then nothing after the failed chunk was sent).
+    pub fn execute(&mut self, requests: &[Request]) -> Result<BatchOutcome, NetlinkError> {
+        let mut results: Vec<Option<Result<(), NetlinkError>>> = Vec::with_capacity(requests.len());
+        results.resize_with(requests.len(), || None);
+        let mut out = Vec::new();
+        for (chunk_no, chunk) in requests.chunks(self.batch).enumerate() {
+            let base = chunk_no * self.batch;
+            out.clear();
+            // seq -> request index
+            let first_seq = self.seq.wrapping_add(1);
+            let mut seqs = Vec::with_capacity(chunk.len());
+            for (i, req) in chunk.iter().enumerate() {
+                let seq = self.next_seq();
+                match req.encode(seq, &mut out) {
+                    Ok(()) => seqs.push((seq, base + i)),
+                    Err(e) => results[base + i] = Some(Err(e)),
+                }
+            }
+            if seqs.is_empty() {
+                continue;
+            }
+            let _ = first_seq;
+            self.send_all(&out)?;
+            let mut pending = seqs.len();
+            let lookup: std::collections::HashMap<u32, usize> = seqs.into_iter().collect();
+            while pending > 0 {
+                let n = match recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::empty()) {
+                    Ok(n) => n,
+                    Err(Errno::EINTR) => continue,
+                    Err(Errno::ENOBUFS) => {
+                        // ACKs were dropped: the requests may or may not have been applied.
+                        for (_, &idx) in lookup.iter() {
+                            if results[idx].is_none() {
+                                results[idx] = Some(Err(NetlinkError::Kernel {
+                                    request: requests[idx].to_string(),
+                                    errno: Errno::ENOBUFS as i32,
+                                }));
+                            }
+                        }
+                        break;
+                    }
+                    Err(e) => return Err(sock_err("recv")(e)),
+                };
+                for (seq, ty, errno, _) in frames(&self.buf[..n], "batch")? {
+                    if ty != NLMSG_ERROR {
+                        continue;
+                    }
+                    if let Some(&idx) = lookup.get(&seq) {
+                        if results[idx].is_none() {
+                            pending -= 1;
+                            results[idx] = Some(if errno == 0 {
+                                Ok(())
+                            } else {
+                                Err(NetlinkError::Kernel {
+                                    request: requests[idx].to_string(),
+                                    errno: -errno,
+                                })
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(BatchOutcome {
+            results: results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect(),
+        })
+    }
+
+    /// Executes one request and returns its result.
+    ///
+    /// # Errors
+    /// The kernel's refusal (with errno) or a socket failure.
+    pub fn execute_one(&mut self, request: &Request) -> Result<(), NetlinkError> {
+        let outcome = self.execute(std::slice::from_ref(request))?;
+        outcome.ok()
+    }
+
+    fn send_all(&self, bytes: &[u8]) -> Result<(), NetlinkError> {
+        loop {
+            match send(self.fd.as_raw_fd(), bytes, MsgFlags::empty()) {
+                Ok(_) => return Ok(()),
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(sock_err("send")(e)),
+            }
+        }
+    }
+
+    /// Sends one request that is answered by zero or more messages then
+    /// `NLMSG_DONE` (dump) or an ACK/error; returns the payloads.
+    fn transact(
+        &mut self,
+        bytes: &[u8],
+        seq: u32,
+        what: &str,
+    ) -> Result<Vec<Vec<u8>>, NetlinkError> {
+        self.send_all(bytes)?;
+        let mut payloads = Vec::new();
+        loop {
+            let n = match recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::empty()) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(sock_err("recv")(e)),
+            };
+            for (s, ty, errno, payload) in frames(&self.buf[..n], what)? {
+                if s != seq {
+                    continue;
+                }
+                match ty {
+                    NLMSG_DONE => return Ok(payloads),
+                    NLMSG_ERROR if errno == 0 => return Ok(payloads),
+                    NLMSG_ERROR => {
+                        return Err(NetlinkError::Kernel {
+                            request: what.to_string(),
+                            errno: -errno,
+                        })
+                    }
+                    _ => payloads.push(payload),
+                }
+            }
+        }
+    }
+
+    fn dump(&mut self, ty: Rtm, family: u8, what: &str) -> Result<Vec<Vec<u8>>, NetlinkError> {
+        let seq = self.next_seq();
+        let mut out = Vec::new();
+        encode_dump(ty, family, seq, &mut out)?;
+        self.transact(&out, seq, what)
+    }
+}
+
+/// Splits a datagram into (seq, type, errno, payload) frames, decoded by neli.
+fn frames(buf: &[u8], what: &str) -> Result<Vec<Frame>, NetlinkError> {
+    let mut cur = Cursor::new(buf);
+    let mut out = Vec::new();
+    while usize::try_from(cur.position()).is_ok_and(|p| p < buf.len()) {
+        let msg =
+            Nlmsghdr::<u16, Buffer>::from_bytes(&mut cur).map_err(|e| NetlinkError::Decode {
+                request: what.to_string(),
+                reason: e.to_string(),
+            })?;
+        let (errno, payload) = match msg.nl_payload() {
+            NlPayload::Ack(_) => (0, Vec::new()),
+            NlPayload::Err(e) => (*e.error(), Vec::new()),
+            NlPayload::Payload(p) => (0, p.as_ref().to_vec()),
+            NlPayload::DumpExtAck(_) | NlPayload::Empty => (0, Vec::new()),
+        };
+        out.push((*msg.nl_seq(), *msg.nl_type(), errno, payload));
+    }
+    Ok(out)
+}
+
+/// `ip link`: create, change, look up, list and delete links.
+#[derive(Debug)]
+pub struct LinkHandle<'a>(&'a mut NetlinkHandle);
+
+impl LinkHandle<'_> {
+    /// Creates a link (`ip link add`); `EEXIST` if the name is taken.
+    ///
+    /// # Errors
+    /// The kernel's refusal, an invalid name, or a socket failure.
+    pub fn add(&mut self, name: &str, kind: LinkKind) -> Result<(), NetlinkError> {
+        self.0.execute_one(&Request::LinkAdd {
+            name: name.to_string(),
+            kind,
+        })
+    }
+
+    /// Creates a VXLAN device from `spec` and returns it as read back.
+    ///
+    /// # Errors
+    /// As [`LinkHandle::add`].
+    pub fn add_vxlan(&mut self, spec: &VxlanSpec) -> Result<Link, NetlinkError> {
+        self.add(&spec.name, LinkKind::Vxlan(spec.clone()))?;
+        self.get_by_name(&spec.name)
+    }
+
+    /// Creates a bridge.
+    ///
+    /// # Errors
+    /// As [`LinkHandle::add`].
+    pub fn add_bridge(&mut self, name: &str) -> Result<Link, NetlinkError> {
+        self.add(name, LinkKind::Bridge)?;
+        self.get_by_name(name)
+    }
+
+    /// Creates a veth pair `name` ↔ `peer`.
+    ///
+    /// # Errors
+    /// As [`LinkHandle::add`].
+    pub fn add_veth(&mut self, name: &str, peer: &str) -> Result<(), NetlinkError> {
+        self.add(
+            name,
+            LinkKind::Veth {
+                peer: peer.to_string(),
+            },
+        )
+    }
+
+    /// Applies a change (`ip link set`).
+    ///
+    /// # Errors
+    /// The kernel's refusal or a socket failure.
+    pub fn set(&mut self, change: LinkChange) -> Result<(), NetlinkError> {
+        self.0.execute_one(&Request::LinkSet(change))
+    }
+
+    /// `ip link set dev INDEX up`.
+    ///
+    /// # Errors
+    /// As [`LinkHandle::set`].
+    pub fn set_up(&mut self, index: u32) -> Result<(), NetlinkError> {
+        self.set(LinkChange {
+            index,
+            up: Some(true),
+            ..LinkChange::default()
+        })
+    }
+
+    /// `ip link set dev INDEX down`.
+    ///
+    /// # Errors
+    /// As [`LinkHandle::set`].
+    pub fn set_down(&mut self, index: u32) -> Result<(), NetlinkError> {
+        self.set(LinkChange {
+            index,
+            up: Some(false),
+            ..LinkChange::default()
+        })
+    }
+
+    /// `ip link set dev INDEX mtu MTU`.
+    ///
+    /// # Errors
+    /// As [`LinkHandle::set`].
+    pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
+        self.set(LinkChange {
+            index,
+            mtu: Some(mtu),
+            ..LinkChange::default()
+        })
+    }
+
+    /// `ip link set dev INDEX address MAC`.
+    ///
+    /// # Errors
+    /// As [`LinkHandle::set`].
+    pub fn set_mac(&mut self, index: u32, mac: crate::MacAddr) -> Result<(), NetlinkError> {
+        self.set(LinkChange {
+            index,
+            mac: Some(mac),
+            ..LinkChange::default()
+        })
+    }
+
+    /// `ip link set dev INDEX master MASTER`.
+    ///
+    /// # Errors
+    /// As [`LinkHandle::set`].
+    pub fn set_master(&mut self, index: u32, master: u32) -> Result<(), NetlinkError> {
+        self.set(LinkChange {
+            index,
+            master: Some(master),
+            ..LinkChange::default()
+        })
+    }
+
+    /// `ip link del dev INDEX`.
+    ///
+    /// # Errors
+    /// The kernel's refusal (`ENODEV` if gone) or a socket failure.
+    pub fn delete(&mut self, index: u32) -> Result<(), NetlinkError> {
+        self.0.execute_one(&Request::LinkDelete(index))
+    }
+
+    fn get(&mut self, index: Option<u32>, name: Option<&str>) -> Result<Link, NetlinkError> {
+        let what = match (index, name) {
+            (_, Some(n)) => format!("ip link show {n}"),
+            (Some(i), None) => format!("ip link show #{i}"),
+            (None, None) => return Err(NetlinkError::Invalid("link lookup without key".into())),
+        };
+        let seq = self.0.next_seq();
+        let mut out = Vec::new();
+        encode_get_link(index, name, seq, &mut out)?;
+        let payloads = match self.0.transact(&out, seq, &what) {
+            Err(e) if e.is_not_found() => return Err(NetlinkError::NotFound(what)),
+            other => other?,
+        };
+        payloads
+            .iter()
+            .find_map(|p| parse::link(p))
+            .ok_or(NetlinkError::NotFound(what))
+    }
+
+    /// Looks a link up by name.
+    ///
+    /// # Errors
+    /// [`NetlinkError::NotFound`] (see [`NetlinkError::is_not_found`]) when absent.
+    pub fn get_by_name(&mut self, name: &str) -> Result<Link, NetlinkError> {
+        self.get(None, Some(name))
+    }
+
+    /// Looks a link up by index.
+    ///
+    /// # Errors
+    /// [`NetlinkError::NotFound`] when absent.
+    pub fn get_by_index(&mut self, index: u32) -> Result<Link, NetlinkError> {
+        self.get(Some(index), None)
+    }
+
+    /// Looks a link up by name, `None` when absent.
+    ///
+    /// # Errors
+    /// Socket failures.
+    pub fn find(&mut self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        match self.get_by_name(name) {
+            Ok(l) => Ok(Some(l)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Lists all links (`ip -d link show`).
+    ///
+    /// # Errors
+    /// Socket failures.
+    pub fn list(&mut self) -> Result<Vec<Link>, NetlinkError> {
+        let p = self.0.dump(Rtm::Getlink, 0, "ip link show")?;
+        Ok(p.iter().filter_map(|p| parse::link(p)).collect())
+    }
+}
+
+/// `ip addr`: IPv4 addresses on devices.
+#[derive(Debug)]
+pub struct AddressHandle<'a>(&'a mut NetlinkHandle);
+
+impl AddressHandle<'_> {
+    /// `ip addr add` (`EEXIST` if present).
+    ///
+    /// # Errors
+    /// The kernel's refusal or a socket failure.
+    pub fn add(&mut self, addr: Address) -> Result<(), NetlinkError> {
+        self.0.execute_one(&Request::AddressAdd(addr))
+    }
+
+    /// `ip addr del`.
+    ///
+    /// # Errors
+    /// The kernel's refusal (`EADDRNOTAVAIL` if absent) or a socket failure.
+    pub fn delete(&mut self, addr: Address) -> Result<(), NetlinkError> {
+        self.0.execute_one(&Request::AddressDelete(addr))
+    }
+
+    /// Lists IPv4 addresses, of one device when `index` is given.
+    ///
+    /// # Errors
+    /// Socket failures.
+    pub fn list(&mut self, index: Option<u32>) -> Result<Vec<Address>, NetlinkError> {
+        let p = self.0.dump(Rtm::Getaddr, AF_INET, "ip -4 addr show")?;
+        Ok(p.iter()
+            .filter_map(|p| parse::address(p))
+            .filter(|a| index.is_none_or(|i| a.index == i))
+            .collect())
+    }
+}
+
+/// `ip neigh`: IPv4 neighbour (ARP) entries.
+#[derive(Debug)]
+pub struct NeighbourHandle<'a>(&'a mut NetlinkHandle);
+
+impl NeighbourHandle<'_> {
+    /// `ip neigh replace IP lladdr MAC dev INDEX nud permanent`.
+    ///
+    /// # Errors
+    /// The kernel's refusal or a socket failure.
+    pub fn replace(&mut self, n: Neighbour) -> Result<(), NetlinkError> {
+        self.0.execute_one(&Request::NeighbourReplace(n))
+    }
+
+    /// `ip neigh del IP dev INDEX`.
+    ///
+    /// # Errors
+    /// The kernel's refusal (`ENOENT` if absent) or a socket failure.
+    pub fn delete(&mut self, n: Neighbour) -> Result<(), NetlinkError> {
+        self.0.execute_one(&Request::NeighbourDelete(n))
+    }
+
+    /// Dumps IPv4 neighbours, of one device when `index` is given.
+    ///
+    /// # Errors
+    /// Socket failures.
+    pub fn list(&mut self, index: Option<u32>) -> Result<Vec<Neighbour>, NetlinkError> {
+        let p = self.0.dump(Rtm::Getneigh, AF_INET, "ip -4 neigh show")?;
+        Ok(p.iter()
+            .filter_map(|p| parse::neighbour(p))
+            .filter(|n| index.is_none_or(|i| n.index == i))
+            .collect())
+    }
+}
+
+/// `bridge fdb`: forwarding entries on a device (`self`).
+#[derive(Debug)]
+pub struct FdbHandle<'a>(&'a mut NetlinkHandle);
+
+impl FdbHandle<'_> {
+    /// `bridge fdb append MAC dev INDEX dst IP self permanent`.
+    ///
+    /// # Errors
+    /// The kernel's refusal or a socket failure.
+    pub fn append(&mut self, e: FdbEntry) -> Result<(), NetlinkError> {
+        self.0.execute_one(&Request::FdbAppend(e))
+    }
+
+    /// `bridge fdb replace MAC dev INDEX dst IP self permanent`.
+    ///
+    /// # Errors
+    /// The kernel's refusal or a socket failure.
+    pub fn replace(&mut self, e: FdbEntry) -> Result<(), NetlinkError> {
+        self.0.execute_one(&Request::FdbReplace(e))
+    }
+
+    /// `bridge fdb del MAC dev INDEX [dst IP] self`.
+    ///
+    /// # Errors
+    /// The kernel's refusal (`ENOENT` if absent) or a socket failure.
+    pub fn delete(&mut self, e: FdbEntry) -> Result<(), NetlinkError> {
+        self.0.execute_one(&Request::FdbDelete(e))
+    }
+
+    /// Dumps `self` FDB entries, of one device when `index` is given.
+    ///
+    /// # Errors
+    /// Socket failures.
+    pub fn list(&mut self, index: Option<u32>) -> Result<Vec<FdbEntry>, NetlinkError> {
+        let p = self.0.dump(Rtm::Getneigh, AF_BRIDGE, "bridge fdb show")?;
+        Ok(p.iter()
+            .filter_map(|p| parse::fdb(p))
+            .filter(|e| index.is_none_or(|i| e.index == i))
+            .collect())
+    }
+}
+
+/// `ip route`: IPv4 unicast routes.
+#[derive(Debug)]
+pub struct RouteHandle<'a>(&'a mut NetlinkHandle);
+
+impl RouteHandle<'_> {
+    /// `ip route replace ...`.
+    ///
+    /// # Errors
+    /// The kernel's refusal or a socket failure.
+    pub fn replace(&mut self, r: Route) -> Result<(), NetlinkError> {
+        self.0.execute_one(&Request::RouteReplace(r))
+    }
+
+    /// `ip route del ...`.
+    ///
+    /// # Errors
+    /// The kernel's refusal (`ESRCH` if absent) or a socket failure.
+    pub fn delete(&mut self, r: Route) -> Result<(), NetlinkError> {
+        self.0.execute_one(&Request::RouteDelete(r))
+    }
+
+    /// Dumps IPv4 unicast routes of `table` (all tables when `None`).
+    ///
+    /// # Errors
+    /// Socket failures.
+    pub fn list(&mut self, table: Option<u32>) -> Result<Vec<Route>, NetlinkError> {
+        let p = self.0.dump(Rtm::Getroute, AF_INET, "ip route show")?;
+        Ok(p.iter()
+            .filter_map(|p| parse::route(p))
+            .filter(|r| table.is_none_or(|t| r.table == t))
+            .collect())
+    }
+}

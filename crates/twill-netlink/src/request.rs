@@ -1,0 +1,545 @@
+//! Write requests, their `ip`-style descriptions and their wire encoding (neli).
+
+use std::fmt;
+use std::io::Cursor;
+
+use linux_raw_sys::netlink as k;
+use neli::consts::nl::NlmF;
+use neli::consts::rtnl::{
+    Arphrd, Ifa, IfaF, Iff, Ifla, Nda, Ntf, Nud, RtAddrFamily, RtScope, RtTable, Rta, Rtm, RtmF,
+    Rtn, Rtprot,
+};
+use neli::nl::{NlPayload, Nlmsghdr, NlmsghdrBuilder};
+use neli::rtnl::{
+    Ifaddrmsg, IfaddrmsgBuilder, Ifinfomsg, IfinfomsgBuilder, Ndmsg, NdmsgBuilder, Rtattr,
+    RtattrBuilder, Rtmsg, RtmsgBuilder,
+};
+use neli::types::{Buffer, RtBuffer};
+use neli::{Size, ToBytes};
+
+use crate::types::{Address, FdbEntry, LinkChange, LinkKind, Neighbour, Route, VxlanSpec};
+use crate::NetlinkError;
+
+/// `AF_BRIDGE`: neli's `RtAddrFamily` has no variant for it.
+#[allow(clippy::cast_possible_truncation)] // 7 fits
+pub(crate) const AF_BRIDGE: u8 = linux_raw_sys::net::AF_BRIDGE as u8;
+/// `AF_INET` as the `u8` family field.
+#[allow(clippy::cast_possible_truncation)] // 2 fits
+pub(crate) const AF_INET: u8 = linux_raw_sys::net::AF_INET as u8;
+/// `VETH_INFO_PEER` from `<linux/veth.h>`: in neither neli nor linux-raw-sys.
+const VETH_INFO_PEER: u16 = 1;
+/// Longest interface name (`IFNAMSIZ - 1`).
+const IFNAME_MAX: usize = 15;
+
+/// One write operation, batched by [`crate::NetlinkHandle::execute`].
+///
+/// Each variant mirrors one `ip`/`bridge` command; [`fmt::Display`] prints it
+/// that way, and errors name the request with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Request {
+    /// `ip link add` (fails with `EEXIST` if the name is taken).
+    LinkAdd {
+        /// Name of the new link.
+        name: String,
+        /// What to create.
+        kind: LinkKind,
+    },
+    /// `ip link set`.
+    LinkSet(LinkChange),
+    /// `ip link del dev INDEX`.
+    LinkDelete(u32),
+    /// `ip addr add` (`EEXIST` if present).
+    AddressAdd(Address),
+    /// `ip addr del`.
+    AddressDelete(Address),
+    /// `ip neigh replace ... nud permanent`.
+    NeighbourReplace(Neighbour),
+    /// `ip neigh del`.
+    NeighbourDelete(Neighbour),
+    /// `bridge fdb append ... self permanent`.
+    FdbAppend(FdbEntry),
+    /// `bridge fdb replace ... self permanent`.
+    FdbReplace(FdbEntry),
+    /// `bridge fdb del ... self`.
+    FdbDelete(FdbEntry),
+    /// `ip route replace`.
+    RouteReplace(Route),
+    /// `ip route del`.
+    RouteDelete(Route),
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::LinkAdd { name, kind } => match kind {
+                LinkKind::Bridge => write!(f, "ip link add {name} type bridge"),
+                LinkKind::Dummy => write!(f, "ip link add {name} type dummy"),
+                LinkKind::Veth { peer } => {
+                    write!(f, "ip link add {name} type veth peer name {peer}")
+                }
+                LinkKind::Vxlan(v) => {
+                    write!(f, "ip link add {name} type vxlan id {}", v.vni)?;
+                    if let Some(l) = v.local {
+                        write!(f, " local {l}")?;
+                    }
+                    if let Some(p) = v.port {
+                        write!(f, " dstport {p}")?;
+                    }
+                    if let Some(u) = v.underlay {
+                        write!(f, " dev #{u}")?;
+                    }
+                    if !v.learning {
+                        f.write_str(" nolearning")?;
+                    }
+                    if v.gbp {
+                        f.write_str(" gbp")?;
+                    }
+                    Ok(())
+                }
+            },
+            Self::LinkSet(c) => {
+                write!(f, "ip link set dev #{}", c.index)?;
+                if let Some(up) = c.up {
+                    f.write_str(if up { " up" } else { " down" })?;
+                }
+                if let Some(m) = c.mtu {
+                    write!(f, " mtu {m}")?;
+                }
+                if let Some(m) = c.mac {
+                    write!(f, " address {m}")?;
+                }
+                if let Some(m) = c.master {
+                    write!(f, " master #{m}")?;
+                }
+                Ok(())
+            }
+            Self::LinkDelete(i) => write!(f, "ip link del dev #{i}"),
+            Self::AddressAdd(a) => write!(f, "ip addr add {} dev #{}", a.addr, a.index),
+            Self::AddressDelete(a) => write!(f, "ip addr del {} dev #{}", a.addr, a.index),
+            Self::NeighbourReplace(n) => {
+                write!(f, "ip neigh replace {} lladdr ", n.ip)?;
+                match n.mac {
+                    Some(m) => write!(f, "{m}")?,
+                    None => f.write_str("?")?,
+                }
+                write!(f, " dev #{} nud permanent", n.index)
+            }
+            Self::NeighbourDelete(n) => write!(f, "ip neigh del {} dev #{}", n.ip, n.index),
+            Self::FdbAppend(e) | Self::FdbReplace(e) | Self::FdbDelete(e) => {
+                let verb = match self {
+                    Self::FdbAppend(_) => "append",
+                    Self::FdbReplace(_) => "replace",
+                    _ => "del",
+                };
+                write!(f, "bridge fdb {verb} {} dev #{}", e.mac, e.index)?;
+                if let Some(d) = e.dst {
+                    write!(f, " dst {d}")?;
+                }
+                f.write_str(" self permanent")
+            }
+            Self::RouteReplace(r) => write!(f, "ip route replace {r}"),
+            Self::RouteDelete(r) => write!(f, "ip route del {r}"),
+        }
+    }
+}
+
+fn enc_err(req: &impl fmt::Display, reason: impl fmt::Display) -> NetlinkError {
+    NetlinkError::Encode {
+        request: req.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn i32_index(req: &Request, index: u32) -> Result<i32, NetlinkError> {
+    i32::try_from(index).map_err(|_| enc_err(req, format!("interface index {index} too large")))
+}
+
+/// An attribute whose type is a raw kernel constant (for nesting).
+pub(crate) fn raw_attr(ty: u16, payload: &[u8]) -> Result<Rtattr<u16, Buffer>, NetlinkError> {
+    RtattrBuilder::default()
+        .rta_type(ty)
+        .rta_payload(Buffer::from(payload))
+        .build()
+        .map_err(|e| enc_err(&"attribute", e))
+}
+
+fn typed_attr<T: neli::consts::rtnl::RtaType>(
+    ty: T,
+    payload: &[u8],
+) -> Result<Rtattr<T, Buffer>, NetlinkError> {
+    RtattrBuilder::default()
+        .rta_type(ty)
+        .rta_payload(Buffer::from(payload))
+        .build()
+        .map_err(|e| enc_err(&"attribute", e))
+}
+
+fn name_bytes(req: &Request, name: &str) -> Result<Vec<u8>, NetlinkError> {
+    if name.is_empty() || name.len() > IFNAME_MAX || name.contains(['/', ' ', '\0']) {
+        return Err(NetlinkError::Invalid(format!(
+            "{req}: interface name {name:?} must be 1..=15 bytes without '/', ' ' or NUL"
+        )));
+    }
+    let mut v = name.as_bytes().to_vec();
+    v.push(0);
+    Ok(v)
+}
+
+pub(crate) fn c16<T: TryInto<u16>>(x: T) -> u16 {
+    x.try_into().unwrap_or(u16::MAX)
+}
+
+pub(crate) fn c8<T: TryInto<u8>>(x: T) -> u8 {
+    x.try_into().unwrap_or(u8::MAX)
+}
+
+/// Serialises a neli message, appending it to `out`.
+pub(crate) fn push_msg<P: Size + ToBytes + fmt::Debug>(
+    out: &mut Vec<u8>,
+    ty: Rtm,
+    flags: NlmF,
+    seq: u32,
+    payload: P,
+) -> Result<(), NetlinkError> {
+    let msg: Nlmsghdr<Rtm, P> = NlmsghdrBuilder::default()
+        .nl_type(ty)
+        .nl_flags(flags)
+        .nl_seq(seq)
+        .nl_payload(NlPayload::Payload(payload))
+        .build()
+        .map_err(|e| enc_err(&"netlink header", e))?;
+    let mut cur = Cursor::new(Vec::with_capacity(msg.padded_size()));
+    msg.to_bytes(&mut cur)
+        .map_err(|e| enc_err(&"netlink message", e))?;
+    out.extend_from_slice(cur.get_ref());
+    Ok(())
+}
+
+fn ifinfo(
+    req: &Request,
+    index: i32,
+    flags: Iff,
+    change: Iff,
+    attrs: Vec<Rtattr<Ifla, Buffer>>,
+) -> Result<Ifinfomsg, NetlinkError> {
+    IfinfomsgBuilder::default()
+        .ifi_family(RtAddrFamily::Unspecified)
+        .ifi_type(Arphrd::from(0))
+        .ifi_index(index)
+        .ifi_flags(flags)
+        .ifi_change(change)
+        .rtattrs(attrs.into_iter().collect::<RtBuffer<Ifla, Buffer>>())
+        .build()
+        .map_err(|e| enc_err(req, e))
+}
+
+fn vxlan_data(req: &Request, v: &VxlanSpec) -> Result<Rtattr<u16, Buffer>, NetlinkError> {
+    if v.vni >= 1 << 24 {
+        return Err(NetlinkError::Invalid(format!(
+            "{req}: VNI {} exceeds 24 bits",
+            v.vni
+        )));
+    }
+    let mut data = raw_attr(c16(k::IFLA_INFO_DATA as u32), &[])?;
+    let mut add = |a: Rtattr<u16, Buffer>| data.clone().nest(&a).map(|d| data = d);
+    let e = |e| enc_err(req, e);
+    add(raw_attr(
+        c16(k::IFLA_VXLAN_ID as u32),
+        &v.vni.to_ne_bytes(),
+    )?)
+    .map_err(e)?;
+    if let Some(local) = v.local {
+        add(raw_attr(c16(k::IFLA_VXLAN_LOCAL as u32), &local.octets())?).map_err(e)?;
+    }
+    if let Some(port) = v.port {
+        // IFLA_VXLAN_PORT is __be16.
+        add(raw_attr(
+            c16(k::IFLA_VXLAN_PORT as u32),
+            &port.to_be_bytes(),
+        )?)
+        .map_err(e)?;
+    }
+    add(raw_attr(
+        c16(k::IFLA_VXLAN_LEARNING as u32),
+        &[u8::from(v.learning)],
+    )?)
+    .map_err(e)?;
+    if let Some(u) = v.underlay {
+        add(raw_attr(c16(k::IFLA_VXLAN_LINK as u32), &u.to_ne_bytes())?).map_err(e)?;
+    }
+    if v.gbp {
+        add(raw_attr(c16(k::IFLA_VXLAN_GBP as u32), &[])?).map_err(e)?;
+    }
+    Ok(data)
+}
+
+fn linkinfo(req: &Request, kind: &LinkKind) -> Result<Rtattr<Ifla, Buffer>, NetlinkError> {
+    let e = |e| enc_err(req, e);
+    let kind_name: &[u8] = match kind {
+        LinkKind::Bridge => b"bridge\0",
+        LinkKind::Dummy => b"dummy\0",
+        LinkKind::Veth { .. } => b"veth\0",
+        LinkKind::Vxlan(_) => b"vxlan\0",
+    };
+    let mut info = typed_attr(Ifla::Linkinfo, &[])?
+        .nest(&raw_attr(c16(k::IFLA_INFO_KIND as u32), kind_name)?)
+        .map_err(e)?;
+    match kind {
+        LinkKind::Vxlan(v) => info = info.nest(&vxlan_data(req, v)?).map_err(e)?,
+        LinkKind::Veth { peer } => {
+            // VETH_INFO_PEER carries a struct ifinfomsg followed by the peer's attributes.
+            let peer_msg = ifinfo(
+                req,
+                0,
+                Iff::empty(),
+                Iff::empty(),
+                vec![typed_attr(Ifla::Ifname, &name_bytes(req, peer)?)?],
+            )?;
+            let mut cur = Cursor::new(Vec::new());
+            peer_msg.to_bytes(&mut cur).map_err(e)?;
+            let peer_attr = raw_attr(VETH_INFO_PEER, cur.get_ref())?;
+            let data = raw_attr(c16(k::IFLA_INFO_DATA as u32), &[])?
+                .nest(&peer_attr)
+                .map_err(e)?;
+            info = info.nest(&data).map_err(e)?;
+        }
+        LinkKind::Bridge | LinkKind::Dummy => {}
+    }
+    Ok(info)
+}
+
+fn route_msg(req: &Request, r: &Route) -> Result<Rtmsg, NetlinkError> {
+    let mut attrs = vec![typed_attr(Rta::Dst, &r.dst.network().octets())?];
+    if let Some(gw) = r.gateway {
+        attrs.push(typed_attr(Rta::Gateway, &gw.octets())?);
+    }
+    if let Some(oif) = r.oif {
+        attrs.push(typed_attr(Rta::Oif, &oif.to_ne_bytes())?);
+    }
+    attrs.push(typed_attr(Rta::Table, &r.table.to_ne_bytes())?);
+    let scope = if r.gateway.is_none() && r.oif.is_some() {
+        RtScope::Link
+    } else {
+        RtScope::Universe
+    };
+    let flags = if r.onlink {
+        RtmF::from_bits_retain(k::RTNH_F_ONLINK)
+    } else {
+        RtmF::empty()
+    };
+    RtmsgBuilder::default()
+        .rtm_family(RtAddrFamily::Inet)
+        .rtm_dst_len(r.dst.prefix())
+        .rtm_src_len(0)
+        .rtm_tos(0)
+        .rtm_table(RtTable::from(u8::try_from(r.table).unwrap_or(0)))
+        .rtm_protocol(Rtprot::from(r.protocol))
+        .rtm_scope(scope)
+        .rtm_type(Rtn::Unicast)
+        .rtm_flags(flags)
+        .rtattrs(attrs.into_iter().collect::<RtBuffer<Rta, Buffer>>())
+        .build()
+        .map_err(|e| enc_err(req, e))
+}
+
+fn nd_msg(
+    req: &Request,
+    family: RtAddrFamily,
+    index: u32,
+    flags: Ntf,
+    attrs: Vec<Rtattr<Nda, Buffer>>,
+) -> Result<Ndmsg, NetlinkError> {
+    NdmsgBuilder::default()
+        .ndm_family(family)
+        .ndm_index(i32_index(req, index)?)
+        .ndm_state(Nud::PERMANENT)
+        .ndm_flags(flags)
+        .ndm_type(Rtn::Unspec)
+        .rtattrs(attrs.into_iter().collect::<RtBuffer<Nda, Buffer>>())
+        .build()
+        .map_err(|e| enc_err(req, e))
+}
+
+fn addr_msg(req: &Request, a: &Address) -> Result<Ifaddrmsg, NetlinkError> {
+    let ip = a.addr.ip().octets();
+    IfaddrmsgBuilder::default()
+        .ifa_family(RtAddrFamily::Inet)
+        .ifa_prefixlen(a.addr.prefix())
+        .ifa_flags(IfaF::PERMANENT)
+        .ifa_scope(RtScope::Universe)
+        .ifa_index(a.index)
+        .rtattrs(
+            [typed_attr(Ifa::Local, &ip)?, typed_attr(Ifa::Address, &ip)?]
+                .into_iter()
+                .collect::<RtBuffer<Ifa, Buffer>>(),
+        )
+        .build()
+        .map_err(|e| enc_err(req, e))
+}
+
+impl Request {
+    /// Appends this request, with sequence number `seq` and `NLM_F_ACK`, to `out`.
+    pub(crate) fn encode(&self, seq: u32, out: &mut Vec<u8>) -> Result<(), NetlinkError> {
+        let req = NlmF::REQUEST | NlmF::ACK;
+        let create_excl = req | NlmF::CREATE | NlmF::EXCL;
+        let create_replace = req | NlmF::CREATE | NlmF::REPLACE;
+        match self {
+            Self::LinkAdd { name, kind } => {
+                let mut attrs = vec![typed_attr(Ifla::Ifname, &name_bytes(self, name)?)?];
+                if let LinkKind::Vxlan(v) = kind {
+                    if let Some(mtu) = v.mtu {
+                        attrs.push(typed_attr(Ifla::Mtu, &mtu.to_ne_bytes())?);
+                    }
+                    if let Some(mac) = v.mac {
+                        attrs.push(typed_attr(Ifla::Address, &mac.0)?);
+                    }
+                }
+                attrs.push(linkinfo(self, kind)?);
+                let msg = ifinfo(self, 0, Iff::empty(), Iff::empty(), attrs)?;
+                push_msg(out, Rtm::Newlink, create_excl, seq, msg)
+            }
+            Self::LinkSet(c) => {
+                let mut attrs = Vec::new();
+                if let Some(mtu) = c.mtu {
+                    attrs.push(typed_attr(Ifla::Mtu, &mtu.to_ne_bytes())?);
+                }
+                if let Some(mac) = c.mac {
+                    attrs.push(typed_attr(Ifla::Address, &mac.0)?);
+                }
+                if let Some(m) = c.master {
+                    attrs.push(typed_attr(Ifla::Master, &m.to_ne_bytes())?);
+                }
+                let (flags, change) = match c.up {
+                    Some(true) => (Iff::UP, Iff::UP),
+                    Some(false) => (Iff::empty(), Iff::UP),
+                    None => (Iff::empty(), Iff::empty()),
+                };
+                let msg = ifinfo(self, i32_index(self, c.index)?, flags, change, attrs)?;
+                push_msg(out, Rtm::Newlink, req, seq, msg)
+            }
+            Self::LinkDelete(index) => {
+                let msg = ifinfo(
+                    self,
+                    i32_index(self, *index)?,
+                    Iff::empty(),
+                    Iff::empty(),
+                    vec![],
+                )?;
+                push_msg(out, Rtm::Dellink, req, seq, msg)
+            }
+            Self::AddressAdd(a) => {
+                push_msg(out, Rtm::Newaddr, create_excl, seq, addr_msg(self, a)?)
+            }
+            Self::AddressDelete(a) => push_msg(out, Rtm::Deladdr, req, seq, addr_msg(self, a)?),
+            Self::NeighbourReplace(n) => {
+                let mac = n
+                    .mac
+                    .ok_or_else(|| NetlinkError::Invalid(format!("{self}: no lladdr")))?;
+                let attrs = vec![
+                    typed_attr(Nda::Dst, &n.ip.octets())?,
+                    typed_attr(Nda::Lladdr, &mac.0)?,
+                ];
+                let msg = nd_msg(self, RtAddrFamily::Inet, n.index, Ntf::empty(), attrs)?;
+                push_msg(out, Rtm::Newneigh, create_replace, seq, msg)
+            }
+            Self::NeighbourDelete(n) => {
+                let attrs = vec![typed_attr(Nda::Dst, &n.ip.octets())?];
+                let msg = nd_msg(self, RtAddrFamily::Inet, n.index, Ntf::empty(), attrs)?;
+                push_msg(out, Rtm::Delneigh, req, seq, msg)
+            }
+            Self::FdbAppend(e) | Self::FdbReplace(e) | Self::FdbDelete(e) => {
+                let mut attrs = vec![typed_attr(Nda::Lladdr, &e.mac.0)?];
+                if let Some(dst) = e.dst {
+                    attrs.push(typed_attr(Nda::Dst, &dst.octets())?);
+                }
+                let family = RtAddrFamily::from(AF_BRIDGE);
+                let msg = nd_msg(self, family, e.index, Ntf::SELF, attrs)?;
+                let (ty, flags) = match self {
+                    Self::FdbAppend(_) => (Rtm::Newneigh, req | NlmF::CREATE | NlmF::APPEND),
+                    Self::FdbReplace(_) => (Rtm::Newneigh, create_replace),
+                    _ => (Rtm::Delneigh, req),
+                };
+                push_msg(out, ty, flags, seq, msg)
+            }
+            Self::RouteReplace(r) => {
+                push_msg(out, Rtm::Newroute, create_replace, seq, route_msg(self, r)?)
+            }
+            Self::RouteDelete(r) => push_msg(out, Rtm::Delroute, req, seq, route_msg(self, r)?),
+        }
+    }
+}
+
+/// Encodes a dump request (`NLM_F_DUMP`) for `ty` with an empty family header.
+pub(crate) fn encode_dump(
+    ty: Rtm,
+    family: u8,
+    seq: u32,
+    out: &mut Vec<u8>,
+) -> Result<(), NetlinkError> {
+    let flags = NlmF::REQUEST | NlmF::DUMP;
+    let fam = RtAddrFamily::from(family);
+    match ty {
+        Rtm::Getlink => {
+            let msg = IfinfomsgBuilder::default()
+                .ifi_family(fam)
+                .build()
+                .map_err(|x| enc_err(&"dump request", x))?;
+            push_msg(out, ty, flags, seq, msg)
+        }
+        Rtm::Getaddr => {
+            let msg = IfaddrmsgBuilder::default()
+                .ifa_family(fam)
+                .ifa_prefixlen(0)
+                .ifa_scope(RtScope::Universe)
+                .ifa_index(0)
+                .build()
+                .map_err(|x| enc_err(&"dump request", x))?;
+            push_msg(out, ty, flags, seq, msg)
+        }
+        Rtm::Getneigh => {
+            let msg = NdmsgBuilder::default()
+                .ndm_family(fam)
+                .ndm_index(0)
+                .ndm_state(Nud::empty())
+                .ndm_type(Rtn::Unspec)
+                .build()
+                .map_err(|x| enc_err(&"dump request", x))?;
+            push_msg(out, ty, flags, seq, msg)
+        }
+        _ => {
+            let msg = RtmsgBuilder::default()
+                .rtm_family(fam)
+                .rtm_dst_len(0)
+                .rtm_src_len(0)
+                .rtm_tos(0)
+                .rtm_table(RtTable::Unspec)
+                .rtm_protocol(Rtprot::Unspec)
+                .rtm_scope(RtScope::Universe)
+                .rtm_type(Rtn::Unspec)
+                .build()
+                .map_err(|x| enc_err(&"dump request", x))?;
+            push_msg(out, Rtm::Getroute, flags, seq, msg)
+        }
+    }
+}
+
+/// Encodes `RTM_GETLINK` for one link by index or name (answered by one message).
+pub(crate) fn encode_get_link(
+    index: Option<u32>,
+    name: Option<&str>,
+    seq: u32,
+    out: &mut Vec<u8>,
+) -> Result<(), NetlinkError> {
+    let label = Request::LinkDelete(index.unwrap_or(0));
+    let mut attrs = Vec::new();
+    if let Some(n) = name {
+        attrs.push(typed_attr(Ifla::Ifname, &name_bytes(&label, n)?)?);
+    }
+    let idx = match index {
+        Some(i) => i32_index(&label, i)?,
+        None => 0,
+    };
+    let msg = ifinfo(&label, idx, Iff::empty(), Iff::empty(), attrs)?;
+    push_msg(out, Rtm::Getlink, NlmF::REQUEST | NlmF::ACK, seq, msg)
+}

@@ -1,0 +1,281 @@
+//! Typed values: what we ask the kernel for and what its dumps give back.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+
+pub use twill_model::MacAddr;
+
+/// `RT_TABLE_MAIN`, the table `ip route` uses by default.
+pub const MAIN_TABLE: u32 = linux_raw_sys::netlink::rt_class_t::RT_TABLE_MAIN as u32;
+
+/// Route protocol number (`rtm_protocol`) that marks routes twill created.
+///
+/// 241 (0xf1) is not assigned in iproute2's `/etc/iproute2/rt_protos`
+/// (0–18, 42, 99, 186–192 are); `ip route` shows it as `proto 241`.
+/// Reconcile only ever deletes routes carrying this protocol.
+pub const TWILL_RTPROT: u8 = 241;
+
+/// Default VXLAN UDP port the kernel uses when none is given (8472, Linux's
+/// historical default, which flannel relies on with `Port: 0`).
+pub const LINUX_VXLAN_DEFAULT_PORT: u16 = 8472;
+
+/// Kind-specific attributes of a VXLAN link, as configured or as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanInfo {
+    /// VXLAN network identifier (24 bits).
+    pub vni: u32,
+    /// Local (source) underlay address.
+    pub local: Option<Ipv4Addr>,
+    /// UDP destination port (host order here; big-endian on the wire).
+    pub port: u16,
+    /// Whether source-MAC learning is on.
+    pub learning: bool,
+    /// Group Based Policy extension.
+    pub gbp: bool,
+    /// Underlay device index (`dev` in `ip link add ... type vxlan`).
+    pub underlay: Option<u32>,
+}
+
+/// A request to create a VXLAN device: `ip link add NAME type vxlan id VNI ...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    /// Device name (at most 15 bytes).
+    pub name: String,
+    /// VXLAN network identifier (24 bits).
+    pub vni: u32,
+    /// Local (source) underlay address.
+    pub local: Option<Ipv4Addr>,
+    /// UDP destination port; `None` lets the kernel pick its default (8472).
+    pub port: Option<u16>,
+    /// Source-MAC learning (flannel: off).
+    pub learning: bool,
+    /// Group Based Policy extension.
+    pub gbp: bool,
+    /// MTU; `None` for the kernel default.
+    pub mtu: Option<u32>,
+    /// MAC address; `None` for a random one.
+    pub mac: Option<MacAddr>,
+    /// Underlay device index.
+    pub underlay: Option<u32>,
+}
+
+impl VxlanSpec {
+    /// A spec with flannel's defaults: learning off, no GBP, kernel-chosen port, MTU and MAC.
+    #[must_use]
+    pub fn new(name: impl Into<String>, vni: u32) -> Self {
+        Self {
+            name: name.into(),
+            vni,
+            local: None,
+            port: None,
+            learning: false,
+            gbp: false,
+            mtu: None,
+            mac: None,
+            underlay: None,
+        }
+    }
+}
+
+/// A network interface as the kernel reports it (`ip -d link show`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+    /// `IFLA_INFO_KIND` (`vxlan`, `bridge`, `veth`...); `None` for plain devices (lo, physical).
+    pub kind: Option<String>,
+    /// MTU.
+    pub mtu: u32,
+    /// Hardware address, when the device has a 6-byte one.
+    pub mac: Option<MacAddr>,
+    /// Administratively up (`IFF_UP`).
+    pub up: bool,
+    /// Bridge (or other master) index.
+    pub master: Option<u32>,
+    /// VXLAN attributes when `kind == "vxlan"`.
+    pub vxlan: Option<VxlanInfo>,
+}
+
+/// A kind of link to create besides VXLAN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinkKind {
+    /// `ip link add NAME type bridge`.
+    Bridge,
+    /// `ip link add NAME type veth peer name PEER`.
+    Veth {
+        /// Name of the other end.
+        peer: String,
+    },
+    /// `ip link add NAME type dummy`.
+    Dummy,
+    /// A VXLAN device.
+    Vxlan(VxlanSpec),
+}
+
+/// A change to an existing link: `ip link set dev INDEX ...`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkChange {
+    /// Interface index.
+    pub index: u32,
+    /// Set up (`Some(true)`) or down (`Some(false)`).
+    pub up: Option<bool>,
+    /// New MTU.
+    pub mtu: Option<u32>,
+    /// New MAC address.
+    pub mac: Option<MacAddr>,
+    /// Enslave to this master (bridge) index; `Some(0)` to release.
+    pub master: Option<u32>,
+}
+
+/// An IPv4 address on a device: `ip addr add ADDR/LEN dev INDEX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Address {
+    /// Interface index.
+    pub index: u32,
+    /// Address and prefix length (host bits kept: `10.0.0.2/24`).
+    pub addr: Ipv4Network,
+}
+
+/// An IPv4 neighbour (ARP) entry: `ip neigh replace IP lladdr MAC dev INDEX nud permanent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Neighbour {
+    /// Interface index.
+    pub index: u32,
+    /// The IPv4 address.
+    pub ip: Ipv4Addr,
+    /// Its link-layer address (`None` in dumps for incomplete entries; required to add).
+    pub mac: Option<MacAddr>,
+    /// Whether the entry is `NUD_PERMANENT` (always true for entries we add).
+    pub permanent: bool,
+}
+
+impl Neighbour {
+    /// A permanent entry `ip` → `mac` on `index`.
+    #[must_use]
+    pub fn permanent(index: u32, ip: Ipv4Addr, mac: MacAddr) -> Self {
+        Self {
+            index,
+            ip,
+            mac: Some(mac),
+            permanent: true,
+        }
+    }
+}
+
+/// A bridge forwarding database entry on a device (`self`):
+/// `bridge fdb append MAC dev INDEX dst IP self permanent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FdbEntry {
+    /// Interface index (the VXLAN device).
+    pub index: u32,
+    /// The MAC address.
+    pub mac: MacAddr,
+    /// Remote underlay address (`dst`), for VXLAN devices.
+    pub dst: Option<Ipv4Addr>,
+    /// `NUD_PERMANENT` (always true for entries we add).
+    pub permanent: bool,
+}
+
+impl FdbEntry {
+    /// A permanent entry `mac` → `dst` on `index`.
+    #[must_use]
+    pub fn permanent(index: u32, mac: MacAddr, dst: Ipv4Addr) -> Self {
+        Self {
+            index,
+            mac,
+            dst: Some(dst),
+            permanent: true,
+        }
+    }
+}
+
+/// An IPv4 unicast route: `ip route replace DST [via GW] [dev OIF] [onlink] [table T] [proto P]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Route {
+    /// Destination prefix.
+    pub dst: Ipv4Network,
+    /// Next hop.
+    pub gateway: Option<Ipv4Addr>,
+    /// Output device index.
+    pub oif: Option<u32>,
+    /// `RTNH_F_ONLINK`: the gateway is on link even if no prefix says so.
+    pub onlink: bool,
+    /// Routing table (default [`MAIN_TABLE`]).
+    pub table: u32,
+    /// Route protocol (`rtm_protocol`); [`TWILL_RTPROT`] for ours.
+    pub protocol: u8,
+}
+
+impl Route {
+    /// A route to `dst` in the main table with protocol [`TWILL_RTPROT`].
+    #[must_use]
+    pub fn new(dst: Ipv4Network) -> Self {
+        Self {
+            dst,
+            gateway: None,
+            oif: None,
+            onlink: false,
+            table: MAIN_TABLE,
+            protocol: TWILL_RTPROT,
+        }
+    }
+
+    /// Sets the gateway.
+    #[must_use]
+    pub fn via(mut self, gateway: Ipv4Addr) -> Self {
+        self.gateway = Some(gateway);
+        self
+    }
+
+    /// Sets the output device.
+    #[must_use]
+    pub fn dev(mut self, index: u32) -> Self {
+        self.oif = Some(index);
+        self
+    }
+
+    /// Sets the onlink flag.
+    #[must_use]
+    pub fn onlink(mut self) -> Self {
+        self.onlink = true;
+        self
+    }
+
+    /// Sets the table.
+    #[must_use]
+    pub fn table(mut self, table: u32) -> Self {
+        self.table = table;
+        self
+    }
+
+    /// Sets the protocol.
+    #[must_use]
+    pub fn protocol(mut self, protocol: u8) -> Self {
+        self.protocol = protocol;
+        self
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.dst)?;
+        if let Some(gw) = self.gateway {
+            write!(f, " via {gw}")?;
+        }
+        if let Some(oif) = self.oif {
+            write!(f, " dev #{oif}")?;
+        }
+        if self.onlink {
+            f.write_str(" onlink")?;
+        }
+        if self.table != MAIN_TABLE {
+            write!(f, " table {}", self.table)?;
+        }
+        write!(f, " proto {}", self.protocol)
+    }
+}
