@@ -2,8 +2,10 @@
 
 mod allocator;
 mod error;
+mod memory;
 pub mod registry;
 
 pub use allocator::SubnetAllocator;
 pub use error::SubnetError;
+pub use memory::{MemoryRegistry, DEFAULT_PREFIX};
 pub use registry::*;
