@@ -319,8 +319,8 @@ impl MemoryRegistry {
         self.shared.with(|st| st.revision)
     }
 
-    /// Discards history before `revision` (clamped to the current revision
-    /// + 1), as etcd's compaction: a watch from an earlier revision starts
+    /// Discards history before `revision` (at most the current revision plus
+    /// one), as etcd's compaction: a watch from an earlier revision starts
     /// with a [`RegistryEvent::Resync`].
     pub fn compact(&self, revision: i64) {
         self.shared.with(|st| {
