@@ -1,0 +1,206 @@
+//! flannel-compatible dataplane backends for twill: [`VxlanBackend`] and
+//! [`HostGwBackend`], behind a small public [`Backend`] trait that other
+//! crates (a userspace WireGuard backend, say) can implement too.
+//!
+//! Every backend follows the same loop, level-triggered and idempotent:
+//! dump what the kernel holds (links, neighbours, FDB, routes of our device
+//! and protocol), compute the difference with [`plan()`] — a pure function,
+//! unit- and property-tested without root — and apply it in one netlink
+//! batch ([`twill_netlink::NetlinkHandle::execute`]). Entries we did not
+//! create (another route protocol, another device) are never touched; stale
+//! entries we created and no lease justifies are removed; a second reconcile
+//! with nothing changed plans zero ops. Peers with invalid data are skipped
+//! with a reason ([`ReconcileReport::skipped`]), never programmed.
+//!
+//! IO: netlink syscalls only (short, blocking, on the calling task). No
+//! clocks, no threads. The netlink socket lives in the network namespace of
+//! the thread that created the backend.
+//!
+//! ```no_run
+//! use twill_backend::{BackendRegistry, HostContext, UnderlayInterface};
+//! use twill_model::NetworkConfig;
+//! # async fn demo(leases: Vec<twill_model::SubnetLease>, own: twill_model::SubnetLease)
+//! #   -> Result<(), Box<dyn std::error::Error>> {
+//! let config = NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#)?;
+//! let mut backend = BackendRegistry::with_builtins().create(&config.backend)?;
+//! let underlay = UnderlayInterface { name: "eth0".into(), index: 2, mtu: 1500, addr: "10.0.0.2".parse()? };
+//! let host = HostContext { config: &config, public_ip: underlay.addr, underlay: &underlay };
+//! let local = backend.setup(&host).await?;       // creates flannel.1, says what to publish
+//! println!("FLANNEL_MTU={}", local.mtu);
+//! backend.activate(&own).await?;                 // 10.244.x.0/32 on flannel.1
+//! let report = backend.reconcile(&leases).await?; // ARP + FDB + route per peer
+//! assert!(report.failed.is_empty());
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use async_trait::async_trait;
+use twill_model::{BackendConfig, LeaseAttrs, NetworkConfig, SubnetKey, SubnetLease};
+
+mod hostgw;
+mod peers;
+pub mod plan;
+mod vxlan;
+
+pub use hostgw::HostGwBackend;
+pub use plan::{plan, DataplaneState, Op, Owner};
+pub use vxlan::{derived_vtep_mac, VxlanBackend, VxlanOptions, VXLAN_OVERHEAD};
+
+/// The underlay (external) interface flannel would call `--iface`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnderlayInterface {
+    /// Interface name (`eth0`).
+    pub name: String,
+    /// Interface index.
+    pub index: u32,
+    /// Its MTU.
+    pub mtu: u32,
+    /// Its IPv4 address (the VXLAN `local` address).
+    pub addr: Ipv4Addr,
+}
+
+/// What a backend knows about the host when it sets up.
+#[derive(Debug, Clone, Copy)]
+pub struct HostContext<'a> {
+    /// The network configuration (`Network`, `Backend`...).
+    pub config: &'a NetworkConfig,
+    /// The `PublicIP` this host publishes (usually the underlay address).
+    pub public_ip: Ipv4Addr,
+    /// The underlay interface.
+    pub underlay: &'a UnderlayInterface,
+}
+
+/// What [`Backend::setup`] returns: what to publish and the overlay MTU.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalSetup {
+    /// `PublicIP`, `BackendType` and `BackendData` to publish in our lease.
+    pub attrs: LeaseAttrs,
+    /// `FLANNEL_MTU`: the MTU workloads must use on the overlay.
+    pub mtu: u32,
+}
+
+/// What one [`Backend::reconcile`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Ops planned (0 when the kernel already matched).
+    pub planned: usize,
+    /// Ops the kernel accepted (`EEXIST`/`ENOENT` count as accepted).
+    pub applied: usize,
+    /// Ops (and device repairs) that failed, each described with its errno.
+    pub failed: Vec<String>,
+    /// Peers not programmed, with the reason (bad `VtepMAC`, our own
+    /// `PublicIP`, subnet outside `Network`, not on our L2 segment...).
+    pub skipped: Vec<(SubnetKey, String)>,
+}
+
+/// Errors of backend construction and of a failed step.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// No factory registered under that `Backend.Type`.
+    #[error("unknown backend type {0:?} (known: {1})")]
+    UnknownType(String, String),
+    /// The `Backend` object does not parse for this backend.
+    #[error("invalid {backend} backend config: {reason}")]
+    Config {
+        /// Backend type.
+        backend: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A netlink operation failed.
+    #[error(transparent)]
+    Netlink(#[from] twill_netlink::NetlinkError),
+    /// `activate` or `reconcile` was called before `setup` / `activate`.
+    #[error("{0} called before {1}")]
+    NotReady(&'static str, &'static str),
+    /// Our own lease is unusable (e.g. outside `Network`).
+    #[error("own lease {key}: {reason}")]
+    OwnLease {
+        /// The lease's subnet.
+        key: SubnetKey,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A dataplane backend.
+///
+/// The daemon calls [`Backend::setup`] once (and again after a restart),
+/// publishes [`LocalSetup::attrs`] in its lease, calls [`Backend::activate`]
+/// with that lease, then [`Backend::reconcile`] on every lease event and on a
+/// timer with the full current set of leases.
+#[async_trait]
+pub trait Backend: Send {
+    /// The `Backend.Type` this implements (`vxlan`, `host-gw`).
+    fn backend_type(&self) -> &str;
+
+    /// Prepares the host (e.g. creates `flannel.<VNI>`) and returns what to
+    /// publish. Idempotent: an existing compatible device is kept (with its
+    /// MAC), an incompatible one is re-created.
+    async fn setup(&mut self, host: &HostContext<'_>) -> Result<LocalSetup, BackendError>;
+
+    /// Our lease is known: configure what depends on it (the device's
+    /// `/32` address). Idempotent.
+    async fn activate(&mut self, own: &SubnetLease) -> Result<(), BackendError>;
+
+    /// Makes the kernel match `peers` (our own lease may be included; it is
+    /// ignored). Level-triggered and idempotent: dumps the kernel state,
+    /// plans, applies in one batch, repairs a deleted or downed device. A
+    /// second call with the same peers plans zero ops. `Err` only when the
+    /// kernel cannot be read at all; per-op failures are in the report.
+    async fn reconcile(&mut self, peers: &[SubnetLease]) -> Result<ReconcileReport, BackendError>;
+}
+
+/// Builds a backend from the `Backend` config object.
+pub type BackendFactory = fn(&BackendConfig) -> Result<Box<dyn Backend>, BackendError>;
+
+/// Backend types by name.
+#[derive(Debug, Clone, Default)]
+pub struct BackendRegistry {
+    factories: BTreeMap<String, BackendFactory>,
+}
+
+impl BackendRegistry {
+    /// An empty registry.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A registry with `vxlan` and `host-gw`.
+    #[must_use]
+    pub fn with_builtins() -> Self {
+        let mut r = Self::new();
+        r.register("vxlan", |c| Ok(Box::new(VxlanBackend::from_config(c)?)));
+        r.register("host-gw", |c| Ok(Box::new(HostGwBackend::from_config(c)?)));
+        r
+    }
+
+    /// Registers (or replaces) a factory.
+    pub fn register(&mut self, name: &str, factory: BackendFactory) {
+        self.factories.insert(name.to_string(), factory);
+    }
+
+    /// Registered type names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.factories.keys().map(String::as_str)
+    }
+
+    /// Builds the backend named by `config.backend_type` (a netlink socket is
+    /// opened in the calling thread's network namespace).
+    ///
+    /// # Errors
+    /// [`BackendError::UnknownType`] naming the type, or the factory's error.
+    pub fn create(&self, config: &BackendConfig) -> Result<Box<dyn Backend>, BackendError> {
+        let f = self.factories.get(&config.backend_type).ok_or_else(|| {
+            BackendError::UnknownType(
+                config.backend_type.clone(),
+                self.names().collect::<Vec<_>>().join(", "),
+            )
+        })?;
+        f(config)
+    }
+}

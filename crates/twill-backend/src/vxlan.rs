@@ -1,0 +1,477 @@
+//! The VXLAN backend, laid out exactly as flannel v0.28 lays it out.
+//!
+//! Device `flannel.<VNI>` (learning off, `local` = our underlay address,
+//! underlay device set, MTU = underlay MTU − 50 unless `MTU` is configured),
+//! our subnet's network address as a `/32` on it, and per peer:
+//!
+//! ```text
+//! ip neigh replace <subnet>.0 lladdr <VtepMAC> dev flannel.N nud permanent
+//! bridge fdb append <VtepMAC> dev flannel.N dst <PublicIP> self permanent
+//! ip route replace <subnet> via <subnet>.0 dev flannel.N onlink proto 241
+//! ```
+//!
+//! With `DirectRouting`, a peer on our L2 segment gets
+//! `ip route replace <subnet> via <PublicIP> dev <underlay>` instead.
+//! `BackendData` is `{"VNI":N,"VtepMAC":"..."}` as flannel writes it; leases
+//! with only `VtepMAC` (older flannel) are read too.
+//!
+//! Beyond flannel: the VTEP MAC is stable across restarts (an existing
+//! device's MAC is reused, else one is derived from VNI and public IP), a
+//! deleted or downed device is repaired at the next reconcile, a device whose
+//! VNI/port/local/underlay no longer match the config is re-created, and
+//! stale routes of ours are garbage-collected.
+
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use serde::Deserialize;
+use twill_model::{BackendConfig, LeaseAttrs, MacAddr, NetworkConfig, SubnetKey, SubnetLease};
+use twill_netlink::{
+    Address, FdbEntry, Link, Neighbour, NetlinkHandle, Route, VxlanSpec, LINUX_VXLAN_DEFAULT_PORT,
+    MAIN_TABLE, TWILL_RTPROT,
+};
+
+use crate::peers::{check_common, dedupe, on_segment};
+use crate::plan::{plan, route_conflicts, DataplaneState, Owner};
+use crate::{Backend, BackendError, HostContext, LocalSetup, ReconcileReport, UnderlayInterface};
+
+/// VXLAN encapsulation overhead flannel subtracts from the underlay MTU.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// The `Backend` object of a `vxlan` network (flannel's field names; Go's
+/// JSON decoding is case-insensitive, so lowercase aliases are accepted).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct VxlanOptions {
+    /// `VNI` (default 1).
+    #[serde(rename = "VNI", alias = "vni", alias = "Vni")]
+    pub vni: u32,
+    /// `Port`: UDP port, 0 for the kernel default (8472).
+    #[serde(rename = "Port", alias = "port")]
+    pub port: u16,
+    /// `GBP`: Group Based Policy.
+    #[serde(rename = "GBP", alias = "gbp", alias = "Gbp")]
+    pub gbp: bool,
+    /// `Learning`: source-MAC learning (flannel default: off).
+    #[serde(rename = "Learning", alias = "learning")]
+    pub learning: bool,
+    /// `DirectRouting`: plain routes to peers on our L2 segment.
+    #[serde(
+        rename = "DirectRouting",
+        alias = "directRouting",
+        alias = "directrouting"
+    )]
+    pub direct_routing: bool,
+    /// `MTU`: overrides underlay MTU − 50 (twill extension).
+    #[serde(rename = "MTU", alias = "mtu", alias = "Mtu")]
+    pub mtu: Option<u32>,
+}
+
+impl Default for VxlanOptions {
+    fn default() -> Self {
+        Self {
+            vni: 1,
+            port: 0,
+            gbp: false,
+            learning: false,
+            direct_routing: false,
+            mtu: None,
+        }
+    }
+}
+
+impl VxlanOptions {
+    /// Parses and validates the `Backend` object.
+    ///
+    /// # Errors
+    /// [`BackendError::Config`] for a wrong type or a VNI over 24 bits.
+    pub fn from_config(config: &BackendConfig) -> Result<Self, BackendError> {
+        let o: Self = config.parse_as().map_err(|e| BackendError::Config {
+            backend: "vxlan",
+            reason: e.to_string(),
+        })?;
+        if o.vni >= 1 << 24 {
+            return Err(BackendError::Config {
+                backend: "vxlan",
+                reason: format!("VNI {} exceeds 24 bits", o.vni),
+            });
+        }
+        if o.mtu.is_some_and(|m| !(68..=65535).contains(&m)) {
+            return Err(BackendError::Config {
+                backend: "vxlan",
+                reason: format!("MTU {:?} outside 68..=65535", o.mtu),
+            });
+        }
+        Ok(o)
+    }
+
+    /// The device name, `flannel.<VNI>`.
+    #[must_use]
+    pub fn device_name(&self) -> String {
+        format!("flannel.{}", self.vni)
+    }
+}
+
+/// `BackendData` of a vxlan lease.
+#[derive(Debug, Deserialize)]
+struct VxlanLeaseData {
+    #[serde(rename = "VNI", alias = "vni", default)]
+    vni: Option<u32>,
+    #[serde(rename = "VtepMAC", alias = "vtepMAC", alias = "vtepmac")]
+    vtep_mac: String,
+}
+
+/// A locally administered unicast MAC derived from the VNI and public IP:
+/// stable across restarts and distinct per host.
+#[must_use]
+pub fn derived_vtep_mac(vni: u32, public_ip: Ipv4Addr) -> MacAddr {
+    let v = vni.to_be_bytes();
+    let o = public_ip.octets();
+    MacAddr([0x0e, v[1] ^ v[2] ^ v[3], o[0], o[1], o[2], o[3]])
+}
+
+#[derive(Debug, Clone)]
+struct Ready {
+    config: NetworkConfig,
+    public_ip: Ipv4Addr,
+    underlay: UnderlayInterface,
+    mac: MacAddr,
+    mtu: u32,
+}
+
+/// flannel's `vxlan` backend over the kernel's VXLAN driver.
+#[derive(Debug)]
+pub struct VxlanBackend {
+    opts: VxlanOptions,
+    nl: NetlinkHandle,
+    ready: Option<Ready>,
+    own: Option<SubnetKey>,
+}
+
+impl VxlanBackend {
+    /// Builds from the `Backend` object, opening a netlink socket in the
+    /// current thread's network namespace.
+    ///
+    /// # Errors
+    /// Bad config or no netlink socket.
+    pub fn from_config(config: &BackendConfig) -> Result<Self, BackendError> {
+        Ok(Self::with_handle(
+            VxlanOptions::from_config(config)?,
+            NetlinkHandle::new()?,
+        ))
+    }
+
+    /// Builds from parsed options and an existing netlink handle (whose
+    /// namespace is the one programmed).
+    #[must_use]
+    pub fn with_handle(opts: VxlanOptions, nl: NetlinkHandle) -> Self {
+        Self {
+            opts,
+            nl,
+            ready: None,
+            own: None,
+        }
+    }
+
+    /// The options in force.
+    #[must_use]
+    pub fn options(&self) -> &VxlanOptions {
+        &self.opts
+    }
+
+    fn spec(&self, r: &Ready) -> VxlanSpec {
+        VxlanSpec {
+            name: self.opts.device_name(),
+            vni: self.opts.vni,
+            local: Some(r.underlay.addr),
+            port: (self.opts.port != 0).then_some(self.opts.port),
+            learning: self.opts.learning,
+            gbp: self.opts.gbp,
+            mtu: Some(r.mtu),
+            mac: Some(r.mac),
+            underlay: Some(r.underlay.index),
+        }
+    }
+
+    fn compatible(&self, r: &Ready, link: &Link) -> bool {
+        let want_port = if self.opts.port == 0 {
+            LINUX_VXLAN_DEFAULT_PORT
+        } else {
+            self.opts.port
+        };
+        link.kind.as_deref() == Some("vxlan")
+            && link.vxlan.as_ref().is_some_and(|v| {
+                v.vni == self.opts.vni
+                    && v.local == Some(r.underlay.addr)
+                    && v.port == want_port
+                    && v.underlay == Some(r.underlay.index)
+                    && v.gbp == self.opts.gbp
+                    && v.learning == self.opts.learning
+            })
+    }
+
+    /// Makes sure the device exists, matches the config, is up, has our MAC
+    /// and MTU (and our address once activated). Returns its index and
+    /// whether anything had to be repaired.
+    fn ensure_device(&mut self) -> Result<(u32, bool), BackendError> {
+        let r = self
+            .ready
+            .clone()
+            .ok_or(BackendError::NotReady("reconcile", "setup"))?;
+        let name = self.opts.device_name();
+        let mut repaired = false;
+        let link = match self.nl.link().find(&name)? {
+            Some(l) if self.compatible(&r, &l) => l,
+            found => {
+                if let Some(old) = found {
+                    tracing::info!(device = %name, "re-creating VXLAN device whose attributes no longer match");
+                    self.nl.link().delete(old.index)?;
+                }
+                repaired = true;
+                let spec = self.spec(&r);
+                self.nl.link().add_vxlan(&spec)?
+            }
+        };
+        if link.mac != Some(r.mac) {
+            self.nl.link().set_mac(link.index, r.mac)?;
+            repaired = true;
+        }
+        if link.mtu != r.mtu {
+            self.nl.link().set_mtu(link.index, r.mtu)?;
+            repaired = true;
+        }
+        if !link.up {
+            self.nl.link().set_up(link.index)?;
+            repaired = true;
+        }
+        if let Some(own) = self.own {
+            repaired |= self.ensure_address(link.index, own)?;
+        }
+        Ok((link.index, repaired))
+    }
+
+    /// `<subnet network address>/32` on the device, and no other IPv4 address.
+    fn ensure_address(&mut self, dev: u32, own: SubnetKey) -> Result<bool, BackendError> {
+        let want = Address {
+            index: dev,
+            addr: Ipv4Network::new(own.network_addr(), 32).map_err(|e| BackendError::OwnLease {
+                key: own,
+                reason: e.to_string(),
+            })?,
+        };
+        let have = self.nl.address().list(Some(dev))?;
+        let mut changed = false;
+        for a in have.iter().filter(|a| **a != want) {
+            self.nl.address().delete(*a)?;
+            changed = true;
+        }
+        if !have.contains(&want) {
+            match self.nl.address().add(want) {
+                Err(e) if !e.is_exists() => return Err(e.into()),
+                _ => changed = true,
+            }
+        }
+        Ok(changed)
+    }
+
+    /// The desired kernel state for `peers`, and the peers skipped with why.
+    fn desired(
+        &mut self,
+        r: &Ready,
+        dev: u32,
+        peers: &[SubnetLease],
+    ) -> Result<(DataplaneState, Vec<(SubnetKey, String)>), BackendError> {
+        let connected: Vec<Ipv4Network> = if self.opts.direct_routing {
+            self.nl
+                .address()
+                .list(Some(r.underlay.index))?
+                .into_iter()
+                .map(|a| a.addr)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut sorted: Vec<&SubnetLease> = peers.iter().collect();
+        sorted.sort_by_key(|p| p.key);
+        let mut state = DataplaneState::default();
+        let mut skipped = Vec::new();
+        let mut accepted = Vec::new();
+        for peer in sorted {
+            match self.peer_entries(r, dev, peer, &connected, &mut accepted) {
+                Ok(Some((neigh, fdb, route))) => {
+                    state.neighbours.extend(neigh);
+                    state.fdb.extend(fdb);
+                    state.routes.push(route);
+                }
+                Ok(None) => {}
+                Err(reason) => skipped.push((peer.key, reason)),
+            }
+        }
+        Ok((state, skipped))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn peer_entries(
+        &self,
+        r: &Ready,
+        dev: u32,
+        peer: &SubnetLease,
+        connected: &[Ipv4Network],
+        accepted: &mut Vec<(SubnetKey, Ipv4Network)>,
+    ) -> Result<Option<(Option<Neighbour>, Option<FdbEntry>, Route)>, String> {
+        if check_common(peer, self.own.as_ref(), r.public_ip, &r.config, "vxlan")?.is_none() {
+            return Ok(None);
+        }
+        let data: VxlanLeaseData = peer
+            .attrs
+            .backend_data_as()
+            .map_err(|e| format!("bad BackendData: {e}"))?;
+        let mac: MacAddr = data
+            .vtep_mac
+            .parse()
+            .map_err(|_| format!("bad VtepMAC {:?}", data.vtep_mac))?;
+        if !mac.is_unicast() {
+            return Err(format!("VtepMAC {mac} is not a unicast address"));
+        }
+        if mac == r.mac {
+            return Err(format!("VtepMAC {mac} is our own"));
+        }
+        if let Some(v) = data.vni.filter(|v| *v != self.opts.vni) {
+            return Err(format!("VNI {v} differs from ours ({})", self.opts.vni));
+        }
+        dedupe(accepted, peer.key)?;
+        let public = peer.attrs.public_ip;
+        if self.opts.direct_routing && on_segment(connected, public) {
+            let route = Route::new(peer.key.ipv4).via(public).dev(r.underlay.index);
+            return Ok(Some((None, None, route)));
+        }
+        let gw = peer.key.network_addr();
+        Ok(Some((
+            Some(Neighbour::permanent(dev, gw, mac)),
+            Some(FdbEntry::permanent(dev, mac, public)),
+            Route::new(peer.key.ipv4).via(gw).dev(dev).onlink(),
+        )))
+    }
+}
+
+/// Dumps the kernel state relevant to `owner` and applies `plan` in one batch.
+pub(crate) fn converge(
+    nl: &mut NetlinkHandle,
+    desired: &DataplaneState,
+    owner: &Owner,
+    report: &mut ReconcileReport,
+) -> Result<(), BackendError> {
+    let observed = DataplaneState {
+        neighbours: match owner.device {
+            Some(d) => nl.neighbour().list(Some(d))?,
+            None => Vec::new(),
+        },
+        fdb: match owner.device {
+            Some(d) => nl.fdb().list(Some(d))?,
+            None => Vec::new(),
+        },
+        routes: nl.route().list(Some(owner.table))?,
+    };
+    for r in route_conflicts(desired, &observed, owner) {
+        report.skipped.push((
+            SubnetKey::v4(r.dst),
+            format!(
+                "a route to {} that twill did not create is in the way",
+                r.dst
+            ),
+        ));
+    }
+    let ops = plan(desired, &observed, owner);
+    report.planned = ops.len();
+    if ops.is_empty() {
+        return Ok(());
+    }
+    let requests: Vec<_> = ops.iter().map(crate::plan::Op::to_request).collect();
+    let outcome = nl.execute(&requests)?;
+    for r in outcome.results {
+        match r {
+            Ok(()) => report.applied += 1,
+            Err(e) if e.is_exists() || e.is_not_found() => report.applied += 1,
+            Err(e) => report.failed.push(e.to_string()),
+        }
+    }
+    tracing::debug!(
+        planned = report.planned,
+        applied = report.applied,
+        failed = report.failed.len(),
+        "reconciled"
+    );
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Backend for VxlanBackend {
+    fn backend_type(&self) -> &str {
+        "vxlan"
+    }
+
+    async fn setup(&mut self, host: &HostContext<'_>) -> Result<LocalSetup, BackendError> {
+        let name = self.opts.device_name();
+        // Reuse the MAC of an existing device so peers' FDB/ARP stay valid.
+        let existing = self.nl.link().find(&name)?;
+        let mac = existing
+            .as_ref()
+            .and_then(|l| l.mac)
+            .filter(|m| m.is_unicast())
+            .unwrap_or_else(|| derived_vtep_mac(self.opts.vni, host.public_ip));
+        let mtu = self
+            .opts
+            .mtu
+            .unwrap_or_else(|| host.underlay.mtu.saturating_sub(VXLAN_OVERHEAD));
+        self.ready = Some(Ready {
+            config: host.config.clone(),
+            public_ip: host.public_ip,
+            underlay: host.underlay.clone(),
+            mac,
+            mtu,
+        });
+        self.ensure_device()?;
+        let mut attrs = LeaseAttrs::new(host.public_ip, "vxlan");
+        attrs.backend_data =
+            Some(serde_json::json!({ "VNI": self.opts.vni, "VtepMAC": mac.to_string() }));
+        Ok(LocalSetup { attrs, mtu })
+    }
+
+    async fn activate(&mut self, own: &SubnetLease) -> Result<(), BackendError> {
+        let r = self
+            .ready
+            .as_ref()
+            .ok_or(BackendError::NotReady("activate", "setup"))?;
+        r.config
+            .check_subnet(&own.key)
+            .map_err(|e| BackendError::OwnLease {
+                key: own.key,
+                reason: e.to_string(),
+            })?;
+        self.own = Some(own.key);
+        self.ensure_device()?;
+        Ok(())
+    }
+
+    async fn reconcile(&mut self, peers: &[SubnetLease]) -> Result<ReconcileReport, BackendError> {
+        let r = self
+            .ready
+            .clone()
+            .ok_or(BackendError::NotReady("reconcile", "setup"))?;
+        let mut report = ReconcileReport::default();
+        let (dev, repaired) = self.ensure_device()?;
+        if repaired {
+            tracing::info!(device = %self.opts.device_name(), "repaired VXLAN device");
+        }
+        let (desired, skipped) = self.desired(&r, dev, peers)?;
+        report.skipped = skipped;
+        let owner = Owner {
+            device: Some(dev),
+            protocol: TWILL_RTPROT,
+            table: MAIN_TABLE,
+            route_oifs: vec![dev, r.underlay.index],
+        };
+        converge(&mut self.nl, &desired, &owner, &mut report)?;
+        Ok(report)
+    }
+}
