@@ -283,3 +283,262 @@ pub fn simulate(state: &DataplaneState, ops: &[Op]) -> DataplaneState {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::Ipv4Addr;
+    use twill_netlink::{MAIN_TABLE, TWILL_RTPROT};
+
+    const DEV: u32 = 5;
+    const ETH0: u32 = 2;
+    const OTHER: u32 = 9;
+
+    fn owner() -> Owner {
+        Owner {
+            device: Some(DEV),
+            protocol: TWILL_RTPROT,
+            table: MAIN_TABLE,
+            route_oifs: vec![DEV, ETH0],
+        }
+    }
+
+    fn mac(i: u8) -> MacAddr {
+        MacAddr([0x0e, 0, 0, 0, 0, i])
+    }
+
+    fn peer(i: u8) -> (Neighbour, FdbEntry, Route) {
+        let gw = Ipv4Addr::new(10, 244, i, 0);
+        (
+            Neighbour::permanent(DEV, gw, mac(i)),
+            FdbEntry::permanent(DEV, mac(i), Ipv4Addr::new(10, 0, 0, i)),
+            Route::new(format!("10.244.{i}.0/24").parse().expect("net"))
+                .via(gw)
+                .dev(DEV)
+                .onlink(),
+        )
+    }
+
+    fn state(ids: &[u8]) -> DataplaneState {
+        let mut s = DataplaneState::default();
+        for &i in ids {
+            let (n, f, r) = peer(i);
+            s.neighbours.push(n);
+            s.fdb.push(f);
+            s.routes.push(r);
+        }
+        s
+    }
+
+    #[test]
+    fn empty_kernel_gets_three_ops_per_peer() {
+        let ops = plan(&state(&[1, 2]), &DataplaneState::default(), &owner());
+        assert_eq!(ops.len(), 6);
+        assert!(ops.iter().all(|o| !o.is_delete()));
+    }
+
+    #[test]
+    fn matching_kernel_plans_nothing() {
+        assert!(plan(&state(&[1, 2, 3]), &state(&[1, 2, 3]), &owner()).is_empty());
+    }
+
+    #[test]
+    fn stale_peer_is_removed_and_foreign_entries_kept() {
+        let mut observed = state(&[1, 2]);
+        let foreign_route = Route::new("10.244.7.0/24".parse().expect("net"))
+            .via(Ipv4Addr::new(10, 0, 0, 7))
+            .dev(ETH0)
+            .protocol(4);
+        let other_dev = Neighbour::permanent(OTHER, Ipv4Addr::new(1, 2, 3, 4), mac(9));
+        let dynamic = Neighbour {
+            permanent: false,
+            ..Neighbour::permanent(DEV, Ipv4Addr::new(10, 244, 8, 0), mac(8))
+        };
+        observed.routes.push(foreign_route);
+        observed.neighbours.push(other_dev);
+        observed.neighbours.push(dynamic);
+        let ops = plan(&state(&[1]), &observed, &owner());
+        let (n2, f2, r2) = peer(2);
+        assert_eq!(
+            ops,
+            vec![
+                Op::DeleteNeighbour(n2),
+                Op::DeleteFdb(f2),
+                Op::DeleteRoute(r2)
+            ]
+        );
+    }
+
+    #[test]
+    fn changed_mac_replaces_neighbour_and_moves_fdb() {
+        let observed = state(&[1]);
+        let mut desired = state(&[1]);
+        desired.neighbours[0].mac = Some(mac(99));
+        desired.fdb[0].mac = mac(99);
+        let ops = plan(&desired, &observed, &owner());
+        assert_eq!(ops.len(), 3, "{ops:?}");
+        assert!(matches!(ops[0], Op::ReplaceNeighbour(n) if n.mac == Some(mac(99))));
+        assert!(matches!(ops[1], Op::AppendFdb(e) if e.mac == mac(99)));
+        assert!(matches!(ops[2], Op::DeleteFdb(e) if e.mac == mac(1)));
+    }
+
+    #[test]
+    fn changed_route_is_replaced_in_place_not_deleted() {
+        let observed = state(&[1]);
+        let mut desired = state(&[1]);
+        desired.routes[0] = desired.routes[0].via(Ipv4Addr::new(10, 0, 0, 1));
+        desired.routes[0].onlink = false;
+        desired.routes[0].oif = Some(ETH0);
+        let ops = plan(&desired, &observed, &owner());
+        assert_eq!(ops, vec![Op::ReplaceRoute(desired.routes[0])]);
+    }
+
+    #[test]
+    fn foreign_route_at_our_destination_is_not_replaced() {
+        let mut observed = DataplaneState::default();
+        let (_, _, r) = peer(3);
+        observed.routes.push(r.protocol(4));
+        let desired = state(&[3]);
+        let ops = plan(&desired, &observed, &owner());
+        assert!(!ops
+            .iter()
+            .any(|o| matches!(o, Op::ReplaceRoute(_) | Op::DeleteRoute(_))));
+        assert_eq!(route_conflicts(&desired, &observed, &owner()), vec![r]);
+    }
+
+    fn arb_route() -> impl Strategy<Value = Route> {
+        (
+            0u8..12,
+            prop::bool::ANY,
+            prop_oneof![Just(DEV), Just(ETH0), Just(OTHER)],
+            prop_oneof![Just(TWILL_RTPROT), Just(4u8), Just(3u8)],
+            prop_oneof![Just(MAIN_TABLE), Just(100u32)],
+        )
+            .prop_map(|(i, onlink, oif, proto, table)| {
+                let mut r = Route::new(format!("10.244.{i}.0/24").parse().expect("net"))
+                    .via(Ipv4Addr::new(10, 0, 0, i))
+                    .dev(oif)
+                    .protocol(proto)
+                    .table(table);
+                r.onlink = onlink;
+                r
+            })
+    }
+
+    fn arb_neigh() -> impl Strategy<Value = Neighbour> {
+        (
+            0u8..12,
+            0u8..4,
+            prop_oneof![Just(DEV), Just(OTHER)],
+            prop::bool::ANY,
+        )
+            .prop_map(|(i, m, dev, perm)| Neighbour {
+                index: dev,
+                ip: Ipv4Addr::new(10, 244, i, 0),
+                mac: Some(mac(m)),
+                permanent: perm,
+            })
+    }
+
+    fn arb_fdb() -> impl Strategy<Value = FdbEntry> {
+        (
+            0u8..6,
+            prop::option::of(0u8..4),
+            prop_oneof![Just(DEV), Just(OTHER)],
+        )
+            .prop_map(|(m, dst, dev)| FdbEntry {
+                index: dev,
+                mac: mac(m),
+                dst: dst.map(|d| Ipv4Addr::new(10, 0, 0, d)),
+                permanent: true,
+            })
+    }
+
+    fn dedup<T: PartialEq + Clone>(v: Vec<T>, same: impl Fn(&T, &T) -> bool) -> Vec<T> {
+        let mut out: Vec<T> = Vec::new();
+        for x in v {
+            if !out.iter().any(|y| same(y, &x)) {
+                out.push(x);
+            }
+        }
+        out
+    }
+
+    prop_compose! {
+        /// A kernel state (no two entries the kernel would consider the same object).
+        fn arb_observed()(n in prop::collection::vec(arb_neigh(), 0..8),
+                          f in prop::collection::vec(arb_fdb(), 0..8),
+                          r in prop::collection::vec(arb_route(), 0..8)) -> DataplaneState {
+            DataplaneState {
+                neighbours: dedup(n, |a, b| (a.index, a.ip) == (b.index, b.ip)),
+                fdb: dedup(f, |a, b| (a.index, a.mac, a.dst) == (b.index, b.mac, b.dst)),
+                routes: dedup(r, |a, b| (a.table, a.dst) == (b.table, b.dst)),
+            }
+        }
+    }
+
+    prop_compose! {
+        /// What a backend wants: our device, our protocol, main table.
+        fn arb_desired()(ids in prop::collection::btree_set(0u8..12, 0..8), direct in prop::collection::vec(prop::bool::ANY, 8)) -> DataplaneState {
+            let mut s = DataplaneState::default();
+            for (k, i) in ids.into_iter().enumerate() {
+                let (n, f, r) = peer(i);
+                if direct[k % 8] {
+                    s.routes.push(Route::new(r.dst).via(Ipv4Addr::new(10, 0, 0, i)).dev(ETH0));
+                } else {
+                    s.neighbours.push(n);
+                    s.fdb.push(f);
+                    s.routes.push(r);
+                }
+            }
+            s
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn plan_converges_and_never_touches_foreign_entries(desired in arb_desired(), observed in arb_observed()) {
+            let o = owner();
+            let ops = plan(&desired, &observed, &o);
+            // Deletes only ever target entries we own.
+            for op in &ops {
+                match op {
+                    Op::DeleteNeighbour(n) => prop_assert!(o.owns_neighbour(n)),
+                    Op::DeleteFdb(e) => prop_assert!(o.owns_fdb(e)),
+                    Op::DeleteRoute(r) => prop_assert!(o.owns_route(r)),
+                    Op::ReplaceRoute(r) => {
+                        // Never overwrites a foreign route at the same destination.
+                        prop_assert!(!observed.routes.iter().any(|h| (h.table, h.dst) == (r.table, r.dst) && !o.owns_route(h)));
+                    }
+                    _ => {}
+                }
+            }
+            let after = simulate(&observed, &ops);
+            // Foreign routes and FDB entries survive untouched.
+            for r in observed.routes.iter().filter(|r| !o.owns_route(r)) {
+                prop_assert!(after.routes.contains(r));
+            }
+            for e in observed.fdb.iter().filter(|e| !o.owns_fdb(e)) {
+                prop_assert!(after.fdb.contains(e));
+            }
+            for n in observed.neighbours.iter().filter(|n| n.index != DEV) {
+                prop_assert!(after.neighbours.contains(n));
+            }
+            // A second plan on the result is empty.
+            let again = plan(&desired, &after, &o);
+            prop_assert!(again.is_empty(), "second pass planned {:?}", again);
+            // Everything desired (and not blocked by a foreign route) is there.
+            let blocked = route_conflicts(&desired, &observed, &o);
+            for r in desired.routes.iter().filter(|r| !blocked.contains(r)) {
+                prop_assert!(after.routes.contains(r));
+            }
+            for e in &desired.fdb {
+                prop_assert!(after.fdb.contains(e));
+            }
+            for n in &desired.neighbours {
+                prop_assert!(after.neighbours.contains(n));
+            }
+        }
+    }
+}

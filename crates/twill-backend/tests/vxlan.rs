@@ -1,0 +1,403 @@
+//! The VXLAN backend against real kernels in network namespaces.
+
+mod common;
+
+use common::{bring_up, config, count_lines, lease, underlay, vxlan_attrs};
+use twill_backend::{Backend, HostContext, VxlanBackend, VxlanOptions};
+use twill_model::{LeaseAttrs, SubnetLease};
+use twill_testbed::netns::Lan;
+
+fn backend(host: &twill_testbed::netns::Host, opts: VxlanOptions) -> VxlanBackend {
+    VxlanBackend::with_handle(opts, host.ns.netlink().expect("netlink"))
+}
+
+fn vtep_mac(l: &SubnetLease) -> String {
+    l.attrs.backend_data.as_ref().expect("data")["VtepMAC"]
+        .as_str()
+        .expect("mac")
+        .to_string()
+}
+
+#[tokio::test]
+async fn two_hosts_get_the_flannel_layout_and_ping() {
+    twill_testbed::require_root!();
+    let lan = Lan::new(2).expect("lan");
+    let cfg = config(r#"{"Type":"vxlan"}"#);
+    let mut backends = Vec::new();
+    let mut leases = Vec::new();
+    for (i, h) in lan.hosts.iter().enumerate() {
+        let mut b = backend(h, VxlanOptions::default());
+        let (local, own) = bring_up(&mut b, h, &cfg, u8::try_from(i + 1).expect("n")).await;
+        assert_eq!(local.mtu, 1450);
+        let data = local.attrs.backend_data.as_ref().expect("BackendData");
+        assert_eq!(data["VNI"], 1);
+        assert!(data["VtepMAC"].as_str().is_some());
+        backends.push(b);
+        leases.push(own);
+    }
+    for b in &mut backends {
+        let report = b.reconcile(&leases).await.expect("reconcile");
+        assert_eq!(report.planned, 3, "{report:?}");
+        assert_eq!(report.applied, 3, "{report:?}");
+        assert!(
+            report.failed.is_empty() && report.skipped.is_empty(),
+            "{report:?}"
+        );
+    }
+    let h1 = &lan.hosts[0].ns;
+    let mac2 = vtep_mac(&leases[1]);
+    let link = h1
+        .ip(&["-d", "link", "show", "flannel.1"])
+        .expect("ip link");
+    assert!(link.contains("mtu 1450"), "{link}");
+    assert!(
+        link.contains(&format!("link/ether {}", vtep_mac(&leases[0]))),
+        "{link}"
+    );
+    assert!(
+        link.contains("vxlan id 1 local 10.0.0.2 dev eth0"),
+        "{link}"
+    );
+    assert!(link.contains("dstport 8472"), "{link}");
+    assert!(link.contains("nolearning"), "{link}");
+    let addr = h1
+        .ip(&["-4", "addr", "show", "dev", "flannel.1"])
+        .expect("ip addr");
+    assert!(addr.contains("inet 10.244.1.0/32"), "{addr}");
+    let fdb = h1
+        .exec("bridge", &["fdb", "show", "dev", "flannel.1"])
+        .expect("fdb");
+    assert!(
+        fdb.contains(&format!("{mac2} dst 10.0.0.3 self permanent")),
+        "{fdb}"
+    );
+    assert_eq!(count_lines(&fdb, " dst "), 1, "{fdb}");
+    let neigh = h1
+        .ip(&["neigh", "show", "dev", "flannel.1"])
+        .expect("neigh");
+    assert_eq!(neigh.trim(), format!("10.244.2.0 lladdr {mac2} PERMANENT"));
+    let routes = h1.ip(&["route", "show", "proto", "241"]).expect("route");
+    assert_eq!(
+        routes.trim(),
+        "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink"
+    );
+
+    let ping = h1
+        .exec("ping", &["-c1", "-W2", "10.244.2.0"])
+        .expect("ping over vxlan");
+    assert!(ping.contains("1 received"), "{ping}");
+    let ping = lan.hosts[1]
+        .ns
+        .exec("ping", &["-c1", "-W2", "10.244.1.0"])
+        .expect("ping back");
+    assert!(ping.contains("1 received"), "{ping}");
+
+    for b in &mut backends {
+        let again = b.reconcile(&leases).await.expect("reconcile");
+        assert_eq!(again.planned, 0, "{again:?}");
+    }
+}
+
+#[tokio::test]
+async fn three_hosts_reach_containers_behind_each_others_bridges() {
+    twill_testbed::require_root!();
+    let mut lan = Lan::new(3).expect("lan");
+    let cfg = config(r#"{"Type":"vxlan","VNI":7}"#);
+    let opts = VxlanOptions {
+        vni: 7,
+        ..VxlanOptions::default()
+    };
+    let mut backends = Vec::new();
+    let mut leases = Vec::new();
+    for (i, h) in lan.hosts.iter().enumerate() {
+        let mut b = backend(h, opts.clone());
+        let (_, own) = bring_up(&mut b, h, &cfg, u8::try_from(i + 1).expect("n")).await;
+        backends.push(b);
+        leases.push(own);
+    }
+    for b in &mut backends {
+        let r = b.reconcile(&leases).await.expect("reconcile");
+        assert_eq!((r.planned, r.applied), (6, 6), "{r:?}");
+    }
+    for (i, h) in lan.hosts.iter_mut().enumerate() {
+        h.ns.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
+            .expect("forwarding");
+        let n = i + 1;
+        h.add_container(
+            "cni0",
+            format!("10.244.{n}.2/24").parse().expect("net"),
+            format!("10.244.{n}.1").parse().expect("gw"),
+        )
+        .expect("container");
+    }
+    let h1 = &lan.hosts[0];
+    let fdb = h1
+        .ns
+        .exec("bridge", &["fdb", "show", "dev", "flannel.7"])
+        .expect("fdb");
+    assert_eq!(count_lines(&fdb, " dst "), 2, "{fdb}");
+    let routes = h1
+        .ns
+        .ip(&["route", "show", "proto", "241"])
+        .expect("routes");
+    assert!(
+        routes.contains("10.244.2.0/24 via 10.244.2.0 dev flannel.7 onlink"),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("10.244.3.0/24 via 10.244.3.0 dev flannel.7 onlink"),
+        "{routes}"
+    );
+    // host -> remote container, container -> remote container.
+    let ping = h1
+        .ns
+        .exec("ping", &["-c1", "-W2", "10.244.3.2"])
+        .expect("h1 -> c3");
+    assert!(ping.contains("1 received"), "{ping}");
+    let ping = h1.containers[0]
+        .exec("ping", &["-c1", "-W2", "10.244.2.2"])
+        .expect("c1 -> c2");
+    assert!(ping.contains("1 received"), "{ping}");
+}
+
+#[tokio::test]
+async fn reconcile_repairs_collects_garbage_and_keeps_foreign_entries() {
+    twill_testbed::require_root!();
+    let lan = Lan::new(2).expect("lan");
+    let cfg = config(r#"{"Type":"vxlan"}"#);
+    let h = &lan.hosts[0];
+    let ns = &h.ns;
+    let mut b = backend(h, VxlanOptions::default());
+    let (local, _own) = bring_up(&mut b, h, &cfg, 1).await;
+    let peer = lease(
+        "10.244.2.0/24",
+        vxlan_attrs("10.0.0.3".parse().expect("ip"), "0e:00:00:00:00:02"),
+    );
+    let peers = vec![peer.clone()];
+    assert_eq!(b.reconcile(&peers).await.expect("first").planned, 3);
+
+    // A stale route of ours, a foreign static route and a foreign boot route.
+    ns.ip(&[
+        "route",
+        "add",
+        "10.244.99.0/24",
+        "via",
+        "10.244.99.0",
+        "dev",
+        "flannel.1",
+        "onlink",
+        "proto",
+        "241",
+    ])
+    .expect("stale");
+    ns.ip(&[
+        "route",
+        "add",
+        "10.244.98.0/24",
+        "via",
+        "10.0.0.9",
+        "dev",
+        "eth0",
+        "proto",
+        "static",
+    ])
+    .expect("foreign");
+    ns.ip(&[
+        "route",
+        "add",
+        "10.244.97.0/24",
+        "via",
+        "10.244.97.0",
+        "dev",
+        "flannel.1",
+        "onlink",
+        "proto",
+        "boot",
+    ])
+    .expect("foreign boot");
+    let r = b.reconcile(&peers).await.expect("gc");
+    assert_eq!(r.planned, 1, "{r:?}");
+    let routes = ns.ip(&["route", "show"]).expect("routes");
+    assert!(!routes.contains("10.244.99.0/24"), "{routes}");
+    assert!(
+        routes.contains("10.244.98.0/24 via 10.0.0.9 dev eth0 proto static"),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("10.244.97.0/24 via 10.244.97.0 dev flannel.1 onlink"),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("10.244.2.0/24 via 10.244.2.0 dev flannel.1 proto 241 onlink"),
+        "{routes}"
+    );
+    assert_eq!(b.reconcile(&peers).await.expect("again").planned, 0);
+
+    // A deleted device comes back with the same MAC, address and entries.
+    let mac_before = ns.ip(&["link", "show", "flannel.1"]).expect("link");
+    ns.ip(&["link", "del", "flannel.1"]).expect("del");
+    let r = b.reconcile(&peers).await.expect("repair");
+    assert_eq!(r.planned, 3, "{r:?}");
+    let mac_after = ns.ip(&["link", "show", "flannel.1"]).expect("link");
+    let mac_of = |s: &str| s.split("link/ether ").nth(1).map(|x| x[..17].to_string());
+    assert_eq!(mac_of(&mac_before), mac_of(&mac_after));
+    assert_eq!(
+        mac_of(&mac_after).as_deref(),
+        local
+            .attrs
+            .backend_data
+            .as_ref()
+            .and_then(|d| d["VtepMAC"].as_str())
+    );
+    assert!(ns
+        .ip(&["addr", "show", "flannel.1"])
+        .expect("addr")
+        .contains("inet 10.244.1.0/32"));
+    assert!(ns
+        .ip(&["route", "show", "proto", "241"])
+        .expect("r")
+        .contains("10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink"));
+
+    // A downed device is brought up.
+    ns.ip(&["link", "set", "flannel.1", "down"]).expect("down");
+    let r = b.reconcile(&peers).await.expect("up again");
+    assert!(r.failed.is_empty(), "{r:?}");
+    let link = ns.ip(&["link", "show", "flannel.1"]).expect("link");
+    assert!(link.contains(",UP"), "{link}");
+    assert_eq!(b.reconcile(&peers).await.expect("quiet").planned, 0);
+
+    // A device whose port no longer matches the config is re-created, MAC kept.
+    let mut b2 = backend(
+        h,
+        VxlanOptions {
+            port: 4789,
+            ..VxlanOptions::default()
+        },
+    );
+    let ul = underlay(h);
+    let ctx = HostContext {
+        config: &cfg,
+        public_ip: h.addr,
+        underlay: &ul,
+    };
+    let local2 = b2.setup(&ctx).await.expect("setup with new port");
+    assert_eq!(
+        local2.attrs.backend_data, local.attrs.backend_data,
+        "VtepMAC stable"
+    );
+    let link = ns.ip(&["-d", "link", "show", "flannel.1"]).expect("link");
+    assert!(link.contains("dstport 4789"), "{link}");
+}
+
+#[tokio::test]
+async fn invalid_peers_are_skipped_with_a_reason() {
+    twill_testbed::require_root!();
+    let lan = Lan::new(1).expect("lan");
+    let cfg = config(r#"{"Type":"vxlan"}"#);
+    let h = &lan.hosts[0];
+    let mut b = backend(h, VxlanOptions::default());
+    let (_local, own) = bring_up(&mut b, h, &cfg, 1).await;
+    let ip = |s: &str| s.parse().expect("ip");
+    let no_data = LeaseAttrs::new(ip("10.0.0.5"), "vxlan");
+    let peers = vec![
+        own.clone(),
+        lease("10.244.2.0/24", vxlan_attrs(ip("10.0.0.3"), "not-a-mac")),
+        lease("10.244.3.0/24", no_data),
+        lease(
+            "10.244.4.0/24",
+            vxlan_attrs(ip("10.0.0.2"), "0e:00:00:00:00:04"),
+        ),
+        lease(
+            "10.99.5.0/24",
+            vxlan_attrs(ip("10.0.0.6"), "0e:00:00:00:00:05"),
+        ),
+        lease(
+            "10.244.6.0/24",
+            vxlan_attrs(ip("10.0.0.7"), "01:00:5e:00:00:01"),
+        ),
+        // The old seed lease form: only VtepMAC. Valid.
+        {
+            let mut a = LeaseAttrs::new(ip("10.0.0.8"), "vxlan");
+            a.backend_data = Some(serde_json::json!({ "VtepMAC": "0e:00:00:00:00:08" }));
+            lease("10.244.8.0/24", a)
+        },
+    ];
+    let r = b.reconcile(&peers).await.expect("reconcile");
+    assert_eq!(r.skipped.len(), 5, "{r:?}");
+    let reason = |n: &str| {
+        r.skipped
+            .iter()
+            .find(|(k, _)| k.ipv4.to_string() == n)
+            .map(|(_, why)| why.clone())
+            .unwrap_or_default()
+    };
+    assert!(reason("10.244.2.0/24").contains("VtepMAC"), "{r:?}");
+    assert!(reason("10.244.3.0/24").contains("BackendData"), "{r:?}");
+    assert!(reason("10.244.4.0/24").contains("our own"), "{r:?}");
+    assert!(reason("10.99.5.0/24").contains("10.244.0.0/16"), "{r:?}");
+    assert!(reason("10.244.6.0/24").contains("unicast"), "{r:?}");
+    assert_eq!(
+        r.planned, 3,
+        "only the old-style lease is programmed: {r:?}"
+    );
+    let routes = h.ns.ip(&["route", "show", "proto", "241"]).expect("routes");
+    assert_eq!(
+        routes.trim(),
+        "10.244.8.0/24 via 10.244.8.0 dev flannel.1 onlink"
+    );
+}
+
+#[tokio::test]
+async fn thousand_peers_then_half_removed_leaves_exactly_half() {
+    twill_testbed::require_root!();
+    let lan = Lan::new(1).expect("lan");
+    let cfg = config(r#"{"Type":"vxlan"}"#);
+    let h = &lan.hosts[0];
+    let mut b = backend(h, VxlanOptions::default());
+    bring_up(&mut b, h, &cfg, 0).await;
+    // 1,000 peers in 10.244.0.0/16 with /26 subnets would not fit /24 leases; use /28s.
+    let mut peers = Vec::new();
+    for i in 1..=1000u32 {
+        let net = std::net::Ipv4Addr::from(0x0af4_0000 + 0x100 + i * 16);
+        let public = std::net::Ipv4Addr::from(0x0a01_0000 + i);
+        let mac = format!("0e:00:00:00:{:02x}:{:02x}", i >> 8, i & 0xff);
+        peers.push(lease(&format!("{net}/28"), vxlan_attrs(public, &mac)));
+    }
+    let r = b.reconcile(&peers).await.expect("1000");
+    assert_eq!(
+        (r.planned, r.applied),
+        (3000, 3000),
+        "failed: {:?}",
+        r.failed.first()
+    );
+    let r = b.reconcile(&peers[..500]).await.expect("500");
+    assert_eq!(
+        (r.planned, r.applied),
+        (1500, 1500),
+        "failed: {:?}",
+        r.failed.first()
+    );
+    let mut nl = h.ns.netlink().expect("nl");
+    let dev = nl.link().get_by_name("flannel.1").expect("dev").index;
+    let routes = nl
+        .route()
+        .list(None)
+        .expect("routes")
+        .into_iter()
+        .filter(|r| r.protocol == twill_netlink::TWILL_RTPROT)
+        .count();
+    let neigh = nl.neighbour().list(Some(dev)).expect("neigh").len();
+    let fdb = nl
+        .fdb()
+        .list(Some(dev))
+        .expect("fdb")
+        .into_iter()
+        .filter(|e| e.dst.is_some())
+        .count();
+    assert_eq!((routes, neigh, fdb), (500, 500, 500));
+    let shown =
+        h.ns.ip(&["route", "show", "proto", "241"])
+            .expect("ip route");
+    assert_eq!(shown.lines().count(), 500);
+    assert_eq!(b.reconcile(&peers[..500]).await.expect("again").planned, 0);
+}
