@@ -1,0 +1,1040 @@
+//! The lease manager's decisions as a state machine: no IO, no clock.
+//!
+//! [`LeaseCore`] takes `now` and the results of registry requests (or watch
+//! events) as [`Input`], and returns [`Action`]s to execute and
+//! [`LeaseEvent`]s to report, as `quinn-proto` does for connections:
+//!
+//! * [`LeaseCore::handle_input`] / [`LeaseCore::handle_timeout`] feed it;
+//! * [`LeaseCore::poll_action`] yields the next registry request (at most one
+//!   is outstanding at a time; its result must be fed back);
+//! * [`LeaseCore::poll_timeout`] says when to call `handle_timeout`;
+//! * [`LeaseCore::poll_event`] yields what happened, for logs and metrics;
+//! * [`LeaseCore::peers`] is the desired peer set.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use twill_model::{LeaseAttrs, NetworkConfig, SubnetKey, SubnetLease};
+
+use crate::{HeldLease, LeaseListing, RegistryError, RegistryEvent, SubnetAllocator, SubnetError};
+
+/// flannel's lease TTL.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// flannel's renew margin: renew an hour before expiry.
+pub const DEFAULT_RENEW_MARGIN: Duration = Duration::from_secs(3600);
+
+/// How long to wait between retries: exponential from `initial` to `max`,
+/// each delay jittered uniformly within `[delay / 2, delay]` so agents that
+/// collided do not collide again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The first delay.
+    pub initial: Duration,
+    /// The largest delay.
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn delay(&self, attempt: u32, rng: &mut SmallRng) -> Duration {
+        let exp = self
+            .initial
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let d = exp.min(self.max).max(Duration::from_millis(1));
+        let half = d / 2;
+        half + rng.random_range(Duration::ZERO..=half)
+    }
+}
+
+/// What the core needs to know about us.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoreConfig {
+    /// The attributes we publish; `attrs.public_ip` identifies our leases
+    /// and reservations.
+    pub attrs: LeaseAttrs,
+    /// TTL of the leases we create.
+    pub ttl: Duration,
+    /// Renew this long before expiry, but see [`CoreConfig::renew_after`].
+    pub renew_margin: Duration,
+    /// The subnet we held before (from subnet.env), tried first if free.
+    pub previous: Option<SubnetKey>,
+    /// Backoff for lost races and registry errors.
+    pub retry: RetryPolicy,
+}
+
+impl CoreConfig {
+    /// A config with flannel's TTL and renew margin.
+    #[must_use]
+    pub fn new(attrs: LeaseAttrs) -> Self {
+        CoreConfig {
+            attrs,
+            ttl: DEFAULT_TTL,
+            renew_margin: DEFAULT_RENEW_MARGIN,
+            previous: None,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// When to renew a lease granted for `ttl`: at `ttl - min(renew_margin,
+    /// ttl / 3)`. With flannel's 24 h TTL and 1 h margin that is flannel's
+    /// schedule (after 23 h); for short TTLs at least a third of the TTL is
+    /// left to retry a failed renewal before the lease expires.
+    #[must_use]
+    pub fn renew_after(&self, ttl: Duration) -> Duration {
+        ttl - self.renew_margin.min(ttl / 3)
+    }
+}
+
+/// A registry request for the driver to execute; feed its result back as the
+/// matching [`Input`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Action {
+    /// [`crate::Registry::list_leases`] → [`Input::Listed`].
+    List,
+    /// [`crate::Registry::create_lease`] → [`Input::Created`].
+    Create {
+        /// The subnet to claim.
+        key: SubnetKey,
+        /// What to publish.
+        attrs: LeaseAttrs,
+        /// `None` never happens for leases we create; kept for the trait.
+        ttl: Option<Duration>,
+    },
+    /// [`crate::Registry::renew_lease`] → [`Input::Renewed`].
+    Renew {
+        /// Our lease.
+        held: HeldLease,
+    },
+    /// [`crate::Registry::update_lease`] → [`Input::Updated`].
+    Update {
+        /// The lease as stored.
+        held: HeldLease,
+        /// Our attributes.
+        attrs: LeaseAttrs,
+    },
+    /// [`crate::Registry::delete_lease`] → [`Input::Deleted`].
+    Delete {
+        /// Our lease's key.
+        key: SubnetKey,
+    },
+    /// Start (or restart) the watch at this revision; events go to
+    /// [`Input::Event`], its end to [`Input::WatchEnded`]. Not a request: no
+    /// result is expected.
+    Watch {
+        /// The first revision to receive.
+        from_revision: i64,
+    },
+}
+
+/// What the driver feeds the core.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Input {
+    /// Result of [`Action::List`].
+    Listed(Result<LeaseListing, RegistryError>),
+    /// Result of [`Action::Create`].
+    Created {
+        /// The key that was requested.
+        key: SubnetKey,
+        /// The outcome.
+        result: Result<HeldLease, RegistryError>,
+    },
+    /// Result of [`Action::Renew`].
+    Renewed(Result<HeldLease, RegistryError>),
+    /// Result of [`Action::Update`].
+    Updated(Result<HeldLease, RegistryError>),
+    /// Result of [`Action::Delete`].
+    Deleted(Result<(), RegistryError>),
+    /// A watch event.
+    Event(RegistryEvent),
+    /// The watch ended or could not be started: re-list, then watch again.
+    WatchEnded,
+}
+
+/// What happened, for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LeaseEvent {
+    /// We hold a lease (first acquisition).
+    Acquired {
+        /// The lease.
+        lease: SubnetLease,
+        /// Failed attempts before this one.
+        attempts: u32,
+    },
+    /// We hold a lease again after losing one; the subnet may differ.
+    Reacquired {
+        /// The new lease.
+        lease: SubnetLease,
+        /// The subnet we lost.
+        previous: SubnetKey,
+    },
+    /// Our lease was renewed.
+    Renewed {
+        /// Its key.
+        key: SubnetKey,
+        /// The TTL granted.
+        ttl: Duration,
+    },
+    /// A renewal failed; it is retried.
+    RenewFailed {
+        /// Our key.
+        key: SubnetKey,
+        /// Why.
+        reason: String,
+    },
+    /// Our lease is gone (expired, deleted or taken); re-acquiring.
+    Lost {
+        /// The key we held.
+        key: SubnetKey,
+        /// Why.
+        reason: String,
+    },
+    /// An acquisition attempt failed; it is retried.
+    AcquireRetry {
+        /// Failed attempts so far.
+        attempts: u32,
+        /// Why.
+        reason: String,
+    },
+    /// Acquisition failed for a reason retrying will not fix.
+    AcquireFailed {
+        /// Why.
+        reason: String,
+    },
+    /// A peer's lease appeared.
+    PeerAdded(SubnetKey),
+    /// A peer's lease changed (e.g. new `PublicIP` or `VtepMAC`).
+    PeerUpdated(SubnetKey),
+    /// A peer's lease disappeared.
+    PeerRemoved(SubnetKey),
+    /// A stored value is not used as a peer (reported once per key and reason).
+    Skipped {
+        /// The key as stored.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// A full listing replaced the peer set.
+    Resynced {
+        /// Peers after the resync.
+        peers: usize,
+    },
+    /// Our lease was deleted on request.
+    Released {
+        /// The key.
+        key: Option<SubnetKey>,
+    },
+}
+
+/// The other hosts' leases, the desired state for the backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerSet {
+    /// Peers by subnet.
+    pub leases: BTreeMap<SubnetKey, SubnetLease>,
+    /// Incremented on every change.
+    pub generation: u64,
+}
+
+impl PeerSet {
+    /// Number of peers.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.leases.len()
+    }
+
+    /// Whether there are no peers.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.leases.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // one per manager
+enum Phase {
+    /// List, then decide.
+    NeedList,
+    /// Create-if-absent this key.
+    Create(SubnetKey),
+    /// Reuse a lease or reservation that has our `PublicIP`: update its
+    /// attributes if they differ, then renew (expiring leases only).
+    Reuse { held: HeldLease, update: bool },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum LeaseState {
+    Idle,
+    Acquiring {
+        phase: Phase,
+        not_before: Option<Instant>,
+        /// The key we lost, for [`LeaseEvent::Reacquired`].
+        lost: Option<SubnetKey>,
+    },
+    Held {
+        held: HeldLease,
+        renew_at: Option<Instant>,
+        failures: u32,
+    },
+    Released {
+        key: Option<SubnetKey>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    List,
+    Create,
+    Renew,
+    Update,
+    Delete,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WatchState {
+    Off,
+    /// Start a watch after the next listing.
+    Wanted,
+    Active,
+}
+
+/// The sans-IO lease manager. See the module docs.
+#[derive(Debug)]
+pub struct LeaseCore {
+    cfg: CoreConfig,
+    network: NetworkConfig,
+    rng: SmallRng,
+    state: LeaseState,
+    /// Whether acquisition gives up (reports a fatal error) on `Exhausted`.
+    initial: bool,
+    pending: Option<Pending>,
+    actions: VecDeque<Action>,
+    events: VecDeque<LeaseEvent>,
+    fatal: Option<SubnetError>,
+    attempts: u32,
+    /// Every lease in the store as last seen, ours included.
+    known: BTreeMap<SubnetKey, SubnetLease>,
+    allocator: SubnetAllocator,
+    peers: PeerSet,
+    /// Keys reported as skipped, with the reason, to report each once.
+    skipped: HashMap<String, String>,
+    /// Leases with our `PublicIP` we failed to reuse (someone else's).
+    rejected: BTreeSet<SubnetKey>,
+    revision: i64,
+    watch: WatchState,
+    /// When to re-list to restart a watch (after a failed listing).
+    relist_at: Option<Instant>,
+    relist_failures: u32,
+}
+
+impl LeaseCore {
+    /// A core for `network`; call [`LeaseCore::start`] to begin acquiring.
+    #[must_use]
+    pub fn new(cfg: CoreConfig, network: NetworkConfig, rng_seed: u64) -> Self {
+        LeaseCore {
+            allocator: SubnetAllocator::new(&network),
+            cfg,
+            network,
+            rng: SmallRng::seed_from_u64(rng_seed),
+            state: LeaseState::Idle,
+            initial: true,
+            pending: None,
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+            fatal: None,
+            attempts: 0,
+            known: BTreeMap::new(),
+            peers: PeerSet::default(),
+            skipped: HashMap::new(),
+            rejected: BTreeSet::new(),
+            revision: 0,
+            watch: WatchState::Off,
+            relist_at: None,
+            relist_failures: 0,
+        }
+    }
+
+    /// Begins (or, after a fatal error, restarts) acquisition.
+    pub fn start(&mut self, now: Instant) {
+        if matches!(self.state, LeaseState::Idle | LeaseState::Released { .. }) {
+            self.state = LeaseState::Acquiring {
+                phase: Phase::NeedList,
+                not_before: None,
+                lost: None,
+            };
+        }
+        self.step(now);
+    }
+
+    /// From now on, never give up: `Exhausted` is retried like any error
+    /// (for the background task, after the first acquisition).
+    pub fn set_persistent(&mut self) {
+        self.initial = false;
+    }
+
+    /// Asks for a watch: emitted as [`Action::Watch`] now if a listing was
+    /// seen, else after the next one.
+    pub fn start_watch(&mut self, now: Instant) {
+        if self.watch != WatchState::Off {
+            return;
+        }
+        if self.revision > 0 || !self.known.is_empty() {
+            self.actions.push_back(Action::Watch {
+                from_revision: self.revision + 1,
+            });
+            self.watch = WatchState::Active;
+        } else {
+            self.watch = WatchState::Wanted;
+            self.relist_at = Some(now);
+        }
+        self.step(now);
+    }
+
+    /// Gives the lease up: emits [`Action::Delete`] for an expiring lease (a
+    /// reservation is the operator's and stays) and stops renewing.
+    pub fn release(&mut self, now: Instant) {
+        let key = match &self.state {
+            LeaseState::Held { held, .. } if !held.lease.is_reservation() => Some(held.lease.key),
+            _ => None,
+        };
+        self.state = LeaseState::Released { key };
+        self.watch = WatchState::Off;
+        self.relist_at = None;
+        match key {
+            Some(key) => {
+                // Queued after any outstanding request; nothing else follows.
+                self.pending = Some(Pending::Delete);
+                self.actions.push_back(Action::Delete { key });
+            }
+            None => self.events.push_back(LeaseEvent::Released { key: None }),
+        }
+        self.step(now);
+    }
+
+    /// The next registry request, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<LeaseEvent> {
+        self.events.pop_front()
+    }
+
+    /// A fatal acquisition error, if one occurred (taken once).
+    pub fn take_error(&mut self) -> Option<SubnetError> {
+        self.fatal.take()
+    }
+
+    /// When [`LeaseCore::handle_timeout`] must be called next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.pending.is_some() {
+            return None;
+        }
+        let lease = match &self.state {
+            LeaseState::Acquiring { not_before, .. } => *not_before,
+            LeaseState::Held { renew_at, .. } => *renew_at,
+            _ => None,
+        };
+        match (lease, self.relist_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The lease we hold, if any.
+    #[must_use]
+    pub fn held(&self) -> Option<&HeldLease> {
+        match &self.state {
+            LeaseState::Held { held, .. } => Some(held),
+            _ => None,
+        }
+    }
+
+    /// Whether a lease is held (not acquiring, not released).
+    #[must_use]
+    pub fn is_held(&self) -> bool {
+        self.held().is_some()
+    }
+
+    /// The desired peer set.
+    #[must_use]
+    pub fn peers(&self) -> &PeerSet {
+        &self.peers
+    }
+
+    /// Failed acquisition attempts since the last success.
+    #[must_use]
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The latest store revision seen.
+    #[must_use]
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The network config this core allocates in.
+    #[must_use]
+    pub fn network(&self) -> &NetworkConfig {
+        &self.network
+    }
+
+    /// Timers due: retries, renewals, re-lists.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.step(now);
+    }
+
+    /// A registry result or watch event.
+    pub fn handle_input(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::Listed(r) => self.on_listed(now, r),
+            Input::Created { key, result } => self.on_created(now, key, result),
+            Input::Renewed(r) => self.on_renewed(now, r),
+            Input::Updated(r) => self.on_updated(now, r),
+            Input::Deleted(r) => {
+                self.pending = None;
+                let key = match &self.state {
+                    LeaseState::Released { key } => *key,
+                    _ => None,
+                };
+                match r {
+                    Ok(()) | Err(RegistryError::LeaseNotFound { .. }) => {
+                        self.events.push_back(LeaseEvent::Released { key });
+                    }
+                    Err(e) => self.fatal = Some(e.into()),
+                }
+            }
+            Input::Event(ev) => self.on_event(ev),
+            Input::WatchEnded => {
+                if self.watch == WatchState::Active {
+                    self.watch = WatchState::Wanted;
+                    self.relist_at = Some(now);
+                }
+            }
+        }
+        self.step(now);
+    }
+
+    fn own_key(&self) -> Option<SubnetKey> {
+        match &self.state {
+            LeaseState::Held { held, .. } => Some(held.lease.key),
+            LeaseState::Acquiring {
+                phase: Phase::Reuse { held, .. },
+                ..
+            } => Some(held.lease.key),
+            _ => None,
+        }
+    }
+
+    /// Issues the next request if none is outstanding and one is due.
+    fn step(&mut self, now: Instant) {
+        if self.pending.is_some() {
+            return;
+        }
+        let due = |t: Option<Instant>| t.is_none_or(|t| t <= now);
+        let action = match &self.state {
+            LeaseState::Acquiring {
+                phase, not_before, ..
+            } if due(*not_before) => Some(match phase {
+                Phase::NeedList => Action::List,
+                Phase::Create(key) => Action::Create {
+                    key: *key,
+                    attrs: self.cfg.attrs.clone(),
+                    ttl: Some(self.cfg.ttl),
+                },
+                Phase::Reuse { held, update: true } => Action::Update {
+                    held: held.clone(),
+                    attrs: self.cfg.attrs.clone(),
+                },
+                Phase::Reuse {
+                    held,
+                    update: false,
+                } => Action::Renew { held: held.clone() },
+            }),
+            LeaseState::Held {
+                held,
+                renew_at: Some(t),
+                ..
+            } if *t <= now => Some(Action::Renew { held: held.clone() }),
+            _ => None,
+        };
+        let action = action.or_else(|| {
+            (self.watch == WatchState::Wanted && self.relist_at.is_some_and(|t| t <= now))
+                .then_some(Action::List)
+        });
+        if let Some(a) = action {
+            self.pending = Some(match &a {
+                Action::List => Pending::List,
+                Action::Create { .. } => Pending::Create,
+                Action::Renew { .. } => Pending::Renew,
+                Action::Update { .. } => Pending::Update,
+                Action::Delete { .. } | Action::Watch { .. } => Pending::Delete,
+            });
+            self.actions.push_back(a);
+        }
+    }
+
+    fn backoff(&mut self, now: Instant, attempt: u32) -> Instant {
+        now + self.cfg.retry.delay(attempt, &mut self.rng)
+    }
+
+    /// After a failed attempt: retry from a fresh listing after a backoff.
+    fn retry_acquire(&mut self, now: Instant, reason: String) {
+        self.attempts += 1;
+        let at = self.backoff(now, self.attempts);
+        let lost = match &self.state {
+            LeaseState::Acquiring { lost, .. } => *lost,
+            _ => None,
+        };
+        self.state = LeaseState::Acquiring {
+            phase: Phase::NeedList,
+            not_before: Some(at),
+            lost,
+        };
+        tracing::debug!(
+            attempts = self.attempts,
+            "acquiring a lease failed, retrying: {reason}"
+        );
+        self.events.push_back(LeaseEvent::AcquireRetry {
+            attempts: self.attempts,
+            reason,
+        });
+    }
+
+    fn fail(&mut self, err: SubnetError) {
+        self.events.push_back(LeaseEvent::AcquireFailed {
+            reason: err.to_string(),
+        });
+        self.fatal = Some(err);
+        self.state = LeaseState::Idle;
+    }
+
+    fn on_listed(&mut self, now: Instant, r: Result<LeaseListing, RegistryError>) {
+        self.pending = None;
+        let listing = match r {
+            Ok(l) => l,
+            Err(e) => {
+                if matches!(self.state, LeaseState::Acquiring { .. }) {
+                    self.retry_acquire(now, format!("listing leases: {e}"));
+                } else if self.watch == WatchState::Wanted {
+                    self.relist_failures += 1;
+                    self.relist_at = Some(self.backoff(now, self.relist_failures));
+                }
+                return;
+            }
+        };
+        self.apply_snapshot(listing);
+        if self.watch == WatchState::Wanted {
+            self.watch = WatchState::Active;
+            self.relist_at = None;
+            self.relist_failures = 0;
+            self.actions.push_back(Action::Watch {
+                from_revision: self.revision + 1,
+            });
+        }
+        if let LeaseState::Acquiring {
+            phase: Phase::NeedList,
+            ..
+        } = self.state
+        {
+            self.decide(now);
+        }
+    }
+
+    /// Chooses what to claim from the current knowledge of the store.
+    fn decide(&mut self, now: Instant) {
+        let ours = self.cfg.attrs.public_ip;
+        let mine = |l: &&SubnetLease| l.attrs.public_ip == ours && !self.rejected.contains(&l.key);
+        let reuse = self
+            .known
+            .values()
+            .filter(mine)
+            .filter(|l| self.network.check_subnet(&l.key).is_ok())
+            .find(|l| l.is_reservation())
+            .or_else(|| {
+                self.known
+                    .values()
+                    .filter(mine)
+                    .find(|l| self.network.check_subnet(&l.key).is_ok())
+            })
+            .cloned();
+        let lost = match &self.state {
+            LeaseState::Acquiring { lost, .. } => *lost,
+            _ => None,
+        };
+        let phase = if let Some(lease) = reuse {
+            let ttl = (!lease.is_reservation()).then_some(self.cfg.ttl);
+            let update = lease.attrs != self.cfg.attrs;
+            let held = HeldLease { lease, ttl };
+            if !update && held.ttl.is_none() {
+                self.become_held(now, held);
+                return;
+            }
+            Phase::Reuse { held, update }
+        } else if let Some(prev) = self
+            .cfg
+            .previous
+            .filter(|p| self.allocator.is_free(p.ipv4) && !self.known.contains_key(p))
+        {
+            Phase::Create(prev)
+        } else {
+            match self.allocator.choose(&mut self.rng) {
+                Ok(net) => Phase::Create(SubnetKey::v4(net)),
+                Err(e) => {
+                    if self.initial {
+                        self.fail(e);
+                    } else {
+                        self.retry_acquire(now, e.to_string());
+                    }
+                    return;
+                }
+            }
+        };
+        self.state = LeaseState::Acquiring {
+            phase,
+            not_before: None,
+            lost,
+        };
+    }
+
+    fn become_held(&mut self, now: Instant, held: HeldLease) {
+        let lost = match &self.state {
+            LeaseState::Acquiring { lost, .. } => *lost,
+            _ => None,
+        };
+        let lease = held.lease.clone();
+        let renew_at = held.ttl.map(|ttl| now + self.cfg.renew_after(ttl));
+        self.cfg.previous = Some(lease.key);
+        self.known.insert(lease.key, lease.clone());
+        self.allocator.mark_taken(lease.key.ipv4);
+        self.state = LeaseState::Held {
+            held,
+            renew_at,
+            failures: 0,
+        };
+        let ev = match lost {
+            Some(previous) => LeaseEvent::Reacquired { lease, previous },
+            None => LeaseEvent::Acquired {
+                lease,
+                attempts: self.attempts,
+            },
+        };
+        self.attempts = 0;
+        // Once we held a lease, never give up again.
+        self.initial = false;
+        self.events.push_back(ev);
+        // Our key is no longer a peer; leases claiming our IP are skipped.
+        self.rebuild_peers();
+    }
+
+    fn lose(&mut self, reason: String, phase: Phase) {
+        let Some(key) = self.own_key() else {
+            return;
+        };
+        self.events.push_back(LeaseEvent::Lost { key, reason });
+        self.state = LeaseState::Acquiring {
+            phase,
+            not_before: None,
+            lost: Some(key),
+        };
+        self.rebuild_peers();
+    }
+
+    fn on_created(&mut self, now: Instant, key: SubnetKey, r: Result<HeldLease, RegistryError>) {
+        self.pending = None;
+        if !matches!(self.state, LeaseState::Acquiring { .. }) {
+            return;
+        }
+        match r {
+            Ok(held) => self.become_held(now, held),
+            Err(RegistryError::Conflict { .. }) => {
+                self.allocator.mark_taken(key.ipv4);
+                self.retry_acquire(now, format!("lost the race for {key}"));
+            }
+            Err(e)
+                if !e.is_transient()
+                    && !matches!(e, RegistryError::LeaseNotFound { .. })
+                    && self.initial =>
+            {
+                self.fail(e.into());
+            }
+            Err(e) => self.retry_acquire(now, format!("creating {key}: {e}")),
+        }
+    }
+
+    fn on_renewed(&mut self, now: Instant, r: Result<HeldLease, RegistryError>) {
+        self.pending = None;
+        match (&mut self.state, r) {
+            (LeaseState::Held { .. }, Ok(held)) => {
+                let key = held.lease.key;
+                let ttl = held.ttl;
+                let renew_at = ttl.map(|t| now + self.cfg.renew_after(t));
+                self.known.insert(key, held.lease.clone());
+                self.state = LeaseState::Held {
+                    held,
+                    renew_at,
+                    failures: 0,
+                };
+                if let Some(ttl) = ttl {
+                    self.events.push_back(LeaseEvent::Renewed { key, ttl });
+                }
+            }
+            (LeaseState::Held { .. }, Err(RegistryError::LeaseNotFound { key })) => {
+                self.lose(
+                    format!("renewing: lease {key} not found"),
+                    Phase::Create(key),
+                );
+            }
+            (LeaseState::Held { .. }, Err(RegistryError::Conflict { key })) => {
+                self.lose(
+                    format!("renewing: {key} is held by someone else"),
+                    Phase::NeedList,
+                );
+            }
+            (LeaseState::Held { held, failures, .. }, Err(e)) => {
+                *failures += 1;
+                let key = held.lease.key;
+                let attempt = *failures;
+                let at = self.backoff(now, attempt);
+                if let LeaseState::Held { renew_at, .. } = &mut self.state {
+                    *renew_at = Some(at);
+                }
+                self.events.push_back(LeaseEvent::RenewFailed {
+                    key,
+                    reason: e.to_string(),
+                });
+            }
+            // Renewal of a lease we reuse, or one we lost meanwhile: the
+            // store says it is ours.
+            (LeaseState::Acquiring { .. }, Ok(held)) => self.become_held(now, held),
+            (LeaseState::Acquiring { phase, .. }, Err(e)) => {
+                if let Phase::Reuse { held, .. } = phase {
+                    let key = held.lease.key;
+                    match e {
+                        RegistryError::LeaseNotFound { .. } => {
+                            *phase = Phase::Create(key);
+                            return;
+                        }
+                        RegistryError::Conflict { .. } => {
+                            self.rejected.insert(key);
+                        }
+                        _ => {}
+                    }
+                    self.retry_acquire(now, format!("renewing {key} to reuse it: {e}"));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_updated(&mut self, now: Instant, r: Result<HeldLease, RegistryError>) {
+        self.pending = None;
+        let LeaseState::Acquiring {
+            phase: Phase::Reuse { held, .. },
+            ..
+        } = &self.state
+        else {
+            return;
+        };
+        let key = held.lease.key;
+        match r {
+            Ok(h) if h.ttl.is_none() || h.lease.is_reservation() => {
+                self.become_held(now, HeldLease { ttl: None, ..h });
+            }
+            Ok(h) => {
+                let held = HeldLease {
+                    ttl: Some(self.cfg.ttl),
+                    ..h
+                };
+                if let LeaseState::Acquiring { phase, .. } = &mut self.state {
+                    *phase = Phase::Reuse {
+                        held,
+                        update: false,
+                    };
+                }
+            }
+            Err(RegistryError::LeaseNotFound { .. }) => {
+                if let LeaseState::Acquiring { phase, .. } = &mut self.state {
+                    *phase = Phase::Create(key);
+                }
+            }
+            Err(e) => {
+                if matches!(e, RegistryError::Conflict { .. }) {
+                    self.rejected.insert(key);
+                }
+                self.retry_acquire(now, format!("updating {key} to reuse it: {e}"));
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: RegistryEvent) {
+        match ev {
+            RegistryEvent::Upserted(lease) => {
+                self.revision = self.revision.max(lease.revision);
+                let key = lease.key;
+                if let LeaseState::Held { held, .. } = &mut self.state {
+                    if held.lease.key == key && lease.revision >= held.lease.revision {
+                        if lease.attrs.public_ip == self.cfg.attrs.public_ip {
+                            held.lease.revision = lease.revision;
+                        } else {
+                            let reason =
+                                format!("{key} was overwritten by {}", lease.attrs.public_ip);
+                            self.insert_known(lease);
+                            self.lose(reason, Phase::NeedList);
+                            return;
+                        }
+                    }
+                }
+                self.insert_known(lease);
+                self.update_peer(key);
+            }
+            RegistryEvent::Removed { key, revision } => {
+                self.revision = self.revision.max(revision);
+                self.remove_known(&key);
+                if let LeaseState::Held { held, .. } = &self.state {
+                    if held.lease.key == key && revision > held.lease.revision {
+                        // Re-create the same subnet; a conflict re-lists.
+                        self.lose(
+                            format!("{key} was removed from the store"),
+                            Phase::Create(key),
+                        );
+                        return;
+                    }
+                }
+                self.update_peer(key);
+            }
+            RegistryEvent::Malformed(m) => self.report_skip(m.key, m.reason),
+            RegistryEvent::Resync(listing) => self.apply_snapshot(listing),
+        }
+    }
+
+    fn insert_known(&mut self, lease: SubnetLease) {
+        self.allocator.mark_taken(lease.key.ipv4);
+        self.known.insert(lease.key, lease);
+    }
+
+    fn remove_known(&mut self, key: &SubnetKey) {
+        self.known.remove(key);
+        let same_v4 = self
+            .known
+            .range(SubnetKey::v4(key.ipv4)..)
+            .next()
+            .is_some_and(|(k, _)| k.ipv4 == key.ipv4);
+        if !same_v4 {
+            self.allocator.release(key.ipv4);
+        }
+    }
+
+    fn apply_snapshot(&mut self, listing: LeaseListing) {
+        self.revision = self.revision.max(listing.revision);
+        self.allocator = SubnetAllocator::new(&self.network);
+        self.known.clear();
+        for lease in listing.leases {
+            self.insert_known(lease);
+        }
+        for m in listing.malformed {
+            self.report_skip(m.key, m.reason);
+        }
+        self.rebuild_peers();
+        self.events.push_back(LeaseEvent::Resynced {
+            peers: self.peers.len(),
+        });
+        // Our lease may have vanished while we were not watching.
+        if let LeaseState::Held { held, .. } = &self.state {
+            let key = held.lease.key;
+            if !self.known.contains_key(&key) {
+                self.lose(
+                    format!("{key} is missing from a full listing"),
+                    Phase::Create(key),
+                );
+            }
+        }
+    }
+
+    fn report_skip(&mut self, key: String, reason: String) {
+        if self.skipped.get(&key) != Some(&reason) {
+            tracing::warn!(%key, "skipping lease: {reason}");
+            self.skipped.insert(key.clone(), reason.clone());
+            self.events.push_back(LeaseEvent::Skipped { key, reason });
+        }
+    }
+
+    /// Why `lease` is not a peer, if it is not (`None` reason for our own).
+    fn classify(&self, lease: &SubnetLease) -> Result<(), Option<String>> {
+        if self.own_key() == Some(lease.key) {
+            return Err(None);
+        }
+        if let Err(e) = self.network.check_subnet(&lease.key) {
+            return Err(Some(e.to_string()));
+        }
+        if lease.attrs.public_ip == self.cfg.attrs.public_ip {
+            return Err(Some(format!(
+                "it claims our PublicIP {}",
+                lease.attrs.public_ip
+            )));
+        }
+        Ok(())
+    }
+
+    fn update_peer(&mut self, key: SubnetKey) {
+        let verdict = self.known.get(&key).map(|l| (l.clone(), self.classify(l)));
+        let changed = match verdict {
+            Some((lease, Ok(()))) => {
+                self.skipped.remove(&key.to_string());
+                match self.peers.leases.insert(key, lease.clone()) {
+                    None => {
+                        self.events.push_back(LeaseEvent::PeerAdded(key));
+                        true
+                    }
+                    Some(old) if old != lease => {
+                        self.events.push_back(LeaseEvent::PeerUpdated(key));
+                        true
+                    }
+                    Some(_) => false,
+                }
+            }
+            other => {
+                if let Some((_, Err(Some(reason)))) = other {
+                    self.report_skip(key.to_string(), reason);
+                } else {
+                    self.skipped.remove(&key.to_string());
+                }
+                if self.peers.leases.remove(&key).is_some() {
+                    self.events.push_back(LeaseEvent::PeerRemoved(key));
+                    true
+                } else {
+                    false
+                }
+            }
+        };
+        if changed {
+            self.peers.generation += 1;
+        }
+    }
+
+    fn rebuild_peers(&mut self) {
+        let keys: BTreeSet<SubnetKey> = self
+            .known
+            .keys()
+            .chain(self.peers.leases.keys())
+            .copied()
+            .collect();
+        for key in keys {
+            self.update_peer(key);
+        }
+    }
+}

@@ -1,0 +1,517 @@
+//! The sans-IO lease core under a virtual clock: every input and action is
+//! explicit, nothing reads the clock.
+
+use std::time::{Duration, Instant};
+
+use twill_model::{LeaseAttrs, LeaseKind, NetworkConfig, SubnetKey, SubnetLease};
+use twill_subnet::{
+    Action, CoreConfig, HeldLease, Input, LeaseCore, LeaseEvent, LeaseListing, MalformedLease,
+    RegistryError, RegistryEvent, SubnetError,
+};
+
+const SEED: &str = r#"{"Network":"192.168.0.0/16","SubnetLen":24,"SubnetMin":"192.168.0.0","SubnetMax":"192.168.5.0","Backend":{"Type":"vxlan","VNI":100,"Port":8472}}"#;
+const OUR_IP: &str = "10.0.0.1";
+const TTL: Duration = Duration::from_secs(60);
+
+fn key(i: u8) -> SubnetKey {
+    format!("192.168.{i}.0-24").parse().unwrap()
+}
+
+fn attrs(ip: &str) -> LeaseAttrs {
+    let mut a = LeaseAttrs::new(ip.parse().unwrap(), "vxlan");
+    a.backend_data = Some(serde_json::json!({"VtepMAC": "6e:af:8f:41:72:26"}));
+    a
+}
+
+fn lease(k: SubnetKey, ip: &str, rev: i64) -> SubnetLease {
+    SubnetLease {
+        key: k,
+        attrs: attrs(ip),
+        kind: LeaseKind::Expiring,
+        revision: rev,
+    }
+}
+
+fn listing(leases: Vec<SubnetLease>, revision: i64) -> LeaseListing {
+    LeaseListing {
+        leases,
+        malformed: vec![],
+        revision,
+    }
+}
+
+fn config() -> CoreConfig {
+    let mut c = CoreConfig::new(attrs(OUR_IP));
+    c.ttl = TTL;
+    c
+}
+
+fn core_with(c: CoreConfig) -> LeaseCore {
+    LeaseCore::new(c, NetworkConfig::parse(SEED).unwrap(), 42)
+}
+
+fn action(core: &mut LeaseCore) -> Action {
+    core.poll_action().expect("an action")
+}
+
+fn events(core: &mut LeaseCore) -> Vec<LeaseEvent> {
+    std::iter::from_fn(|| core.poll_event()).collect()
+}
+
+fn held(k: SubnetKey, rev: i64) -> HeldLease {
+    HeldLease {
+        lease: lease(k, OUR_IP, rev),
+        ttl: Some(TTL),
+    }
+}
+
+/// Starts a core, answers its listing, and completes the create it asks for.
+fn acquired(t0: Instant, others: Vec<SubnetLease>) -> (LeaseCore, SubnetKey) {
+    let mut core = core_with(config());
+    core.start(t0);
+    assert_eq!(action(&mut core), Action::List);
+    core.handle_input(t0, Input::Listed(Ok(listing(others, 10))));
+    let Action::Create { key: k, .. } = action(&mut core) else {
+        panic!("expected Create")
+    };
+    core.handle_input(
+        t0,
+        Input::Created {
+            key: k,
+            result: Ok(held(k, 11)),
+        },
+    );
+    assert!(core.is_held());
+    events(&mut core);
+    (core, k)
+}
+
+#[test]
+fn reuses_own_lease_by_public_ip_and_renews_it() {
+    let t0 = Instant::now();
+    let mut core = core_with(config());
+    core.start(t0);
+    assert_eq!(action(&mut core), Action::List);
+    let own = lease(key(3), OUR_IP, 5);
+    core.handle_input(
+        t0,
+        Input::Listed(Ok(listing(
+            vec![lease(key(1), "10.0.0.2", 4), own.clone()],
+            6,
+        ))),
+    );
+    // Same attributes: just renew to reset the TTL.
+    match action(&mut core) {
+        Action::Renew { held } => assert_eq!(held.lease.key, key(3)),
+        other => panic!("expected Renew, got {other:?}"),
+    }
+    core.handle_input(t0, Input::Renewed(Ok(held(key(3), 5))));
+    assert_eq!(core.held().unwrap().lease.key, key(3));
+    assert!(events(&mut core).contains(&LeaseEvent::Acquired {
+        lease: own,
+        attempts: 0
+    }));
+    assert_eq!(
+        core.peers().leases.keys().copied().collect::<Vec<_>>(),
+        vec![key(1)]
+    );
+}
+
+#[test]
+fn own_lease_with_new_attributes_is_updated_then_renewed() {
+    let t0 = Instant::now();
+    let mut core = core_with(config());
+    core.start(t0);
+    action(&mut core);
+    let mut old = lease(key(3), OUR_IP, 5);
+    old.attrs.backend_data = Some(serde_json::json!({"VtepMAC": "00:00:00:00:00:01"}));
+    core.handle_input(t0, Input::Listed(Ok(listing(vec![old.clone()], 6))));
+    match action(&mut core) {
+        Action::Update { held, attrs: a } => {
+            assert_eq!(held.lease, old);
+            assert_eq!(a, attrs(OUR_IP));
+        }
+        other => panic!("expected Update, got {other:?}"),
+    }
+    core.handle_input(t0, Input::Updated(Ok(held(key(3), 7))));
+    assert!(matches!(action(&mut core), Action::Renew { .. }));
+    core.handle_input(t0, Input::Renewed(Ok(held(key(3), 7))));
+    assert!(core.is_held());
+}
+
+#[test]
+fn reuses_reservation_by_public_ip_and_never_renews_it() {
+    let t0 = Instant::now();
+    let mut core = core_with(config());
+    core.start(t0);
+    action(&mut core);
+    let mut res = lease(key(5), OUR_IP, 2);
+    res.kind = LeaseKind::Reservation;
+    // An expiring lease of ours too: the reservation wins.
+    core.handle_input(
+        t0,
+        Input::Listed(Ok(listing(vec![lease(key(0), OUR_IP, 1), res.clone()], 6))),
+    );
+    assert_eq!(
+        core.poll_action(),
+        None,
+        "same attributes: nothing to write"
+    );
+    let h = core.held().unwrap();
+    assert_eq!(h.lease.key, key(5));
+    assert_eq!(h.ttl, None);
+    assert_eq!(core.poll_timeout(), None, "a reservation is never renewed");
+    // The other lease with our IP is not a peer.
+    assert!(core.peers().is_empty());
+    assert!(events(&mut core)
+        .iter()
+        .any(|e| matches!(e, LeaseEvent::Skipped { key: k, .. } if k == "192.168.0.0-24")));
+}
+
+#[test]
+fn previous_subnet_is_tried_first_if_free() {
+    let t0 = Instant::now();
+    let mut c = config();
+    c.previous = Some(key(4));
+    let mut core = core_with(c.clone());
+    core.start(t0);
+    action(&mut core);
+    core.handle_input(
+        t0,
+        Input::Listed(Ok(listing(vec![lease(key(1), "10.0.0.2", 4)], 6))),
+    );
+    assert!(
+        matches!(action(&mut core), Action::Create { key: k, ttl: Some(TTL), .. } if k == key(4))
+    );
+
+    // Taken by someone else: a random free one instead.
+    for seed in 0..20 {
+        let mut core = LeaseCore::new(c.clone(), NetworkConfig::parse(SEED).unwrap(), seed);
+        core.start(t0);
+        action(&mut core);
+        core.handle_input(
+            t0,
+            Input::Listed(Ok(listing(vec![lease(key(4), "10.0.0.2", 4)], 6))),
+        );
+        assert!(matches!(action(&mut core), Action::Create { key: k, .. } if k != key(4)));
+    }
+}
+
+#[test]
+fn conflict_relists_after_backoff_and_tries_another_subnet() {
+    let t0 = Instant::now();
+    let mut core = core_with(config());
+    core.start(t0);
+    action(&mut core);
+    core.handle_input(t0, Input::Listed(Ok(listing(vec![], 1))));
+    let Action::Create { key: first, .. } = action(&mut core) else {
+        panic!()
+    };
+    core.handle_input(
+        t0,
+        Input::Created {
+            key: first,
+            result: Err(RegistryError::Conflict { key: first }),
+        },
+    );
+    assert_eq!(core.poll_action(), None, "waits before retrying");
+    assert_eq!(core.attempts(), 1);
+    let at = core.poll_timeout().expect("a retry timer");
+    assert!(at > t0);
+    core.handle_timeout(at);
+    assert_eq!(action(&mut core), Action::List);
+    core.handle_input(
+        at,
+        Input::Listed(Ok(listing(vec![lease(first, "10.0.0.9", 2)], 2))),
+    );
+    let Action::Create { key: second, .. } = action(&mut core) else {
+        panic!()
+    };
+    assert_ne!(first, second);
+    core.handle_input(
+        at,
+        Input::Created {
+            key: second,
+            result: Ok(held(second, 3)),
+        },
+    );
+    assert!(events(&mut core).contains(&LeaseEvent::Acquired {
+        lease: held(second, 3).lease,
+        attempts: 1
+    }));
+}
+
+#[test]
+fn exhausted_is_reported_on_first_acquisition() {
+    let t0 = Instant::now();
+    let mut core = core_with(config());
+    core.start(t0);
+    action(&mut core);
+    let all = (0..6)
+        .map(|i| lease(key(i), &format!("10.0.1.{i}"), 1))
+        .collect();
+    core.handle_input(t0, Input::Listed(Ok(listing(all, 1))));
+    assert!(matches!(
+        core.take_error(),
+        Some(SubnetError::Exhausted { total: 6, taken: 6 })
+    ));
+    assert_eq!(core.poll_action(), None);
+    assert_eq!(core.peers().len(), 6);
+}
+
+#[test]
+fn renew_schedule_and_retries() {
+    let c = CoreConfig::new(attrs(OUR_IP));
+    assert_eq!(
+        c.renew_after(Duration::from_secs(24 * 3600)),
+        Duration::from_secs(23 * 3600)
+    );
+    assert_eq!(
+        c.renew_after(Duration::from_secs(30)),
+        Duration::from_secs(20)
+    );
+
+    let t0 = Instant::now();
+    let (mut core, k) = acquired(t0, vec![]);
+    let t1 = t0 + Duration::from_secs(40);
+    assert_eq!(core.poll_timeout(), Some(t1));
+    core.handle_timeout(t1 - Duration::from_secs(1));
+    assert_eq!(core.poll_action(), None, "not due yet");
+    core.handle_timeout(t1);
+    assert!(matches!(action(&mut core), Action::Renew { held } if held.lease.key == k));
+    assert_eq!(
+        core.poll_timeout(),
+        None,
+        "no timer while a request is outstanding"
+    );
+    core.handle_input(
+        t1,
+        Input::Renewed(Err(RegistryError::Unavailable {
+            reason: "down".into(),
+        })),
+    );
+    let retry = core.poll_timeout().unwrap();
+    assert!(retry > t1 && retry < t0 + TTL, "retried before expiry");
+    assert!(events(&mut core)
+        .iter()
+        .any(|e| matches!(e, LeaseEvent::RenewFailed { .. })));
+    core.handle_timeout(retry);
+    assert!(matches!(action(&mut core), Action::Renew { .. }));
+    core.handle_input(retry, Input::Renewed(Ok(held(k, 11))));
+    assert_eq!(core.poll_timeout(), Some(retry + Duration::from_secs(40)));
+    assert_eq!(
+        events(&mut core),
+        vec![LeaseEvent::Renewed { key: k, ttl: TTL }]
+    );
+}
+
+#[test]
+fn removed_lease_is_recreated_on_the_same_subnet() {
+    let t0 = Instant::now();
+    let (mut core, k) = acquired(t0, vec![]);
+    // A stale deletion (from before our create) is ignored.
+    core.handle_input(
+        t0,
+        Input::Event(RegistryEvent::Removed {
+            key: k,
+            revision: 9,
+        }),
+    );
+    assert!(core.is_held());
+    core.handle_input(
+        t0,
+        Input::Event(RegistryEvent::Removed {
+            key: k,
+            revision: 12,
+        }),
+    );
+    assert!(!core.is_held());
+    assert!(matches!(action(&mut core), Action::Create { key: c, .. } if c == k));
+    core.handle_input(
+        t0,
+        Input::Created {
+            key: k,
+            result: Ok(held(k, 13)),
+        },
+    );
+    let evs = events(&mut core);
+    assert!(evs
+        .iter()
+        .any(|e| matches!(e, LeaseEvent::Lost { key: l, .. } if *l == k)));
+    assert!(evs.contains(&LeaseEvent::Reacquired {
+        lease: held(k, 13).lease,
+        previous: k
+    }));
+}
+
+#[test]
+fn renew_not_found_recreates_same_subnet_and_conflict_picks_another() {
+    let t0 = Instant::now();
+    let (mut core, k) = acquired(t0, vec![]);
+    let t1 = core.poll_timeout().unwrap();
+    core.handle_timeout(t1);
+    action(&mut core);
+    core.handle_input(
+        t1,
+        Input::Renewed(Err(RegistryError::LeaseNotFound { key: k })),
+    );
+    assert!(matches!(action(&mut core), Action::Create { key: c, .. } if c == k));
+    // Someone took it meanwhile.
+    core.handle_input(
+        t1,
+        Input::Created {
+            key: k,
+            result: Err(RegistryError::Conflict { key: k }),
+        },
+    );
+    let t2 = core.poll_timeout().unwrap();
+    core.handle_timeout(t2);
+    assert_eq!(action(&mut core), Action::List);
+    core.handle_input(
+        t2,
+        Input::Listed(Ok(listing(vec![lease(k, "10.0.0.7", 20)], 20))),
+    );
+    assert!(matches!(action(&mut core), Action::Create { key: c, .. } if c != k));
+}
+
+#[test]
+fn resync_replaces_the_peer_set() {
+    let t0 = Instant::now();
+    let (mut core, k) = acquired(t0, vec![]);
+    let others: Vec<SubnetKey> = (0..6).map(key).filter(|x| *x != k).collect();
+    core.handle_input(
+        t0,
+        Input::Event(RegistryEvent::Upserted(lease(others[0], "10.0.0.2", 12))),
+    );
+    core.handle_input(
+        t0,
+        Input::Event(RegistryEvent::Upserted(lease(others[1], "10.0.0.3", 13))),
+    );
+    let g = core.peers().generation;
+    assert_eq!(core.peers().len(), 2);
+    let evs = events(&mut core);
+    assert!(evs.contains(&LeaseEvent::PeerAdded(others[0])));
+    assert!(evs.contains(&LeaseEvent::PeerAdded(others[1])));
+
+    // Changed attributes are an update.
+    core.handle_input(
+        t0,
+        Input::Event(RegistryEvent::Upserted(lease(others[1], "10.0.0.4", 14))),
+    );
+    assert_eq!(events(&mut core), vec![LeaseEvent::PeerUpdated(others[1])]);
+
+    core.handle_input(
+        t0,
+        Input::Event(RegistryEvent::Resync(listing(
+            vec![held(k, 11).lease, lease(others[2], "10.0.0.5", 15)],
+            30,
+        ))),
+    );
+    let peers: Vec<SubnetKey> = core.peers().leases.keys().copied().collect();
+    assert_eq!(peers, vec![others[2]]);
+    assert!(core.peers().generation > g);
+    assert!(core.is_held(), "our lease is in the listing");
+    assert_eq!(core.revision(), 30);
+    let evs = events(&mut core);
+    assert!(evs.contains(&LeaseEvent::PeerRemoved(others[0])));
+    assert!(evs.contains(&LeaseEvent::PeerRemoved(others[1])));
+    assert!(evs.contains(&LeaseEvent::PeerAdded(others[2])));
+
+    // A resync without our lease means we lost it.
+    core.handle_input(t0, Input::Event(RegistryEvent::Resync(listing(vec![], 31))));
+    assert!(matches!(action(&mut core), Action::Create { key: c, .. } if c == k));
+}
+
+#[test]
+fn malformed_foreign_and_impostor_leases_are_skipped_once() {
+    let t0 = Instant::now();
+    let (mut core, k) = acquired(t0, vec![]);
+    let other = (0..6).map(key).find(|x| *x != k).unwrap();
+    let outside: SubnetKey = "10.9.0.0-24".parse().unwrap();
+    let impostor = (0..6).map(key).find(|x| *x != k && *x != other).unwrap();
+    let snapshot = LeaseListing {
+        leases: vec![
+            held(k, 11).lease,
+            lease(other, "10.0.0.2", 12),
+            lease(outside, "10.0.0.3", 13),
+            lease(impostor, OUR_IP, 14),
+        ],
+        malformed: vec![MalformedLease {
+            key: "/coreos.com/network/subnets/garbage".into(),
+            reason: "not a key".into(),
+        }],
+        revision: 20,
+    };
+    for _ in 0..2 {
+        core.handle_input(t0, Input::Event(RegistryEvent::Resync(snapshot.clone())));
+    }
+    assert_eq!(
+        core.peers().leases.keys().copied().collect::<Vec<_>>(),
+        vec![other]
+    );
+    let skipped: Vec<String> = events(&mut core)
+        .into_iter()
+        .filter_map(|e| match e {
+            LeaseEvent::Skipped { key, reason } => Some(format!("{key}: {reason}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(skipped.len(), 3, "{skipped:?}");
+    assert!(skipped
+        .iter()
+        .any(|s| s.starts_with("10.9.0.0-24") && s.contains("192.168.0.0/16")));
+    assert!(skipped
+        .iter()
+        .any(|s| s.starts_with(&impostor.to_string()) && s.contains("our PublicIP")));
+    assert!(skipped
+        .iter()
+        .any(|s| s.starts_with("/coreos.com/network/subnets/garbage")));
+
+    // Two peers sharing a PublicIP that is not ours are both kept.
+    core.handle_input(
+        t0,
+        Input::Event(RegistryEvent::Upserted(lease(impostor, "10.0.0.2", 21))),
+    );
+    assert_eq!(core.peers().len(), 2);
+}
+
+#[test]
+fn someone_overwriting_our_lease_makes_us_lose_it() {
+    let t0 = Instant::now();
+    let (mut core, k) = acquired(t0, vec![]);
+    core.handle_input(
+        t0,
+        Input::Event(RegistryEvent::Upserted(lease(k, "10.0.0.66", 12))),
+    );
+    assert!(!core.is_held());
+    assert_eq!(action(&mut core), Action::List);
+}
+
+#[test]
+fn watch_is_restarted_from_a_fresh_listing() {
+    let t0 = Instant::now();
+    let (mut core, _) = acquired(t0, vec![]);
+    core.start_watch(t0);
+    assert_eq!(action(&mut core), Action::Watch { from_revision: 11 });
+    core.handle_input(t0, Input::WatchEnded);
+    assert_eq!(action(&mut core), Action::List);
+    core.handle_input(
+        t0,
+        Input::Listed(Ok(listing(vec![core.held().unwrap().lease.clone()], 40))),
+    );
+    assert_eq!(action(&mut core), Action::Watch { from_revision: 41 });
+}
+
+#[test]
+fn release_deletes_an_expiring_lease() {
+    let t0 = Instant::now();
+    let (mut core, k) = acquired(t0, vec![]);
+    core.release(t0);
+    assert_eq!(action(&mut core), Action::Delete { key: k });
+    core.handle_input(t0, Input::Deleted(Ok(())));
+    assert_eq!(
+        events(&mut core),
+        vec![LeaseEvent::Released { key: Some(k) }]
+    );
+    assert_eq!(core.poll_timeout(), None);
+}
