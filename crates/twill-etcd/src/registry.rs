@@ -1,0 +1,745 @@
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
+    LeaseKeepAliveStream, LeaseKeeper, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse,
+};
+use tokio::sync::{mpsc, Mutex as AsyncMutex};
+use twill_model::{LeaseAttrs, LeaseKind, NetworkConfig, SubnetKey, SubnetLease};
+use twill_subnet::{HeldLease, LeaseListing, LeaseWatch, MalformedLease, Registry, RegistryError};
+
+use crate::config::read_tls_file;
+use crate::error::chain;
+use crate::{watch, EtcdConfig, EtcdError};
+
+/// Largest response we accept: a listing of 100,000 leases fits.
+const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// Capacity of a watch's event channel.
+const WATCH_CHANNEL: usize = 1024;
+
+/// What the watch task and the registry share: a client, the key layout and
+/// the request counter. Holds no lease state, so a watch task does not keep
+/// the registry's leases alive.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub(crate) client: Client,
+    pub(crate) config_key: String,
+    pub(crate) subnets_prefix: String,
+    pub(crate) request_timeout: Duration,
+    pub(crate) dial_timeout: Duration,
+    pub(crate) requests: Arc<AtomicU64>,
+}
+
+impl Shared {
+    /// Runs one counted etcd RPC under the request timeout.
+    pub(crate) async fn call<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, EtcdError> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(self.request_timeout, fut).await {
+            Err(_) => Err(EtcdError::Timeout {
+                op,
+                after: self.request_timeout,
+            }),
+            Ok(Err(e)) => Err(EtcdError::Request {
+                op,
+                reason: chain(&e),
+            }),
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+
+    fn kv(&self) -> etcd_client::KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    pub(crate) fn lease_key(&self, key: &SubnetKey) -> String {
+        format!("{}{key}", self.subnets_prefix)
+    }
+
+    /// Parses one key-value under `subnets/`.
+    pub(crate) fn parse_kv(&self, kv: &KeyValue) -> Result<SubnetLease, MalformedLease> {
+        let full = String::from_utf8_lossy(kv.key()).into_owned();
+        let malformed = |reason: String| MalformedLease {
+            key: full.clone(),
+            reason,
+        };
+        let key = self.parse_key(kv.key()).map_err(&malformed)?;
+        let attrs = LeaseAttrs::from_slice(kv.value()).map_err(|e| malformed(e.to_string()))?;
+        Ok(SubnetLease {
+            key,
+            attrs,
+            kind: kind_of(kv),
+            revision: kv.mod_revision(),
+        })
+    }
+
+    pub(crate) fn parse_key(&self, key: &[u8]) -> Result<SubnetKey, String> {
+        let key = std::str::from_utf8(key).map_err(|_| "key is not UTF-8".to_string())?;
+        let name = key
+            .strip_prefix(&self.subnets_prefix)
+            .ok_or_else(|| format!("key is not under {}", self.subnets_prefix))?;
+        name.parse::<SubnetKey>().map_err(|e| e.to_string())
+    }
+
+    /// One range request over `subnets/`.
+    pub(crate) async fn list(&self) -> Result<LeaseListing, EtcdError> {
+        let mut kv = self.kv();
+        let resp = self
+            .call(
+                "range",
+                kv.get(
+                    self.subnets_prefix.as_bytes(),
+                    Some(GetOptions::new().with_prefix()),
+                ),
+            )
+            .await?;
+        let mut listing = LeaseListing {
+            revision: resp
+                .header()
+                .map_or(0, etcd_client::ResponseHeader::revision),
+            ..LeaseListing::default()
+        };
+        for kv in resp.kvs() {
+            match self.parse_kv(kv) {
+                Ok(lease) => listing.leases.push(lease),
+                Err(m) => {
+                    tracing::warn!(key = %m.key, reason = %m.reason, "skipping malformed lease");
+                    listing.malformed.push(m);
+                }
+            }
+        }
+        tracing::debug!(
+            leases = listing.leases.len(),
+            malformed = listing.malformed.len(),
+            revision = listing.revision,
+            "listed leases"
+        );
+        Ok(listing)
+    }
+}
+
+fn kind_of(kv: &KeyValue) -> LeaseKind {
+    if kv.lease() == 0 {
+        LeaseKind::Reservation
+    } else {
+        LeaseKind::Expiring
+    }
+}
+
+/// The etcd side of one lease we hold: its etcd lease and keepalive stream.
+struct Keeper {
+    lease_id: i64,
+    ttl: Duration,
+    value: String,
+    stream: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+}
+
+/// Outcome of one keepalive round.
+enum KeepAlive {
+    /// Renewed for this many seconds.
+    Renewed(i64),
+    /// etcd no longer knows the lease.
+    Gone,
+}
+
+/// A [`Registry`] over etcd v3, with flannel's keys and values.
+///
+/// One etcd lease per subnet lease, renewed over one long-lived KeepAlive
+/// stream per lease (flannel grants a new etcd lease at every renewal).
+/// Cloning is cheap and shares the connection and the held leases; dropping
+/// the last clone closes the keepalive streams, so the leases expire after
+/// their TTL unless deleted first.
+#[derive(Clone)]
+pub struct EtcdRegistry {
+    shared: Shared,
+    config: Arc<EtcdConfig>,
+    keepers: Arc<StdMutex<HashMap<SubnetKey, Arc<AsyncMutex<Keeper>>>>>,
+}
+
+impl std::fmt::Debug for EtcdRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdRegistry")
+            .field("endpoints", &self.config.endpoints)
+            .field("prefix", &self.config.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ttl_secs(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX)
+}
+
+fn secs(ttl: i64) -> Duration {
+    Duration::from_secs(u64::try_from(ttl).unwrap_or(0))
+}
+
+impl EtcdRegistry {
+    /// Connects to etcd and checks that it answers (one range request on
+    /// `<prefix>/config`, plus authentication when a user is configured).
+    ///
+    /// # Errors
+    /// [`EtcdError::InvalidSettings`], [`EtcdError::TlsFile`] naming an
+    /// unreadable file, or [`EtcdError::Connect`] with the cause (a wrong
+    /// CA shows as `invalid peer certificate: UnknownIssuer`).
+    pub async fn connect(config: EtcdConfig) -> Result<Self, EtcdError> {
+        config.validate()?;
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(config.dial_timeout)
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_require_leader(true);
+        if let Some(tls) = &config.tls {
+            let mut t = TlsOptions::new();
+            if let Some(ca) = &tls.ca_file {
+                t = t.ca_certificate(Certificate::from_pem(read_tls_file("CA", ca)?));
+            }
+            if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+                t = t.identity(Identity::from_pem(
+                    read_tls_file("certificate", cert)?,
+                    read_tls_file("key", key)?,
+                ));
+            }
+            opts = opts.with_tls(t);
+        }
+        if let (Some(user), Some(pass)) = (&config.username, &config.password) {
+            opts = opts.with_user(user.clone(), pass.clone());
+        }
+        let endpoints = config.endpoints.join(",");
+        let connect_err = |reason: String| EtcdError::Connect {
+            endpoints: endpoints.clone(),
+            reason,
+        };
+        let requests = Arc::new(AtomicU64::new(0));
+        if config.username.is_some() {
+            requests.fetch_add(1, Ordering::Relaxed);
+        }
+        let client = match tokio::time::timeout(
+            config.dial_timeout + config.request_timeout,
+            Client::connect(&config.endpoints, Some(opts)),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(connect_err(format!(
+                    "timed out after {:?}",
+                    config.dial_timeout
+                )))
+            }
+            Ok(Err(e)) => return Err(connect_err(chain(&e))),
+            Ok(Ok(c)) => c,
+        };
+        let shared = Shared {
+            client,
+            config_key: config.config_key(),
+            subnets_prefix: config.subnets_prefix(),
+            request_timeout: config.request_timeout,
+            dial_timeout: config.dial_timeout,
+            requests,
+        };
+        // The client connects lazily; probe so that a wrong CA, a refused
+        // certificate or a dead endpoint is reported here.
+        let mut kv = shared.kv();
+        let probe = shared.config_key.clone();
+        shared
+            .call(
+                "range",
+                kv.get(probe, Some(GetOptions::new().with_count_only())),
+            )
+            .await
+            .map_err(|e| {
+                connect_err(match e {
+                    EtcdError::Request { reason, .. } => reason,
+                    other => other.to_string(),
+                })
+            })?;
+        tracing::info!(endpoints = %endpoints, prefix = %config.prefix, "connected to etcd");
+        Ok(EtcdRegistry {
+            shared,
+            config: Arc::new(config),
+            keepers: Arc::new(StdMutex::new(HashMap::new())),
+        })
+    }
+
+    /// The configuration this registry was connected with.
+    #[must_use]
+    pub fn config(&self) -> &EtcdConfig {
+        &self.config
+    }
+
+    /// How many etcd RPCs (unary requests, watch creations, keepalive
+    /// requests) this registry and its clones have made.
+    #[must_use]
+    pub fn requests_made(&self) -> u64 {
+        self.shared.requests.load(Ordering::Relaxed)
+    }
+
+    /// The underlying etcd client, for tools and tests.
+    #[must_use]
+    pub fn client(&self) -> &Client {
+        &self.shared.client
+    }
+
+    /// Writes `<prefix>/config` after validating it.
+    ///
+    /// # Errors
+    /// [`EtcdError::InvalidConfig`] when `json` is not a valid flannel
+    /// config, or a transport error.
+    pub async fn put_config(&self, json: &str) -> Result<(), EtcdError> {
+        NetworkConfig::parse(json).map_err(|source| EtcdError::InvalidConfig {
+            key: self.shared.config_key.clone(),
+            source,
+        })?;
+        let mut kv = self.shared.kv();
+        self.shared
+            .call("put", kv.put(self.shared.config_key.as_bytes(), json, None))
+            .await?;
+        Ok(())
+    }
+
+    /// Reads and validates `<prefix>/config`.
+    ///
+    /// # Errors
+    /// [`EtcdError::ConfigNotFound`], [`EtcdError::InvalidConfig`], or a
+    /// transport error.
+    pub async fn read_config(&self) -> Result<NetworkConfig, EtcdError> {
+        let key = &self.shared.config_key;
+        let mut kv = self.shared.kv();
+        let resp = self
+            .shared
+            .call("range", kv.get(key.as_bytes(), None))
+            .await?;
+        let Some(kv) = resp.kvs().first() else {
+            return Err(EtcdError::ConfigNotFound { key: key.clone() });
+        };
+        NetworkConfig::parse_slice(kv.value()).map_err(|source| EtcdError::InvalidConfig {
+            key: key.clone(),
+            source,
+        })
+    }
+
+    /// Lists every lease in one range request.
+    ///
+    /// # Errors
+    /// A transport error.
+    pub async fn list(&self) -> Result<LeaseListing, EtcdError> {
+        self.shared.list().await
+    }
+
+    async fn grant(&self, ttl: Duration) -> Result<(i64, Duration), EtcdError> {
+        let mut lc = self.shared.client.lease_client();
+        let resp = self
+            .shared
+            .call("lease grant", lc.grant(ttl_secs(ttl), None))
+            .await?;
+        if !resp.error().is_empty() {
+            return Err(EtcdError::Request {
+                op: "lease grant",
+                reason: resp.error().to_string(),
+            });
+        }
+        Ok((resp.id(), secs(resp.ttl())))
+    }
+
+    async fn revoke_quietly(&self, lease_id: i64) {
+        let mut lc = self.shared.client.lease_client();
+        if let Err(e) = self.shared.call("lease revoke", lc.revoke(lease_id)).await {
+            tracing::debug!(lease_id, error = %e, "revoking an unused etcd lease failed");
+        }
+    }
+
+    /// Creates the key if absent, attached to `lease_id` (0: no lease).
+    /// Returns the revision of the write, or `None` when the key exists.
+    async fn put_if_absent(
+        &self,
+        path: &str,
+        value: &str,
+        lease_id: i64,
+    ) -> Result<Option<i64>, EtcdError> {
+        let opts = (lease_id != 0).then(|| PutOptions::new().with_lease(lease_id));
+        let txn = Txn::new()
+            .when([Compare::version(path, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(path, value, opts)]);
+        let mut kv = self.shared.kv();
+        let resp = self.shared.call("txn", kv.txn(txn)).await?;
+        Ok(resp.succeeded().then(|| {
+            resp.header()
+                .map_or(0, etcd_client::ResponseHeader::revision)
+        }))
+    }
+
+    /// Creates a lease; see [`Registry::create_lease`].
+    ///
+    /// # Errors
+    /// [`EtcdError::Conflict`] when the key exists, or a transport error.
+    pub async fn create(
+        &self,
+        key: &SubnetKey,
+        attrs: &LeaseAttrs,
+        ttl: Option<Duration>,
+    ) -> Result<HeldLease, EtcdError> {
+        let path = self.shared.lease_key(key);
+        let value = attrs.to_json();
+        let (lease_id, granted) = match ttl {
+            Some(t) => {
+                let (id, g) = self.grant(t).await?;
+                (id, Some(g))
+            }
+            None => (0, None),
+        };
+        let written = match self.put_if_absent(&path, &value, lease_id).await {
+            Ok(w) => w,
+            Err(e) => {
+                if lease_id != 0 {
+                    self.revoke_quietly(lease_id).await;
+                }
+                return Err(e);
+            }
+        };
+        let Some(revision) = written else {
+            if lease_id != 0 {
+                self.revoke_quietly(lease_id).await;
+            }
+            return Err(EtcdError::Conflict { key: *key });
+        };
+        tracing::info!(subnet = %key, lease_id, ttl = ?granted, "created lease");
+        if let Some(ttl) = granted {
+            let keeper = Keeper {
+                lease_id,
+                ttl,
+                value,
+                stream: None,
+            };
+            self.keepers_lock()
+                .insert(*key, Arc::new(AsyncMutex::new(keeper)));
+        }
+        Ok(HeldLease {
+            lease: SubnetLease {
+                key: *key,
+                attrs: attrs.clone(),
+                kind: if granted.is_some() {
+                    LeaseKind::Expiring
+                } else {
+                    LeaseKind::Reservation
+                },
+                revision,
+            },
+            ttl: granted,
+        })
+    }
+
+    fn keepers_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<SubnetKey, Arc<AsyncMutex<Keeper>>>> {
+        self.keepers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn get_kv(&self, path: &str) -> Result<Option<KeyValue>, EtcdError> {
+        let mut kv = self.shared.kv();
+        let mut resp = self.shared.call("range", kv.get(path, None)).await?;
+        Ok(resp.take_kvs().into_iter().next())
+    }
+
+    /// One keepalive round on the keeper's stream, opening it if needed
+    /// (opening sends the first keepalive).
+    async fn keep_alive_once(&self, k: &mut Keeper) -> Result<KeepAlive, EtcdError> {
+        if let Some((keeper, stream)) = k.stream.as_mut() {
+            self.shared.requests.fetch_add(1, Ordering::Relaxed);
+            let round = async {
+                keeper.keep_alive().await?;
+                stream.message().await
+            };
+            match tokio::time::timeout(self.shared.request_timeout, round).await {
+                Ok(Ok(Some(resp))) if resp.ttl() > 0 => return Ok(KeepAlive::Renewed(resp.ttl())),
+                Ok(Ok(Some(_))) => return Ok(KeepAlive::Gone),
+                Ok(Ok(None)) => tracing::debug!(lease_id = k.lease_id, "keepalive stream ended"),
+                Ok(Err(e)) => {
+                    tracing::debug!(lease_id = k.lease_id, error = %chain(&e), "keepalive stream failed");
+                }
+                Err(_) => tracing::debug!(lease_id = k.lease_id, "keepalive timed out"),
+            }
+            k.stream = None;
+        }
+        // (Re)open the stream; its first response renews the lease.
+        let mut lc = self.shared.client.lease_client();
+        match self
+            .shared
+            .call("lease keepalive", lc.keep_alive(k.lease_id))
+            .await
+        {
+            Ok((keeper, stream)) => {
+                k.stream = Some((keeper, stream));
+                // keep_alive() consumed the first response after checking
+                // its TTL was positive: the lease was renewed for its TTL.
+                Ok(KeepAlive::Renewed(ttl_secs(k.ttl)))
+            }
+            Err(EtcdError::Request { reason, .. }) if reason.contains("lease not found") => {
+                Ok(KeepAlive::Gone)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The etcd lease is gone: grant a new one and re-attach our key, only
+    /// if it is absent or still holds our value.
+    async fn recreate(&self, key: &SubnetKey, k: &mut Keeper) -> Result<i64, EtcdError> {
+        let path = self.shared.lease_key(key);
+        let (lease_id, granted) = self.grant(k.ttl).await?;
+        let txn = Txn::new()
+            .when([Compare::value(
+                path.as_str(),
+                CompareOp::Equal,
+                k.value.as_str(),
+            )])
+            .and_then([TxnOp::put(
+                path.as_str(),
+                k.value.as_str(),
+                Some(PutOptions::new().with_lease(lease_id)),
+            )]);
+        let mut kv = self.shared.kv();
+        let resp = match self.shared.call("txn", kv.txn(txn)).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.revoke_quietly(lease_id).await;
+                return Err(e);
+            }
+        };
+        let revision = if resp.succeeded() {
+            resp.header()
+                .map_or(0, etcd_client::ResponseHeader::revision)
+        } else {
+            match self.put_if_absent(&path, &k.value, lease_id).await {
+                Ok(Some(rev)) => rev,
+                Ok(None) => {
+                    self.revoke_quietly(lease_id).await;
+                    return Err(EtcdError::Conflict { key: *key });
+                }
+                Err(e) => {
+                    self.revoke_quietly(lease_id).await;
+                    return Err(e);
+                }
+            }
+        };
+        tracing::warn!(subnet = %key, old = k.lease_id, new = lease_id, "etcd lease was lost; re-created it");
+        k.lease_id = lease_id;
+        k.ttl = granted;
+        k.stream = None;
+        Ok(revision)
+    }
+
+    /// The keeper for a lease we did not create in this process (e.g. after
+    /// a restart): adopt the etcd lease the key holds if it holds our value.
+    async fn adopt(&self, held: &HeldLease) -> Result<Option<Keeper>, EtcdError> {
+        let key = &held.lease.key;
+        let value = held.lease.attrs.to_json();
+        let ttl = held.ttl.unwrap_or(self.config.lease_ttl);
+        match self.get_kv(&self.shared.lease_key(key)).await? {
+            Some(kv) if kv.value() != value.as_bytes() => Err(EtcdError::Conflict { key: *key }),
+            Some(kv) if kv.lease() == 0 => Ok(None),
+            Some(kv) => Ok(Some(Keeper {
+                lease_id: kv.lease(),
+                ttl,
+                value,
+                stream: None,
+            })),
+            // Absent: recreate below with a dead lease id.
+            None => Ok(Some(Keeper {
+                lease_id: 0,
+                ttl,
+                value,
+                stream: None,
+            })),
+        }
+    }
+
+    /// Renews a lease; see [`Registry::renew_lease`].
+    ///
+    /// # Errors
+    /// [`EtcdError::Conflict`] when another value took the key,
+    /// [`EtcdError::LeaseNotFound`] for a vanished reservation, or a
+    /// transport error.
+    pub async fn renew(&self, held: &HeldLease) -> Result<HeldLease, EtcdError> {
+        let key = held.lease.key;
+        let existing = self.keepers_lock().get(&key).cloned();
+        let entry = match existing {
+            Some(e) => e,
+            None => {
+                if held.lease.kind == LeaseKind::Reservation && held.ttl.is_none() {
+                    return match self.get_kv(&self.shared.lease_key(&key)).await? {
+                        Some(_) => Ok(held.clone()),
+                        None => Err(EtcdError::LeaseNotFound { key }),
+                    };
+                }
+                match self.adopt(held).await? {
+                    None => {
+                        let mut h = held.clone();
+                        h.lease.kind = LeaseKind::Reservation;
+                        h.ttl = None;
+                        return Ok(h);
+                    }
+                    Some(k) => {
+                        let entry = Arc::new(AsyncMutex::new(k));
+                        self.keepers_lock()
+                            .entry(key)
+                            .or_insert_with(|| entry.clone())
+                            .clone()
+                    }
+                }
+            }
+        };
+        let mut k = entry.lock().await;
+        let mut revision = held.lease.revision;
+        let outcome = if k.lease_id == 0 {
+            KeepAlive::Gone
+        } else {
+            self.keep_alive_once(&mut k).await?
+        };
+        let ttl = match outcome {
+            KeepAlive::Renewed(t) => secs(t),
+            KeepAlive::Gone => {
+                revision = self.recreate(&key, &mut k).await?;
+                k.ttl
+            }
+        };
+        tracing::debug!(subnet = %key, lease_id = k.lease_id, ?ttl, "renewed lease");
+        let mut h = held.clone();
+        h.lease.revision = revision;
+        h.lease.kind = LeaseKind::Expiring;
+        h.ttl = Some(ttl);
+        Ok(h)
+    }
+
+    /// Replaces our lease's value, keeping its etcd lease; see
+    /// [`Registry::update_lease`].
+    ///
+    /// # Errors
+    /// [`EtcdError::LeaseNotFound`] when the key is gone,
+    /// [`EtcdError::Conflict`] when it holds another value, or a transport
+    /// error.
+    pub async fn update(
+        &self,
+        held: &HeldLease,
+        attrs: &LeaseAttrs,
+    ) -> Result<HeldLease, EtcdError> {
+        let key = held.lease.key;
+        let path = self.shared.lease_key(&key);
+        let old = held.lease.attrs.to_json();
+        let new = attrs.to_json();
+        let txn = Txn::new()
+            .when([Compare::value(
+                path.as_str(),
+                CompareOp::Equal,
+                old.as_str(),
+            )])
+            .and_then([TxnOp::put(
+                path.as_str(),
+                new.as_str(),
+                Some(PutOptions::new().with_ignore_lease()),
+            )])
+            .or_else([TxnOp::get(path.as_str(), None)]);
+        let mut kv = self.shared.kv();
+        let resp = self.shared.call("txn", kv.txn(txn)).await?;
+        if !resp.succeeded() {
+            let exists = resp.op_responses().iter().any(|r| match r {
+                TxnOpResponse::Get(g) => !g.kvs().is_empty(),
+                _ => false,
+            });
+            return Err(if exists {
+                EtcdError::Conflict { key }
+            } else {
+                EtcdError::LeaseNotFound { key }
+            });
+        }
+        let existing = self.keepers_lock().get(&key).cloned();
+        if let Some(entry) = existing {
+            entry.lock().await.value.clone_from(&new);
+        }
+        let mut h = held.clone();
+        h.lease.attrs = attrs.clone();
+        h.lease.revision = resp
+            .header()
+            .map_or(0, etcd_client::ResponseHeader::revision);
+        Ok(h)
+    }
+
+    /// Deletes a lease and revokes its etcd lease if we hold it.
+    ///
+    /// # Errors
+    /// [`EtcdError::LeaseNotFound`] when there was nothing to delete, or a
+    /// transport error.
+    pub async fn delete(&self, key: &SubnetKey) -> Result<(), EtcdError> {
+        let path = self.shared.lease_key(key);
+        let mut kv = self.shared.kv();
+        let resp = self.shared.call("delete", kv.delete(path, None)).await?;
+        let removed = self.keepers_lock().remove(key);
+        if let Some(entry) = removed {
+            let lease_id = entry.lock().await.lease_id;
+            if lease_id != 0 {
+                self.revoke_quietly(lease_id).await;
+            }
+        }
+        if resp.deleted() == 0 {
+            return Err(EtcdError::LeaseNotFound { key: *key });
+        }
+        tracing::info!(subnet = %key, "deleted lease");
+        Ok(())
+    }
+
+    /// Starts a watch task; see [`Registry::watch_leases`].
+    #[must_use]
+    pub fn watch(&self, from_revision: i64) -> LeaseWatch {
+        let (tx, rx) = mpsc::channel(WATCH_CHANNEL);
+        tokio::spawn(watch::run(self.shared.clone(), from_revision, tx));
+        LeaseWatch::new(rx)
+    }
+}
+
+#[async_trait]
+impl Registry for EtcdRegistry {
+    async fn get_config(&self) -> Result<NetworkConfig, RegistryError> {
+        Ok(self.read_config().await?)
+    }
+
+    async fn list_leases(&self) -> Result<LeaseListing, RegistryError> {
+        Ok(self.list().await?)
+    }
+
+    async fn create_lease(
+        &self,
+        key: &SubnetKey,
+        attrs: &LeaseAttrs,
+        ttl: Option<Duration>,
+    ) -> Result<HeldLease, RegistryError> {
+        Ok(self.create(key, attrs, ttl).await?)
+    }
+
+    async fn renew_lease(&self, held: &HeldLease) -> Result<HeldLease, RegistryError> {
+        Ok(self.renew(held).await?)
+    }
+
+    async fn update_lease(
+        &self,
+        held: &HeldLease,
+        attrs: &LeaseAttrs,
+    ) -> Result<HeldLease, RegistryError> {
+        Ok(self.update(held, attrs).await?)
+    }
+
+    async fn delete_lease(&self, key: &SubnetKey) -> Result<(), RegistryError> {
+        Ok(self.delete(key).await?)
+    }
+
+    async fn watch_leases(&self, from_revision: i64) -> Result<LeaseWatch, RegistryError> {
+        Ok(self.watch(from_revision))
+    }
+}

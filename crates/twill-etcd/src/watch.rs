@@ -1,0 +1,263 @@
+//! The watch task behind [`crate::EtcdRegistry::watch`].
+//!
+//! One etcd watch on `<prefix>/subnets/` at a time. Each event's revision is
+//! remembered; after a disconnect the next watch starts at the last seen
+//! revision + 1, so nothing is lost or repeated. When etcd says that revision
+//! was compacted, the task lists everything, sends
+//! [`RegistryEvent::Resync`] and watches from the listing's revision + 1.
+//! Reconnects wait with jittered exponential backoff (100 ms doubling to
+//! 5 s), reset only after a connection stayed up for a while, so a server that
+//! keeps refusing or cancelling never makes the task spin.
+
+use std::time::{Duration, Instant};
+
+use etcd_client::{EventType, WatchOptions, WatchResponse};
+use rand::{Rng, SeedableRng};
+use tokio::sync::mpsc;
+use twill_model::SubnetKey;
+use twill_subnet::RegistryEvent;
+
+use crate::error::chain;
+use crate::registry::Shared;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A connection that lasted this long resets the backoff.
+const HEALTHY_AFTER: Duration = Duration::from_secs(5);
+
+/// Jittered exponential backoff.
+pub(crate) struct Backoff {
+    next: Duration,
+    rng: rand::rngs::SmallRng,
+}
+
+impl Backoff {
+    pub(crate) fn new() -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::from(d.subsec_nanos()) ^ d.as_secs())
+            ^ u64::from(std::process::id());
+        Backoff {
+            next: BACKOFF_MIN,
+            rng: rand::rngs::SmallRng::seed_from_u64(seed),
+        }
+    }
+
+    /// The delay before the next attempt: the current step scaled by a
+    /// random factor in [0.5, 1.0]; the step then doubles up to 5 s.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let d = self.next.mul_f64(self.rng.random_range(0.5..=1.0));
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        d
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+}
+
+/// Why one watch connection ended.
+enum End {
+    /// The receiver is gone: stop.
+    ReceiverGone,
+    /// Transport error or stream end: reconnect from `next_rev`.
+    Disconnected,
+    /// The start revision was compacted: resync.
+    Compacted,
+}
+
+fn is_compacted(reason: &str) -> bool {
+    reason.contains("compacted")
+}
+
+pub(crate) async fn run(shared: Shared, from_revision: i64, tx: mpsc::Sender<RegistryEvent>) {
+    let mut next_rev = from_revision;
+    let mut backoff = Backoff::new();
+    let mut first = true;
+    loop {
+        if !first {
+            let delay = backoff.next_delay();
+            tokio::select! {
+                () = tx.closed() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        first = false;
+        let started = Instant::now();
+        let end = tokio::select! {
+            () = tx.closed() => End::ReceiverGone,
+            end = watch_once(&shared, &mut next_rev, &tx) => end,
+        };
+        match end {
+            End::ReceiverGone => {
+                tracing::debug!("lease watch receiver dropped; stopping");
+                return;
+            }
+            End::Disconnected => {
+                if started.elapsed() >= HEALTHY_AFTER {
+                    backoff.reset();
+                }
+            }
+            End::Compacted => match resync(&shared, &tx, &mut backoff).await {
+                Some(rev) => next_rev = rev + 1,
+                None => return,
+            },
+        }
+    }
+}
+
+/// Lists until it works; `None` when the receiver went away.
+async fn resync(
+    shared: &Shared,
+    tx: &mpsc::Sender<RegistryEvent>,
+    backoff: &mut Backoff,
+) -> Option<i64> {
+    loop {
+        match shared.list().await {
+            Ok(listing) => {
+                let rev = listing.revision;
+                tracing::info!(
+                    revision = rev,
+                    leases = listing.leases.len(),
+                    "watch history compacted; resynced from a full listing"
+                );
+                tx.send(RegistryEvent::Resync(listing)).await.ok()?;
+                return Some(rev);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "listing for resync failed; retrying");
+                let delay = backoff.next_delay();
+                tokio::select! {
+                    () = tx.closed() => return None,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn watch_once(shared: &Shared, next_rev: &mut i64, tx: &mpsc::Sender<RegistryEvent>) -> End {
+    let mut wc = shared.client.watch_client();
+    let mut opts = WatchOptions::new().with_prefix();
+    if *next_rev > 0 {
+        opts = opts.with_start_revision(*next_rev);
+    }
+    shared
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let created = tokio::time::timeout(
+        shared.dial_timeout + shared.request_timeout,
+        wc.watch(shared.subnets_prefix.as_bytes(), Some(opts)),
+    )
+    .await;
+    let mut stream = match created {
+        Err(_) => {
+            tracing::warn!(
+                revision = *next_rev,
+                "creating the lease watch timed out; retrying"
+            );
+            return End::Disconnected;
+        }
+        Ok(Err(e)) => {
+            let reason = chain(&e);
+            if is_compacted(&reason) {
+                return End::Compacted;
+            }
+            tracing::warn!(revision = *next_rev, error = %reason, "creating the lease watch failed; retrying");
+            return End::Disconnected;
+        }
+        Ok(Ok(s)) => s,
+    };
+    tracing::debug!(revision = *next_rev, "lease watch started");
+    loop {
+        match stream.message().await {
+            Ok(Some(resp)) => {
+                if resp.canceled() {
+                    if resp.compact_revision() != 0 || is_compacted(resp.cancel_reason()) {
+                        tracing::warn!(
+                            revision = *next_rev,
+                            compact_revision = resp.compact_revision(),
+                            "lease watch revision was compacted"
+                        );
+                        return End::Compacted;
+                    }
+                    tracing::warn!(
+                        reason = resp.cancel_reason(),
+                        "lease watch canceled by etcd; reconnecting"
+                    );
+                    return End::Disconnected;
+                }
+                if deliver(shared, &resp, next_rev, tx).await.is_err() {
+                    return End::ReceiverGone;
+                }
+            }
+            Ok(None) => {
+                tracing::warn!("lease watch stream ended; reconnecting");
+                return End::Disconnected;
+            }
+            Err(e) => {
+                let reason = chain(&e);
+                if is_compacted(&reason) {
+                    return End::Compacted;
+                }
+                tracing::warn!(error = %reason, "lease watch failed; reconnecting");
+                return End::Disconnected;
+            }
+        }
+    }
+}
+
+/// Sends the response's events in order, advancing `next_rev` past each.
+async fn deliver(
+    shared: &Shared,
+    resp: &WatchResponse,
+    next_rev: &mut i64,
+    tx: &mpsc::Sender<RegistryEvent>,
+) -> Result<(), ()> {
+    for ev in resp.events() {
+        let Some(kv) = ev.kv() else { continue };
+        let rev = kv.mod_revision();
+        let event = match ev.event_type() {
+            EventType::Put => match shared.parse_kv(kv) {
+                Ok(lease) => Some(RegistryEvent::Upserted(lease)),
+                Err(m) => {
+                    tracing::warn!(key = %m.key, reason = %m.reason, "skipping malformed lease");
+                    Some(RegistryEvent::Malformed(m))
+                }
+            },
+            EventType::Delete => match shared.parse_key(kv.key()) {
+                Ok(key) => Some(removed(key, rev)),
+                Err(reason) => {
+                    // Reported when it was written; nothing to remove.
+                    tracing::debug!(key = %String::from_utf8_lossy(kv.key()), %reason, "malformed key deleted");
+                    None
+                }
+            },
+        };
+        if let Some(event) = event {
+            tx.send(event).await.map_err(|_| ())?;
+        }
+        *next_rev = (*next_rev).max(rev + 1);
+    }
+    Ok(())
+}
+
+fn removed(key: SubnetKey, revision: i64) -> RegistryEvent {
+    RegistryEvent::Removed { key, revision }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_five_seconds_with_jitter() {
+        let mut b = Backoff::new();
+        let delays: Vec<Duration> = (0..10).map(|_| b.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= BACKOFF_MIN);
+        assert!(delays.iter().all(|d| *d <= BACKOFF_MAX));
+        assert!(delays[9] >= BACKOFF_MAX / 2, "{delays:?}");
+        b.reset();
+        assert!(b.next_delay() <= BACKOFF_MIN);
+    }
+}
