@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Programs N VXLAN peers (permanent ARP + FDB + onlink route each) in a fresh
+# network namespace, once with twill-netlink's batch and once with
+# `ip -batch` + `bridge -batch`, and prints both times and their ratio.
+#
+# Usage: benches/scripts/program_peers.sh [N...]    (default: 1000 10000)
+#        TINY=1 benches/scripts/program_peers.sh     (10 peers: CI smoke run)
+# Needs root. Everything happens in namespaces named twl-bench-<pid>-*,
+# removed on exit. Ends with `name: value unit` lines.
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+if [[ $# -gt 0 ]]; then
+    COUNTS=("$@")
+elif [[ "${TINY:-0}" == "1" ]]; then
+    COUNTS=(10)
+else
+    COUNTS=(1000 10000)
+fi
+if [[ $(id -u) -ne 0 ]]; then
+    echo "program_peers.sh: needs root (network namespaces)" >&2
+    exit 1
+fi
+
+cargo build --release -q -p twill-netlink --example program_peers
+BIN="${CARGO_TARGET_DIR:-target}/release/examples/program_peers"
+PREFIX="twl-bench-$$"
+WORK="$(mktemp -d)"
+NAMESPACES=()
+
+cleanup() {
+    for ns in "${NAMESPACES[@]}"; do
+        ip netns del "$ns" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# A namespace with a veth underlay eth0 (10.0.0.2/24) and flannel.1 on it.
+make_ns() {
+    local ns="$1"
+    ip netns add "$ns"
+    NAMESPACES+=("$ns")
+    ip -n "$ns" link set lo up
+    ip -n "$ns" link add eth0 type veth peer name eth0p
+    ip -n "$ns" addr add 10.0.0.2/24 dev eth0
+    ip -n "$ns" link set eth0 up
+    ip -n "$ns" link set eth0p up
+    ip -n "$ns" link add flannel.1 type vxlan id 1 local 10.0.0.2 dev eth0 dstport 8472 nolearning
+    ip -n "$ns" link set flannel.1 up
+}
+
+now() { date +%s.%N; }
+
+# Same peers as the example: subnet 10.(128+i/256).(i%256).0/24,
+# public 10.1.0.0+i+1, MAC 0e:00:00:ii:ii:ii.
+write_batches() {
+    local n="$1"
+    awk -v n="$n" -v ipf="$WORK/ip.batch" -v brf="$WORK/bridge.batch" 'BEGIN {
+        for (i = 0; i < n; i++) {
+            gw = sprintf("10.%d.%d.0", 128 + int(i / 256), i % 256)
+            p = i + 1
+            pub = sprintf("10.1.%d.%d", int(p / 256), p % 256)
+            mac = sprintf("0e:00:00:%02x:%02x:%02x", int(i / 65536) % 256, int(i / 256) % 256, i % 256)
+            printf "neigh replace %s lladdr %s dev flannel.1 nud permanent\n", gw, mac > ipf
+            printf "route replace %s/24 via %s dev flannel.1 onlink proto 241\n", gw, gw > ipf
+            printf "fdb append %s dev flannel.1 dst %s self permanent\n", mac, pub > brf
+        }
+    }'
+}
+
+count_entries() {
+    local ns="$1"
+    local routes neigh fdb
+    routes=$(ip -n "$ns" route show proto 241 | wc -l)
+    neigh=$(ip -n "$ns" neigh show dev flannel.1 nud permanent | wc -l)
+    fdb=$(ip netns exec "$ns" bridge fdb show dev flannel.1 | grep -c ' dst ' || true)
+    echo "$routes $neigh $fdb"
+}
+
+RESULTS=()
+for n in "${COUNTS[@]}"; do
+    a="$PREFIX-twill-$n"
+    b="$PREFIX-iproute2-$n"
+
+    make_ns "$a"
+    out=$(ip netns exec "$a" "$BIN" "$n")
+    t_twill=$(awk '/^seconds:/ {print $2}' <<<"$out")
+    got=$(count_entries "$a")
+    [[ "$got" == "$n $n $n" ]] || { echo "twill programmed '$got', want '$n $n $n'" >&2; exit 1; }
+
+    make_ns "$b"
+    write_batches "$n"
+    t0=$(now)
+    ip -n "$b" -batch "$WORK/ip.batch"
+    ip netns exec "$b" bridge -batch "$WORK/bridge.batch"
+    t1=$(now)
+    t_ip=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }')
+    got=$(count_entries "$b")
+    [[ "$got" == "$n $n $n" ]] || { echo "iproute2 programmed '$got', want '$n $n $n'" >&2; exit 1; }
+
+    ratio=$(awk -v a="$t_twill" -v b="$t_ip" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')
+    echo "peers=$n twill=${t_twill}s iproute2=${t_ip}s ratio=${ratio}x ($(awk '/^batch_size:/ {print $2}' <<<"$out") msgs/send)"
+    RESULTS+=("program_${n}_twill_s: $t_twill s")
+    RESULTS+=("program_${n}_iproute2_s: $t_ip s")
+    RESULTS+=("program_${n}_ratio_twill_vs_iproute2: $ratio x")
+
+    ip netns del "$a"; ip netns del "$b"
+    NAMESPACES=()
+done
+
+for r in "${RESULTS[@]}"; do
+    echo "$r"
+done
