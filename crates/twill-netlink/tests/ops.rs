@@ -3,8 +3,8 @@
 use std::net::Ipv4Addr;
 
 use twill_netlink::{
-    Address, FdbEntry, LinkChange, LinkKind, MacAddr, Neighbour, NetlinkHandle, Request, Route,
-    VxlanSpec, MAIN_TABLE, TWILL_RTPROT,
+    Address, FdbEntry, LinkChange, MacAddr, Neighbour, NetlinkHandle, Request, Route, VxlanSpec,
+    MAIN_TABLE, TWILL_RTPROT,
 };
 use twill_testbed::netns::Netns;
 
