@@ -543,3 +543,78 @@ pub(crate) fn encode_get_link(
     let msg = ifinfo(&label, idx, Iff::empty(), Iff::empty(), attrs)?;
     push_msg(out, Rtm::Getlink, NlmF::REQUEST | NlmF::ACK, seq, msg)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::MacAddr;
+
+    #[test]
+    fn requests_describe_themselves_like_ip_commands() {
+        let r = Request::RouteReplace(
+            Route::new("10.1.2.0/24".parse().expect("net"))
+                .via("10.1.2.0".parse().expect("ip"))
+                .dev(4)
+                .onlink(),
+        );
+        assert_eq!(
+            r.to_string(),
+            "ip route replace 10.1.2.0/24 via 10.1.2.0 dev #4 onlink proto 241"
+        );
+        let f = Request::FdbAppend(FdbEntry::permanent(
+            4,
+            MacAddr([0x0e, 0, 0, 0, 0, 1]),
+            "10.0.0.3".parse().expect("ip"),
+        ));
+        assert_eq!(
+            f.to_string(),
+            "bridge fdb append 0e:00:00:00:00:01 dev #4 dst 10.0.0.3 self permanent"
+        );
+    }
+
+    #[test]
+    fn encoding_rejects_bad_names_and_vnis_without_panicking() {
+        let mut out = Vec::new();
+        let long = Request::LinkAdd {
+            name: "a-name-that-is-too-long".into(),
+            kind: LinkKind::Bridge,
+        };
+        assert!(matches!(
+            long.encode(1, &mut out),
+            Err(NetlinkError::Invalid(_))
+        ));
+        let vni = Request::LinkAdd {
+            name: "vx".into(),
+            kind: LinkKind::Vxlan(VxlanSpec::new("vx", 1 << 24)),
+        };
+        assert!(matches!(
+            vni.encode(1, &mut out),
+            Err(NetlinkError::Invalid(_))
+        ));
+        let no_mac = Request::NeighbourReplace(Neighbour {
+            index: 1,
+            ip: "10.0.0.1".parse().expect("ip"),
+            mac: None,
+            permanent: true,
+        });
+        assert!(no_mac.encode(1, &mut out).is_err());
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn encoded_messages_carry_length_seq_and_ack_flag() {
+        let mut out = Vec::new();
+        let r = Request::RouteDelete(Route::new("10.1.2.0/24".parse().expect("net")).dev(3));
+        r.encode(77, &mut out).expect("encode");
+        r.encode(78, &mut out).expect("encode");
+        let len = u32::from_ne_bytes(out[0..4].try_into().expect("4")) as usize;
+        assert_eq!(out.len(), 2 * len);
+        assert_eq!(u32::from_ne_bytes(out[8..12].try_into().expect("4")), 77);
+        assert_eq!(
+            u32::from_ne_bytes(out[len + 8..len + 12].try_into().expect("4")),
+            78
+        );
+        let flags = u16::from_ne_bytes(out[6..8].try_into().expect("2"));
+        assert_ne!(u32::from(flags) & k::NLM_F_ACK, 0);
+    }
+}
