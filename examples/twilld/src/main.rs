@@ -1,0 +1,482 @@
+//! twilld: a flannel-compatible overlay agent, composed from the twill
+//! crates. It is the example an embedder copies: flags, then registry, lease
+//! manager and backend wired together, and a loop that reconciles the kernel
+//! whenever the peer set changes or a timer fires. Decisions live in the
+//! libraries; this file only sequences them.
+
+// Modules of a binary: `pub` marks what main uses, nothing is exported.
+#![allow(unreachable_pub)]
+
+mod flags;
+mod iface;
+mod masq;
+mod status;
+mod subnet_file;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{debug, error, info, warn};
+use twill_backend::{Backend, BackendRegistry, HostContext};
+use twill_etcd::{EtcdConfig, EtcdError, EtcdRegistry, EtcdTls};
+use twill_model::{NetworkConfig, SubnetEnv, SubnetKey, SubnetLease};
+use twill_subnet::{
+    HeldLease, LeaseEvent, LeaseHandle, LeaseManager, LeaseManagerConfig, Registry, RegistryError,
+};
+
+use crate::flags::Flags;
+use crate::status::Status;
+
+fn main() -> ExitCode {
+    let flags = match Flags::parse_from_go_style(std::env::args()) {
+        Ok(f) => f,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid arguments");
+            eprintln!(
+                "twilld: {} (see twilld --help)",
+                first.trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    if flags.version {
+        println!("twilld {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&flags);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("twilld: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(flags)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("twilld: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(flags: &Flags) {
+    let level = match flags.verbosity {
+        0 => "info",
+        1 | 2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,tower=warn,hyper=warn"))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Everything that can be checked before touching etcd or the kernel, so bad
+/// input fails fast with one line.
+fn check_flags(flags: &Flags) -> anyhow::Result<EtcdConfig> {
+    for ep in &flags.etcd_endpoints {
+        let rest = ep
+            .strip_prefix("http://")
+            .or_else(|| ep.strip_prefix("https://"))
+            .with_context(|| format!("bad -etcd-endpoints URL {ep:?}: expected http://host:port or https://host:port"))?;
+        let hostport = rest.trim_end_matches('/');
+        let ok = hostport
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !ok || hostport.contains('/') {
+            bail!("bad -etcd-endpoints URL {ep:?}: expected http://host:port or https://host:port");
+        }
+    }
+    for (flag, path) in [
+        ("-etcd-cafile", &flags.etcd_cafile),
+        ("-etcd-certfile", &flags.etcd_certfile),
+        ("-etcd-keyfile", &flags.etcd_keyfile),
+    ] {
+        if let Some(p) = path {
+            std::fs::metadata(p)
+                .with_context(|| format!("{flag} {}: cannot read it", p.display()))?;
+        }
+    }
+    if flags.etcd_username.is_some() != flags.etcd_password.is_some() {
+        bail!("-etcd-username and -etcd-password must be given together");
+    }
+    subnet_file_writable(&flags.subnet_file)?;
+
+    let mut config = EtcdConfig::new(flags.etcd_endpoints.clone())
+        .with_prefix(&flags.etcd_prefix)
+        .with_lease_ttl(flags.lease_ttl);
+    if flags.etcd_cafile.is_some() || flags.etcd_certfile.is_some() || flags.etcd_keyfile.is_some()
+    {
+        config = config.with_tls(EtcdTls {
+            ca_file: flags.etcd_cafile.clone(),
+            cert_file: flags.etcd_certfile.clone(),
+            key_file: flags.etcd_keyfile.clone(),
+        });
+    }
+    if let (Some(u), Some(p)) = (&flags.etcd_username, &flags.etcd_password) {
+        config = config.with_user(u, p);
+    }
+    Ok(config)
+}
+
+fn subnet_file_writable(path: &std::path::Path) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let probe = dir.join(format!(".twilld-probe-{}", std::process::id()));
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&probe, b""))
+        .and_then(|()| std::fs::remove_file(&probe))
+        .with_context(|| format!("subnet file {} is not writable", path.display()))
+}
+
+async fn connect(config: EtcdConfig, retry: Duration) -> anyhow::Result<EtcdRegistry> {
+    let mut logged = false;
+    loop {
+        match EtcdRegistry::connect(config.clone()).await {
+            Ok(r) => return Ok(r),
+            Err(e @ (EtcdError::InvalidSettings { .. } | EtcdError::TlsFile { .. })) => {
+                return Err(e.into())
+            }
+            Err(e) => {
+                if logged {
+                    debug!("etcd still unreachable: {e}");
+                } else {
+                    warn!("waiting for etcd at {}: {e}", config.endpoints.join(","));
+                    logged = true;
+                }
+                tokio::time::sleep(retry).await;
+            }
+        }
+    }
+}
+
+async fn wait_for_config(
+    registry: &EtcdRegistry,
+    retry: Duration,
+    status: &Status,
+) -> NetworkConfig {
+    let key = registry.config().config_key();
+    let mut last = String::new();
+    loop {
+        match registry.get_config().await {
+            Ok(cfg) => return cfg,
+            Err(e) => {
+                status
+                    .etcd_errors
+                    .fetch_add(u64::from(e.is_transient()), Ordering::Relaxed);
+                let msg = match &e {
+                    RegistryError::ConfigNotFound { .. } => {
+                        format!("waiting for network config at {key}")
+                    }
+                    other => format!("waiting for a valid network config at {key}: {other}"),
+                };
+                if msg != last {
+                    warn!("{msg}");
+                    last = msg;
+                }
+                tokio::time::sleep(retry).await;
+            }
+        }
+    }
+}
+
+async fn run(flags: Flags) -> anyhow::Result<()> {
+    let etcd_config = check_flags(&flags)?;
+    let underlay = iface::choose(&flags.iface, &flags.iface_regex)?;
+    let public_ip = flags.public_ip.unwrap_or(underlay.addr);
+    info!(iface = %underlay.name, %public_ip, mtu = underlay.mtu, "using interface {} ({public_ip}) for inter-host traffic", underlay.name);
+
+    let status = Arc::new(Status::default());
+    let _http = if flags.healthz_port == 0 {
+        None
+    } else {
+        let addr = SocketAddr::from((flags.healthz_ip, flags.healthz_port));
+        info!("serving /healthz, /readyz and /metrics on {addr}");
+        Some(status::serve(addr, status.clone()).await?)
+    };
+
+    let registry = Arc::new(connect(etcd_config, flags.retry_interval).await?);
+    let config = wait_for_config(&registry, flags.retry_interval, &status).await;
+    info!(network = %config.network, subnet_len = config.subnet_len, backend = %config.backend.backend_type, "network config read");
+
+    let mut backend = BackendRegistry::with_builtins().create(&config.backend)?;
+    let host = HostContext {
+        config: &config,
+        public_ip,
+        underlay: &underlay,
+    };
+    let local = backend
+        .setup(&host)
+        .await
+        .context("backend set-up failed")?;
+
+    let mut mgr_config = LeaseManagerConfig::new(local.attrs.clone());
+    mgr_config.ttl = flags.lease_ttl;
+    mgr_config.renew_margin =
+        Duration::from_secs(flags.subnet_lease_renew_margin.saturating_mul(60));
+    mgr_config.previous = subnet_file::previous_subnet(&flags.subnet_file);
+    let mut manager = LeaseManager::new(registry.clone(), mgr_config);
+    let mut events = manager.events();
+    let held = loop {
+        match manager.acquire().await {
+            Ok(held) => break held,
+            Err(e) => {
+                status.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                warn!("cannot acquire a subnet lease yet: {e}; retrying");
+                tokio::time::sleep(flags.retry_interval).await;
+            }
+        }
+    };
+    let handle = manager.spawn();
+    status.lease_held.store(true, Ordering::Relaxed);
+    let mut own = held.lease.key;
+    info!(subnet = %own, "lease acquired for {}", own.ipv4);
+    activate(&mut backend, &held, &config, local.mtu, &flags)?;
+    backend
+        .activate(&held.lease)
+        .await
+        .context("backend activation failed")?;
+
+    let mut agent = Agent {
+        backend,
+        status: status.clone(),
+        reported: HashSet::new(),
+    };
+    let mut peers = handle.peers();
+    let mut lease = handle.lease();
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(flags.reconcile_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    agent
+        .reconcile(
+            &peers
+                .borrow_and_update()
+                .leases
+                .values()
+                .cloned()
+                .collect::<Vec<_>>(),
+        )
+        .await;
+    loop {
+        tokio::select! {
+            changed = peers.changed() => {
+                if changed.is_err() { bail!("the lease manager stopped"); }
+                let set: Vec<SubnetLease> = peers.borrow_and_update().leases.values().cloned().collect();
+                agent.reconcile(&set).await;
+            }
+            _ = tick.tick() => {
+                let set: Vec<SubnetLease> = peers.borrow().leases.values().cloned().collect();
+                agent.reconcile(&set).await;
+                check_config_drift(&registry, &config, &status).await;
+            }
+            changed = lease.changed() => {
+                if changed.is_err() { bail!("the lease manager stopped"); }
+                let current = lease.borrow_and_update().clone();
+                status.lease_held.store(current.is_some(), Ordering::Relaxed);
+                if let Some(held) = current {
+                    if held.lease.key != own {
+                        warn!(old = %own, new = %held.lease.key, "our subnet changed: re-activating");
+                        own = held.lease.key;
+                        activate(&mut agent.backend, &held, &config, local.mtu, &flags)?;
+                        agent.backend.activate(&held.lease).await.context("backend activation failed")?;
+                    }
+                }
+            }
+            ev = events.recv() => match ev {
+                Ok(ev) => log_event(&ev, &status),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => warn!("{n} lease events not logged (slow logger)"),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => bail!("the lease manager stopped"),
+            },
+            _ = sigterm.recv() => { info!("SIGTERM received"); break; }
+            _ = sigint.recv() => { info!("SIGINT received"); break; }
+        }
+    }
+    shutdown(handle, flags.release_on_exit).await;
+    if flags.release_on_exit && flags.ip_masq {
+        // The subnet is given back, so are the rules that mention it.
+        if let Err(e) = masq::remove() {
+            warn!("could not remove masquerade rules: {e:#}");
+        }
+    }
+    Ok(())
+}
+
+/// What depends on our subnet outside the backend: subnet.env and masquerading.
+fn activate(
+    _backend: &mut Box<dyn Backend>,
+    held: &HeldLease,
+    config: &NetworkConfig,
+    mtu: u32,
+    flags: &Flags,
+) -> anyhow::Result<()> {
+    let env = SubnetEnv::new(config, &held.lease.key, mtu, flags.ip_masq);
+    subnet_file::write_atomically(&flags.subnet_file, &env)?;
+    info!(file = %flags.subnet_file.display(), subnet = %env.subnet, mtu, "subnet file written");
+    if flags.ip_masq {
+        masq::apply(config.network, held.lease.key.ipv4)
+            .context("cannot install masquerade rules")?;
+        info!("masquerade rules installed (nft table ip {})", masq::TABLE);
+    }
+    Ok(())
+}
+
+async fn shutdown(handle: LeaseHandle, release: bool) {
+    if release {
+        match handle.release().await {
+            Ok(()) => info!("lease released"),
+            Err(e) => warn!("could not release the lease: {e}"),
+        }
+    } else {
+        handle.shutdown().await;
+        info!("stopped; lease and kernel state kept for the next start");
+    }
+}
+
+/// A changed config is not applied while running: half of the hosts would
+/// route the old network and half the new. It is reported until restart.
+async fn check_config_drift(registry: &EtcdRegistry, running: &NetworkConfig, status: &Status) {
+    match registry.get_config().await {
+        Ok(cfg) if cfg != *running => warn!(
+            running = %running.network, stored = %cfg.network,
+            "network config changed in etcd; still using the config read at start-up: restart twilld to apply it"
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            status.etcd_errors.fetch_add(1, Ordering::Relaxed);
+            debug!("cannot re-read the network config: {e}");
+        }
+    }
+}
+
+fn log_event(ev: &LeaseEvent, status: &Status) {
+    match ev {
+        LeaseEvent::Acquired { lease, attempts } => {
+            info!(subnet = %lease.key, attempts, "lease acquired");
+        }
+        LeaseEvent::Reacquired { lease, previous } => {
+            warn!(subnet = %lease.key, %previous, "lease re-acquired");
+        }
+        LeaseEvent::Renewed { key, ttl } => {
+            status.renewals.fetch_add(1, Ordering::Relaxed);
+            info!(subnet = %key, ttl = ?ttl, "lease renewed");
+        }
+        LeaseEvent::RenewFailed { key, reason } => {
+            status.etcd_errors.fetch_add(1, Ordering::Relaxed);
+            warn!(subnet = %key, "lease renewal failed, retrying: {reason}");
+        }
+        LeaseEvent::Lost { key, reason } => {
+            warn!(subnet = %key, "lease lost: {reason}; re-acquiring");
+        }
+        LeaseEvent::AcquireRetry { attempts, reason } => {
+            status.etcd_errors.fetch_add(1, Ordering::Relaxed);
+            warn!(attempts, "lease acquisition retry: {reason}");
+        }
+        LeaseEvent::AcquireFailed { reason } => error!("lease acquisition failed: {reason}"),
+        LeaseEvent::PeerAdded(key) => {
+            status.lease_events.fetch_add(1, Ordering::Relaxed);
+            info!(peer = %key, "peer added");
+        }
+        LeaseEvent::PeerUpdated(key) => {
+            status.lease_events.fetch_add(1, Ordering::Relaxed);
+            info!(peer = %key, "peer updated");
+        }
+        LeaseEvent::PeerRemoved(key) => {
+            status.lease_events.fetch_add(1, Ordering::Relaxed);
+            info!(peer = %key, "peer removed");
+        }
+        LeaseEvent::Skipped { key, reason } => warn!(%key, "lease skipped: {reason}"),
+        LeaseEvent::Resynced { peers } => info!(peers, "resynced with a full listing"),
+        LeaseEvent::Released { key } => {
+            info!(subnet = ?key.map(|k| k.to_string()), "lease released");
+        }
+        other => debug!(?other, "lease event"),
+    }
+}
+
+struct Agent {
+    backend: Box<dyn Backend>,
+    status: Arc<Status>,
+    /// Skipped peers already logged, so a bad lease is reported once.
+    reported: HashSet<(SubnetKey, String)>,
+}
+
+impl Agent {
+    async fn reconcile(&mut self, peers: &[SubnetLease]) {
+        let started = Instant::now();
+        let result = self.backend.reconcile(peers).await;
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let s = &self.status;
+        s.reconciles.fetch_add(1, Ordering::Relaxed);
+        s.reconcile_micros.fetch_add(micros, Ordering::Relaxed);
+        s.last_reconcile_micros.store(micros, Ordering::Relaxed);
+        s.peers.store(peers.len() as u64, Ordering::Relaxed);
+        match result {
+            Ok(report) => {
+                s.ops_applied
+                    .fetch_add(report.applied as u64, Ordering::Relaxed);
+                for skipped in &report.skipped {
+                    if self.reported.insert(skipped.clone()) {
+                        warn!(peer = %skipped.0, "peer not programmed: {}", skipped.1);
+                    }
+                }
+                for f in &report.failed {
+                    warn!("reconcile: {f}");
+                }
+                if report.failed.is_empty() {
+                    s.dataplane_ready.store(true, Ordering::Relaxed);
+                } else {
+                    s.reconcile_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                if report.planned > 0 {
+                    info!(
+                        peers = peers.len(),
+                        planned = report.planned,
+                        applied = report.applied,
+                        failed = report.failed.len(),
+                        duration_us = micros,
+                        "reconciled"
+                    );
+                } else {
+                    debug!(
+                        peers = peers.len(),
+                        duration_us = micros,
+                        "reconciled, nothing to do"
+                    );
+                }
+            }
+            Err(e) => {
+                s.reconcile_failures.fetch_add(1, Ordering::Relaxed);
+                error!("reconcile failed: {e}");
+            }
+        }
+    }
+}
