@@ -1,6 +1,8 @@
 //! The sans-IO lease core under a virtual clock: every input and action is
 //! explicit, nothing reads the clock.
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::{Duration, Instant};
 
 use twill_model::{LeaseAttrs, LeaseKind, NetworkConfig, SubnetKey, SubnetLease};

@@ -288,6 +288,7 @@ struct Driver<R: Registry + ?Sized> {
 impl<R: Registry + ?Sized> Driver<R> {
     /// Executes queued actions until there are none, publishing as it goes.
     async fn flush(&mut self) {
+        self.publish();
         while let Some(action) = self.core.poll_action() {
             let input = match action {
                 Action::List => Input::Listed(self.registry.list_leases().await),
