@@ -1049,4 +1049,39 @@ mod tests {
             Err(EtcdServerError::NoSuchMember { .. })
         ));
     }
+
+    #[test]
+    fn member_in_a_network_namespace_listens_on_its_ip_and_loopback() {
+        if !have_etcd() {
+            return;
+        }
+        if let Err(reason) = crate::check_root() {
+            crate::skip_or_fail(&reason);
+            return;
+        }
+        let ns = crate::netns::Netns::new("etcd").unwrap();
+        ns.ip(&["addr", "add", "10.99.0.1/32", "dev", "lo"])
+            .unwrap();
+        let ip = Ipv4Addr::new(10, 99, 0, 1);
+        let mut etcd = EtcdServer::start_with(&EtcdOptions::in_netns(ns.name(), ip)).unwrap();
+        assert_eq!(etcd.endpoint(), "http://10.99.0.1:2379");
+        assert!(etcd.is_healthy());
+        // etcdctl inside the namespace talks to the default 127.0.0.1:2379.
+        etcd.etcdctl(&["put", "k", "v"]).unwrap();
+        let out = ns
+            .exec(
+                "etcdctl",
+                &[
+                    "--endpoints=http://10.99.0.1:2379",
+                    "get",
+                    "k",
+                    "--print-value-only",
+                ],
+            )
+            .unwrap();
+        assert_eq!(out.trim(), "v");
+        etcd.kill().unwrap();
+        assert!(etcd.pid().is_none());
+        assert!(!etcd.is_healthy());
+    }
 }
