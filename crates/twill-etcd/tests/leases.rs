@@ -228,3 +228,45 @@ async fn a_restarted_holder_adopts_its_existing_etcd_lease() {
     assert_eq!(lease_id_of(&mut raw, &path).await, Some(lease_id));
     assert_eq!(raw.leases().await.unwrap().leases().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_survives_an_etcd_restart_on_the_same_etcd_lease() {
+    twill_testbed::require_etcd!();
+    let mut etcd = start_etcd();
+    let reg = connect(&etcd).await;
+    let key: SubnetKey = "10.20.5.0-24".parse().unwrap();
+    let path = format!("{SUBNETS}10.20.5.0-24");
+    let held = reg
+        .create_lease(&key, &attrs("10.0.0.5"), Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let held = reg.renew_lease(&held).await.unwrap(); // keepalive stream open
+    let mut raw1 = raw(&etcd).await;
+    let lease_id = lease_id_of(&mut raw1, &path).await.unwrap();
+
+    tokio::task::block_in_place(|| etcd.restart()).unwrap();
+    // The old stream is broken; renew reopens it (retrying while the
+    // connection comes back, as the lease manager does).
+    let mut renewed = None;
+    for _ in 0..10 {
+        match reg.renew_lease(&held).await {
+            Ok(h) => {
+                renewed = Some(h);
+                break;
+            }
+            Err(e) => {
+                assert!(e.is_transient(), "{e:?}");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+    let renewed = renewed.expect("renewal after the restart");
+    assert_eq!(renewed.ttl, Some(Duration::from_secs(30)));
+    let mut raw2 = raw(&etcd).await;
+    assert_eq!(
+        lease_id_of(&mut raw2, &path).await,
+        Some(lease_id),
+        "etcd kept the lease"
+    );
+    assert_eq!(raw2.leases().await.unwrap().leases().len(), 1);
+}
