@@ -14,6 +14,7 @@ mod status;
 mod subnet_file;
 
 use std::collections::HashSet;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -74,8 +75,9 @@ fn main() -> ExitCode {
     match runtime.block_on(run(flags)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e:#}");
-            eprintln!("twilld: {e:#}");
+            // One line, once: logging also goes to stderr, so the error is
+            // not logged as well.
+            eprintln!("twilld: {}", one_line(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -93,7 +95,17 @@ fn init_logging(flags: &Flags) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
+}
+
+/// Joins a possibly multi-line message (e.g. nft's or a TLS library's) into one line.
+fn one_line(msg: &str) -> String {
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Everything that can be checked before touching etcd or the kernel, so bad
