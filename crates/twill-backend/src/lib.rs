@@ -45,8 +45,9 @@ pub mod plan;
 mod vxlan;
 
 pub use hostgw::HostGwBackend;
+pub use peers::{select_peers, PeerContext, PeerSelection};
 pub use plan::{plan, DataplaneState, Op, Owner};
-pub use vxlan::{derived_vtep_mac, VxlanBackend, VxlanOptions, VXLAN_OVERHEAD};
+pub use vxlan::{converge, derived_vtep_mac, VxlanBackend, VxlanOptions, VXLAN_OVERHEAD};
 
 /// The underlay (external) interface flannel would call `--iface`.
 #[derive(Debug, Clone, PartialEq, Eq)]

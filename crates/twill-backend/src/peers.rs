@@ -66,3 +66,157 @@ pub(crate) fn dedupe(
     accepted.push((key, key.ipv4));
     Ok(())
 }
+
+/// What [`select_peers`] needs to know about this host.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerContext<'a> {
+    /// The network config (`Network`: peers outside it are skipped).
+    pub config: &'a NetworkConfig,
+    /// Our own lease, once known: ignored among the peers, and peers
+    /// overlapping it are skipped.
+    pub own: Option<SubnetKey>,
+    /// Our `PublicIP`: a peer claiming it is skipped.
+    pub public_ip: Ipv4Addr,
+    /// Our `BackendType`: peers of another type are skipped.
+    pub backend_type: &'a str,
+}
+
+/// The result of [`select_peers`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerSelection<'a, T> {
+    /// Peers to program, sorted by subnet, each with what the backend
+    /// parsed from its lease.
+    pub accepted: Vec<(&'a SubnetLease, T)>,
+    /// Peers not to program, with the reason (for
+    /// [`crate::ReconcileReport::skipped`]).
+    pub skipped: Vec<(SubnetKey, String)>,
+}
+
+/// The checks every backend makes on peer leases, for backends outside this
+/// crate: sorts by subnet, ignores our own lease, skips (with a reason)
+/// leases with our `PublicIP` or a non-unicast one, a subnet outside
+/// `Network` or overlapping ours, another `BackendType`, then whatever
+/// `parse` rejects (e.g. a bad key in `BackendData`), then subnets
+/// overlapping an earlier accepted peer. The same rules as the built-in
+/// backends, in the same order, so a bad lease never claims a subnet.
+///
+/// ```
+/// use twill_backend::{select_peers, PeerContext};
+/// use twill_model::{LeaseAttrs, LeaseKind, NetworkConfig, SubnetLease};
+/// let config = NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"mine"}}"#).unwrap();
+/// let lease = |key: &str, ip: &str, data: &str| SubnetLease {
+///     key: key.parse().unwrap(),
+///     attrs: LeaseAttrs { backend_data: Some(serde_json::json!({ "K": data })),
+///                         ..LeaseAttrs::new(ip.parse().unwrap(), "mine") },
+///     kind: LeaseKind::Expiring, revision: 0,
+/// };
+/// let peers = [lease("10.244.2.0-24", "10.0.0.3", "ok"), lease("10.244.3.0-24", "10.0.0.4", "")];
+/// let cx = PeerContext { config: &config, own: Some("10.244.1.0-24".parse().unwrap()),
+///                        public_ip: "10.0.0.2".parse().unwrap(), backend_type: "mine" };
+/// let sel = select_peers(&peers, &cx, |p| {
+///     let k = p.attrs.backend_data.as_ref().and_then(|d| d["K"].as_str()).unwrap_or("");
+///     if k.is_empty() { Err("empty K".to_string()) } else { Ok(k.to_string()) }
+/// });
+/// assert_eq!(sel.accepted.len(), 1);
+/// assert_eq!(sel.accepted[0].1, "ok");
+/// assert_eq!(sel.skipped[0].1, "empty K");
+/// ```
+pub fn select_peers<'a, T>(
+    peers: &'a [SubnetLease],
+    cx: &PeerContext<'_>,
+    mut parse: impl FnMut(&SubnetLease) -> Result<T, String>,
+) -> PeerSelection<'a, T> {
+    let mut sorted: Vec<&SubnetLease> = peers.iter().collect();
+    sorted.sort_by_key(|p| p.key);
+    let mut selection = PeerSelection {
+        accepted: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let mut claimed = Vec::new();
+    for peer in sorted {
+        let verdict = check_common(
+            peer,
+            cx.own.as_ref(),
+            cx.public_ip,
+            cx.config,
+            cx.backend_type,
+        )
+        .and_then(|ok| match ok {
+            None => Ok(None),
+            Some(()) => {
+                let data = parse(peer)?;
+                dedupe(&mut claimed, peer.key)?;
+                Ok(Some(data))
+            }
+        });
+        match verdict {
+            Ok(Some(data)) => selection.accepted.push((peer, data)),
+            Ok(None) => {}
+            Err(reason) => selection.skipped.push((peer.key, reason)),
+        }
+    }
+    selection
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use twill_model::{LeaseAttrs, LeaseKind};
+
+    fn lease(key: &str, ip: &str, ty: &str) -> SubnetLease {
+        SubnetLease {
+            key: key.parse().unwrap(),
+            attrs: LeaseAttrs::new(ip.parse().unwrap(), ty),
+            kind: LeaseKind::Expiring,
+            revision: 0,
+        }
+    }
+
+    #[test]
+    fn select_peers_applies_common_rules_then_parse_then_overlap() {
+        let config =
+            NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"x"}}"#).unwrap();
+        let cx = PeerContext {
+            config: &config,
+            own: Some("10.244.1.0-24".parse().unwrap()),
+            public_ip: "10.0.0.2".parse().unwrap(),
+            backend_type: "x",
+        };
+        let peers = [
+            lease("10.244.9.0-24", "10.0.0.9", "x"),  // parse rejects
+            lease("10.244.1.0-24", "10.0.0.2", "x"),  // our own: silent
+            lease("10.244.3.0-24", "10.0.0.2", "x"),  // our PublicIP
+            lease("10.245.0.0-24", "10.0.0.5", "x"),  // outside Network
+            lease("10.244.4.0-24", "10.0.0.6", "y"),  // other type
+            lease("10.244.2.0-24", "10.0.0.3", "x"),  // ok
+            lease("10.244.2.0-25", "10.0.0.4", "x"),  // overlaps 10.244.2.0/24
+            lease("10.244.8.0-24", "224.0.0.1", "x"), // multicast
+        ];
+        let sel = select_peers(&peers, &cx, |p| {
+            if p.attrs.public_ip.octets()[3] == 9 {
+                Err("bad data".to_string())
+            } else {
+                Ok(p.attrs.public_ip)
+            }
+        });
+        let accepted: Vec<String> = sel
+            .accepted
+            .iter()
+            .map(|(p, _)| p.key.to_string())
+            .collect();
+        assert_eq!(accepted, ["10.244.2.0-24"]);
+        let reasons: Vec<(String, String)> = sel
+            .skipped
+            .iter()
+            .map(|(k, r)| (k.to_string(), r.clone()))
+            .collect();
+        assert_eq!(reasons.len(), 6, "{reasons:?}");
+        let reason = |k: &str| reasons.iter().find(|(key, _)| key == k).unwrap().1.clone();
+        assert!(reason("10.244.9.0-24").contains("bad data"));
+        assert!(reason("10.244.3.0-24").contains("our own"));
+        assert!(reason("10.244.4.0-24").contains("BackendType"));
+        assert!(reason("10.244.2.0-25").contains("overlaps peer"));
+        assert!(reason("10.244.8.0-24").contains("unicast"));
+        assert!(!reason("10.245.0.0-24").is_empty());
+    }
+}

@@ -354,8 +354,17 @@ impl VxlanBackend {
     }
 }
 
-/// Dumps the kernel state relevant to `owner` and applies `plan` in one batch.
-pub(crate) fn converge(
+/// Dumps the kernel state relevant to `owner` (its device's neighbours and
+/// FDB entries, the routes of its table), reports routes of others that are
+/// in the way of `desired` as skipped, and applies [`plan()`]'s ops in one
+/// netlink batch: the reconcile step every route/neighbour/FDB-based backend
+/// shares, also for backends outside this crate. Fills `report.planned`,
+/// `report.applied` (`EEXIST`/`ENOENT` count as applied) and
+/// `report.failed`.
+///
+/// # Errors
+/// Only when the kernel cannot be dumped or the batch cannot be sent.
+pub fn converge(
     nl: &mut NetlinkHandle,
     desired: &DataplaneState,
     owner: &Owner,
