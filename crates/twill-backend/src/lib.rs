@@ -35,6 +35,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use twill_model::{BackendConfig, LeaseAttrs, NetworkConfig, SubnetKey, SubnetLease};
@@ -125,6 +126,35 @@ pub enum BackendError {
         /// Why.
         reason: String,
     },
+    /// A failure of a backend defined outside this crate (a key file that
+    /// cannot be read, a TUN device that cannot be opened...), with its
+    /// cause kept as the error source.
+    #[error("{backend} backend: {context}: {source}")]
+    Custom {
+        /// Backend type.
+        backend: &'static str,
+        /// What the backend was doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+}
+
+impl BackendError {
+    /// A [`BackendError::Custom`] error: `backend` failed while doing
+    /// `context` because of `source`.
+    pub fn custom(
+        backend: &'static str,
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        BackendError::Custom {
+            backend,
+            context: context.into(),
+            source: source.into(),
+        }
+    }
 }
 
 /// A dataplane backend.
@@ -155,13 +185,21 @@ pub trait Backend: Send {
     async fn reconcile(&mut self, peers: &[SubnetLease]) -> Result<ReconcileReport, BackendError>;
 }
 
-/// Builds a backend from the `Backend` config object.
-pub type BackendFactory = fn(&BackendConfig) -> Result<Box<dyn Backend>, BackendError>;
+/// Builds a backend from the `Backend` config object. A closure may capture
+/// what the config does not hold (a key file path, a device name...).
+pub type BackendFactory =
+    Arc<dyn Fn(&BackendConfig) -> Result<Box<dyn Backend>, BackendError> + Send + Sync>;
 
 /// Backend types by name.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct BackendRegistry {
     factories: BTreeMap<String, BackendFactory>,
+}
+
+impl std::fmt::Debug for BackendRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.factories.keys()).finish()
+    }
 }
 
 impl BackendRegistry {
@@ -181,8 +219,23 @@ impl BackendRegistry {
     }
 
     /// Registers (or replaces) a factory.
-    pub fn register(&mut self, name: &str, factory: BackendFactory) {
-        self.factories.insert(name.to_string(), factory);
+    ///
+    /// ```
+    /// # use twill_backend::{BackendError, BackendRegistry, HostGwBackend};
+    /// let key_file = std::path::PathBuf::from("/run/flannel/wgkey");
+    /// let mut registry = BackendRegistry::with_builtins();
+    /// registry.register("my-backend", move |config| {
+    ///     // A real factory would build its backend with `key_file` here.
+    ///     let _ = &key_file;
+    ///     Ok(Box::new(HostGwBackend::from_config(config)?))
+    /// });
+    /// assert!(registry.names().any(|n| n == "my-backend"));
+    /// ```
+    pub fn register<F>(&mut self, name: &str, factory: F)
+    where
+        F: Fn(&BackendConfig) -> Result<Box<dyn Backend>, BackendError> + Send + Sync + 'static,
+    {
+        self.factories.insert(name.to_string(), Arc::new(factory));
     }
 
     /// Registered type names.
