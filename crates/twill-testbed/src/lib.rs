@@ -1,5 +1,7 @@
 //! Real parts for twill's tests, benchmarks and demo: network-namespace hosts
-//! ([`netns`]) and etcd server processes ([`etcd`]).
+//! ([`netns`]), etcd server processes ([`etcd`]), daemon processes run inside
+//! a namespace ([`daemon`]) and whole clusters of twilld hosts with etcd,
+//! containers and kernel-state readers ([`cluster`], the end-to-end harness).
 //!
 //! Nothing here is a mock. Hosts are real network namespaces (named with a
 //! unique prefix, removed on drop, even when a test panics) and etcd is the
@@ -17,6 +19,8 @@
 //! }
 //! ```
 
+pub mod cluster;
+pub mod daemon;
 pub mod etcd;
 pub mod netns;
 
