@@ -168,6 +168,27 @@ fn subnet_file_writable(path: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| format!("subnet file {} is not writable", path.display()))
 }
 
+/// One twilld per public IP and network namespace: two daemons publishing
+/// the same IP would each claim a subnet (two leases for one host) and fight
+/// over the same device. The lock is an abstract Unix socket: it belongs to
+/// the network namespace and disappears with the process, even on SIGKILL,
+/// so it never goes stale.
+fn instance_lock(
+    public_ip: std::net::Ipv4Addr,
+) -> anyhow::Result<std::os::unix::net::UnixListener> {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("twilld/{public_ip}");
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        .context("cannot name the instance lock")?;
+    match std::os::unix::net::UnixListener::bind_addr(&addr) {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
+            "another twilld with public IP {public_ip} is already running on this host (network namespace); refusing to start a second one"
+        ),
+        Err(e) => Err(e).context("cannot take the instance lock"),
+    }
+}
+
 async fn connect(config: EtcdConfig, retry: Duration) -> anyhow::Result<EtcdRegistry> {
     let mut logged = false;
     loop {
@@ -223,6 +244,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let etcd_config = check_flags(&flags)?;
     let underlay = iface::choose(&flags.iface, &flags.iface_regex)?;
     let public_ip = flags.public_ip.unwrap_or(underlay.addr);
+    let _instance = instance_lock(public_ip)?;
     info!(iface = %underlay.name, %public_ip, mtu = underlay.mtu, "using interface {} ({public_ip}) for inter-host traffic", underlay.name);
 
     let status = Arc::new(Status::default());
