@@ -63,6 +63,44 @@ pub struct UnderlayInterface {
     pub addr: Ipv4Addr,
 }
 
+impl UnderlayInterface {
+    /// Finds an interface by name (`eth0`) or by one of its IPv4 addresses
+    /// (`10.0.0.2`), as flanneld's `-iface` does; `addr` is the given
+    /// address, or the interface's first IPv4 address when a name is given.
+    /// `None` when nothing matches or the named interface has no IPv4
+    /// address.
+    ///
+    /// # Errors
+    /// When the links or addresses cannot be listed.
+    pub fn find(
+        nl: &mut twill_netlink::NetlinkHandle,
+        name_or_ip: &str,
+    ) -> Result<Option<Self>, BackendError> {
+        let addrs = nl.address().list(None)?;
+        let (index, addr) = if let Ok(ip) = name_or_ip.parse::<Ipv4Addr>() {
+            match addrs.iter().find(|a| a.addr.ip() == ip) {
+                Some(a) => (a.index, ip),
+                None => return Ok(None),
+            }
+        } else {
+            let Some(link) = nl.link().find(name_or_ip)? else {
+                return Ok(None);
+            };
+            match addrs.iter().find(|a| a.index == link.index) {
+                Some(a) => (link.index, a.addr.ip()),
+                None => return Ok(None),
+            }
+        };
+        let link = nl.link().get_by_index(index)?;
+        Ok(Some(UnderlayInterface {
+            name: link.name,
+            index,
+            mtu: link.mtu,
+            addr,
+        }))
+    }
+}
+
 /// What a backend knows about the host when it sets up.
 #[derive(Debug, Clone, Copy)]
 pub struct HostContext<'a> {
