@@ -113,7 +113,8 @@ impl Shared {
             match self.parse_kv(kv) {
                 Ok(lease) => listing.leases.push(lease),
                 Err(m) => {
-                    tracing::warn!(key = %m.key, reason = %m.reason, "skipping malformed lease");
+                    // Reported (once per key and reason) by whoever consumes it.
+                    tracing::debug!(key = %m.key, reason = %m.reason, "malformed lease");
                     listing.malformed.push(m);
                 }
             }

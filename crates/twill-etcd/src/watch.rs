@@ -221,7 +221,8 @@ async fn deliver(
             EventType::Put => match shared.parse_kv(kv) {
                 Ok(lease) => Some(RegistryEvent::Upserted(lease)),
                 Err(m) => {
-                    tracing::warn!(key = %m.key, reason = %m.reason, "skipping malformed lease");
+                    // Reported (once per key and reason) by whoever consumes it.
+                    tracing::debug!(key = %m.key, reason = %m.reason, "malformed lease");
                     Some(RegistryEvent::Malformed(m))
                 }
             },
