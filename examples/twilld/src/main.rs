@@ -447,7 +447,8 @@ fn log_event(ev: &LeaseEvent, status: &Status) {
             status.lease_events.fetch_add(1, Ordering::Relaxed);
             info!(peer = %key, "peer removed");
         }
-        LeaseEvent::Skipped { key, reason } => warn!(%key, "lease skipped: {reason}"),
+        // Logged once per key and reason by the lease manager itself.
+        LeaseEvent::Skipped { key, reason } => debug!(%key, "lease skipped: {reason}"),
         LeaseEvent::Resynced { peers } => info!(peers, "resynced with a full listing"),
         LeaseEvent::Released { key } => {
             info!(subnet = ?key.map(|k| k.to_string()), "lease released");
