@@ -259,19 +259,7 @@ impl VxlanBackend {
                 reason: e.to_string(),
             })?,
         };
-        let have = self.nl.address().list(Some(dev))?;
-        let mut changed = false;
-        for a in have.iter().filter(|a| **a != want) {
-            self.nl.address().delete(*a)?;
-            changed = true;
-        }
-        if !have.contains(&want) {
-            match self.nl.address().add(want) {
-                Err(e) if !e.is_exists() => return Err(e.into()),
-                _ => changed = true,
-            }
-        }
-        Ok(changed)
+        Ok(self.nl.address().set_only(want)?)
     }
 
     /// The desired kernel state for `peers`, and the peers skipped with why.

@@ -534,6 +534,29 @@ impl AddressHandle<'_> {
         self.0.execute_one(&Request::AddressDelete(addr))
     }
 
+    /// Makes `addr` the only IPv4 address of its device: adds it if
+    /// missing, deletes every other one (flannel's
+    /// `EnsureV4AddressOnLink`, for a device that carries one `/32`).
+    /// Returns whether anything changed; a second call returns `false`.
+    ///
+    /// # Errors
+    /// The kernel's refusal or a socket failure.
+    pub fn set_only(&mut self, addr: Address) -> Result<bool, NetlinkError> {
+        let have = self.list(Some(addr.index))?;
+        let mut changed = false;
+        for a in have.iter().filter(|a| **a != addr) {
+            self.delete(*a)?;
+            changed = true;
+        }
+        if !have.contains(&addr) {
+            match self.add(addr) {
+                Err(e) if !e.is_exists() => return Err(e),
+                _ => changed = true,
+            }
+        }
+        Ok(changed)
+    }
+
     /// Lists IPv4 addresses, of one device when `index` is given.
     ///
     /// # Errors

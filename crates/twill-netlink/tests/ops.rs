@@ -157,6 +157,23 @@ fn address_round_trips() {
 }
 
 #[test]
+fn set_only_leaves_exactly_one_address() {
+    twill_testbed::require_root!();
+    let (_ns, mut nl, _eth0, dev) = setup("addr-only");
+    let other = |s: &str| Address {
+        index: dev,
+        addr: s.parse().expect("net"),
+    };
+    nl.address().add(other("10.244.9.0/32")).expect("add");
+    nl.address().add(other("192.168.7.1/24")).expect("add");
+    let want = other("10.244.3.0/32");
+    assert!(nl.address().set_only(want).expect("set_only"));
+    assert_eq!(nl.address().list(Some(dev)).expect("list"), vec![want]);
+    assert!(!nl.address().set_only(want).expect("second set_only"));
+    assert_eq!(nl.address().list(Some(dev)).expect("list"), vec![want]);
+}
+
+#[test]
 fn neighbour_round_trips() {
     twill_testbed::require_root!();
     let (ns, mut nl, _eth0, dev) = setup("neigh");
