@@ -1,0 +1,248 @@
+//! Kernel faults: hand-made damage to what twilld programmed is repaired by
+//! the next reconcile (`--reconcile-interval=1s`), and what twilld did not
+//! make is never touched.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod reliability_common;
+
+use std::time::{Duration, Instant};
+
+use reliability_common::{self as common, dataplane, ip, report};
+
+/// Generous: the promise is "within the reconcile interval (1 s)", measured
+/// and printed; the deadline only catches "never".
+const REPAIR_DEADLINE: Duration = Duration::from_secs(10);
+
+fn wait_repaired(
+    c: &twill_testbed::cluster::TwillCluster,
+    want: &common::Dataplane,
+    what: &str,
+) -> Duration {
+    let t = Instant::now();
+    let r = twill_testbed::cluster::TwillCluster::poll(REPAIR_DEADLINE, what, || {
+        dataplane(c, 0) == *want
+    });
+    if let Err(e) = r {
+        panic!(
+            "{e}\nwant: {want:?}\nhave: {:?}\n{}",
+            dataplane(c, 0),
+            c.logs()
+        );
+    }
+    let took = t.elapsed();
+    report(what, &format!("repaired in {} ms", took.as_millis()));
+    took
+}
+
+#[test]
+fn hand_made_damage_is_repaired_and_foreign_routes_are_untouched() {
+    twill_testbed::require_root!();
+    twill_testbed::require_etcd!();
+    let mut c = common::start(common::builder(3));
+    c.add_containers().unwrap();
+    common::all_ping(&c).unwrap();
+    let dev = c.vxlan_device().to_string();
+    let want = dataplane(&c, 0);
+    assert_eq!(want.routes.len(), 2, "{want:?}");
+    let (mac, mtu, up, _) = want.device.clone().unwrap();
+    assert!(up);
+    assert_eq!(mtu, 1450);
+
+    // Routes that twill did not make, through the underlay and through our
+    // own device: never touched by any reconcile below.
+    ip(
+        &c,
+        0,
+        &[
+            "route",
+            "add",
+            "172.31.5.0/24",
+            "via",
+            "10.0.0.9",
+            "dev",
+            "eth0",
+        ],
+    );
+    ip(&c, 0, &["route", "add", "172.31.6.0/24", "dev", &dev]);
+    let foreign = |c: &twill_testbed::cluster::TwillCluster, with_dev: bool| {
+        let routes = ip(c, 0, &["route", "show"]);
+        let mut ok = routes.contains("172.31.5.0/24 via 10.0.0.9 dev eth0");
+        if with_dev {
+            ok &= routes.contains(&format!("172.31.6.0/24 dev {dev}"));
+        }
+        ok
+    };
+
+    let (peer_subnet, peer_gw) = {
+        let r = want.routes.iter().next().unwrap();
+        (r.0.clone(), r.1.unwrap().to_string())
+    };
+    let (peer_mac, peer_ip) = want.fdb.iter().next().cloned().unwrap();
+
+    // A route of ours deleted.
+    ip(&c, 0, &["route", "del", &peer_subnet, "dev", &dev]);
+    assert_ne!(dataplane(&c, 0), want);
+    wait_repaired(&c, &want, "route deleted by hand");
+
+    // An FDB entry deleted.
+    c.ns(0)
+        .exec(
+            "bridge",
+            &[
+                "fdb",
+                "del",
+                &peer_mac,
+                "dev",
+                &dev,
+                "dst",
+                &peer_ip.to_string(),
+                "self",
+            ],
+        )
+        .unwrap();
+    assert_ne!(dataplane(&c, 0), want);
+    wait_repaired(&c, &want, "FDB entry deleted by hand");
+
+    // An ARP entry deleted.
+    ip(&c, 0, &["neigh", "del", &peer_gw, "dev", &dev]);
+    assert_ne!(dataplane(&c, 0), want);
+    wait_repaired(&c, &want, "ARP entry deleted by hand");
+
+    // All three of a peer at once, and a wrong MAC in an ARP entry.
+    ip(&c, 0, &["route", "del", &peer_subnet, "dev", &dev]);
+    ip(
+        &c,
+        0,
+        &[
+            "neigh",
+            "replace",
+            &peer_gw,
+            "lladdr",
+            "02:00:00:00:00:66",
+            "dev",
+            &dev,
+            "nud",
+            "permanent",
+        ],
+    );
+    wait_repaired(&c, &want, "route deleted and ARP entry corrupted");
+
+    // Stale entries of ours (our device, our protocol) for a subnet no lease
+    // names: removed.
+    ip(
+        &c,
+        0,
+        &[
+            "route",
+            "add",
+            "192.168.77.0/24",
+            "via",
+            "192.168.77.0",
+            "dev",
+            &dev,
+            "onlink",
+            "proto",
+            "241",
+        ],
+    );
+    ip(
+        &c,
+        0,
+        &[
+            "neigh",
+            "add",
+            "192.168.77.0",
+            "lladdr",
+            "0e:00:00:00:00:77",
+            "dev",
+            &dev,
+            "nud",
+            "permanent",
+        ],
+    );
+    c.ns(0)
+        .exec(
+            "bridge",
+            &[
+                "fdb",
+                "append",
+                "0e:00:00:00:00:77",
+                "dev",
+                &dev,
+                "dst",
+                "10.0.0.77",
+                "self",
+                "permanent",
+            ],
+        )
+        .unwrap();
+    assert_ne!(dataplane(&c, 0), want);
+    wait_repaired(&c, &want, "stale route, ARP and FDB entries added by hand");
+    assert!(foreign(&c, true), "{}", ip(&c, 0, &["route", "show"]));
+
+    // MTU changed.
+    ip(&c, 0, &["link", "set", &dev, "mtu", "1300"]);
+    wait_repaired(&c, &want, "device MTU changed");
+
+    // MAC changed: peers' FDB and ARP entries point at the old one.
+    ip(
+        &c,
+        0,
+        &["link", "set", &dev, "address", "0e:11:22:33:44:55"],
+    );
+    wait_repaired(&c, &want, "device MAC changed");
+
+    // Device down: the kernel also drops every route through it.
+    ip(&c, 0, &["link", "set", &dev, "down"]);
+    assert_ne!(dataplane(&c, 0), want);
+    wait_repaired(&c, &want, "device set down");
+
+    // Device deleted: re-created with the same MAC, address, entries.
+    ip(&c, 0, &["link", "del", &dev]);
+    assert!(c.vxlan_link(0).unwrap().is_none());
+    wait_repaired(&c, &want, "device deleted");
+    assert_eq!(dataplane(&c, 0).device.unwrap().0, mac, "same VTEP MAC");
+
+    // Traffic flows again both ways, the routes twill did not make (off
+    // the device) are still there, and nobody restarted.
+    wait_for_ping(&c);
+    assert!(foreign(&c, false), "{}", ip(&c, 0, &["route", "show"]));
+    for i in 0..3 {
+        assert!(c.daemon_mut(i).is_running(), "{}", c.logs());
+    }
+    // The other hosts were never disturbed.
+    common::wait_converged(&c, Duration::from_secs(5));
+    let failures = common::metric(&c, 0, "twill_reconcile_failures_total").unwrap();
+    report(
+        "reconcile failures during kernel faults",
+        &failures.to_string(),
+    );
+}
+
+fn wait_for_ping(c: &twill_testbed::cluster::TwillCluster) {
+    let r = twill_testbed::cluster::TwillCluster::poll(Duration::from_secs(10), "pings", || {
+        common::all_ping(c).is_ok()
+    });
+    if let Err(e) = r {
+        panic!("{e}: {:?}\n{}", common::all_ping(c), c.logs());
+    }
+}
+
+#[test]
+fn a_second_pass_changes_nothing() {
+    twill_testbed::require_root!();
+    twill_testbed::require_etcd!();
+    let c = common::start(common::builder(2));
+    let before = common::metric(&c, 0, "twill_ops_applied_total").unwrap();
+    let reconciles = common::metric(&c, 0, "twill_reconciles_total").unwrap();
+    // Several 1 s reconcile passes with nothing changed apply nothing.
+    common::wait_for(&c, Duration::from_secs(10), "3 more reconciles", || {
+        common::metric(&c, 0, "twill_reconciles_total").unwrap_or(0.0) >= reconciles + 3.0
+    });
+    assert_eq!(
+        common::metric(&c, 0, "twill_ops_applied_total").unwrap(),
+        before,
+        "{}",
+        c.logs()
+    );
+}
