@@ -565,3 +565,77 @@ fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), DaemonError> 
         })?;
     Ok((code, body.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const SCRIPT: &str =
+        "echo started $$; trap 'echo bye; exit 0' TERM; while true; do sleep 0.05; done";
+
+    #[test]
+    fn start_log_sigterm_restart_kill() {
+        let mut d = Daemon::start(DaemonOptions::new("sh", ["-c", SCRIPT]).name("looper")).unwrap();
+        assert_eq!(d.name(), "looper");
+        let pid = d.pid().unwrap();
+        assert!(d.is_running());
+        d.wait_for_log(&format!("started {pid}"), Duration::from_secs(5))
+            .unwrap();
+        let err = d
+            .wait_for_log("never printed", Duration::from_millis(200))
+            .unwrap_err();
+        assert!(matches!(err, DaemonError::Timeout { .. }), "{err}");
+
+        let status = d.sigterm().unwrap().unwrap();
+        assert!(status.success(), "{status}");
+        assert!(d.log().contains("bye"));
+        assert!(!d.is_running());
+        assert_eq!(d.pid(), None);
+        assert_eq!(d.sigterm().unwrap(), None, "not running: nothing to stop");
+
+        d.restart().unwrap();
+        let pid2 = d.pid().unwrap();
+        assert_ne!(pid, pid2);
+        d.wait_for_log("started", Duration::from_secs(5)).unwrap();
+        assert_eq!(d.log_since_start().matches("started").count(), 1);
+        assert_eq!(
+            d.log().lines().filter(|l| l.starts_with("started")).count(),
+            2
+        );
+
+        d.kill().unwrap();
+        assert!(!d.is_running());
+        assert!(!d.exit_status().unwrap().success(), "SIGKILLed");
+        assert!(!std::path::Path::new(&format!("/proc/{pid2}")).exists());
+        let err = d.wait_for_log("bye", Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, DaemonError::Exited { .. }), "{err}");
+    }
+
+    #[test]
+    fn exit_is_reported_while_waiting_and_drop_kills() {
+        let mut d =
+            Daemon::start(DaemonOptions::new("sh", ["-c", "echo oops >&2; exit 3"])).unwrap();
+        let err = d
+            .wait_ready(
+                SocketAddr::from(([127, 0, 0, 1], 9)),
+                Duration::from_secs(5),
+            )
+            .unwrap_err();
+        match &err {
+            DaemonError::Exited {
+                log_tail, status, ..
+            } => {
+                assert!(log_tail.contains("oops"), "{err}");
+                assert!(status.contains('3'), "{err}");
+            }
+            other => panic!("{other}"),
+        }
+        let d = Daemon::start(DaemonOptions::new("sleep", ["30"])).unwrap();
+        let pid = d.pid().unwrap();
+        let log = d.log_path().to_path_buf();
+        drop(d);
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+        assert!(!log.exists(), "temporary log directory removed");
+    }
+}

@@ -38,13 +38,57 @@ fn article_cluster(etcd_members: usize, extra: &[&str]) -> TwillCluster {
     if let Err(e) = c.wait_all_ready(READY_TIMEOUT) {
         panic!("twilld not ready: {e}\n{}", c.logs());
     }
+    let ready = ready_from.elapsed();
+    // Ready means "lease held and first reconcile done": a host that became
+    // ready before the others leased learns them from the watch afterwards.
+    let converged = TwillCluster::poll(
+        Duration::from_secs(10),
+        "every host to program the other two",
+        || converged(&c),
+    );
+    if let Err(e) = converged {
+        panic!("{e}\n{}", c.logs());
+    }
     eprintln!(
         "e2e timing: cluster with {etcd_members} etcd member(s) built in {built:?}; \
-         all 3 twilld ready {:?} after start ({:?} in all)",
+         all 3 twilld ready {ready:?} after start, every host programmed with both peers \
+         {:?} after start ({:?} in all)",
         ready_from.elapsed(),
         started.elapsed()
     );
     c
+}
+
+/// Whether there are as many leases as hosts and every host's kernel holds
+/// exactly the others.
+fn converged(c: &TwillCluster) -> bool {
+    let Ok(leases) = c.leases() else {
+        return false;
+    };
+    if leases.len() != c.len() {
+        return false;
+    }
+    let Ok(own) = (0..c.len())
+        .map(|i| {
+            c.own_lease(i)?
+                .ok_or_else(|| twill_testbed::cluster::ClusterError::NoSuch("lease".into()))
+        })
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        return false;
+    };
+    let Ok(Some(macs)) = (0..c.len())
+        .map(|i| c.vtep_mac(i))
+        .collect::<Result<Option<Vec<MacAddr>>, _>>()
+    else {
+        return false;
+    };
+    (0..c.len()).all(|i| {
+        let p = peers_of(i, &own, &macs);
+        fdb_set(c, i) == expected_fdb(&p)
+            && neigh_set(c, i) == expected_neigh(&p)
+            && route_set(c, i) == expected_routes(&p)
+    })
 }
 
 fn mac(s: &str) -> MacAddr {
