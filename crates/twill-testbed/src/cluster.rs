@@ -18,6 +18,16 @@
 //! Everything (daemons, etcd, namespaces, files) is removed on drop, in that
 //! order, also when a test panics.
 //!
+//! Readers: [`TwillCluster::leases`] / [`TwillCluster::own_lease`] (etcd),
+//! [`TwillCluster::subnet_env`], and per host the kernel through netlink
+//! dumps made inside the host's namespace: [`TwillCluster::vxlan_link`],
+//! [`TwillCluster::vtep_mac`], [`TwillCluster::fdb`], [`TwillCluster::neigh`],
+//! [`TwillCluster::routes`], and [`TwillCluster::kernel_state`] compared with
+//! [`TwillCluster::expected_state`] by [`TwillCluster::mismatches`] and
+//! [`TwillCluster::wait_converged`]. Daemons are driven through
+//! [`TwillCluster::daemon_mut`] ([`Daemon::sigterm`], [`Daemon::kill`],
+//! [`Daemon::restart`], ...) and [`TwillCluster::start_twilld`].
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use twill_testbed::cluster::TwillCluster;
@@ -33,6 +43,8 @@
 //!     .build("/path/to/twilld")
 //!     .unwrap();
 //! c.wait_all_ready(Duration::from_secs(20)).unwrap();
+//! // Every running host's FDB/ARP/routes equal what the leases in etcd say.
+//! let took = c.wait_converged(Duration::from_secs(10)).unwrap();
 //! let env = c.subnet_env(0).unwrap();            // FLANNEL_SUBNET etc.
 //! let lease = c.own_lease(0).unwrap().unwrap();  // key and value in etcd
 //! assert_eq!(lease.subnet, env.subnet_network());
@@ -43,13 +55,14 @@
 //! c.etcdctl(&["del", &lease.key]).unwrap();
 //! ```
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ipnetwork::Ipv4Network;
-use twill_netlink::{FdbEntry, Link, MacAddr, Neighbour, Route, MAIN_TABLE};
+use twill_netlink::{FdbEntry, Link, MacAddr, Neighbour, Route, MAIN_TABLE, TWILL_RTPROT};
 
 use crate::daemon::{Daemon, DaemonError, DaemonOptions};
 use crate::etcd::{EtcdCluster, EtcdOptions, EtcdServerError};
@@ -414,6 +427,53 @@ pub fn json_number_field(json: &str, field: &str) -> Option<u32> {
     let rest = json[at..].trim_start().strip_prefix(':')?.trim_start();
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
+}
+
+/// The overlay state of one host's kernel, reduced to what the leases
+/// determine: permanent FDB and neighbour entries on the VXLAN device and
+/// main-table routes carrying twill's protocol number.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelState {
+    /// `(VTEP MAC, underlay dst)` of each permanent FDB entry.
+    pub fdb: BTreeSet<(MacAddr, Option<Ipv4Addr>)>,
+    /// `(IP, MAC)` of each permanent neighbour entry.
+    pub neigh: BTreeSet<(Ipv4Addr, Option<MacAddr>)>,
+    /// `(dst, gateway, onlink)` of each route with protocol
+    /// [`TWILL_RTPROT`] in the main table.
+    pub routes: BTreeSet<(Ipv4Network, Option<Ipv4Addr>, bool)>,
+}
+
+impl KernelState {
+    /// What a host must hold for `peers` (every lease but its own) with
+    /// `backend` `vxlan` (FDB `MAC → PublicIP`, neighbour `subnet.0 → MAC`,
+    /// route `subnet via subnet.0 onlink`) or `host-gw` (route `subnet via
+    /// PublicIP`). A vxlan lease without a valid `VtepMAC` is left out, as
+    /// the backend skips it.
+    #[must_use]
+    pub fn expected<'a>(backend: &str, peers: impl IntoIterator<Item = &'a StoredLease>) -> Self {
+        let mut k = KernelState::default();
+        for l in peers {
+            let Some(public) = l.public_ip else {
+                continue;
+            };
+            let gw = l.subnet.network();
+            if backend == "host-gw" {
+                k.routes.insert((l.subnet, Some(public), false));
+                continue;
+            }
+            let Some(mac) = l
+                .vtep_mac
+                .as_deref()
+                .and_then(|m| m.parse::<MacAddr>().ok())
+            else {
+                continue;
+            };
+            k.fdb.insert((mac, Some(public)));
+            k.neigh.insert((gw, Some(mac)));
+            k.routes.insert((l.subnet, Some(gw), true));
+        }
+        k
+    }
 }
 
 /// A cluster of hosts, each running a daemon; see the module docs.
@@ -841,6 +901,114 @@ impl TwillCluster {
         let mut v = nl.route().list(Some(MAIN_TABLE))?;
         v.sort();
         Ok(v)
+    }
+
+    /// The backend type of the config (`Backend.Type`; `vxlan` without one).
+    #[must_use]
+    pub fn backend_type(&self) -> String {
+        self.settings
+            .config
+            .as_deref()
+            .and_then(|c| json_string_field(c, "Type"))
+            .unwrap_or_else(|| "vxlan".into())
+    }
+
+    /// Host `i`'s overlay state (see [`KernelState`]).
+    ///
+    /// # Errors
+    /// Netlink failures.
+    pub fn kernel_state(&self, i: usize) -> Result<KernelState, ClusterError> {
+        let fdb = self.fdb(i)?;
+        let neigh = self.neigh(i)?;
+        let routes = self.all_routes(i)?;
+        Ok(KernelState {
+            fdb: fdb
+                .iter()
+                .filter(|e| e.permanent)
+                .map(|e| (e.mac, e.dst))
+                .collect(),
+            neigh: neigh
+                .iter()
+                .filter(|n| n.permanent)
+                .map(|n| (n.ip, n.mac))
+                .collect(),
+            routes: routes
+                .iter()
+                .filter(|r| r.protocol == TWILL_RTPROT)
+                .map(|r| (r.dst, r.gateway, r.onlink))
+                .collect(),
+        })
+    }
+
+    /// What host `i` must hold given `leases` (all of them: the host's own
+    /// lease, the one whose `PublicIP` is its address, is left out).
+    #[must_use]
+    pub fn expected_state(&self, i: usize, leases: &[StoredLease]) -> KernelState {
+        let ip = self.ip(i);
+        KernelState::expected(
+            &self.backend_type(),
+            leases.iter().filter(|l| l.public_ip != Some(ip)),
+        )
+    }
+
+    /// Hosts whose daemon runs.
+    pub fn running_hosts(&mut self) -> Vec<usize> {
+        (0..self.len())
+            .filter(|&i| self.daemons[i].as_mut().is_some_and(Daemon::is_running))
+            .collect()
+    }
+
+    /// The hosts (among `hosts`) whose kernel does not match the leases in
+    /// etcd now, with what they hold and what they should; empty when every
+    /// one matches and each has a lease of its own.
+    ///
+    /// # Errors
+    /// etcdctl or netlink failures.
+    pub fn mismatches(&self, hosts: &[usize]) -> Result<Vec<String>, ClusterError> {
+        let leases = self.leases()?;
+        let mut out = Vec::new();
+        for &i in hosts {
+            self.check(i)?;
+            if !leases.iter().any(|l| l.public_ip == Some(self.ip(i))) {
+                out.push(format!("{} ({}) has no lease", self.names[i], self.ip(i)));
+                continue;
+            }
+            let want = self.expected_state(i, &leases);
+            let have = self.kernel_state(i)?;
+            if want != have {
+                out.push(format!(
+                    "{} ({}): kernel {have:?}, leases want {want:?}",
+                    self.names[i],
+                    self.ip(i)
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Waits until every host with a running daemon holds a lease and its
+    /// kernel matches the leases in etcd ([`TwillCluster::mismatches`] is
+    /// empty); returns how long it took.
+    ///
+    /// # Errors
+    /// [`ClusterError::Timeout`] whose message lists the mismatches.
+    pub fn wait_converged(&mut self, timeout: Duration) -> Result<Duration, ClusterError> {
+        let hosts = self.running_hosts();
+        let start = Instant::now();
+        loop {
+            let last = match self.mismatches(&hosts) {
+                Ok(m) if m.is_empty() => return Ok(start.elapsed()),
+                Ok(m) => m,
+                Err(e) => vec![e.to_string()],
+            };
+            if start.elapsed() > timeout {
+                return Err(ClusterError::Timeout {
+                    what: format!("convergence; still: {}", last.join("; ")),
+                    timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Adds, on every host whose subnet file exists, a docker0-like bridge

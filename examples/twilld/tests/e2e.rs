@@ -41,12 +41,7 @@ fn article_cluster(etcd_members: usize, extra: &[&str]) -> TwillCluster {
     let ready = ready_from.elapsed();
     // Ready means "lease held and first reconcile done": a host that became
     // ready before the others leased learns them from the watch afterwards.
-    let converged = TwillCluster::poll(
-        Duration::from_secs(10),
-        "every host to program the other two",
-        || converged(&c),
-    );
-    if let Err(e) = converged {
+    if let Err(e) = c.wait_converged(Duration::from_secs(10)) {
         panic!("{e}\n{}", c.logs());
     }
     eprintln!(
@@ -57,38 +52,6 @@ fn article_cluster(etcd_members: usize, extra: &[&str]) -> TwillCluster {
         started.elapsed()
     );
     c
-}
-
-/// Whether there are as many leases as hosts and every host's kernel holds
-/// exactly the others.
-fn converged(c: &TwillCluster) -> bool {
-    let Ok(leases) = c.leases() else {
-        return false;
-    };
-    if leases.len() != c.len() {
-        return false;
-    }
-    let Ok(own) = (0..c.len())
-        .map(|i| {
-            c.own_lease(i)?
-                .ok_or_else(|| twill_testbed::cluster::ClusterError::NoSuch("lease".into()))
-        })
-        .collect::<Result<Vec<_>, _>>()
-    else {
-        return false;
-    };
-    let Ok(Some(macs)) = (0..c.len())
-        .map(|i| c.vtep_mac(i))
-        .collect::<Result<Option<Vec<MacAddr>>, _>>()
-    else {
-        return false;
-    };
-    (0..c.len()).all(|i| {
-        let p = peers_of(i, &own, &macs);
-        fdb_set(c, i) == expected_fdb(&p)
-            && neigh_set(c, i) == expected_neigh(&p)
-            && route_set(c, i) == expected_routes(&p)
-    })
 }
 
 fn mac(s: &str) -> MacAddr {
@@ -568,6 +531,13 @@ fn hand_added_lease_is_programmed_everywhere_and_removed_on_delete() {
         assert!(present(i));
         // Nothing else changed: the two real peers are still there.
         assert_eq!(fdb_set(&c, i).len(), 3, "{}", c.name(i));
+    }
+    // Every kernel equals what the four leases in etcd say.
+    if let Err(e) = c
+        .mismatches(&[0, 1, 2])
+        .map(|m| assert!(m.is_empty(), "{m:?}"))
+    {
+        panic!("{e}");
     }
 
     let before_del = Instant::now();
