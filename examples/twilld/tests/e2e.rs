@@ -280,6 +280,22 @@ fn article_seed_scenario_etcd_kernel_subnet_env_and_container_pings() {
         );
     }
 
+    // --- each daemon reports itself ready with two peers.
+    for i in 0..3 {
+        let (code, metrics) = c
+            .daemon(i)
+            .http_get(c.healthz_addr(), "/metrics")
+            .expect("GET /metrics");
+        assert_eq!(code, 200);
+        for line in ["twill_ready 1", "twill_lease_held 1", "twill_peers 2"] {
+            assert!(
+                metrics.lines().any(|l| l == line),
+                "{}: /metrics lacks {line:?}:\n{metrics}",
+                c.name(i)
+            );
+        }
+    }
+
     // --- containers reach each other, all six pairs.
     c.add_containers().expect("containers");
     let started = Instant::now();
@@ -455,6 +471,10 @@ fn killed_host_disappears_from_peers_when_its_lease_expires() {
     c.wait_ready(dead, READY_TIMEOUT)
         .expect("test3 ready again");
     let back = leases_by_host(&c);
+    assert_eq!(
+        back[dead].subnet, leases[dead].subnet,
+        "the subnet in subnet.env is asked for again and was free"
+    );
     let macs: Vec<MacAddr> = (0..3)
         .map(|i| c.vtep_mac(i).expect("dump").expect("flannel.100"))
         .collect();
