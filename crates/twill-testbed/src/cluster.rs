@@ -132,6 +132,7 @@ pub struct TwillClusterBuilder {
     env: Vec<(String, String)>,
     healthz_port: u16,
     without_daemon: Vec<usize>,
+    no_daemons: bool,
     vxlan_device: Option<String>,
 }
 
@@ -147,6 +148,7 @@ impl Default for TwillClusterBuilder {
             env: Vec::new(),
             healthz_port: 8471,
             without_daemon: Vec::new(),
+            no_daemons: false,
             vxlan_device: None,
         }
     }
@@ -223,7 +225,7 @@ impl TwillClusterBuilder {
     /// Builds no daemon at all; start them with [`TwillCluster::start_twilld`].
     #[must_use]
     pub fn no_daemons(mut self) -> Self {
-        self.without_daemon = (0..self.hosts).collect();
+        self.no_daemons = true;
         self
     }
 
@@ -301,7 +303,7 @@ impl TwillClusterBuilder {
             cluster.etcdctl(&["put", &key, &config])?;
         }
         for i in 0..n {
-            if !cluster.settings.without_daemon.contains(&i) {
+            if !cluster.settings.no_daemons && !cluster.settings.without_daemon.contains(&i) {
                 cluster.start_twilld(i)?;
             }
         }
