@@ -982,6 +982,11 @@ impl LeaseCore {
             return Err(Some(e.to_string()));
         }
         if lease.attrs.public_ip == self.cfg.attrs.public_ip {
+            // Before we hold a lease, one carrying our PublicIP is ours from a
+            // previous run, about to be reused: not a peer, not worth a warning.
+            if !matches!(self.state, LeaseState::Held { .. }) {
+                return Err(None);
+            }
             return Err(Some(format!(
                 "it claims our PublicIP {}",
                 lease.attrs.public_ip
