@@ -1,0 +1,313 @@
+//! [`WireguardBackend`]: flannel's `wireguard` backend type, in userspace.
+//!
+//! Lease format as flannel's (`pkg/backend/wireguard`): `BackendType`
+//! `wireguard`, `BackendData` `{"PublicKey":"<base64>"}`; peers are reached at
+//! `PublicIP:ListenPort`. Device `flannel-wg`, our subnet's network address
+//! as a `/32` on it, MTU = underlay MTU − 80. Where flannel routes the whole
+//! `Network` into its kernel device, we route each peer's subnet (protocol
+//! 241, so stale routes are collected like the other backends' routes).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+use twill_backend::{
+    converge, select_peers, Backend, BackendError, DataplaneState, HostContext, LocalSetup, Owner,
+    PeerContext, ReconcileReport,
+};
+use twill_model::{BackendConfig, LeaseAttrs, NetworkConfig, SubnetKey, SubnetLease};
+use twill_netlink::{Address, NetlinkHandle, Route, MAIN_TABLE, TWILL_RTPROT};
+
+use crate::keys::{decode_key, encode_key, KeyPair};
+use crate::pump::{PeerConfig, Pump};
+
+/// flannel's `Backend.Type` for WireGuard.
+pub const BACKEND_TYPE: &str = "wireguard";
+/// The device flannel creates.
+pub const DEVICE: &str = "flannel-wg";
+/// flannel's default `ListenPort`.
+pub const DEFAULT_PORT: u16 = 51820;
+/// IPv4 (20) + UDP (8) + WireGuard header (16) + tag (16) + slack: flannel's 80.
+pub const WIREGUARD_OVERHEAD: u32 = 80;
+/// Persistent keepalive when the config sets none (flannel: off). Keeps
+/// NAT and stateful-firewall mappings open and sessions warm.
+pub const DEFAULT_KEEPALIVE: u16 = 25;
+
+/// The `Backend` object's fields, as flannel names them.
+#[derive(Debug, Deserialize)]
+struct ConfigFields {
+    #[serde(rename = "ListenPort", default)]
+    listen_port: Option<u16>,
+    #[serde(rename = "PSK", default)]
+    psk: Option<String>,
+    #[serde(rename = "PersistentKeepaliveInterval", default)]
+    keepalive: Option<u16>,
+    #[serde(rename = "Mode", default)]
+    mode: Option<String>,
+}
+
+/// `BackendData` of a wireguard lease.
+#[derive(Debug, Serialize, Deserialize)]
+struct LeaseData {
+    #[serde(rename = "PublicKey")]
+    public_key: String,
+}
+
+/// How the backend runs: from the `Backend` config plus the key file path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireguardOptions {
+    /// Where the private key lives (flannel: `/run/flannel/wgkey`).
+    pub key_file: PathBuf,
+    /// UDP port, ours and the peers' (`ListenPort`).
+    pub port: u16,
+    /// Persistent keepalive in seconds (`PersistentKeepaliveInterval`; 0 = off).
+    pub keepalive: u16,
+    /// Pre-shared key (`PSK`, base64), mixed into every handshake.
+    pub psk: Option<[u8; 32]>,
+    /// TUN device name.
+    pub device: String,
+}
+
+impl WireguardOptions {
+    /// Reads `ListenPort`, `PSK`, `PersistentKeepaliveInterval` and `Mode`
+    /// (`separate`, `auto` or `ipv4`: all mean IPv4 here).
+    ///
+    /// # Errors
+    /// [`BackendError::Config`] for a field of the wrong type, a bad PSK or
+    /// an IPv6 mode.
+    pub fn from_config(config: &BackendConfig, key_file: PathBuf) -> Result<Self, BackendError> {
+        let bad = |reason: String| BackendError::Config {
+            backend: BACKEND_TYPE,
+            reason,
+        };
+        let f: ConfigFields = config.parse_as().map_err(|e| bad(e.to_string()))?;
+        if let Some(m) = f
+            .mode
+            .filter(|m| !["separate", "auto", "ipv4"].contains(&m.as_str()))
+        {
+            return Err(bad(format!("Mode {m:?} is not supported (IPv4 only)")));
+        }
+        let psk = match f.psk.as_deref() {
+            None | Some("") => None,
+            Some(p) => Some(decode_key(p).map_err(|r| bad(format!("PSK: {r}")))?),
+        };
+        Ok(WireguardOptions {
+            key_file,
+            port: f.listen_port.filter(|p| *p != 0).unwrap_or(DEFAULT_PORT),
+            keepalive: f.keepalive.unwrap_or(DEFAULT_KEEPALIVE),
+            psk,
+            device: DEVICE.to_string(),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Ready {
+    config: NetworkConfig,
+    public_ip: Ipv4Addr,
+    mtu: u32,
+}
+
+/// flannel's `wireguard` backend with a userspace data path ([`Pump`]).
+#[derive(Debug)]
+pub struct WireguardBackend {
+    opts: WireguardOptions,
+    keys: KeyPair,
+    nl: NetlinkHandle,
+    ready: Option<Ready>,
+    own: Option<SubnetKey>,
+    pump: Option<Pump>,
+}
+
+fn custom(context: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> BackendError {
+    BackendError::custom(BACKEND_TYPE, context, e)
+}
+
+impl WireguardBackend {
+    /// Loads (or creates) the key pair and opens a netlink socket in the
+    /// current thread's network namespace.
+    ///
+    /// # Errors
+    /// When the key file cannot be read or created, or netlink is unavailable.
+    pub fn new(opts: WireguardOptions) -> Result<Self, BackendError> {
+        let keys = KeyPair::load_or_create(&opts.key_file)
+            .map_err(|e| custom(&format!("key file {}", opts.key_file.display()), e))?;
+        Ok(WireguardBackend {
+            opts,
+            keys,
+            nl: NetlinkHandle::new()?,
+            ready: None,
+            own: None,
+            pump: None,
+        })
+    }
+
+    /// Our public key, as published (base64).
+    #[must_use]
+    pub fn public_key(&self) -> String {
+        encode_key(&self.keys.public)
+    }
+
+    /// The data path, once [`Backend::setup`] has run.
+    #[must_use]
+    pub fn pump(&self) -> Option<&Pump> {
+        self.pump.as_ref()
+    }
+
+    /// Makes sure the TUN device exists (re-creating it and the pump if it
+    /// was deleted), is up, has our MTU and only our `/32`. Returns its index.
+    async fn ensure_device(&mut self, mtu: u32) -> Result<u32, BackendError> {
+        let name = self.opts.device.clone();
+        let mut link = self.nl.link().find(&name)?;
+        if self.pump.is_none() || link.is_none() {
+            if let Some(stale) = link.take() {
+                tracing::info!(device = %name, "replacing an existing {name} device");
+                self.nl.link().delete(stale.index)?;
+            }
+            if let Some(old) = self.pump.take() {
+                old.stop().await; // frees the UDP port
+            }
+            let tun = tokio_tun::Tun::builder()
+                .name(&name)
+                .build()
+                .map_err(|e| custom(&format!("creating TUN device {name}"), e))?
+                .pop()
+                .ok_or_else(|| custom("creating TUN device", "no queue returned"))?;
+            let bind = SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.opts.port));
+            let udp = tokio::net::UdpSocket::bind(bind)
+                .await
+                .map_err(|e| custom(&format!("binding UDP {bind}"), e))?;
+            let keepalive = Some(self.opts.keepalive).filter(|k| *k > 0);
+            let keys = self.keys.clone();
+            self.pump = Some(Pump::start(tun, udp, keys, keepalive, self.opts.psk));
+            link = self.nl.link().find(&name)?;
+        }
+        let link = link.ok_or_else(|| custom("TUN device", format!("{name} vanished")))?;
+        if link.mtu != mtu {
+            self.nl.link().set_mtu(link.index, mtu)?;
+        }
+        if !link.up {
+            self.nl.link().set_up(link.index)?;
+        }
+        if let Some(own) = self.own {
+            let addr =
+                Ipv4Network::new(own.network_addr(), 32).map_err(|e| custom("address", e))?;
+            let index = link.index;
+            self.nl.address().set_only(Address { index, addr })?;
+        }
+        Ok(link.index)
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for WireguardBackend {
+    fn backend_type(&self) -> &str {
+        BACKEND_TYPE
+    }
+
+    async fn setup(&mut self, host: &HostContext<'_>) -> Result<LocalSetup, BackendError> {
+        let mtu = host
+            .underlay
+            .mtu
+            .saturating_sub(WIREGUARD_OVERHEAD)
+            .max(576);
+        self.ready = Some(Ready {
+            config: host.config.clone(),
+            public_ip: host.public_ip,
+            mtu,
+        });
+        self.ensure_device(mtu).await?;
+        let mut attrs = LeaseAttrs::new(host.public_ip, BACKEND_TYPE);
+        let data = LeaseData {
+            public_key: self.public_key(),
+        };
+        attrs.backend_data =
+            Some(serde_json::to_value(data).map_err(|e| custom("BackendData", e))?);
+        Ok(LocalSetup { attrs, mtu })
+    }
+
+    async fn activate(&mut self, own: &SubnetLease) -> Result<(), BackendError> {
+        let r = self
+            .ready
+            .clone()
+            .ok_or(BackendError::NotReady("activate", "setup"))?;
+        r.config
+            .check_subnet(&own.key)
+            .map_err(|e| BackendError::OwnLease {
+                key: own.key,
+                reason: e.to_string(),
+            })?;
+        self.own = Some(own.key);
+        self.ensure_device(r.mtu).await?;
+        Ok(())
+    }
+
+    async fn reconcile(&mut self, peers: &[SubnetLease]) -> Result<ReconcileReport, BackendError> {
+        let r = self
+            .ready
+            .clone()
+            .ok_or(BackendError::NotReady("reconcile", "setup"))?;
+        let dev = self.ensure_device(r.mtu).await?;
+        let cx = PeerContext {
+            config: &r.config,
+            own: self.own,
+            public_ip: r.public_ip,
+            backend_type: BACKEND_TYPE,
+        };
+        let ours = *self.keys.public.as_bytes();
+        let selection = select_peers(peers, &cx, |peer| {
+            let data: LeaseData = peer
+                .attrs
+                .backend_data_as()
+                .map_err(|e| format!("bad BackendData: {e}"))?;
+            let key = decode_key(&data.public_key)
+                .map_err(|e| format!("bad PublicKey {:?}: {e}", data.public_key))?;
+            if key == ours {
+                return Err(format!("PublicKey {} is our own", data.public_key));
+            }
+            Ok(key)
+        });
+        let mut report = ReconcileReport {
+            skipped: selection.skipped,
+            ..ReconcileReport::default()
+        };
+        let mut wanted: Vec<PeerConfig> = Vec::new();
+        let mut desired = DataplaneState::default();
+        for (lease, key) in selection.accepted {
+            if let Some(first) = wanted.iter().find(|p| p.public_key == key) {
+                let reason = format!("PublicKey already used by {}", first.subnet);
+                report.skipped.push((lease.key, reason));
+                continue;
+            }
+            desired.routes.push(Route::new(lease.key.ipv4).dev(dev));
+            wanted.push(PeerConfig {
+                public_key: key,
+                subnet: lease.key.ipv4,
+                endpoint: SocketAddr::from((lease.attrs.public_ip, self.opts.port)),
+            });
+        }
+        let owner = Owner {
+            device: Some(dev),
+            protocol: TWILL_RTPROT,
+            table: MAIN_TABLE,
+            route_oifs: vec![dev],
+        };
+        converge(&mut self.nl, &desired, &owner, &mut report)?;
+        if let Some(pump) = &self.pump {
+            let changes = pump.set_peers(&wanted);
+            let n = changes.added + changes.removed;
+            report.planned += n;
+            report.applied += n;
+            if n > 0 {
+                tracing::info!(
+                    added = changes.added,
+                    removed = changes.removed,
+                    peers = wanted.len(),
+                    "WireGuard peers updated"
+                );
+            }
+        }
+        Ok(report)
+    }
+}
