@@ -7,7 +7,7 @@ use ipnetwork::Ipv4Network;
 use twill_model::{BackendConfig, LeaseAttrs, NetworkConfig, SubnetKey, SubnetLease};
 use twill_netlink::{NetlinkHandle, Route, MAIN_TABLE, TWILL_RTPROT};
 
-use crate::peers::{check_common, dedupe, on_segment};
+use crate::peers::{check_common, dedupe, on_segment, Claimed};
 use crate::plan::{DataplaneState, Owner};
 use crate::vxlan::converge;
 use crate::{Backend, BackendError, HostContext, LocalSetup, ReconcileReport, UnderlayInterface};
@@ -101,7 +101,7 @@ impl Backend for HostGwBackend {
         sorted.sort_by_key(|p| p.key);
         let mut report = ReconcileReport::default();
         let mut desired = DataplaneState::default();
-        let mut accepted = Vec::new();
+        let mut accepted = Claimed::default();
         for peer in sorted {
             let verdict = check_common(peer, self.own.as_ref(), r.public_ip, &r.config, "host-gw")
                 .and_then(|ok| {

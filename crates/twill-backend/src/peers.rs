@@ -1,5 +1,6 @@
 //! Peer validation shared by the backends.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
@@ -54,16 +55,29 @@ pub(crate) fn on_segment(connected: &[Ipv4Network], ip: Ipv4Addr) -> bool {
     connected.iter().any(|n| n.prefix() < 32 && n.contains(ip))
 }
 
+/// Peer subnets accepted so far by [`dedupe`]: disjoint ranges keyed by
+/// their first address (first → (last, key)), so a check is O(log n), not a
+/// scan of every accepted peer (10,000 peers: 50 M overlap tests per reconcile).
+#[derive(Debug, Default)]
+pub(crate) struct Claimed(BTreeMap<u32, (u32, SubnetKey)>);
+
 /// Drops overlapping peer subnets after the first (sorted by key) so two
 /// leases never fight over one route; the loser is reported.
-pub(crate) fn dedupe(
-    accepted: &mut Vec<(SubnetKey, Ipv4Network)>,
-    key: SubnetKey,
-) -> Result<(), String> {
-    if let Some((k, _)) = accepted.iter().find(|(_, n)| overlaps(*n, key.ipv4)) {
+pub(crate) fn dedupe(claimed: &mut Claimed, key: SubnetKey) -> Result<(), String> {
+    let first = u32::from(key.ipv4.network());
+    let last = u32::from(key.ipv4.broadcast());
+    // The claimed ranges are disjoint, so an overlapping one either starts
+    // at or before `first` and reaches it, or starts inside [first, last].
+    let before = claimed
+        .0
+        .range(..=first)
+        .next_back()
+        .filter(|(_, (end, _))| *end >= first);
+    let inside = || claimed.0.range(first..=last).next();
+    if let Some((_, (_, k))) = before.or_else(inside) {
         return Err(format!("subnet overlaps peer {k}"));
     }
-    accepted.push((key, key.ipv4));
+    claimed.0.insert(first, (last, key));
     Ok(())
 }
 
@@ -132,7 +146,7 @@ pub fn select_peers<'a, T>(
         accepted: Vec::new(),
         skipped: Vec::new(),
     };
-    let mut claimed = Vec::new();
+    let mut claimed = Claimed::default();
     for peer in sorted {
         let verdict = check_common(
             peer,
@@ -170,6 +184,28 @@ mod tests {
             kind: LeaseKind::Expiring,
             revision: 0,
         }
+    }
+
+    #[test]
+    fn dedupe_rejects_any_overlap_with_an_accepted_subnet() {
+        let mut c = Claimed::default();
+        let k = |s: &str| s.parse::<SubnetKey>().unwrap();
+        assert!(dedupe(&mut c, k("10.244.2.0-24")).is_ok());
+        assert!(dedupe(&mut c, k("10.244.4.0-24")).is_ok());
+        assert!(dedupe(&mut c, k("10.244.3.0-24")).is_ok());
+        // Same, inside, containing, and reaching into an accepted subnet.
+        for bad in [
+            "10.244.2.0-24",
+            "10.244.2.128-25",
+            "10.244.0.0-16",
+            "10.244.4.0-23",
+        ] {
+            let e = dedupe(&mut c, k(bad)).unwrap_err();
+            assert!(e.contains("overlaps peer 10.244."), "{bad}: {e}");
+        }
+        assert!(dedupe(&mut c, k("10.244.5.0-24")).is_ok());
+        assert!(dedupe(&mut c, k("10.244.1.255-32")).is_ok());
+        assert!(dedupe(&mut c, k("10.244.0.0-24")).is_ok());
     }
 
     #[test]

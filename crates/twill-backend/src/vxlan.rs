@@ -31,7 +31,7 @@ use twill_netlink::{
     MAIN_TABLE, TWILL_RTPROT,
 };
 
-use crate::peers::{check_common, dedupe, on_segment};
+use crate::peers::{check_common, dedupe, on_segment, Claimed};
 use crate::plan::{plan, route_conflicts, DataplaneState, Owner};
 use crate::{Backend, BackendError, HostContext, LocalSetup, ReconcileReport, UnderlayInterface};
 
@@ -283,7 +283,7 @@ impl VxlanBackend {
         sorted.sort_by_key(|p| p.key);
         let mut state = DataplaneState::default();
         let mut skipped = Vec::new();
-        let mut accepted = Vec::new();
+        let mut accepted = Claimed::default();
         for peer in sorted {
             match self.peer_entries(r, dev, peer, &connected, &mut accepted) {
                 Ok(Some((neigh, fdb, route))) => {
@@ -305,7 +305,7 @@ impl VxlanBackend {
         dev: u32,
         peer: &SubnetLease,
         connected: &[Ipv4Network],
-        accepted: &mut Vec<(SubnetKey, Ipv4Network)>,
+        accepted: &mut Claimed,
     ) -> Result<Option<(Option<Neighbour>, Option<FdbEntry>, Route)>, String> {
         if check_common(peer, self.own.as_ref(), r.public_ip, &r.config, "vxlan")?.is_none() {
             return Ok(None);
