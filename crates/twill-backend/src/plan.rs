@@ -4,7 +4,7 @@
 //! reported and returns the operations that turn one into the other,
 //! touching only entries that [`Owner`] says are ours.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use twill_netlink::{FdbEntry, MacAddr, Neighbour, Request, Route};
 
@@ -225,15 +225,18 @@ pub fn route_conflicts(
     observed: &DataplaneState,
     owner: &Owner,
 ) -> Vec<Route> {
+    // A set, not a scan per desired route: O(n log n) at 10,000 peers
+    // instead of 100 M comparisons per reconcile.
+    let foreign: BTreeSet<_> = observed
+        .routes
+        .iter()
+        .filter(|h| !owner.owns_route(h))
+        .map(|h| (h.table, h.dst))
+        .collect();
     desired
         .routes
         .iter()
-        .filter(|r| {
-            observed
-                .routes
-                .iter()
-                .any(|h| (h.table, h.dst) == (r.table, r.dst) && !owner.owns_route(h))
-        })
+        .filter(|r| foreign.contains(&(r.table, r.dst)))
         .copied()
         .collect()
 }
