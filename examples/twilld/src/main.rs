@@ -307,6 +307,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let mut lease = handle.lease();
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    let mut stored_config = StoredConfig::Same;
     let mut tick = tokio::time::interval(flags.reconcile_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -330,7 +331,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 let set: Vec<SubnetLease> = peers.borrow().leases.values().cloned().collect();
                 agent.reconcile(&set).await;
-                check_config_drift(&registry, &config, &status).await;
+                check_config_drift(&registry, &config, &status, &mut stored_config).await;
             }
             changed = lease.changed() => {
                 if changed.is_err() { bail!("the lease manager stopped"); }
@@ -395,20 +396,57 @@ async fn shutdown(handle: LeaseHandle, release: bool) {
     }
 }
 
+/// What the stored config looked like at the last check, so that each change
+/// is logged once, not at every reconcile tick.
+#[derive(Debug, Default, PartialEq)]
+enum StoredConfig {
+    /// The same as the running config.
+    #[default]
+    Same,
+    /// Valid but different.
+    Changed(NetworkConfig),
+    /// Missing or invalid.
+    Unusable(String),
+}
+
 /// A changed config is not applied while running: half of the hosts would
-/// route the old network and half the new. It is reported until restart.
-async fn check_config_drift(registry: &EtcdRegistry, running: &NetworkConfig, status: &Status) {
-    match registry.get_config().await {
-        Ok(cfg) if cfg != *running => warn!(
+/// route the old network and half the new. Each change is logged once (and
+/// a return to the running config too); the config stays the one read at
+/// start-up until restart.
+async fn check_config_drift(
+    registry: &EtcdRegistry,
+    running: &NetworkConfig,
+    status: &Status,
+    last: &mut StoredConfig,
+) {
+    let now = match registry.get_config().await {
+        Ok(cfg) if cfg == *running => StoredConfig::Same,
+        Ok(cfg) => StoredConfig::Changed(cfg),
+        Err(e) if e.is_transient() => {
+            status.etcd_errors.fetch_add(1, Ordering::Relaxed);
+            debug!("cannot re-read the network config: {e}");
+            return;
+        }
+        Err(e) => StoredConfig::Unusable(e.to_string()),
+    };
+    if now == *last {
+        return;
+    }
+    match &now {
+        StoredConfig::Same => info!(
+            network = %running.network,
+            "network config in etcd is the running one again"
+        ),
+        StoredConfig::Changed(cfg) => warn!(
             running = %running.network, stored = %cfg.network,
             "network config changed in etcd; still using the config read at start-up: restart twilld to apply it"
         ),
-        Ok(_) => {}
-        Err(e) => {
-            status.etcd_errors.fetch_add(1, Ordering::Relaxed);
-            debug!("cannot re-read the network config: {e}");
-        }
+        StoredConfig::Unusable(reason) => warn!(
+            running = %running.network,
+            "network config in etcd is not usable ({reason}); still using the config read at start-up"
+        ),
     }
+    *last = now;
 }
 
 fn log_event(ev: &LeaseEvent, status: &Status) {
