@@ -203,6 +203,28 @@ pub fn heal_partition(c: &TwillCluster, i: usize) {
         .expect("nft heal");
 }
 
+/// Disconnects host `i`'s daemon from its local etcd member (loopback port
+/// 2379) without disturbing the member: every packet to it is answered with
+/// a TCP reset, so open streams break at once and reconnects are refused.
+pub fn reset_local_etcd_clients(c: &TwillCluster, i: usize) {
+    let script = "table ip twill_reset {\n\
+         \tchain output { type filter hook output priority -10; policy accept;\n\
+         \t\tip daddr 127.0.0.1 tcp dport 2379 reject with tcp reset\n\t}\n\
+         }\n";
+    let path = c.dir().join(format!("reset-{i}.nft"));
+    std::fs::write(&path, script).unwrap();
+    c.ns(i)
+        .exec("nft", &["-f", &path.to_string_lossy()])
+        .expect("nft reset");
+}
+
+/// Removes the rule of [`reset_local_etcd_clients`].
+pub fn allow_local_etcd_clients(c: &TwillCluster, i: usize) {
+    c.ns(i)
+        .exec("nft", &["delete", "table", "ip", "twill_reset"])
+        .expect("nft allow");
+}
+
 /// `ip ARGS` in host `i`'s namespace, panicking with the error.
 pub fn ip(c: &TwillCluster, i: usize, args: &[&str]) -> String {
     c.ns(i)
