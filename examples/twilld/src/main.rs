@@ -210,33 +210,44 @@ async fn connect(config: EtcdConfig, retry: Duration) -> anyhow::Result<EtcdRegi
     }
 }
 
+/// Waits until `<prefix>/config` holds a valid config whose backend can be
+/// built: a missing or invalid config, an unknown backend type or bad
+/// backend options are all logged (once per distinct message, naming the
+/// key and the field) and waited on, since the operator fixes them in etcd.
 async fn wait_for_config(
     registry: &EtcdRegistry,
+    backends: &BackendRegistry,
     retry: Duration,
     status: &Status,
-) -> NetworkConfig {
+) -> (NetworkConfig, Box<dyn Backend>) {
     let key = registry.config().config_key();
     let mut last = String::new();
     loop {
-        match registry.get_config().await {
-            Ok(cfg) => return cfg,
+        let msg = match registry.get_config().await {
+            Ok(cfg) => match backends.create(&cfg.backend) {
+                Ok(backend) => return (cfg, backend),
+                Err(e) => format!("waiting for a valid network config at {key}: Backend: {e}"),
+            },
             Err(e) => {
                 status
                     .etcd_errors
                     .fetch_add(u64::from(e.is_transient()), Ordering::Relaxed);
-                let msg = match &e {
+                match &e {
                     RegistryError::ConfigNotFound { .. } => {
                         format!("waiting for network config at {key}")
                     }
+                    RegistryError::InvalidConfig { source, .. } => {
+                        format!("waiting for a valid network config at {key}: {source}")
+                    }
                     other => format!("waiting for a valid network config at {key}: {other}"),
-                };
-                if msg != last {
-                    warn!("{msg}");
-                    last = msg;
                 }
-                tokio::time::sleep(retry).await;
             }
+        };
+        if msg != last {
+            warn!("{msg}");
+            last = msg;
         }
+        tokio::time::sleep(retry).await;
     }
 }
 
@@ -257,10 +268,11 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     };
 
     let registry = Arc::new(connect(etcd_config, flags.retry_interval).await?);
-    let config = wait_for_config(&registry, flags.retry_interval, &status).await;
+    let backends = BackendRegistry::with_builtins();
+    let (config, mut backend) =
+        wait_for_config(&registry, &backends, flags.retry_interval, &status).await;
     info!(network = %config.network, subnet_len = config.subnet_len, backend = %config.backend.backend_type, "network config read");
 
-    let mut backend = BackendRegistry::with_builtins().create(&config.backend)?;
     let host = HostContext {
         config: &config,
         public_ip,
