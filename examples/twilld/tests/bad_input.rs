@@ -172,3 +172,214 @@ fn help_and_version_succeed() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("-etcd-endpoints"));
 }
+
+// ---------------------------------------------------------------------------
+// Network configs in etcd.
+
+use std::io::Write as _;
+
+use twill_testbed::cluster::TwillCluster;
+
+const CONFIG_KEY: &str = "/coreos.com/network/config";
+
+/// `etcdctl put KEY` with the value on stdin (a 1 MB value does not fit in
+/// one command-line argument), run in host 0's namespace.
+fn put_stdin(c: &TwillCluster, key: &str, value: &[u8]) {
+    if value.len() < 64 * 1024 {
+        let value = String::from_utf8(value.to_vec()).unwrap();
+        c.etcdctl(&["put", key, &value]).unwrap();
+        return;
+    }
+    let mut child = c
+        .ns(0)
+        .command("etcdctl")
+        .args(["put", key])
+        .env("ETCDCTL_API", "3")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(value).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Lines of host `i`'s current log containing `needle`.
+fn log_lines(c: &TwillCluster, i: usize, needle: &str) -> Vec<String> {
+    c.daemon(i)
+        .log_since_start()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn invalid_configs_are_logged_naming_the_field_and_waited_on() {
+    twill_testbed::require_root!();
+    twill_testbed::require_etcd!();
+    // No config yet: the daemon waits for one.
+    let mut c = TwillCluster::builder()
+        .hosts(1)
+        .twilld_args(&["--retry-interval=100ms"])
+        .build(common::TWILLD)
+        .unwrap();
+    let missing = format!("waiting for network config at {CONFIG_KEY}");
+    let invalid = format!("waiting for a valid network config at {CONFIG_KEY}: ");
+    c.daemon_mut(0)
+        .wait_for_log(&missing, Duration::from_secs(10))
+        .unwrap();
+    let huge = format!(
+        r#"{{"Network":"10.0.0.0/16","Pad":"{}"}}"#,
+        "x".repeat(1 << 20)
+    );
+    let cases: Vec<(&str, String)> = vec![
+        ("empty", String::new()),
+        ("not valid JSON", "{\"Network\":".into()),
+        ("not valid JSON", "not json".into()),
+        ("array", "[1,2]".into()),
+        ("Network is missing", "{}".into()),
+        ("Network is missing", r#"{"SubnetLen":24}"#.into()),
+        ("Network", r#"{"Network":"10.5.0.0"}"#.into()),
+        ("Network", r#"{"Network":"not a cidr"}"#.into()),
+        ("Network must be a string", r#"{"Network":16}"#.into()),
+        ("Network", r#"{"Network":"10.0.0.0/29"}"#.into()),
+        (
+            "SubnetLen",
+            r#"{"Network":"10.5.0.0/16","SubnetLen":33}"#.into(),
+        ),
+        (
+            "SubnetLen",
+            r#"{"Network":"10.5.0.0/16","SubnetLen":8}"#.into(),
+        ),
+        (
+            "SubnetLen must be a number",
+            r#"{"Network":"10.5.0.0/16","SubnetLen":"24"}"#.into(),
+        ),
+        (
+            "SubnetMin",
+            r#"{"Network":"10.5.0.0/16","SubnetMin":"10.6.0.0"}"#.into(),
+        ),
+        (
+            "SubnetMax",
+            r#"{"Network":"10.5.0.0/16","SubnetMax":"10.5.0.7"}"#.into(),
+        ),
+        (
+            "SubnetMin",
+            r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.9.0","SubnetMax":"10.5.1.0"}"#.into(),
+        ),
+        (
+            "Backend must be an object",
+            r#"{"Network":"10.5.0.0/16","Backend":"vxlan"}"#.into(),
+        ),
+        (
+            "Type must be a string",
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":7}}"#.into(),
+        ),
+        (
+            "EnableIPv4",
+            r#"{"Network":"10.5.0.0/16","EnableIPv4":"yes"}"#.into(),
+        ),
+        ("bytes, more than the 65536 allowed", huge),
+    ];
+    for (n, (field, json)) in cases.iter().enumerate() {
+        // Back to "missing" between cases, so that each error is a new
+        // message (twilld logs a message when it changes, not every retry).
+        if n > 0 {
+            let before = log_lines(&c, 0, &missing).len();
+            c.etcdctl(&["del", CONFIG_KEY]).unwrap();
+            common::wait_for(
+                &c,
+                Duration::from_secs(10),
+                "the missing config noticed",
+                || log_lines(&c, 0, &missing).len() > before,
+            );
+        }
+        let before = log_lines(&c, 0, &invalid).len();
+        put_stdin(&c, CONFIG_KEY, json.as_bytes());
+        common::wait_for(
+            &c,
+            Duration::from_secs(10),
+            &format!("an error naming {field:?}"),
+            || log_lines(&c, 0, &invalid).len() > before,
+        );
+        let lines = log_lines(&c, 0, &invalid);
+        let line = lines.last().unwrap();
+        assert!(line.contains(field), "{field:?} not named in {line:?}");
+        eprintln!("config error: {}", &line[line.find(&invalid).unwrap()..]);
+        assert!(
+            line.len() < 600,
+            "a short line, not the value: {} bytes",
+            line.len()
+        );
+        assert_eq!(lines.len(), before + 1, "logged once: {lines:#?}");
+    }
+    // Waiting all along: alive, not ready, no lease, no subnet file.
+    assert!(c.daemon_mut(0).is_running());
+    assert_eq!(common::http_status(&c, 0, "/healthz"), Some(200));
+    assert_eq!(common::http_status(&c, 0, "/readyz"), Some(503));
+    assert!(c.leases().unwrap().is_empty());
+    assert!(!c.subnet_file(0).exists());
+    // Retried every 100 ms, logged once per distinct error.
+    std::thread::sleep(Duration::from_secs(1));
+    let last = log_lines(&c, 0, &invalid).len();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        log_lines(&c, 0, &invalid).len(),
+        last,
+        "no repeated log lines"
+    );
+
+    // A valid config: it proceeds.
+    c.etcdctl(&["put", CONFIG_KEY, common::CONFIG]).unwrap();
+    c.wait_ready(0, Duration::from_secs(20)).unwrap();
+    assert!(c.subnet_env(0).unwrap().network.to_string() == "192.168.0.0/16");
+    common::report(
+        "bad config in etcd",
+        &format!(
+            "{} invalid configs: each logged once, naming the field; daemon kept waiting, then used the valid one",
+            cases.len()
+        ),
+    );
+}
+
+#[test]
+fn invalid_backend_options_are_waited_on_too() {
+    twill_testbed::require_root!();
+    twill_testbed::require_etcd!();
+    let mut c = TwillCluster::builder()
+        .hosts(1)
+        .twilld_args(&["--retry-interval=100ms"])
+        .build(common::TWILLD)
+        .unwrap();
+    for (what, json) in [
+        (
+            "nosuch",
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"nosuch"}}"#,
+        ),
+        (
+            "VNI",
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#,
+        ),
+        (
+            "VNI",
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":"x"}}"#,
+        ),
+    ] {
+        c.etcdctl(&["put", CONFIG_KEY, json]).unwrap();
+        common::wait_for(&c, Duration::from_secs(10), what, || {
+            c.daemon(0)
+                .log_since_start()
+                .lines()
+                .any(|l| l.contains(what) && l.contains(CONFIG_KEY))
+        });
+        assert!(c.daemon_mut(0).is_running(), "{}", c.logs());
+    }
+    c.etcdctl(&["put", CONFIG_KEY, common::CONFIG]).unwrap();
+    c.wait_ready(0, Duration::from_secs(20)).unwrap();
+}
