@@ -7,7 +7,7 @@ use ipnetwork::Ipv4Network;
 use twill_model::{BackendConfig, LeaseAttrs, NetworkConfig, SubnetKey, SubnetLease};
 use twill_netlink::{NetlinkHandle, Route, MAIN_TABLE, TWILL_RTPROT};
 
-use crate::peers::{check_common, dedupe, on_segment, Claimed};
+use crate::peers::{check_common, claim_order, dedupe, on_segment, Claimed};
 use crate::plan::{DataplaneState, Owner};
 use crate::vxlan::converge;
 use crate::{Backend, BackendError, HostContext, LocalSetup, ReconcileReport, UnderlayInterface};
@@ -97,8 +97,7 @@ impl Backend for HostGwBackend {
             .into_iter()
             .map(|a| a.addr)
             .collect();
-        let mut sorted: Vec<&SubnetLease> = peers.iter().collect();
-        sorted.sort_by_key(|p| p.key);
+        let sorted = claim_order(peers, &r.config);
         let mut report = ReconcileReport::default();
         let mut desired = DataplaneState::default();
         let mut accepted = Claimed::default();

@@ -61,8 +61,23 @@ pub(crate) fn on_segment(connected: &[Ipv4Network], ip: Ipv4Addr) -> bool {
 #[derive(Debug, Default)]
 pub(crate) struct Claimed(BTreeMap<u32, (u32, SubnetKey)>);
 
-/// Drops overlapping peer subnets after the first (sorted by key) so two
-/// leases never fight over one route; the loser is reported.
+/// The order in which peers claim their subnets (see [`dedupe`]): leases of
+/// the configured `SubnetLen` first (two of them can only overlap if they
+/// are the same key, and flannel only allocates that size), then older
+/// leases (lower store revision) before newer ones, then by key. So a lease
+/// written later with a covering prefix (e.g. a /23 over a peer's /24) is
+/// the one skipped, never the peer it overlaps.
+pub(crate) fn claim_order<'a>(
+    peers: &'a [SubnetLease],
+    config: &NetworkConfig,
+) -> Vec<&'a SubnetLease> {
+    let mut sorted: Vec<&SubnetLease> = peers.iter().collect();
+    sorted.sort_by_key(|p| (p.key.ipv4.prefix() != config.subnet_len, p.revision, p.key));
+    sorted
+}
+
+/// Drops overlapping peer subnets after the first (in [`claim_order`]) so
+/// two leases never fight over one route; the loser is reported.
 pub(crate) fn dedupe(claimed: &mut Claimed, key: SubnetKey) -> Result<(), String> {
     let first = u32::from(key.ipv4.network());
     let last = u32::from(key.ipv4.broadcast());
@@ -140,8 +155,7 @@ pub fn select_peers<'a, T>(
     cx: &PeerContext<'_>,
     mut parse: impl FnMut(&SubnetLease) -> Result<T, String>,
 ) -> PeerSelection<'a, T> {
-    let mut sorted: Vec<&SubnetLease> = peers.iter().collect();
-    sorted.sort_by_key(|p| p.key);
+    let sorted = claim_order(peers, cx.config);
     let mut selection = PeerSelection {
         accepted: Vec::new(),
         skipped: Vec::new(),
@@ -169,6 +183,7 @@ pub fn select_peers<'a, T>(
             Err(reason) => selection.skipped.push((peer.key, reason)),
         }
     }
+    selection.accepted.sort_by_key(|(p, _)| p.key);
     selection
 }
 
@@ -206,6 +221,41 @@ mod tests {
         assert!(dedupe(&mut c, k("10.244.5.0-24")).is_ok());
         assert!(dedupe(&mut c, k("10.244.1.255-32")).is_ok());
         assert!(dedupe(&mut c, k("10.244.0.0-24")).is_ok());
+    }
+
+    #[test]
+    fn a_covering_lease_never_displaces_the_peer_it_overlaps() {
+        let config =
+            NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"x"}}"#).unwrap();
+        let cx = PeerContext {
+            config: &config,
+            own: None,
+            public_ip: "10.0.0.2".parse().unwrap(),
+            backend_type: "x",
+        };
+        let at = |key: &str, ip: &str, revision: i64| SubnetLease {
+            revision,
+            ..lease(key, ip, "x")
+        };
+        // A /23 sorts before the /24 it covers, and may even be older: the
+        // lease of SubnetLen wins.
+        for covering_revision in [5, 50] {
+            let peers = [
+                at("10.244.3.0-24", "10.0.0.3", 10),
+                at("10.244.2.0-23", "10.0.0.66", covering_revision),
+            ];
+            let sel = select_peers(&peers, &cx, |_| Ok(()));
+            assert_eq!(sel.accepted.len(), 1);
+            assert_eq!(sel.accepted[0].0.key.to_string(), "10.244.3.0-24");
+            assert_eq!(sel.skipped[0].0.to_string(), "10.244.2.0-23");
+        }
+        // Among other lengths, the older lease wins.
+        let peers = [
+            at("10.244.8.0-25", "10.0.0.8", 7),
+            at("10.244.8.0-23", "10.0.0.9", 3),
+        ];
+        let sel = select_peers(&peers, &cx, |_| Ok(()));
+        assert_eq!(sel.accepted[0].0.key.to_string(), "10.244.8.0-23");
     }
 
     #[test]

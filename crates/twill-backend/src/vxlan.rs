@@ -31,7 +31,7 @@ use twill_netlink::{
     MAIN_TABLE, TWILL_RTPROT,
 };
 
-use crate::peers::{check_common, dedupe, on_segment, Claimed};
+use crate::peers::{check_common, claim_order, dedupe, on_segment, Claimed};
 use crate::plan::{plan, route_conflicts, DataplaneState, Owner};
 use crate::{Backend, BackendError, HostContext, LocalSetup, ReconcileReport, UnderlayInterface};
 
@@ -279,8 +279,7 @@ impl VxlanBackend {
         } else {
             Vec::new()
         };
-        let mut sorted: Vec<&SubnetLease> = peers.iter().collect();
-        sorted.sort_by_key(|p| p.key);
+        let sorted = claim_order(peers, &r.config);
         let mut state = DataplaneState::default();
         let mut skipped = Vec::new();
         let mut accepted = Claimed::default();
