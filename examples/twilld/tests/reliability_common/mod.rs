@@ -293,3 +293,10 @@ pub fn put_lease(c: &TwillCluster, subnet: &str, value: &str, ttl_secs: u64) {
     c.etcdctl(&["put", &format!("--lease={id}"), &key, value])
         .unwrap();
 }
+
+/// Waits until `d`'s current run logged `pattern`, panicking with its log.
+pub fn wait_for_log(d: &mut twill_testbed::daemon::Daemon, pattern: &str, timeout: Duration) {
+    if let Err(e) = d.wait_for_log(pattern, timeout) {
+        panic!("{e}\n{}", d.log());
+    }
+}
