@@ -195,7 +195,7 @@ fn etcd_with_user_and_password() {
     let endpoint = format!("-etcd-endpoints={}", etcd.endpoint());
 
     // Without credentials, or with a wrong password: not served, said why.
-    let mut d = twilld(&lan, dir.path(), "anon", &[endpoint.clone()]);
+    let mut d = twilld(&lan, dir.path(), "anon", std::slice::from_ref(&endpoint));
     common::wait_for_log(&mut d, "user name is empty", Duration::from_secs(10));
     assert_not_ready_for(&mut d, 2);
     d.kill().unwrap();
