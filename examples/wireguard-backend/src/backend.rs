@@ -34,6 +34,9 @@ pub const WIREGUARD_OVERHEAD: u32 = 80;
 /// NAT and stateful-firewall mappings open and sessions warm.
 pub const DEFAULT_KEEPALIVE: u16 = 25;
 
+/// UDP socket buffers (`SO_RCVBUFFORCE`): about 2,800 full-size datagrams.
+const UDP_BUFFER: usize = 4 << 20;
+
 /// The `Backend` object's fields, as flannel names them.
 #[derive(Debug, Deserialize)]
 struct ConfigFields {
@@ -120,6 +123,17 @@ pub struct WireguardBackend {
     pump: Option<Pump>,
 }
 
+/// The UDP socket, with buffers big enough for bursts at line rate.
+fn udp_socket(bind: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let socket = std::net::UdpSocket::bind(bind)?;
+    socket.set_nonblocking(true)?;
+    // Needs CAP_NET_ADMIN (we have it: we create devices); best effort.
+    let _ = setsockopt(&socket, sockopt::RcvBufForce, &UDP_BUFFER);
+    let _ = setsockopt(&socket, sockopt::SndBufForce, &UDP_BUFFER);
+    tokio::net::UdpSocket::from_std(socket)
+}
+
 fn custom(context: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> BackendError {
     BackendError::custom(BACKEND_TYPE, context, e)
 }
@@ -175,9 +189,7 @@ impl WireguardBackend {
                 .pop()
                 .ok_or_else(|| custom("creating TUN device", "no queue returned"))?;
             let bind = SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.opts.port));
-            let udp = tokio::net::UdpSocket::bind(bind)
-                .await
-                .map_err(|e| custom(&format!("binding UDP {bind}"), e))?;
+            let udp = udp_socket(bind).map_err(|e| custom(&format!("binding UDP {bind}"), e))?;
             let keepalive = Some(self.opts.keepalive).filter(|k| *k > 0);
             let keys = self.keys.clone();
             self.pump = Some(Pump::start(tun, udp, keys, keepalive, self.opts.psk));
