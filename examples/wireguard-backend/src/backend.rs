@@ -1,17 +1,14 @@
 //! [`WireguardBackend`]: flannel's `wireguard` backend type, in userspace.
 //!
-//! Lease format as flannel's (`pkg/backend/wireguard`): `BackendType`
-//! `wireguard`, `BackendData` `{"PublicKey":"<base64>"}`; peers are reached at
-//! `PublicIP:ListenPort`. Device `flannel-wg`, our subnet's network address
-//! as a `/32` on it, MTU = underlay MTU − 80. Where flannel routes the whole
-//! `Network` into its kernel device, we route each peer's subnet (protocol
-//! 241, so stale routes are collected like the other backends' routes).
+//! flannel's lease format (`BackendData` `{"PublicKey":"<base64>"}`), device
+//! `flannel-wg` with our `/32`, MTU = underlay − 80. Where flannel routes the
+//! whole `Network` into its device, we route each peer's subnet (proto 241).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use ipnetwork::Ipv4Network;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use twill_backend::{
     converge, select_peers, Backend, BackendError, DataplaneState, HostContext, LocalSetup, Owner,
     PeerContext, ReconcileReport,
@@ -34,9 +31,6 @@ pub const WIREGUARD_OVERHEAD: u32 = 80;
 /// NAT and stateful-firewall mappings open and sessions warm.
 pub const DEFAULT_KEEPALIVE: u16 = 25;
 
-/// UDP socket buffers (`SO_RCVBUFFORCE`): about 2,800 full-size datagrams.
-const UDP_BUFFER: usize = 4 << 20;
-
 /// The `Backend` object's fields, as flannel names them.
 #[derive(Debug, Deserialize)]
 struct ConfigFields {
@@ -51,7 +45,7 @@ struct ConfigFields {
 }
 
 /// `BackendData` of a wireguard lease.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct LeaseData {
     #[serde(rename = "PublicKey")]
     public_key: String,
@@ -123,17 +117,6 @@ pub struct WireguardBackend {
     pump: Option<Pump>,
 }
 
-/// The UDP socket, with buffers big enough for bursts at line rate.
-fn udp_socket(bind: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
-    use nix::sys::socket::{setsockopt, sockopt};
-    let socket = std::net::UdpSocket::bind(bind)?;
-    socket.set_nonblocking(true)?;
-    // Needs CAP_NET_ADMIN (we have it: we create devices); best effort.
-    let _ = setsockopt(&socket, sockopt::RcvBufForce, &UDP_BUFFER);
-    let _ = setsockopt(&socket, sockopt::SndBufForce, &UDP_BUFFER);
-    tokio::net::UdpSocket::from_std(socket)
-}
-
 fn custom(context: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> BackendError {
     BackendError::custom(BACKEND_TYPE, context, e)
 }
@@ -182,17 +165,10 @@ impl WireguardBackend {
             if let Some(old) = self.pump.take() {
                 old.stop().await; // frees the UDP port
             }
-            let tun = tokio_tun::Tun::builder()
-                .name(&name)
-                .build()
-                .map_err(|e| custom(&format!("creating TUN device {name}"), e))?
-                .pop()
-                .ok_or_else(|| custom("creating TUN device", "no queue returned"))?;
-            let bind = SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.opts.port));
-            let udp = udp_socket(bind).map_err(|e| custom(&format!("binding UDP {bind}"), e))?;
             let keepalive = Some(self.opts.keepalive).filter(|k| *k > 0);
-            let keys = self.keys.clone();
-            self.pump = Some(Pump::start(tun, udp, keys, keepalive, self.opts.psk));
+            let (keys, port, psk) = (self.keys.clone(), self.opts.port, self.opts.psk);
+            let pump = Pump::open(&name, port, keys, keepalive, psk).await;
+            self.pump = Some(pump.map_err(|e| custom(&format!("opening {name}, UDP {port}"), e))?);
             link = self.nl.link().find(&name)?;
         }
         let link = link.ok_or_else(|| custom("TUN device", format!("{name} vanished")))?;
@@ -203,8 +179,7 @@ impl WireguardBackend {
             self.nl.link().set_up(link.index)?;
         }
         if let Some(own) = self.own {
-            let addr =
-                Ipv4Network::new(own.network_addr(), 32).map_err(|e| custom("address", e))?;
+            let addr = Ipv4Network::new(own.network_addr(), 32).map_err(|e| custom("addr", e))?;
             let index = link.index;
             self.nl.address().set_only(Address { index, addr })?;
         }
@@ -231,11 +206,7 @@ impl Backend for WireguardBackend {
         });
         self.ensure_device(mtu).await?;
         let mut attrs = LeaseAttrs::new(host.public_ip, BACKEND_TYPE);
-        let data = LeaseData {
-            public_key: self.public_key(),
-        };
-        attrs.backend_data =
-            Some(serde_json::to_value(data).map_err(|e| custom("BackendData", e))?);
+        attrs.backend_data = Some(serde_json::json!({ "PublicKey": self.public_key() }));
         Ok(LocalSetup { attrs, mtu })
     }
 
