@@ -5,7 +5,7 @@ set -euo pipefail
 need=()
 for pair in etcd:etcd-server etcdctl:etcd-client protoc:protobuf-compiler ip:iproute2 \
             bridge:iproute2 nft:nftables iperf3:iperf3 tcpdump:tcpdump openssl:openssl \
-            ping:iputils-ping curl:curl; do
+            ping:iputils-ping curl:curl jq:jq; do
     cmd=${pair%%:*}; pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
