@@ -114,6 +114,13 @@ impl LeaseWatch {
     pub async fn next(&mut self) -> Option<RegistryEvent> {
         self.rx.recv().await
     }
+
+    /// An event that is already waiting, without waiting for one: `None`
+    /// when there is none right now (or the watch has ended; [`Self::next`]
+    /// tells which). Lets a consumer apply a burst of events at once.
+    pub fn try_next(&mut self) -> Option<RegistryEvent> {
+        self.rx.try_recv().ok()
+    }
 }
 
 /// Proof that we hold a lease, returned by create and renew.
