@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Start-up at scale: N leases already in etcd; time from twilld's start to
+# /readyz OK (lease held and every peer programmed), and the etcd requests it
+# made meanwhile, counted from etcd's own /metrics (grpc_server_started_total
+# by method). flanneld makes one range request plus one LeaseTimeToLive per
+# lease; the goal is one listing. Anchor: one listing of all N leases by
+# twbench (etcd-client, same machine, same moment).
+#
+# Trials: a cold start (no VXLAN device: every entry is programmed) repeated
+# TRIALS times (the device is deleted before each), then warm restarts (the
+# kernel already holds everything: nothing to program).
+#
+# Usage: benches/scripts/startup.sh           (10,000 leases, 3 trials each)
+#        TINY=1 benches/scripts/startup.sh    (100 leases, 1 trial each)
+# Env: LEASES, TRIALS. Needs root.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+tw_init startup
+
+if [[ "$TW_TINY" == 1 ]]; then
+    LEASES="${LEASES:-100}"; TRIALS="${TRIALS:-1}"
+else
+    LEASES="${LEASES:-10000}"; TRIALS="${TRIALS:-3}"
+fi
+
+tw_build
+tw_ns a
+ns=$(tw_n a)
+ip -n "$ns" link add eth0 type veth peer name eth0p
+ip -n "$ns" link set eth0p up
+ip -n "$ns" addr add 10.0.0.2/24 dev eth0
+ip -n "$ns" link set eth0 up
+tw_etcd a 127.0.0.1
+tw_config a 10.128.0.0/9
+
+tw_log "writing $LEASES leases"
+out=$(ip netns exec "$ns" "$TWBENCH" populate --n "$LEASES")
+tw_take "$out"
+
+run_startup() {
+    local label="$1"
+    shift
+    # twill_etcd logs each listing ("listed leases") at debug level.
+    ip netns exec "$ns" env RUST_LOG=info,twill_etcd=debug "$TWBENCH" startup --label "$label" --trials "$TRIALS" \
+        --readyz http://127.0.0.1:8471/readyz --metrics http://127.0.0.1:2379/metrics \
+        --log "$TW_STATE/$label" "$@" -- \
+        "$TWILLD" -etcd-endpoints=http://127.0.0.1:2379 -iface=10.0.0.2 \
+        -subnet-file="$TW_STATE/subnet.env" -healthz-ip=127.0.0.1 -healthz-port=8471
+}
+
+tw_log "cold starts (VXLAN device deleted before each)"
+out=$(run_startup "startup_${LEASES}_cold" --reset-dev flannel.1)
+tw_take "$out"
+tw_result "startup_${LEASES}_cold_listings" "$(grep -c 'listed leases' "$TW_STATE/startup_${LEASES}_cold.0")" n
+tw_log "warm restarts (kernel already programmed)"
+out=$(run_startup "startup_${LEASES}_warm")
+tw_take "$out"
+tw_result "startup_${LEASES}_warm_listings" "$(grep -c 'listed leases' "$TW_STATE/startup_${LEASES}_warm.0")" n
+
+list=$(tw_value populate_list_ms)
+tw_result "startup_${LEASES}_cold_ratio_vs_listing" \
+    "$(tw_div "$(tw_value "startup_${LEASES}_cold_ready_median_ms")" "$list" %.2f)" x
+tw_result "startup_${LEASES}_warm_ratio_vs_listing" \
+    "$(tw_div "$(tw_value "startup_${LEASES}_warm_ready_median_ms")" "$list" %.2f)" x
+tw_report
