@@ -517,3 +517,50 @@ fn release_deletes_an_expiring_lease() {
     );
     assert_eq!(core.poll_timeout(), None);
 }
+
+#[test]
+fn renewal_retries_stay_within_a_quarter_of_the_ttl() {
+    // A short TTL and an outage long enough for the backoff to reach its
+    // 10 s maximum: retries must still come every TTL/4 at most, so the
+    // first one after the store returns lands before the lease expires.
+    let ttl = Duration::from_secs(4);
+    let t0 = Instant::now();
+    let mut c = config();
+    c.ttl = ttl;
+    let mut core = core_with(c);
+    core.start(t0);
+    assert_eq!(action(&mut core), Action::List);
+    core.handle_input(t0, Input::Listed(Ok(listing(vec![], 10))));
+    let Action::Create { key: k, .. } = action(&mut core) else {
+        panic!("expected Create")
+    };
+    let h = HeldLease {
+        lease: lease(k, OUR_IP, 11),
+        ttl: Some(ttl),
+    };
+    core.handle_input(
+        t0,
+        Input::Created {
+            key: k,
+            result: Ok(h),
+        },
+    );
+    let mut now = core.poll_timeout().unwrap();
+    for _ in 0..30 {
+        core.handle_timeout(now);
+        assert!(matches!(action(&mut core), Action::Renew { .. }));
+        core.handle_input(
+            now,
+            Input::Renewed(Err(RegistryError::Unavailable {
+                reason: "down".into(),
+            })),
+        );
+        let next = core.poll_timeout().unwrap();
+        assert!(
+            next > now && next - now <= ttl / 4,
+            "retry after {:?}",
+            next - now
+        );
+        now = next;
+    }
+}

@@ -808,8 +808,16 @@ impl LeaseCore {
             (LeaseState::Held { held, failures, .. }, Err(e)) => {
                 *failures += 1;
                 let key = held.lease.key;
+                let ttl = held.ttl;
                 let attempt = *failures;
-                let at = self.backoff(now, attempt);
+                let mut at = self.backoff(now, attempt);
+                // However long the store was away, retry at least every
+                // quarter TTL: once it is back (an etcd cluster restarted
+                // refreshes its leases for one TTL) a renewal lands before
+                // the lease expires, instead of up to `retry.max` later.
+                if let Some(ttl) = ttl {
+                    at = at.min(now + (ttl / 4).max(Duration::from_millis(1)));
+                }
                 if let LeaseState::Held { renew_at, .. } = &mut self.state {
                     *renew_at = Some(at);
                 }
