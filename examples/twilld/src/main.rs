@@ -329,7 +329,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
                 .borrow_and_update()
                 .leases
                 .values()
-                .cloned()
+                .map(|l| SubnetLease::clone(l))
                 .collect::<Vec<_>>(),
         )
         .await;
@@ -337,11 +337,11 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         tokio::select! {
             changed = peers.changed() => {
                 if changed.is_err() { bail!("the lease manager stopped"); }
-                let set: Vec<SubnetLease> = peers.borrow_and_update().leases.values().cloned().collect();
+                let set: Vec<SubnetLease> = peers.borrow_and_update().leases.values().map(|l| SubnetLease::clone(l)).collect();
                 agent.reconcile(&set).await;
             }
             _ = tick.tick() => {
-                let set: Vec<SubnetLease> = peers.borrow().leases.values().cloned().collect();
+                let set: Vec<SubnetLease> = peers.borrow().leases.values().map(|l| SubnetLease::clone(l)).collect();
                 agent.reconcile(&set).await;
                 check_config_drift(&registry, &config, &status, &mut stored_config).await;
             }

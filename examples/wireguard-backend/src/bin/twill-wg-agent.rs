@@ -209,7 +209,12 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
-        let set: Vec<SubnetLease> = peers.borrow_and_update().leases.values().cloned().collect();
+        let set: Vec<SubnetLease> = peers
+            .borrow_and_update()
+            .leases
+            .values()
+            .map(|l| SubnetLease::clone(l))
+            .collect();
         reconcile(&mut *backend, &set, &mut reported).await;
     }
     if flags.release_on_exit {
