@@ -302,6 +302,8 @@ fn partition_from_etcd_longer_than_the_ttl() {
         before,
         "the cut-off host keeps its dataplane"
     );
+    // As far as it knows it still holds its lease: it stays ready.
+    assert_eq!(common::http_status(&c, cut, "/readyz"), Some(200));
     common::heal_partition(&c, cut);
     let t = Instant::now();
     common::wait_converged_among(&c, &[0, 1, 2], Duration::from_secs(30));
