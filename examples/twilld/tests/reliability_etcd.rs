@@ -82,7 +82,7 @@ fn cluster_with_all_endpoints(n: usize, extra: &[&str]) -> TwillCluster {
 fn one_member_of_three_down_has_no_effect() {
     twill_testbed::require_root!();
     twill_testbed::require_etcd!();
-    let mut c = cluster_with_all_endpoints(3, &["--lease-ttl=3s"]);
+    let mut c = cluster_with_all_endpoints(3, &["--lease-ttl=4s"]);
     c.add_containers().unwrap();
     let before = snapshot(&c);
     // Crash the member host 1's daemon was using first.
@@ -90,7 +90,7 @@ fn one_member_of_three_down_has_no_effect() {
     let r0: Vec<f64> = (0..3).map(|i| renewals(&c, i)).collect();
     let down = Instant::now();
     // Longer than two TTLs: every lease must be renewed through the others.
-    while down.elapsed() < Duration::from_secs(7) {
+    while down.elapsed() < Duration::from_secs(9) {
         assert_eq!(
             snapshot(&c),
             before,
@@ -119,7 +119,7 @@ fn one_member_of_three_down_has_no_effect() {
     report(
         "etcd: 1 of 3 members down",
         &format!(
-            "kernel unchanged for 7 s (> 2 TTLs), leases renewed via the other members, new lease programmed in {} ms, removal in {} ms",
+            "kernel unchanged for 9 s (> 2 TTLs), leases renewed via the other members, new lease programmed in {} ms, removal in {} ms",
             add.as_millis(),
             del.as_millis()
         ),
@@ -438,7 +438,7 @@ fn watch_history_compacted_while_disconnected() {
     let away = 2;
     common::reset_local_etcd_clients(&c, away);
     c.daemon_mut(away)
-        .wait_for_log("lease watch failed", Duration::from_secs(10))
+        .wait_for_log("lease watch", Duration::from_secs(10))
         .unwrap();
     // Changes it misses, then history compacted past them.
     common::put_lease(

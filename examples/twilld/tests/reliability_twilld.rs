@@ -162,24 +162,23 @@ fn two_daemons_with_one_public_ip_never_make_two_leases() {
             c.daemon_mut(1).exit_status()
         };
         assert!(code.is_some_and(|s| !s.success()), "{code:?}");
-        // Never two leases for 10.0.0.3.
-        std::thread::sleep(Duration::from_millis(500));
+        // The winner serves; then never two leases for 10.0.0.3.
+        if c.daemon_mut(1).is_running() {
+            c.wait_ready(1, Duration::from_secs(20)).unwrap();
+        } else {
+            other
+                .wait_ready("127.0.0.1:8472".parse().unwrap(), Duration::from_secs(20))
+                .unwrap();
+        }
         let leases = c.leases().unwrap();
         let ours: Vec<_> = leases
             .iter()
             .filter(|l| l.public_ip == Some(c.ip(1)))
             .collect();
         assert_eq!(ours.len(), 1, "{leases:?}\n{}\n{}", c.logs(), other.log());
-        // The winner serves; stop both for the next round.
-        if c.daemon_mut(1).is_running() {
-            c.wait_ready(1, Duration::from_secs(20)).unwrap();
-            c.daemon_mut(1).sigterm().unwrap();
-        } else {
-            other
-                .wait_ready("127.0.0.1:8472".parse().unwrap(), Duration::from_secs(20))
-                .unwrap();
-            other.sigterm().unwrap();
-        }
+        // Stop both for the next round.
+        c.daemon_mut(1).sigterm().unwrap();
+        other.sigterm().unwrap();
     }
     report(
         "two daemons, one public IP",
