@@ -4,7 +4,7 @@
 //! reported and returns the operations that turn one into the other,
 //! touching only entries that [`Owner`] says are ours.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use twill_netlink::{FdbEntry, MacAddr, Neighbour, Request, Route};
 
@@ -52,6 +52,20 @@ impl Owner {
         r.protocol == self.protocol
             && r.table == self.table
             && r.oif.is_some_and(|o| self.route_oifs.contains(&o))
+    }
+
+    /// Whether `observed`, a route we did not create, is exactly `desired`
+    /// but for its protocol: flanneld's own route for the same lease (same
+    /// destination, gateway, device, onlink flag and table). Taking it over
+    /// changes no forwarding and lets twilld replace flanneld in place; any
+    /// other foreign route is left alone.
+    #[must_use]
+    pub fn adopts_route(&self, observed: &Route, desired: &Route) -> bool {
+        !self.owns_route(observed)
+            && Route {
+                protocol: desired.protocol,
+                ..*observed
+            } == *desired
     }
 }
 
@@ -194,7 +208,9 @@ pub fn plan(desired: &DataplaneState, observed: &DataplaneState, owner: &Owner) 
         let present = observed_here.contains(&r);
         // Never replace someone else's route: that destination is reported
         // by `route_conflicts` instead.
-        let foreign = observed_here.iter().any(|h| !owner.owns_route(h));
+        let foreign = observed_here
+            .iter()
+            .any(|h| !owner.owns_route(h) && !owner.adopts_route(h, r));
         if !present && !foreign {
             adds.push(Op::ReplaceRoute(*r));
         }
@@ -227,16 +243,18 @@ pub fn route_conflicts(
 ) -> Vec<Route> {
     // A set, not a scan per desired route: O(n log n) at 10,000 peers
     // instead of 100 M comparisons per reconcile.
-    let foreign: BTreeSet<_> = observed
-        .routes
-        .iter()
-        .filter(|h| !owner.owns_route(h))
-        .map(|h| (h.table, h.dst))
-        .collect();
+    let mut foreign: BTreeMap<(u32, ipnetwork::Ipv4Network), Vec<&Route>> = BTreeMap::new();
+    for h in observed.routes.iter().filter(|h| !owner.owns_route(h)) {
+        foreign.entry((h.table, h.dst)).or_default().push(h);
+    }
     desired
         .routes
         .iter()
-        .filter(|r| foreign.contains(&(r.table, r.dst)))
+        .filter(|r| {
+            foreign
+                .get(&(r.table, r.dst))
+                .is_some_and(|hs| hs.iter().any(|h| !owner.adopts_route(h, r)))
+        })
         .copied()
         .collect()
 }
@@ -401,13 +419,41 @@ mod tests {
     fn foreign_route_at_our_destination_is_not_replaced() {
         let mut observed = DataplaneState::default();
         let (_, _, r) = peer(3);
-        observed.routes.push(r.protocol(4));
+        // Another route to the same destination (not our layout): not ours.
+        let mut foreign = r.protocol(4);
+        foreign.gateway = Some("10.0.0.9".parse().expect("ip"));
+        observed.routes.push(foreign);
         let desired = state(&[3]);
         let ops = plan(&desired, &observed, &owner());
         assert!(!ops
             .iter()
             .any(|o| matches!(o, Op::ReplaceRoute(_) | Op::DeleteRoute(_))));
         assert_eq!(route_conflicts(&desired, &observed, &owner()), vec![r]);
+    }
+
+    #[test]
+    fn flanneld_route_identical_but_for_protocol_is_taken_over() {
+        // What flanneld leaves behind when twilld replaces it on a host.
+        let mut observed = DataplaneState::default();
+        let (_, _, r) = peer(3);
+        let flanneld = r.protocol(3);
+        observed.routes.push(flanneld);
+        let desired = state(&[3]);
+        let ops = plan(&desired, &observed, &owner());
+        assert!(ops.contains(&Op::ReplaceRoute(r)), "{ops:?}");
+        assert!(route_conflicts(&desired, &observed, &owner()).is_empty());
+        let after = simulate(&observed, &ops);
+        assert!(after.routes.contains(&r) && !after.routes.contains(&flanneld));
+        assert!(plan(&desired, &after, &owner()).is_empty());
+        // The same route through another gateway is someone else's: kept.
+        let mut other = r.protocol(3);
+        other.gateway = Some("10.0.0.9".parse().expect("ip"));
+        let observed = DataplaneState {
+            routes: vec![other],
+            ..DataplaneState::default()
+        };
+        let ops = plan(&desired, &observed, &owner());
+        assert!(!ops.iter().any(|o| matches!(o, Op::ReplaceRoute(_))));
     }
 
     fn arb_route() -> impl Strategy<Value = Route> {
@@ -512,15 +558,17 @@ mod tests {
                     Op::DeleteRoute(r) => prop_assert!(o.owns_route(r)),
                     Op::ReplaceRoute(r) => {
                         // Never overwrites a foreign route at the same destination.
-                        prop_assert!(!observed.routes.iter().any(|h| (h.table, h.dst) == (r.table, r.dst) && !o.owns_route(h)));
+                        prop_assert!(!observed.routes.iter().any(|h| (h.table, h.dst) == (r.table, r.dst) && !o.owns_route(h) && !o.adopts_route(h, r)));
                     }
                     _ => {}
                 }
             }
             let after = simulate(&observed, &ops);
             // Foreign routes and FDB entries survive untouched.
+            // (but for flanneld's identical routes, which are taken over).
             for r in observed.routes.iter().filter(|r| !o.owns_route(r)) {
-                prop_assert!(after.routes.contains(r));
+                let adopted = desired.routes.iter().any(|d| o.adopts_route(r, d));
+                prop_assert!(adopted || after.routes.contains(r));
             }
             for e in observed.fdb.iter().filter(|e| !o.owns_fdb(e)) {
                 prop_assert!(after.fdb.contains(e));

@@ -401,3 +401,60 @@ async fn thousand_peers_then_half_removed_leaves_exactly_half() {
     assert_eq!(shown.lines().count(), 500);
     assert_eq!(b.reconcile(&peers[..500]).await.expect("again").planned, 0);
 }
+
+/// Migrating a host from flanneld: flanneld's routes (same layout, another
+/// route protocol) are taken over, not left blocking the peer.
+#[tokio::test]
+async fn flanneld_routes_are_taken_over_in_place() {
+    twill_testbed::require_root!();
+    let lan = Lan::new(2).expect("lan");
+    let cfg = config(r#"{"Type":"vxlan"}"#);
+    let mut backends = Vec::new();
+    let mut leases = Vec::new();
+    for (i, h) in lan.hosts.iter().enumerate() {
+        let mut b = backend(h, VxlanOptions::default());
+        let (_, own) = bring_up(&mut b, h, &cfg, u8::try_from(i + 1).expect("n")).await;
+        backends.push(b);
+        leases.push(own);
+    }
+    let h1 = &lan.hosts[0].ns;
+    // What flanneld programmed for the peer (iproute2's default proto boot),
+    // and a route to somewhere else on the device that no lease justifies.
+    h1.ip(&[
+        "route",
+        "add",
+        "10.244.2.0/24",
+        "via",
+        "10.244.2.0",
+        "dev",
+        "flannel.1",
+        "onlink",
+    ])
+    .expect("flanneld-style route");
+    h1.ip(&[
+        "route",
+        "add",
+        "10.244.9.0/24",
+        "via",
+        "10.244.9.0",
+        "dev",
+        "flannel.1",
+        "onlink",
+    ])
+    .expect("unjustified foreign route");
+    let report = backends[0].reconcile(&leases).await.expect("reconcile");
+    assert!(report.skipped.is_empty(), "{report:?}");
+    let ours = h1.ip(&["route", "show", "proto", "241"]).expect("route");
+    assert_eq!(
+        ours.trim(),
+        "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink"
+    );
+    let boot = h1.ip(&["route", "show", "proto", "boot"]).expect("route");
+    assert_eq!(
+        boot.trim(),
+        "10.244.9.0/24 via 10.244.9.0 dev flannel.1 onlink",
+        "only the unjustified foreign route is left as it was"
+    );
+    let again = backends[0].reconcile(&leases).await.expect("reconcile");
+    assert_eq!(again.planned, 0, "{again:?}");
+}
