@@ -303,7 +303,6 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let handle = manager.spawn();
     status.lease_held.store(true, Ordering::Relaxed);
     let mut own = held.lease.key;
-    info!(subnet = %own, "lease acquired for {}", own.ipv4);
     activate(&mut backend, &held, &config, local.mtu, &flags)?;
     backend
         .activate(&held.lease)

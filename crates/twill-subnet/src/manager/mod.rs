@@ -405,32 +405,35 @@ impl<R: Registry + ?Sized> Driver<R> {
     }
 }
 
+/// Events are the API: the embedder subscribes to [`LeaseHandle::events`]
+/// and logs them at the level it wants (twilld logs each at info/warn). The
+/// library only traces them at debug, so nothing is logged twice.
 fn log_event(ev: &LeaseEvent) {
     match ev {
-        LeaseEvent::Acquired { lease, attempts } => tracing::info!(
+        LeaseEvent::Acquired { lease, attempts } => tracing::debug!(
             subnet = %lease.key, attempts, reservation = lease.is_reservation(), "acquired lease"
         ),
         LeaseEvent::Reacquired { lease, previous } => {
-            tracing::info!(subnet = %lease.key, %previous, "re-acquired lease");
+            tracing::debug!(subnet = %lease.key, %previous, "re-acquired lease");
         }
-        LeaseEvent::Renewed { key, ttl } => tracing::info!(subnet = %key, ?ttl, "renewed lease"),
+        LeaseEvent::Renewed { key, ttl } => tracing::debug!(subnet = %key, ?ttl, "renewed lease"),
         LeaseEvent::RenewFailed { key, reason } => {
-            tracing::warn!(subnet = %key, "renewing lease failed: {reason}");
+            tracing::debug!(subnet = %key, "renewing lease failed: {reason}");
         }
-        LeaseEvent::Lost { key, reason } => tracing::warn!(subnet = %key, "lost lease: {reason}"),
+        LeaseEvent::Lost { key, reason } => tracing::debug!(subnet = %key, "lost lease: {reason}"),
         LeaseEvent::AcquireRetry { attempts, reason } => {
             tracing::debug!(attempts, "acquiring a lease: {reason}; retrying");
         }
         LeaseEvent::AcquireFailed { reason } => {
-            tracing::error!("acquiring a lease failed: {reason}");
+            tracing::debug!("acquiring a lease failed: {reason}");
         }
-        LeaseEvent::PeerAdded(key) => tracing::info!(subnet = %key, "peer added"),
-        LeaseEvent::PeerUpdated(key) => tracing::info!(subnet = %key, "peer updated"),
-        LeaseEvent::PeerRemoved(key) => tracing::info!(subnet = %key, "peer removed"),
+        LeaseEvent::PeerAdded(key) => tracing::debug!(subnet = %key, "peer added"),
+        LeaseEvent::PeerUpdated(key) => tracing::debug!(subnet = %key, "peer updated"),
+        LeaseEvent::PeerRemoved(key) => tracing::debug!(subnet = %key, "peer removed"),
         // Logged once by the core when first seen.
         LeaseEvent::Skipped { .. } => {}
         LeaseEvent::Resynced { peers } => tracing::debug!(peers, "peer set resynced"),
-        LeaseEvent::Released { key } => tracing::info!(subnet = ?key, "released lease"),
+        LeaseEvent::Released { key } => tracing::debug!(subnet = ?key, "released lease"),
     }
 }
 
