@@ -75,12 +75,7 @@ impl Backend for HostGwBackend {
             .ready
             .as_ref()
             .ok_or(BackendError::NotReady("activate", "setup"))?;
-        r.config
-            .check_subnet(&own.key)
-            .map_err(|e| BackendError::OwnLease {
-                key: own.key,
-                reason: e.to_string(),
-            })?;
+        BackendError::check_own_lease(&r.config, own)?;
         self.own = Some(own.key);
         Ok(())
     }

@@ -223,6 +223,22 @@ pub trait Backend: Send {
     async fn reconcile(&mut self, peers: &[SubnetLease]) -> Result<ReconcileReport, BackendError>;
 }
 
+impl BackendError {
+    /// Checks, in [`Backend::activate`], that our own lease can be used: its
+    /// subnet lies inside `Network`. Every backend needs this check.
+    ///
+    /// # Errors
+    /// [`BackendError::OwnLease`] naming the subnet and the reason.
+    pub fn check_own_lease(config: &NetworkConfig, own: &SubnetLease) -> Result<(), BackendError> {
+        config
+            .check_subnet(&own.key)
+            .map_err(|e| BackendError::OwnLease {
+                key: own.key,
+                reason: e.to_string(),
+            })
+    }
+}
+
 /// Builds a backend from the `Backend` config object. A closure may capture
 /// what the config does not hold (a key file path, a device name...).
 pub type BackendFactory =
