@@ -4,7 +4,9 @@
 # `ip -batch` + `bridge -batch`, and prints both times and their ratio.
 #
 # Usage: benches/scripts/program_peers.sh [N...]    (default: 1000 10000)
-#        TINY=1 benches/scripts/program_peers.sh     (10 peers: CI smoke run)
+#        TINY=1 benches/scripts/program_peers.sh     (10 peers, once: CI smoke run)
+# Env: REPEAT (default 3): each size is measured REPEAT times, alternating
+# twill and iproute2, and the medians are reported.
 # Needs root. Everything happens in namespaces named twl-bench-<pid>-*,
 # removed on exit. Ends with `name: value unit` lines.
 set -euo pipefail
@@ -14,16 +16,24 @@ if [[ $# -gt 0 ]]; then
     COUNTS=("$@")
 elif [[ "${TINY:-0}" == "1" ]]; then
     COUNTS=(10)
+    REPEAT="${REPEAT:-1}"
 else
     COUNTS=(1000 10000)
 fi
+REPEAT="${REPEAT:-3}"
 if [[ $(id -u) -ne 0 ]]; then
     echo "program_peers.sh: needs root (network namespaces)" >&2
     exit 1
 fi
 
-cargo build --release -q -p twill-netlink --example program_peers
-BIN="${CARGO_TARGET_DIR:-target}/release/examples/program_peers"
+# PROFILE=debug reuses the debug build the tests made (the CI smoke run).
+PROFILE="${PROFILE:-release}"
+if [[ "$PROFILE" == debug ]]; then
+    cargo build -q -p twill-netlink --example program_peers
+else
+    cargo build --release -q -p twill-netlink --example program_peers
+fi
+BIN="${CARGO_TARGET_DIR:-target}/$PROFILE/examples/program_peers"
 PREFIX="twl-bench-$$"
 WORK="$(mktemp -d)"
 NAMESPACES=()
@@ -78,37 +88,48 @@ count_entries() {
     echo "$routes $neigh $fdb"
 }
 
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
+
 RESULTS=()
 for n in "${COUNTS[@]}"; do
-    a="$PREFIX-twill-$n"
-    b="$PREFIX-iproute2-$n"
+    TWILL=(); IPR=()
+    # Alternate the two, REPEAT times each, fresh namespaces every time; medians.
+    for rep in $(seq 1 "$REPEAT"); do
+        a="$PREFIX-twill-$n-$rep"
+        b="$PREFIX-iproute2-$n-$rep"
 
-    make_ns "$a"
-    out=$(ip netns exec "$a" "$BIN" "$n")
-    t_twill=$(awk '/^seconds:/ {print $2}' <<<"$out")
-    got=$(count_entries "$a")
-    [[ "$got" == "$n $n $n" ]] || { echo "twill programmed '$got', want '$n $n $n'" >&2; exit 1; }
+        make_ns "$a"
+        out=$(ip netns exec "$a" "$BIN" "$n")
+        t_twill=$(awk '/^seconds:/ {print $2}' <<<"$out")
+        got=$(count_entries "$a")
+        [[ "$got" == "$n $n $n" ]] || { echo "twill programmed '$got', want '$n $n $n'" >&2; exit 1; }
 
-    make_ns "$b"
-    write_batches "$n"
-    t0=$(now)
-    ip -n "$b" -batch "$WORK/ip.batch"
-    ip netns exec "$b" bridge -batch "$WORK/bridge.batch"
-    t1=$(now)
-    t_ip=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }')
-    got=$(count_entries "$b")
-    [[ "$got" == "$n $n $n" ]] || { echo "iproute2 programmed '$got', want '$n $n $n'" >&2; exit 1; }
+        make_ns "$b"
+        write_batches "$n"
+        t0=$(now)
+        ip -n "$b" -batch "$WORK/ip.batch"
+        ip netns exec "$b" bridge -batch "$WORK/bridge.batch"
+        t1=$(now)
+        t_ip=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }')
+        got=$(count_entries "$b")
+        [[ "$got" == "$n $n $n" ]] || { echo "iproute2 programmed '$got', want '$n $n $n'" >&2; exit 1; }
+        echo "peers=$n run=$rep twill=${t_twill}s iproute2=${t_ip}s ($(awk '/^batch_size:/ {print $2}' <<<"$out") msgs/send)" >&2
+        TWILL+=("$t_twill"); IPR+=("$t_ip")
+        [[ -n "${SAMPLES_DIR:-}" ]] && echo "$n $rep $t_twill $t_ip" >>"$SAMPLES_DIR/program_peers_samples.txt"
 
+        ip netns del "$a"; ip netns del "$b"
+        NAMESPACES=()
+    done
+    t_twill=$(median "${TWILL[@]}")
+    t_ip=$(median "${IPR[@]}")
     ratio=$(awk -v a="$t_twill" -v b="$t_ip" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')
-    echo "peers=$n twill=${t_twill}s iproute2=${t_ip}s ratio=${ratio}x ($(awk '/^batch_size:/ {print $2}' <<<"$out") msgs/send)"
     RESULTS+=("program_${n}_twill_s: $t_twill s")
     RESULTS+=("program_${n}_iproute2_s: $t_ip s")
     RESULTS+=("program_${n}_ratio_twill_vs_iproute2: $ratio x")
-
-    ip netns del "$a"; ip netns del "$b"
-    NAMESPACES=()
 done
 
 for r in "${RESULTS[@]}"; do
     echo "$r"
 done
+[[ -n "${RESULTS_FILE:-}" ]] && printf '%s\n' "${RESULTS[@]}" >>"$RESULTS_FILE"
+exit 0

@@ -2,9 +2,11 @@
 # Start-up at scale: N leases already in etcd; time from twilld's start to
 # /readyz OK (lease held and every peer programmed), and the etcd requests it
 # made meanwhile, counted from etcd's own /metrics (grpc_server_started_total
-# by method). flanneld makes one range request plus one LeaseTimeToLive per
-# lease; the goal is one listing. Anchor: one listing of all N leases by
-# twbench (etcd-client, same machine, same moment).
+# by method) and from twilld's debug log ("listed leases"). flanneld makes one
+# range request plus one LeaseTimeToLive per lease; the goal is one listing.
+# Anchors, same run: one listing of all N leases by twbench (etcd-client),
+# and iproute2 programming the same N peers into a fresh namespace (the
+# kernel's share of a cold start).
 #
 # Trials: a cold start (no VXLAN device: every entry is programmed) repeated
 # TRIALS times (the device is deleted before each), then warm restarts (the
@@ -56,6 +58,31 @@ tw_log "warm restarts (kernel already programmed)"
 out=$(run_startup "startup_${LEASES}_warm")
 tw_take "$out"
 tw_result "startup_${LEASES}_warm_listings" "$(grep -c 'listed leases' "$TW_STATE/startup_${LEASES}_warm.0")" n
+
+tw_log "anchor: iproute2 programming the same $LEASES peers (ip -batch + bridge -batch)"
+tw_ns scratch
+sns=$(tw_n scratch)
+ip -n "$sns" link add eth0 type veth peer name eth0p
+ip -n "$sns" addr add 10.0.0.2/24 dev eth0
+ip -n "$sns" link set eth0 up
+ip -n "$sns" link set eth0p up
+ip -n "$sns" link add flannel.1 type vxlan id 1 local 10.0.0.2 dev eth0 dstport 8472 nolearning
+ip -n "$sns" link set flannel.1 up
+awk -v n="$LEASES" -v ipf="$TW_STATE/ip.batch" -v brf="$TW_STATE/bridge.batch" 'BEGIN {
+    for (i = 0; i < n; i++) {
+        gw = sprintf("10.%d.%d.0", 128 + int(i / 256), i % 256); p = i + 1
+        mac = sprintf("0e:00:00:%02x:%02x:%02x", int(i / 65536) % 256, int(i / 256) % 256, i % 256)
+        printf "neigh replace %s lladdr %s dev flannel.1 nud permanent\n", gw, mac > ipf
+        printf "route replace %s/24 via %s dev flannel.1 onlink proto 241\n", gw, gw > ipf
+        printf "fdb append %s dev flannel.1 dst 10.1.%d.%d self permanent\n", mac, int(p / 256), p % 256 > brf
+    } }'
+t0=$(date +%s%N)
+ip -n "$sns" -batch "$TW_STATE/ip.batch"
+ip netns exec "$sns" bridge -batch "$TW_STATE/bridge.batch"
+t1=$(date +%s%N)
+tw_result "startup_${LEASES}_anchor_iproute2_program_ms" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", (b - a) / 1e6 }')" ms
+tw_result "startup_${LEASES}_cold_ratio_vs_iproute2_program" \
+    "$(tw_div "$(tw_value "startup_${LEASES}_cold_ready_median_ms")" "$(tw_value "startup_${LEASES}_anchor_iproute2_program_ms")" %.2f)" x
 
 list=$(tw_value populate_list_ms)
 tw_result "startup_${LEASES}_cold_ratio_vs_listing" \

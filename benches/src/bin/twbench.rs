@@ -794,14 +794,19 @@ async fn startup(opts: &Opts) -> Result<()> {
     Ok(())
 }
 
-fn rss_kib(pid: u32) -> Result<u64> {
+fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .context("no VmRSS")
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+/// VmRSS: what the goal is about (binary pages included).
+fn rss_kib(pid: u32) -> Result<u64> {
+    status_kib(pid, "VmRSS:")
 }
 
 /// Waits until the kernel holds routes for exactly `want` of `peers`.
@@ -850,6 +855,7 @@ async fn memory(opts: &Opts) -> Result<()> {
 
     tokio::time::sleep(settle).await;
     let rss0 = rss_kib(pid)?;
+    let anon0 = status_kib(pid, "RssAnon:")?;
     let mut lease = client.lease_grant(3600, None).await?.id();
     put_txns(&mut client, &prefix, lease, &peers[..mid as usize]).await?;
     wait_routes(&mut nl, &mut present, &ours, mid as usize, timeout).await?;
@@ -859,6 +865,8 @@ async fn memory(opts: &Opts) -> Result<()> {
     wait_routes(&mut nl, &mut present, &ours, n as usize, timeout).await?;
     tokio::time::sleep(settle).await;
     let rss_n = rss_kib(pid)?;
+    // RssAnon: the heap and stacks alone, without the binary's pages.
+    let anon_n = status_kib(pid, "RssAnon:")?;
     let mut per_cycle = Vec::new();
     for c in 0..cycles {
         client.lease_revoke(lease).await?;
@@ -878,8 +886,10 @@ async fn memory(opts: &Opts) -> Result<()> {
     let mib = |k: u64| k as f64 / 1024.0;
     let after = per_cycle.last().copied().unwrap_or(rss_n);
     println!("rss_0_peers_mib: {:.1} MiB", mib(rss0));
+    println!("rss_anon_0_peers_mib: {:.1} MiB", mib(anon0));
     println!("rss_{mid}_peers_mib: {:.1} MiB", mib(rss_mid));
     println!("rss_{n}_peers_mib: {:.1} MiB", mib(rss_n));
+    println!("rss_anon_{n}_peers_mib: {:.1} MiB", mib(anon_n));
     println!(
         "rss_{n}_peers_after_{cycles}_cycles_mib: {:.1} MiB",
         mib(after)
