@@ -1,7 +1,8 @@
 //! The VXLAN backend, laid out exactly as flannel v0.28 lays it out.
 //!
 //! Device `flannel.<VNI>` (learning off, `local` = our underlay address,
-//! underlay device set, MTU = underlay MTU − 50 unless `MTU` is configured),
+//! underlay device set, MTU = underlay MTU − 50 unless `MTU` is configured,
+//! `accept_ra` 0 as flannel sets it),
 //! our subnet's network address as a `/32` on it, and per peer:
 //!
 //! ```text
@@ -146,6 +147,9 @@ pub struct VxlanBackend {
     nl: NetlinkHandle,
     ready: Option<Ready>,
     own: Option<SubnetKey>,
+    /// The handle is in this thread's namespace, so its `/proc/sys` is ours
+    /// to set (not known for a handle given to [`Self::with_handle`]).
+    sysctls: bool,
 }
 
 impl VxlanBackend {
@@ -155,10 +159,10 @@ impl VxlanBackend {
     /// # Errors
     /// Bad config or no netlink socket.
     pub fn from_config(config: &BackendConfig) -> Result<Self, BackendError> {
-        Ok(Self::with_handle(
-            VxlanOptions::from_config(config)?,
-            NetlinkHandle::new()?,
-        ))
+        Ok(Self {
+            sysctls: true,
+            ..Self::with_handle(VxlanOptions::from_config(config)?, NetlinkHandle::new()?)
+        })
     }
 
     /// Builds from parsed options and an existing netlink handle (whose
@@ -170,6 +174,7 @@ impl VxlanBackend {
             nl,
             ready: None,
             own: None,
+            sysctls: false,
         }
     }
 
@@ -229,7 +234,11 @@ impl VxlanBackend {
                 }
                 repaired = true;
                 let spec = self.spec(&r);
-                self.nl.link().add_vxlan(&spec)?
+                let link = self.nl.link().add_vxlan(&spec)?;
+                if self.sysctls {
+                    disable_accept_ra(&name);
+                }
+                link
             }
         };
         if link.mac != Some(r.mac) {
@@ -338,6 +347,17 @@ impl VxlanBackend {
             Some(FdbEntry::permanent(dev, mac, public)),
             Route::new(peer.key.ipv4).via(gw).dev(dev).onlink(),
         )))
+    }
+}
+
+/// As flannel does for its device: no IPv6 router advertisements accepted on
+/// the overlay. Best effort (IPv6 may be disabled). Writes the sysctl of the
+/// calling thread's network namespace: only for a backend whose handle was
+/// opened there ([`VxlanBackend::from_config`], as twilld builds it).
+fn disable_accept_ra(device: &str) {
+    let path = format!("/proc/sys/net/ipv6/conf/{device}/accept_ra");
+    if let Err(e) = std::fs::write(&path, b"0") {
+        tracing::debug!(%path, "cannot disable accept_ra: {e}");
     }
 }
 
