@@ -124,12 +124,12 @@ describe() {
     local ns="$1"
     ip -n "$ns" -d link show flannel.1 | sed -E 's/link\/ether [0-9a-f:]+/link\/ether MAC/; s/local [0-9.]+/local IP/; s/ (mtu|index|ifindex) [0-9]+/ \1 N/g; s/^[0-9]+: //; s/@if[0-9]+//; s/ numtxqueues.*//' | grep -v "^ *$"
     if command -v ethtool >/dev/null; then ip netns exec "$ns" ethtool -k flannel.1 | grep -v fixed; fi
-    ip netns exec "$ns" sysctl -n net.ipv4.conf.flannel/1.rp_filter
+    ip netns exec "$ns" sysctl net.ipv4.conf.flannel/1.rp_filter net.ipv6.conf.flannel/1.accept_ra 2>/dev/null || true
 }
 describe "$(tw_n f-h1)" >"$SAMPLES/dataplane_flannel1_handbuilt.txt"
 describe "$(tw_n t-h1)" >"$SAMPLES/dataplane_flannel1_twill.txt"
 if diff -u "$SAMPLES/dataplane_flannel1_handbuilt.txt" "$SAMPLES/dataplane_flannel1_twill.txt" >"$SAMPLES/dataplane_flannel1.diff"; then
-    tw_log "  identical (ip -d link, ethtool -k, rp_filter)"
+    tw_log "  identical (ip -d link, ethtool -k, rp_filter, accept_ra)"
     DEVICES_DIFFER=0
 else
     tw_log "  they differ:"
