@@ -81,6 +81,14 @@ impl Backend for HostGwBackend {
     }
 
     async fn reconcile(&mut self, peers: &[SubnetLease]) -> Result<ReconcileReport, BackendError> {
+        let refs: Vec<&SubnetLease> = peers.iter().collect();
+        self.reconcile_refs(&refs).await
+    }
+
+    async fn reconcile_refs(
+        &mut self,
+        peers: &[&SubnetLease],
+    ) -> Result<ReconcileReport, BackendError> {
         let r = self
             .ready
             .clone()
@@ -92,7 +100,7 @@ impl Backend for HostGwBackend {
             .into_iter()
             .map(|a| a.addr)
             .collect();
-        let sorted = claim_order(peers, &r.config);
+        let sorted = claim_order(peers.iter().copied(), &r.config);
         let mut report = ReconcileReport::default();
         let mut desired = DataplaneState::default();
         let mut accepted = Claimed::default();

@@ -68,10 +68,10 @@ pub(crate) struct Claimed(BTreeMap<u32, (u32, SubnetKey)>);
 /// written later with a covering prefix (e.g. a /23 over a peer's /24) is
 /// the one skipped, never the peer it overlaps.
 pub(crate) fn claim_order<'a>(
-    peers: &'a [SubnetLease],
+    peers: impl IntoIterator<Item = &'a SubnetLease>,
     config: &NetworkConfig,
 ) -> Vec<&'a SubnetLease> {
-    let mut sorted: Vec<&SubnetLease> = peers.iter().collect();
+    let mut sorted: Vec<&SubnetLease> = peers.into_iter().collect();
     sorted.sort_by_key(|p| (p.key.ipv4.prefix() != config.subnet_len, p.revision, p.key));
     sorted
 }

@@ -276,7 +276,7 @@ impl VxlanBackend {
         &mut self,
         r: &Ready,
         dev: u32,
-        peers: &[SubnetLease],
+        peers: &[&SubnetLease],
     ) -> Result<(DataplaneState, Vec<(SubnetKey, String)>), BackendError> {
         let connected: Vec<Ipv4Network> = if self.opts.direct_routing {
             self.nl
@@ -288,7 +288,7 @@ impl VxlanBackend {
         } else {
             Vec::new()
         };
-        let sorted = claim_order(peers, &r.config);
+        let sorted = claim_order(peers.iter().copied(), &r.config);
         let mut state = DataplaneState::default();
         let mut skipped = Vec::new();
         let mut accepted = Claimed::default();
@@ -465,6 +465,14 @@ impl Backend for VxlanBackend {
     }
 
     async fn reconcile(&mut self, peers: &[SubnetLease]) -> Result<ReconcileReport, BackendError> {
+        let refs: Vec<&SubnetLease> = peers.iter().collect();
+        self.reconcile_refs(&refs).await
+    }
+
+    async fn reconcile_refs(
+        &mut self,
+        peers: &[&SubnetLease],
+    ) -> Result<ReconcileReport, BackendError> {
         let r = self
             .ready
             .clone()
