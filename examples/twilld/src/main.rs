@@ -28,7 +28,8 @@ use twill_backend::{Backend, BackendRegistry, HostContext};
 use twill_etcd::{EtcdConfig, EtcdError, EtcdRegistry, EtcdTls};
 use twill_model::{NetworkConfig, SubnetEnv, SubnetKey, SubnetLease};
 use twill_subnet::{
-    HeldLease, LeaseEvent, LeaseHandle, LeaseManager, LeaseManagerConfig, Registry, RegistryError,
+    HeldLease, LeaseEvent, LeaseHandle, LeaseManager, LeaseManagerConfig, PeerSet, Registry,
+    RegistryError,
 };
 
 use crate::flags::Flags;
@@ -322,25 +323,19 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(flags.reconcile_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    agent
-        .reconcile(
-            &peers
-                .borrow_and_update()
-                .leases
-                .values()
-                .map(|l| SubnetLease::clone(l))
-                .collect::<Vec<_>>(),
-        )
-        .await;
+    // A PeerSet copy shares its leases (Arc): cheap, and no lock is held
+    // across the reconcile.
+    let set = peers.borrow_and_update().clone();
+    agent.reconcile(&set).await;
     loop {
         tokio::select! {
             changed = peers.changed() => {
                 if changed.is_err() { bail!("the lease manager stopped"); }
-                let set: Vec<SubnetLease> = peers.borrow_and_update().leases.values().map(|l| SubnetLease::clone(l)).collect();
+                let set = peers.borrow_and_update().clone();
                 agent.reconcile(&set).await;
             }
             _ = tick.tick() => {
-                let set: Vec<SubnetLease> = peers.borrow().leases.values().map(|l| SubnetLease::clone(l)).collect();
+                let set = peers.borrow().clone();
                 agent.reconcile(&set).await;
                 check_config_drift(&registry, &config, &status, &mut stored_config).await;
             }
@@ -514,9 +509,10 @@ struct Agent {
 }
 
 impl Agent {
-    async fn reconcile(&mut self, peers: &[SubnetLease]) {
+    async fn reconcile(&mut self, set: &PeerSet) {
+        let peers: Vec<&SubnetLease> = set.leases.values().map(AsRef::as_ref).collect();
         let started = Instant::now();
-        let result = self.backend.reconcile(peers).await;
+        let result = self.backend.reconcile_refs(&peers).await;
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let s = &self.status;
         s.reconciles.fetch_add(1, Ordering::Relaxed);
