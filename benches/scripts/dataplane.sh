@@ -11,8 +11,10 @@
 #   (c) twill     the same topology, programmed by twilld (etcd on host 1)
 #
 # Runs are interleaved (run 1 of a, b, c, then run 2 of b, c, a ...) so a
-# noisy neighbour affects all three alike. Prints (b)/(a), (c)/(a) and (c)/(b). Also compares
-# `ip -d link` and `ethtool -k` of the two flannel.1 devices (in the log).
+# noisy neighbour affects all three alike. Prints (b)/(a), (c)/(a) and (c)/(b)
+# of the medians, and (c)/(b) "paired": the median of the per-run ratios.
+# Also compares `ip -d link`, `ethtool -k` and the sysctls of the two
+# flannel.1 devices (in the log).
 #
 # Usage: benches/scripts/dataplane.sh          (5 s runs, 3 runs, 200 pings)
 #        TINY=1 benches/scripts/dataplane.sh   (1 s, 1 run, 20 pings)
@@ -182,6 +184,13 @@ for streams in 1 4; do
     tw_result "dataplane_handbuilt_vs_underlay_${streams}stream_ratio" "$(tw_div "$b" "$u")" x
     tw_result "dataplane_twill_vs_underlay_${streams}stream_ratio" "$(tw_div "$c" "$u")" x
     tw_result "dataplane_twill_vs_handbuilt_${streams}stream_ratio" "$(tw_div "$c" "$b")" x
+    # Paired: (c)/(b) within each run (the two ran seconds apart), then the
+    # median; less sensitive to a neighbour's load drifting across runs.
+    # shellcheck disable=SC2086
+    paired=$(paste <(printf '%s\n' ${TP[twill-$streams]}) <(printf '%s\n' ${TP[handbuilt-$streams]}) |
+        awk '{ printf "%.4f\n", $1 / $2 }')
+    # shellcheck disable=SC2086
+    tw_result "dataplane_twill_vs_handbuilt_${streams}stream_paired_ratio" "$(printf '%.3f' "$(tw_median $paired)")" x
 done
 
 tw_log "ping RTT: $PINGS pings at 10 ms on each path"
