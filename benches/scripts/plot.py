@@ -94,8 +94,9 @@ def bars(path, title, ylabel, groups, series, values, points=None, fmt="{:g}"):
             y = s.y(v, ymax)
             s.add(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bw * 0.9:.1f}" height="{H - MB - y:.1f}" '
                   f'fill="{COLORS[si % len(COLORS)]}"><title>{escape(name)}: {v:g}</title></rect>')
-            s.add(f'<text x="{x + bw * 0.45:.1f}" y="{H - MB - 6}" text-anchor="middle" font-size="10" '
-                  f'fill="white">{v:.3g}</text>')
+            inside = H - MB - y > 16
+            s.add(f'<text x="{x + bw * 0.45:.1f}" y="{(H - MB - 6) if inside else (y - 4):.1f}" '
+                  f'text-anchor="middle" font-size="10" fill="{"white" if inside else "black"}">{v:.3g}</text>')
             for p in (points or {}).get((g, name), []):
                 s.add(f'<circle cx="{x + bw * 0.45:.1f}" cy="{s.y(p, ymax):.1f}" r="2.5" fill="black" opacity="0.6"/>')
     s.legend(series)
@@ -123,9 +124,9 @@ def cdf(path, title, xlabel, curves, xmax=None):
     s.write(path)
 
 
-def line(path, title, xlabels, ylabel, values):
+def line(path, title, xlabels, ylabel, values, xlabel=""):
     ymax = nice_max(max(values) * 1.1)
-    s = Svg(title, "", ylabel)
+    s = Svg(title, xlabel, ylabel)
     s.yaxis(ymax)
     step = (W - ML - MR) / max(1, len(values) - 1)
     pts = []
@@ -184,11 +185,15 @@ def main():
     p = os.path.join(src, "memory_samples.txt")
     if os.path.exists(p):
         rows = read_rows(p)
-        labels = [r[0] if r[0].startswith("cycle") else f"{r[0]} peers" for r in rows]
-        labels = [l.replace("cycle", "c") for l in labels]
+        def short(label):
+            if label.startswith("cycle"):
+                return "c" + label[5:]
+            n = int(label)
+            return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+        labels = [short(r[0]) for r in rows]
         f = os.path.join(out, "memory.svg")
-        line(f, "twilld RSS: peers added, then cycles of -all/+all", labels, "MiB",
-             [int(r[1]) / 1024 for r in rows])
+        line(f, "twilld VmRSS: 0, 1k, N peers, then after each cycle of -N/+N", labels, "MiB",
+             [int(r[1]) / 1024 for r in rows], "peers programmed / cycles done (cN: after cycle N, N peers)")
         made.append(f)
 
     p = os.path.join(src, "program_peers_samples.txt")
