@@ -422,19 +422,7 @@ impl EtcdRegistry {
             self.keepers_lock()
                 .insert(*key, Arc::new(AsyncMutex::new(keeper)));
         }
-        Ok(HeldLease {
-            lease: SubnetLease {
-                key: *key,
-                attrs: attrs.clone(),
-                kind: if granted.is_some() {
-                    LeaseKind::Expiring
-                } else {
-                    LeaseKind::Reservation
-                },
-                revision,
-            },
-            ttl: granted,
-        })
+        Ok(HeldLease::new(*key, attrs.clone(), granted, revision))
     }
 
     fn keepers_lock(

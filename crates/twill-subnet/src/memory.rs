@@ -251,19 +251,7 @@ impl State {
 }
 
 fn held(key: &SubnetKey, attrs: &LeaseAttrs, ttl: Option<Duration>, revision: i64) -> HeldLease {
-    HeldLease {
-        lease: SubnetLease {
-            key: *key,
-            attrs: attrs.clone(),
-            kind: if ttl.is_some() {
-                LeaseKind::Expiring
-            } else {
-                LeaseKind::Reservation
-            },
-            revision,
-        },
-        ttl,
-    }
+    HeldLease::new(*key, attrs.clone(), ttl, revision)
 }
 
 impl MemoryRegistry {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
-use twill_model::{LeaseAttrs, ModelError, NetworkConfig, SubnetKey, SubnetLease};
+use twill_model::{LeaseAttrs, LeaseKind, ModelError, NetworkConfig, SubnetKey, SubnetLease};
 
 /// What a [`Registry`] can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +130,28 @@ pub struct HeldLease {
     pub lease: SubnetLease,
     /// Time to live granted by the store; `None` for a reservation.
     pub ttl: Option<Duration>,
+}
+
+impl HeldLease {
+    /// The lease a registry just wrote: expiring when the store granted a
+    /// TTL, a reservation when it did not.
+    #[must_use]
+    pub fn new(key: SubnetKey, attrs: LeaseAttrs, ttl: Option<Duration>, revision: i64) -> Self {
+        let kind = if ttl.is_some() {
+            LeaseKind::Expiring
+        } else {
+            LeaseKind::Reservation
+        };
+        HeldLease {
+            lease: SubnetLease {
+                key,
+                attrs,
+                kind,
+                revision,
+            },
+            ttl,
+        }
+    }
 }
 
 /// The shared store of leases: etcd in production ([`twill-etcd`]), memory for
