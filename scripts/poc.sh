@@ -8,9 +8,10 @@
 # FLANNEL_SUBNET and a "container" namespace. Then it shows what the article
 # shows and pings container to container across hosts.
 #
-#   sudo ./scripts/poc.sh          run, show, ping, clean up
-#   sudo ./scripts/poc.sh --keep   leave everything running (prints how to enter it)
-#   sudo ./scripts/poc.sh --clean  remove what a --keep run left
+# As root (prefix sudo when you are not root):
+#   ./scripts/poc.sh          run, show, ping, clean up
+#   ./scripts/poc.sh --keep   leave everything running (prints how to enter it)
+#   ./scripts/poc.sh --clean  remove what a --keep run left
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -23,7 +24,7 @@ case "${1:-}" in
     "") ;;
     *) echo "usage: $0 [--keep|--clean]" >&2; exit 2 ;;
 esac
-[ "$(id -u)" = 0 ] || { echo "run as root: sudo $0 $*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "poc.sh needs root (network namespaces): run it as root, or sudo $0 $*" >&2; exit 1; }
 
 HOSTS=(test test2 test3)
 declare -A IP=([test]=10.0.0.2 [test2]=10.0.0.3 [test3]=10.0.0.4)
@@ -31,18 +32,29 @@ declare -A IP=([test]=10.0.0.2 [test2]=10.0.0.3 [test3]=10.0.0.4)
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '%s@%s# %s\n' root "$1" "${*:2}"; ip netns exec "$P-$1" "${@:2}"; }
 
-cleanup() {
+# The pids we started whose process still runs what we started there (a pid file can outlive
+# its process, and the pid be reused by someone else's).
+our_pids() {
     for f in "$STATE"/*.pid; do
         [ -f "$f" ] || continue
         pid=$(cat "$f")
-        # Only processes we started: check the pid still runs our binary.
-        if [ -d "/proc/$pid" ]; then kill "$pid" 2>/dev/null || true; fi
+        case "$(tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline")" in
+            *etcd*|*twilld*|*tcpdump*) echo "$pid" ;;
+        esac
     done
-    sleep 0.3
-    for f in "$STATE"/*.pid; do
-        [ -f "$f" ] || continue
-        pid=$(cat "$f"); [ -d "/proc/$pid" ] && kill -9 "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    pids=$(our_pids)
+    # shellcheck disable=SC2086
+    [ -n "$pids" ] && kill $pids 2>/dev/null
+    # SIGTERM first (etcd and twilld stop cleanly on it), SIGKILL only what is left after 5 s.
+    for _ in $(seq 1 50); do
+        pids=$(our_pids); [ -z "$pids" ] && break
+        sleep 0.1
     done
+    # shellcheck disable=SC2086
+    [ -n "$pids" ] && kill -9 $pids 2>/dev/null
     for ns in $(ip netns list | awk '{print $1}' | grep "^$P-" || true); do
         ip netns delete "$ns" 2>/dev/null || true
     done
@@ -90,7 +102,7 @@ for h in "${HOSTS[@]}"; do
         --initial-cluster "$CLUSTER" --initial-cluster-state new \
         --initial-cluster-token "$P" --log-level error --logger zap \
         >"$STATE/etcd-$h.log" 2>&1 &
-    echo $! > "$STATE/etcd-$h.pid"
+    echo $! > "$STATE/etcd-$h.pid"; disown $!
 done
 export ETCDCTL_API=3
 for _ in $(seq 1 100); do
@@ -114,7 +126,8 @@ cat > "$STATE/flannel-network.json" <<'JSON'
 }
 JSON
 cat "$STATE/flannel-network.json"
-run test etcdctl put /coreos.com/network/config "$(cat "$STATE/flannel-network.json")"
+echo 'root@test# etcdctl put /coreos.com/network/config "$(cat flannel-network.json)"'
+ip netns exec "$P-test" etcdctl put /coreos.com/network/config "$(cat "$STATE/flannel-network.json")"
 
 say "One twilld per host, with the article's flags (-iface=<eth0's IP>)"
 for h in "${HOSTS[@]}"; do
@@ -123,7 +136,7 @@ for h in "${HOSTS[@]}"; do
     RUST_LOG=info ip netns exec "$P-$h" "$TWILLD" -iface="${IP[$h]}" \
         -subnet-file="$STATE/$h/subnet.env" -healthz-port=8471 -healthz-ip=127.0.0.1 \
         >"$STATE/twilld-$h.log" 2>&1 &
-    echo $! > "$STATE/twilld-$h.pid"
+    echo $! > "$STATE/twilld-$h.pid"; disown $!
 done
 for h in "${HOSTS[@]}"; do
     for _ in $(seq 1 150); do
@@ -195,9 +208,14 @@ done
 
 if command -v tcpdump >/dev/null 2>&1; then
     say "VXLAN on the wire (test2's eth0, UDP 8472, VNI 100)"
-    ip netns exec "$P-test2" timeout 5 tcpdump -l -i eth0 -n -c 4 udp port 8472 >"$STATE/tcpdump.out" 2>/dev/null &
+    ip netns exec "$P-test2" timeout 10 tcpdump -l -i eth0 -n -c 4 udp port 8472 \
+        >"$STATE/tcpdump.out" 2>"$STATE/tcpdump.err" &
     tpid=$!
-    sleep 1
+    # Ping once tcpdump says it is capturing, not after a guessed delay.
+    for _ in $(seq 1 50); do
+        grep -q 'listening on' "$STATE/tcpdump.err" 2>/dev/null && break
+        sleep 0.1
+    done
     ip netns exec "$P-test2-c" ping -c 2 -q "$(cat "$STATE/test3.cip")" >/dev/null 2>&1 || true
     wait "$tpid" 2>/dev/null || true
     sed 's/^/  /' "$STATE/tcpdump.out"
