@@ -1,5 +1,7 @@
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use crate::EtcdError;
@@ -148,11 +150,22 @@ impl EtcdConfig {
         format!("{}/subnets/", self.prefix.trim_end_matches('/'))
     }
 
-    pub(crate) fn validate(&self) -> Result<(), EtcdError> {
+    /// Checks the settings without connecting: endpoints that parse as
+    /// [`EtcdEndpoint`]s, a prefix starting with `/`, user and password
+    /// together, a certificate with its key, a TTL of at least a second.
+    /// [`crate::EtcdRegistry::connect`] calls it first; a daemon calls it to
+    /// refuse bad flags before it does anything else.
+    ///
+    /// # Errors
+    /// [`EtcdError::InvalidEndpoint`] or [`EtcdError::InvalidSettings`].
+    pub fn validate(&self) -> Result<(), EtcdError> {
         if self.endpoints.is_empty() {
             return Err(EtcdError::InvalidSettings {
                 reason: "no endpoints".into(),
             });
+        }
+        for ep in &self.endpoints {
+            ep.parse::<EtcdEndpoint>()?;
         }
         if self.prefix.is_empty() || !self.prefix.starts_with('/') {
             return Err(EtcdError::InvalidSettings {
@@ -178,6 +191,139 @@ impl EtcdConfig {
         }
         Ok(())
     }
+}
+
+/// The host part of an [`EtcdEndpoint`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EndpointHost {
+    /// An address literal (`10.0.0.2`, `[fd00::2]`).
+    Ip(IpAddr),
+    /// A DNS name (`etcd-0.example`), resolved when connecting.
+    Name(String),
+}
+
+impl fmt::Display for EndpointHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EndpointHost::Ip(IpAddr::V6(a)) => write!(f, "[{a}]"),
+            EndpointHost::Ip(IpAddr::V4(a)) => write!(f, "{a}"),
+            EndpointHost::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+/// One etcd client URL, checked: `http://host:port` or `https://host:port`
+/// (a trailing `/` allowed), the host a DNS name, an IPv4 address or a
+/// bracketed IPv6 address, the port 1–65535. An endpoint that fails here
+/// would otherwise pass to the client and be retried forever.
+///
+/// ```
+/// use twill_etcd::{EndpointHost, EtcdEndpoint};
+/// let ep: EtcdEndpoint = "http://[fd00::2]:2379".parse().unwrap();
+/// assert_eq!(ep.port, 2379);
+/// assert_eq!(ep.host, EndpointHost::Ip("fd00::2".parse().unwrap()));
+/// assert!("http://[::1:2379".parse::<EtcdEndpoint>().is_err());
+/// assert!("http://a b:2379".parse::<EtcdEndpoint>().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EtcdEndpoint {
+    /// `https://`.
+    pub tls: bool,
+    /// The host.
+    pub host: EndpointHost,
+    /// The port.
+    pub port: u16,
+}
+
+impl EtcdEndpoint {
+    /// The host's address when the URL names one (not a DNS name).
+    #[must_use]
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self.host {
+            EndpointHost::Ip(ip) => Some(ip),
+            EndpointHost::Name(_) => None,
+        }
+    }
+}
+
+impl FromStr for EtcdEndpoint {
+    type Err = EtcdError;
+
+    fn from_str(s: &str) -> Result<Self, EtcdError> {
+        let bad = |reason: &'static str| EtcdError::InvalidEndpoint {
+            endpoint: s.chars().take(128).collect(),
+            reason,
+        };
+        let (tls, rest) = if let Some(r) = s.strip_prefix("http://") {
+            (false, r)
+        } else if let Some(r) = s.strip_prefix("https://") {
+            (true, r)
+        } else {
+            return Err(bad("expected http://host:port or https://host:port"));
+        };
+        let hostport = rest.strip_suffix('/').unwrap_or(rest);
+        if hostport.contains('/') {
+            return Err(bad("a path after host:port is not allowed"));
+        }
+        if hostport.contains('@') {
+            return Err(bad(
+                "credentials in the URL are not allowed: use -etcd-username",
+            ));
+        }
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (addr, after) = v6
+                .split_once(']')
+                .ok_or_else(|| bad("an IPv6 address must be closed with ']'"))?;
+            let addr: Ipv6Addr = addr
+                .parse()
+                .map_err(|_| bad("the part in [...] is not an IPv6 address"))?;
+            let port = after
+                .strip_prefix(':')
+                .ok_or_else(|| bad("expected :port after the address"))?;
+            (EndpointHost::Ip(IpAddr::V6(addr)), port)
+        } else {
+            let (host, port) = hostport
+                .rsplit_once(':')
+                .ok_or_else(|| bad("expected host:port (the port is required)"))?;
+            if host.is_empty() {
+                return Err(bad("the host is empty"));
+            }
+            let host = if let Ok(v4) = host.parse::<Ipv4Addr>() {
+                EndpointHost::Ip(IpAddr::V4(v4))
+            } else if is_dns_name(host) {
+                EndpointHost::Name(host.to_ascii_lowercase())
+            } else if host.contains(':') {
+                return Err(bad(
+                    "an IPv6 address must be written in brackets: [addr]:port",
+                ));
+            } else {
+                return Err(bad("the host is neither an IP address nor a DNS name"));
+            };
+            (host, port)
+        };
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| bad("the port must be a number from 1 to 65535"))?;
+        Ok(EtcdEndpoint { tls, host, port })
+    }
+}
+
+/// RFC 1123 host names: dot-separated labels of letters, digits and `-`,
+/// none empty or over 63 characters, not starting or ending with `-`.
+fn is_dns_name(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 pub(crate) fn read_tls_file(what: &'static str, path: &Path) -> Result<Vec<u8>, EtcdError> {
@@ -213,6 +359,39 @@ mod tests {
         });
         assert!(cfg.validate().unwrap_err().to_string().contains("key file"));
         assert!(EtcdConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn endpoints_are_checked() {
+        for good in [
+            "http://127.0.0.1:2379",
+            "https://etcd-0.example.com:2379/",
+            "http://localhost:1",
+            "http://[::1]:2379",
+            "https://[fd00::1:2]:65535",
+        ] {
+            assert!(good.parse::<EtcdEndpoint>().is_ok(), "{good}");
+        }
+        for (bad, why) in [
+            ("http://[::1:2379", "closed"),
+            ("http://a b:2379", "neither"),
+            ("http://::1:2379", "brackets"),
+            ("http://10.0.0.1", "port"),
+            ("http://10.0.0.1:0", "1 to 65535"),
+            ("http://10.0.0.1:65536", "1 to 65535"),
+            ("http://:2379", "empty"),
+            ("ftp://10.0.0.1:2379", "http://"),
+            ("http://10.0.0.1:2379/v3", "path"),
+            ("http://u:p@10.0.0.1:2379", "credentials"),
+            ("http://-a:2379", "neither"),
+        ] {
+            let err = bad.parse::<EtcdEndpoint>().unwrap_err().to_string();
+            assert!(err.contains(why) && err.contains(bad), "{bad}: {err}");
+        }
+        let err = EtcdConfig::new(["http://ok:1", "http://a b:1"])
+            .validate()
+            .unwrap_err();
+        assert!(matches!(err, EtcdError::InvalidEndpoint { .. }), "{err}");
     }
 
     #[test]

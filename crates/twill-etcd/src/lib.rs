@@ -48,6 +48,9 @@ mod error;
 mod registry;
 mod watch;
 
-pub use config::{EtcdConfig, EtcdTls, DEFAULT_ENDPOINT, DEFAULT_LEASE_TTL, DEFAULT_PREFIX};
+pub use config::{
+    EndpointHost, EtcdConfig, EtcdEndpoint, EtcdTls, DEFAULT_ENDPOINT, DEFAULT_LEASE_TTL,
+    DEFAULT_PREFIX,
+};
 pub use error::EtcdError;
 pub use registry::EtcdRegistry;

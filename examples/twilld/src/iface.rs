@@ -12,13 +12,29 @@ fn first_v4(addrs: &[twill_netlink::Address], index: u32) -> Option<Ipv4Addr> {
     addrs.iter().find(|a| a.index == index).map(|a| a.addr.ip())
 }
 
-fn underlay(link: &Link, addr: Ipv4Addr) -> UnderlayInterface {
-    UnderlayInterface {
+/// The devices twill (and flannel) make for the overlay: `flannel.<VNI>`,
+/// `flannel-v6.<VNI>`. Taking one as the underlay would re-create it (cutting
+/// every peer off) and tunnel the overlay through itself.
+fn is_overlay_device(name: &str) -> bool {
+    ["flannel.", "flannel-v6."].iter().any(|p| {
+        name.strip_prefix(p)
+            .is_some_and(|vni| !vni.is_empty() && vni.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+fn underlay(link: &Link, addr: Ipv4Addr) -> anyhow::Result<UnderlayInterface> {
+    if is_overlay_device(&link.name) {
+        bail!(
+            "-iface: {} ({addr}) is an overlay device, not an underlay: give the interface that reaches the other hosts (e.g. eth0)",
+            link.name
+        );
+    }
+    Ok(UnderlayInterface {
         name: link.name.clone(),
         index: link.index,
         mtu: link.mtu,
         addr,
-    }
+    })
 }
 
 /// Finds the interface to use for inter-host traffic.
@@ -34,13 +50,13 @@ pub fn choose(ifaces: &[String], regexes: &[String]) -> anyhow::Result<UnderlayI
         if let Ok(ip) = wanted.parse::<Ipv4Addr>() {
             if let Some(a) = addrs.iter().find(|a| a.addr.ip() == ip) {
                 if let Some(link) = links.iter().find(|l| l.index == a.index) {
-                    return Ok(underlay(link, ip));
+                    return underlay(link, ip);
                 }
             }
         } else if let Some(link) = links.iter().find(|l| &l.name == wanted) {
             let ip = first_v4(&addrs, link.index)
                 .with_context(|| format!("-iface {wanted} has no IPv4 address"))?;
-            return Ok(underlay(link, ip));
+            return underlay(link, ip);
         }
     }
     if !ifaces.is_empty() {
@@ -54,11 +70,11 @@ pub fn choose(ifaces: &[String], regexes: &[String]) -> anyhow::Result<UnderlayI
             let Some(link) = links.iter().find(|l| l.index == a.index) else {
                 continue;
             };
-            if link.name == "lo" {
+            if link.name == "lo" || is_overlay_device(&link.name) {
                 continue;
             }
             if re.is_match(&a.addr.ip().to_string()) || re.is_match(&link.name) {
-                return Ok(underlay(link, a.addr.ip()));
+                return underlay(link, a.addr.ip());
             }
         }
     }
@@ -82,5 +98,27 @@ pub fn choose(ifaces: &[String], regexes: &[String]) -> anyhow::Result<UnderlayI
             link.name
         )
     })?;
-    Ok(underlay(link, ip))
+    underlay(link, ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_overlay_device;
+
+    #[test]
+    fn overlay_devices_are_recognised() {
+        for name in ["flannel.1", "flannel.100", "flannel-v6.4096"] {
+            assert!(is_overlay_device(name), "{name}");
+        }
+        for name in [
+            "eth0",
+            "flannel",
+            "flannel.",
+            "flannel.x",
+            "flannel0",
+            "cni0",
+        ] {
+            assert!(!is_overlay_device(name), "{name}");
+        }
+    }
 }

@@ -115,16 +115,13 @@ fn one_line(msg: &str) -> String {
 /// input fails fast with one line.
 fn check_flags(flags: &Flags) -> anyhow::Result<EtcdConfig> {
     for ep in &flags.etcd_endpoints {
-        let rest = ep
-            .strip_prefix("http://")
-            .or_else(|| ep.strip_prefix("https://"))
-            .with_context(|| format!("bad -etcd-endpoints URL {ep:?}: expected http://host:port or https://host:port"))?;
-        let hostport = rest.trim_end_matches('/');
-        let ok = hostport
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-        if !ok || hostport.contains('/') {
-            bail!("bad -etcd-endpoints URL {ep:?}: expected http://host:port or https://host:port");
+        if let Err(e) = ep.parse::<twill_etcd::EtcdEndpoint>() {
+            match e {
+                EtcdError::InvalidEndpoint { reason, .. } => {
+                    bail!("bad -etcd-endpoints URL {ep:?}: {reason}")
+                }
+                other => bail!("bad -etcd-endpoints URL {ep:?}: {other}"),
+            }
         }
     }
     for (flag, path) in [
@@ -140,7 +137,28 @@ fn check_flags(flags: &Flags) -> anyhow::Result<EtcdConfig> {
     if flags.etcd_username.is_some() != flags.etcd_password.is_some() {
         bail!("-etcd-username and -etcd-password must be given together");
     }
-    subnet_file_writable(&flags.subnet_file)?;
+    // A zero interval would panic the timer or spin on etcd; under 100 ms is a typo.
+    for (flag, value, min) in [
+        (
+            "-reconcile-interval",
+            flags.reconcile_interval,
+            Duration::from_millis(100),
+        ),
+        (
+            "-retry-interval",
+            flags.retry_interval,
+            Duration::from_millis(100),
+        ),
+        ("-lease-ttl", flags.lease_ttl, Duration::from_secs(1)),
+    ] {
+        if value < min {
+            bail!("{flag} {value:?} is too short: it must be at least {min:?}");
+        }
+    }
+    if let Some(ip) = flags.public_ip {
+        check_public_ip("-public-ip", ip)?;
+    }
+    subnet_file::check_path(&flags.subnet_file)?;
 
     let mut config = EtcdConfig::new(flags.etcd_endpoints.clone())
         .with_prefix(&flags.etcd_prefix)
@@ -156,19 +174,28 @@ fn check_flags(flags: &Flags) -> anyhow::Result<EtcdConfig> {
     if let (Some(u), Some(p)) = (&flags.etcd_username, &flags.etcd_password) {
         config = config.with_user(u, p);
     }
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{e} (check -etcd-prefix and the -etcd-* flags)"))?;
     Ok(config)
 }
 
-fn subnet_file_writable(path: &std::path::Path) -> anyhow::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
+/// The address peers will send to must be one they can reach: published in
+/// etcd, 0.0.0.0, a multicast, broadcast or loopback address would make every
+/// peer program a tunnel to nowhere (or to themselves).
+fn check_public_ip(flag: &str, ip: std::net::Ipv4Addr) -> anyhow::Result<()> {
+    let reason = if ip.is_unspecified() {
+        "is the unspecified address"
+    } else if ip.is_loopback() {
+        "is a loopback address, which other hosts cannot reach"
+    } else if ip.is_multicast() {
+        "is a multicast address"
+    } else if ip.is_broadcast() || ip.octets()[0] >= 240 {
+        "is a broadcast or reserved (240.0.0.0/4) address"
+    } else {
+        return Ok(());
     };
-    let probe = dir.join(format!(".twilld-probe-{}", std::process::id()));
-    std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::write(&probe, b""))
-        .and_then(|()| std::fs::remove_file(&probe))
-        .with_context(|| format!("subnet file {} is not writable", path.display()))
+    bail!("{flag} {ip} {reason}: give a unicast address other hosts reach this one at")
 }
 
 /// One twilld per public IP and network namespace: two daemons publishing
@@ -197,9 +224,11 @@ async fn connect(config: EtcdConfig, retry: Duration) -> anyhow::Result<EtcdRegi
     loop {
         match EtcdRegistry::connect(config.clone()).await {
             Ok(r) => return Ok(r),
-            Err(e @ (EtcdError::InvalidSettings { .. } | EtcdError::TlsFile { .. })) => {
-                return Err(e.into())
-            }
+            Err(
+                e @ (EtcdError::InvalidSettings { .. }
+                | EtcdError::InvalidEndpoint { .. }
+                | EtcdError::TlsFile { .. }),
+            ) => return Err(e.into()),
             Err(e) => {
                 if logged {
                     debug!("etcd still unreachable: {e}");
@@ -257,7 +286,16 @@ async fn wait_for_config(
 async fn run(flags: Flags) -> anyhow::Result<()> {
     let etcd_config = check_flags(&flags)?;
     let underlay = iface::choose(&flags.iface, &flags.iface_regex)?;
-    let public_ip = flags.public_ip.unwrap_or(underlay.addr);
+    let public_ip = match flags.public_ip {
+        Some(ip) => ip,
+        None => {
+            check_public_ip(
+                &format!("-iface {}: its address", underlay.name),
+                underlay.addr,
+            )?;
+            underlay.addr
+        }
+    };
     let _instance = instance_lock(public_ip)?;
     info!(iface = %underlay.name, %public_ip, mtu = underlay.mtu, "using interface {} ({public_ip}) for inter-host traffic", underlay.name);
 
