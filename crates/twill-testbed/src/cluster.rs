@@ -26,7 +26,11 @@
 //! [`TwillCluster::expected_state`] by [`TwillCluster::mismatches`] and
 //! [`TwillCluster::wait_converged`]. Daemons are driven through
 //! [`TwillCluster::daemon_mut`] ([`Daemon::sigterm`], [`Daemon::kill`],
-//! [`Daemon::restart`], ...) and [`TwillCluster::start_twilld`].
+//! [`Daemon::restart`], ...) and [`TwillCluster::start_twilld`]. Their
+//! counters are read with [`TwillCluster::metric`] and waited on with
+//! [`TwillCluster::wait_metric`] and [`TwillCluster::wait_reconciles`]: a
+//! negative check ("the bad lease is not programmed") is made only after
+//! the daemon has provably run passes that saw the event, never after a sleep.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -70,6 +74,15 @@ use crate::netns::{Lan, Netns, NetnsError};
 
 /// flannel's default etcd prefix.
 pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
+
+/// twilld's counter of reconcile passes (each one dumps the kernel, plans
+/// against the peer set the daemon holds when it starts, and applies).
+pub const RECONCILES_TOTAL: &str = "twill_reconciles_total";
+/// twilld's counter of peer lease events (added, updated, removed) it has
+/// taken from the registry.
+pub const LEASE_EVENTS_TOTAL: &str = "twill_lease_events_total";
+/// twilld's counter of renewals of its own lease.
+pub const LEASE_RENEWALS_TOTAL: &str = "twill_lease_renewals_total";
 
 /// What can go wrong building or inspecting a cluster.
 #[derive(Debug, thiserror::Error)]
@@ -1011,6 +1024,80 @@ impl TwillCluster {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The metric `name` of host `i`'s daemon (its `/metrics`), e.g.
+    /// [`RECONCILES_TOTAL`].
+    ///
+    /// # Errors
+    /// When the host has no daemon, or it does not answer with that sample.
+    pub fn metric(&self, i: usize, name: &str) -> Result<f64, ClusterError> {
+        self.check(i)?;
+        let d = self
+            .try_daemon(i)
+            .ok_or_else(|| ClusterError::NoSuch(format!("host {i} has no daemon")))?;
+        Ok(d.metric(self.healthz_addr(), name)?)
+    }
+
+    /// Waits until the metric `name` of host `i`'s daemon is at least `min`;
+    /// returns its value.
+    ///
+    /// # Errors
+    /// The daemon's error (timeout naming the metric, or exit, with its log's tail).
+    pub fn wait_metric(
+        &mut self,
+        i: usize,
+        name: &str,
+        min: f64,
+        timeout: Duration,
+    ) -> Result<f64, ClusterError> {
+        self.check(i)?;
+        let addr = self.healthz_addr();
+        let d = self.daemons[i]
+            .as_mut()
+            .ok_or_else(|| ClusterError::NoSuch(format!("host {i} has no daemon")))?;
+        Ok(d.wait_metric(addr, name, min, timeout)?)
+    }
+
+    /// Waits until each daemon of `hosts` has finished `n` more reconcile
+    /// passes ([`RECONCILES_TOTAL`]) than when called, within one overall
+    /// `timeout`. A pass may be under way when this is called, so with
+    /// `n >= 2` at least `n - 1` passes started afterwards, each with every
+    /// lease the daemon had received by then.
+    ///
+    /// This is the evidence a negative check needs: once a daemon has
+    /// provably taken an event (a log line, [`LEASE_EVENTS_TOTAL`], or a
+    /// later lease it programmed), wait for passes after it, then assert
+    /// that nothing wrong was done. Never a sleep.
+    ///
+    /// # Errors
+    /// As [`TwillCluster::wait_metric`].
+    pub fn wait_reconciles(
+        &mut self,
+        hosts: &[usize],
+        n: u32,
+        timeout: Duration,
+    ) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + timeout;
+        let mut marks = Vec::with_capacity(hosts.len());
+        for &i in hosts {
+            let now = match self.metric(i, RECONCILES_TOTAL) {
+                Ok(v) => v,
+                // Not serving yet: wait for the first pass, then count from it.
+                Err(_) => self.wait_metric(i, RECONCILES_TOTAL, 0.0, timeout)?,
+            };
+            marks.push((i, now));
+        }
+        for (i, now) in marks {
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.wait_metric(
+                i,
+                RECONCILES_TOTAL,
+                now + f64::from(n),
+                left.max(Duration::from_millis(1)),
+            )?;
+        }
+        Ok(())
     }
 
     /// Adds, on every host whose subnet file exists, a docker0-like bridge

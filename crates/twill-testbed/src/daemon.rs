@@ -19,6 +19,10 @@
 //! ]).netns(ns_name)).unwrap();
 //! d.wait_ready(SocketAddr::from(([127, 0, 0, 1], 8471)), Duration::from_secs(10)).unwrap();
 //! d.wait_for_log("lease acquired", Duration::from_secs(5)).unwrap();
+//! // A counter from its Prometheus /metrics, and a wait on one.
+//! let addr = SocketAddr::from(([127, 0, 0, 1], 8471));
+//! let passes = d.metric(addr, "twill_reconciles_total").unwrap();
+//! d.wait_metric(addr, "twill_reconciles_total", passes + 2.0, Duration::from_secs(30)).unwrap();
 //! d.sigterm().unwrap();      // graceful stop, waits for the exit
 //! d.restart().unwrap();      // same arguments
 //! d.kill().unwrap();         // SIGKILL: a crash
@@ -452,6 +456,58 @@ impl Daemon {
         }
     }
 
+    /// The value of the metric `name` (a sample without labels, e.g.
+    /// `twill_reconciles_total`) in the Prometheus text the daemon serves at
+    /// `GET http://<addr>/metrics` (inside its namespace).
+    ///
+    /// # Errors
+    /// [`DaemonError::Io`] when the endpoint does not answer 200 or has no
+    /// such sample.
+    pub fn metric(&self, addr: SocketAddr, name: &str) -> Result<f64, DaemonError> {
+        let (code, body) = self.http_get(addr, "/metrics")?;
+        let missing = |why: String| DaemonError::Io {
+            what: format!("GET http://{addr}/metrics"),
+            source: std::io::Error::other(why),
+        };
+        if code != 200 {
+            return Err(missing(format!("answered {code}")));
+        }
+        metric_value(&body, name).ok_or_else(|| missing(format!("no sample {name:?} in {body:?}")))
+    }
+
+    /// Waits until the metric `name` at `addr` (see [`Daemon::metric`]) is at
+    /// least `min`, failing early if the process exits; returns its value.
+    /// The shape of a check tied to evidence: "wait until the daemon counted
+    /// the event / ran the pass, then assert".
+    ///
+    /// # Errors
+    /// [`DaemonError::Timeout`] (naming the metric, the target and the last
+    /// value read) or [`DaemonError::Exited`], with the log's tail.
+    pub fn wait_metric(
+        &mut self,
+        addr: SocketAddr,
+        name: &str,
+        min: f64,
+        timeout: Duration,
+    ) -> Result<f64, DaemonError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match self.metric(addr, name) {
+                Ok(v) if v >= min => return Ok(v),
+                Ok(v) => v.to_string(),
+                Err(e) => e.to_string(),
+            };
+            let waiting = format!("{name} >= {min} at http://{addr}/metrics (last read: {last})");
+            if !self.is_running() {
+                return Err(self.exited(&waiting));
+            }
+            if Instant::now() > deadline {
+                return Err(self.timeout(timeout, &waiting));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn signal(&self, sig: Signal) {
         if let Some(pid) = self.pid().and_then(|p| i32::try_from(p).ok()) {
             let _ = kill(Pid::from_raw(pid), sig);
@@ -539,6 +595,14 @@ impl Drop for Daemon {
     }
 }
 
+/// The value of the sample `name` (no labels) in a Prometheus text
+/// exposition: the line `name <value>`.
+#[must_use]
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// A tiny HTTP/1.0 GET: status code and body.
 fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), DaemonError> {
     let what = format!("GET http://{addr}{path}");
@@ -610,6 +674,15 @@ mod tests {
         assert!(!std::path::Path::new(&format!("/proc/{pid2}")).exists());
         let err = d.wait_for_log("bye", Duration::from_secs(1)).unwrap_err();
         assert!(matches!(err, DaemonError::Exited { .. }), "{err}");
+    }
+
+    #[test]
+    fn reads_a_prometheus_sample() {
+        let text = "# HELP twill_reconciles_total Reconcile passes.\n# TYPE twill_reconciles_total counter\ntwill_reconciles_total 12\ntwill_reconciles_total_x 3\ntwill_ready 1\n";
+        assert_eq!(metric_value(text, "twill_reconciles_total"), Some(12.0));
+        assert_eq!(metric_value(text, "twill_ready"), Some(1.0));
+        assert_eq!(metric_value(text, "twill_reconciles"), None);
+        assert_eq!(metric_value(text, "nope"), None);
     }
 
     #[test]

@@ -595,27 +595,65 @@ impl EtcdServer {
         }
     }
 
+    /// `GET path` on the member's metrics port, from inside its namespace:
+    /// the whole answer, or `None` when it cannot be reached.
+    fn get_metrics_port(&self, path: &str) -> Option<String> {
+        let addr = SocketAddr::from((self.ip(), self.ports.metrics));
+        let path = path.to_string();
+        match &self.opts.netns {
+            None => http_get_text(addr, &path),
+            Some(ns) => {
+                let ns_path = PathBuf::from("/var/run/netns").join(ns);
+                std::thread::spawn(move || {
+                    let file = File::open(&ns_path).ok()?;
+                    setns(&file, CloneFlags::CLONE_NEWNET).ok()?;
+                    http_get_text(addr, &path)
+                })
+                .join()
+                .ok()
+                .flatten()
+            }
+        }
+    }
+
     /// Whether etcd's `/health` answers `"health":"true"` now.
     #[must_use]
     pub fn is_healthy(&self) -> bool {
-        let addr = SocketAddr::from((self.ip(), self.ports.metrics));
-        match &self.opts.netns {
-            None => http_health(addr),
-            Some(ns) => {
-                let path = PathBuf::from("/var/run/netns").join(ns);
-                std::thread::spawn(move || {
-                    let Ok(file) = File::open(&path) else {
-                        return false;
-                    };
-                    if setns(&file, CloneFlags::CLONE_NEWNET).is_err() {
-                        return false;
-                    }
-                    http_health(addr)
-                })
-                .join()
-                .unwrap_or(false)
-            }
-        }
+        self.get_metrics_port("/health")
+            .is_some_and(|body| body.contains("\"health\":\"true\""))
+    }
+
+    /// etcd's Prometheus metrics (`GET /metrics` on the member's metrics port).
+    ///
+    /// # Errors
+    /// [`EtcdServerError::Io`] when the member does not answer.
+    pub fn metrics(&self) -> Result<String, EtcdServerError> {
+        self.get_metrics_port("/metrics")
+            .filter(|text| text.starts_with("HTTP/1.") && text.contains("\r\n\r\n"))
+            .ok_or_else(|| EtcdServerError::Io {
+                what: format!("GET /metrics of etcd {}", self.name),
+                source: std::io::Error::other("no answer"),
+            })
+    }
+
+    /// How many gRPC messages this member has received from its clients
+    /// (the sum of `grpc_server_msg_received_total`: every unary request and
+    /// every stream message, watch creations and keepalives included), of
+    /// `method` only (`Range`, `Put`, `Watch`, `LeaseKeepAlive`, ...) when given.
+    /// A client's activity as the server saw it: e.g. evidence that a daemon
+    /// has retried, or proof that it does not spin.
+    ///
+    /// # Errors
+    /// As [`EtcdServer::metrics`].
+    pub fn grpc_messages_received(&self, method: Option<&str>) -> Result<u64, EtcdServerError> {
+        let text = self.metrics()?;
+        let method = method.map(|m| format!("grpc_method=\"{m}\""));
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with("grpc_server_msg_received_total{"))
+            .filter(|l| method.as_ref().is_none_or(|m| l.contains(m.as_str())))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum())
     }
 
     /// Waits until `/health` is true, failing early if the process exits.
@@ -757,20 +795,17 @@ fn is_port_clash(e: &EtcdServerError) -> bool {
 }
 
 /// A tiny HTTP/1.0 GET of `/health`, true when etcd says `"health":"true"`.
-fn http_health(addr: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+/// A plain HTTP/1.0 GET: the whole answer (head and body), `None` when
+/// the server cannot be reached.
+fn http_get_text(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = s.set_write_timeout(Some(Duration::from_millis(500)));
-    if s.write_all(format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .is_err()
-    {
-        return false;
-    }
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .ok()?;
     let mut body = String::new();
     let _ = s.read_to_string(&mut body);
-    body.contains("\"health\":\"true\"")
+    Some(body)
 }
 
 /// A multi-member etcd cluster on loopback (or in network namespaces).
