@@ -9,9 +9,12 @@ use crate::ModelError;
 /// The name of a subnet lease in the store, in flannel's form:
 /// `192.168.4.0-24`, or `10.1.2.0-24&fd00:1:2::-64` for a dual-stack lease.
 ///
-/// Parsing is strict: the address must be the subnet's network address and
-/// the whole string must match (flannel's regular expression is unanchored
-/// and would accept trailing junk).
+/// Parsing is strict: the address must be the subnet's network address, the
+/// whole string must match (flannel's regular expression is unanchored and
+/// would accept trailing junk), and the key must be canonical, exactly as
+/// flannel writes it. An alias such as `192.168.4.0-024` names the same
+/// subnet as `192.168.4.0-24` under another key: it would slip past the
+/// "one lease per subnet" check and hijack the subnet, so it is refused.
 ///
 /// ```
 /// use twill_model::SubnetKey;
@@ -19,6 +22,7 @@ use crate::ModelError;
 /// assert_eq!(key.ipv4.to_string(), "192.168.4.0/24");
 /// assert_eq!(key.to_string(), "192.168.4.0-24");
 /// assert!("192.168.4.1-24".parse::<SubnetKey>().is_err());
+/// assert!("192.168.4.0-024".parse::<SubnetKey>().is_err());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SubnetKey {
@@ -125,10 +129,20 @@ impl FromStr for SubnetKey {
             Some((a, b)) => (a, Some(b)),
             None => (s, None),
         };
-        Ok(SubnetKey {
+        let key = SubnetKey {
             ipv4: parse_v4(s, v4)?,
             ipv6: v6.map(|p| parse_v6(s, p)).transpose()?,
-        })
+        };
+        // One subnet, one key: anything but the form we (and flannel) write
+        // back, e.g. a zero-padded length or a non-RFC 5952 IPv6 address, is an alias.
+        let canonical = key.to_string();
+        if canonical != s {
+            return Err(key_err(
+                s,
+                format!("not in canonical form (flannel writes it {canonical:?})"),
+            ));
+        }
+        Ok(key)
     }
 }
 
