@@ -126,9 +126,16 @@ pub struct LocalSetup {
 pub struct ReconcileReport {
     /// Ops planned (0 when the kernel already matched).
     pub planned: usize,
-    /// Ops the kernel accepted (`EEXIST`/`ENOENT` count as accepted).
+    /// Ops now in effect: those the kernel acknowledged, and deletes whose
+    /// target was already gone (`ENOENT`/`ESRCH`/`ENODEV`,
+    /// [`Op::is_done_despite`]). An add or replace refused with any errno,
+    /// `EEXIST` and not-found included, is in [`Self::failed`] instead; and
+    /// since [`plan()`] never plans an op the kernel would acknowledge
+    /// without effect, a pass with nothing changed has `applied == 0`.
     pub applied: usize,
-    /// Ops (and device repairs) that failed, each described with its errno.
+    /// Ops (and device repairs) that failed, each described with its
+    /// request and errno (`ip route replace 10.244.3.0/24 via ... : No such
+    /// device (errno 19)`).
     pub failed: Vec<String>,
     /// Peers not programmed, with the reason (bad `VtepMAC`, our own
     /// `PublicIP`, subnet outside `Network`, not on our L2 segment...).

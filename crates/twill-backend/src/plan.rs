@@ -6,14 +6,16 @@
 
 use std::collections::BTreeMap;
 
-use twill_netlink::{FdbEntry, MacAddr, Neighbour, Request, Route};
+use twill_netlink::{FdbEntry, MacAddr, Neighbour, NetlinkError, Request, Route};
 
 /// What the kernel should hold for the current set of peers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DataplaneState {
     /// Permanent ARP entries.
     pub neighbours: Vec<Neighbour>,
-    /// FDB entries (`self`, with `dst`).
+    /// FDB entries (`self`, with `dst`). The kernel holds one `dst` per
+    /// unicast MAC on a device (more only for the all-zeros and multicast
+    /// MACs used for flooding), and [`plan`] programs them that way.
     pub fdb: Vec<FdbEntry>,
     /// Routes.
     pub routes: Vec<Route>,
@@ -77,8 +79,13 @@ pub enum Op {
     ReplaceNeighbour(Neighbour),
     /// Remove an ARP entry.
     DeleteNeighbour(Neighbour),
-    /// Add an FDB entry.
+    /// Add a `dst` to an all-zeros or multicast (flooding) FDB entry, which
+    /// may hold several (`bridge fdb append`). Never planned for a unicast
+    /// MAC: the kernel answers success to appending a second `dst` to one and
+    /// changes nothing.
     AppendFdb(FdbEntry),
+    /// Add or move the one FDB entry of a unicast MAC (`bridge fdb replace`).
+    ReplaceFdb(FdbEntry),
     /// Remove an FDB entry.
     DeleteFdb(FdbEntry),
     /// Add or replace a route.
@@ -95,6 +102,7 @@ impl Op {
             Op::ReplaceNeighbour(n) => Request::NeighbourReplace(n),
             Op::DeleteNeighbour(n) => Request::NeighbourDelete(n),
             Op::AppendFdb(e) => Request::FdbAppend(e),
+            Op::ReplaceFdb(e) => Request::FdbReplace(e),
             Op::DeleteFdb(e) => Request::FdbDelete(e),
             Op::ReplaceRoute(r) => Request::RouteReplace(r),
             Op::DeleteRoute(r) => Request::RouteDelete(r),
@@ -109,20 +117,58 @@ impl Op {
             Op::DeleteNeighbour(_) | Op::DeleteFdb(_) | Op::DeleteRoute(_)
         )
     }
+
+    /// Whether the kernel refusing this op with `err` still leaves the
+    /// kernel as the op wanted it: only a delete whose target is already
+    /// gone ([`NetlinkError::is_not_found`]: `ENOENT`/`ESRCH`, or `ENODEV`
+    /// when its device went with it).
+    ///
+    /// Every other refusal is a failure, per op kind:
+    /// - a replace or append answering not-found means its device, gateway
+    ///   or table is missing: nothing was programmed;
+    /// - `EEXIST` is never "already there": no op asks for exclusive
+    ///   creation (`NLM_F_EXCL`), so the kernel answers success to a replace
+    ///   or append of what it already holds (`ip neigh replace`, `ip route
+    ///   replace`, `bridge fdb replace/append` all do), and an `EEXIST`
+    ///   means a conflicting object refused the op.
+    #[must_use]
+    pub fn is_done_despite(&self, err: &NetlinkError) -> bool {
+        self.is_delete() && err.is_not_found()
+    }
 }
 
 type NeighKey = (u32, std::net::Ipv4Addr);
+/// `(device, MAC, dst)`; `dst` is `None` for unicast MACs, which the kernel
+/// holds once per device whatever their `dst` (see [`fdb_key`]).
 type FdbKey = (u32, MacAddr, Option<std::net::Ipv4Addr>);
 type RouteKey = (u32, ipnetwork::Ipv4Network);
+
+/// The identity the kernel gives an FDB entry on a VXLAN device: a unicast
+/// MAC has one entry with one `dst` (appending another is acknowledged and
+/// ignored; replacing moves it), the all-zeros and multicast MACs have one
+/// `dst` per remote (flooding to each).
+fn fdb_key(e: &FdbEntry) -> FdbKey {
+    if e.mac.is_unicast() {
+        (e.index, e.mac, None)
+    } else {
+        (e.index, e.mac, e.dst)
+    }
+}
 
 /// Compares `desired` with `observed` and returns the ops that make the
 /// kernel match, in a safe order (adds and replaces, then deletes).
 ///
-/// Guarantees (property-tested): observed entries that `owner` does not own
-/// are never the subject of an op; applying the ops and planning again
-/// yields no ops; desired entries that already exist identically yield no op.
+/// Guarantees (property-tested against a model of the kernel,
+/// [`simulate`]): observed entries that `owner` does not own are never the
+/// subject of an op (but for the one FDB entry of a unicast MAC we need,
+/// which must point where we want, as a foreign ARP entry at a peer's
+/// address is replaced); applying the ops and planning again yields no ops;
+/// desired entries that already exist identically yield no op.
 /// Desired entries are normalised (permanent, our protocol is whatever the
-/// caller set); duplicates in `desired` collapse, the last one winning.
+/// caller set); duplicates in `desired` collapse, the last one winning, and
+/// so do desired FDB entries of one unicast MAC with different `dst`s (the
+/// kernel can hold only one: callers skip such peers first, as the vxlan
+/// backend does).
 #[must_use]
 pub fn plan(desired: &DataplaneState, observed: &DataplaneState, owner: &Owner) -> Vec<Op> {
     let mut adds = Vec::new();
@@ -162,13 +208,16 @@ pub fn plan(desired: &DataplaneState, observed: &DataplaneState, owner: &Owner) 
         }
     }
 
-    // FDB, keyed by (device, mac, dst).
+    // FDB, keyed as the kernel keys it (`fdb_key`). Comparing by (device,
+    // mac, dst) and appending, as before, planned an append the kernel
+    // ignores whenever a unicast MAC already had another dst: the op was
+    // "applied" on every pass forever, and a moved dst was deleted instead.
     let want: BTreeMap<FdbKey, FdbEntry> = desired
         .fdb
         .iter()
         .map(|e| {
             (
-                (e.index, e.mac, e.dst),
+                fdb_key(e),
                 FdbEntry {
                     permanent: true,
                     ..*e
@@ -176,20 +225,35 @@ pub fn plan(desired: &DataplaneState, observed: &DataplaneState, owner: &Owner) 
             )
         })
         .collect();
-    let have: BTreeMap<FdbKey, &FdbEntry> = observed
+    // Every entry on our device, also foreign ones: the kernel's one entry of
+    // a unicast MAC we need is replaced whoever made it.
+    let mut have: BTreeMap<FdbKey, Vec<&FdbEntry>> = BTreeMap::new();
+    for e in observed
         .fdb
         .iter()
-        .filter(|e| owner.owns_fdb(e))
-        .map(|e| ((e.index, e.mac, e.dst), e))
-        .collect();
+        .filter(|e| owner.device == Some(e.index))
+    {
+        have.entry(fdb_key(e)).or_default().push(e);
+    }
     for (k, e) in &want {
-        if !have.contains_key(k) {
-            adds.push(Op::AppendFdb(*e));
+        let observed_here = have.get(k).map(Vec::as_slice).unwrap_or_default();
+        if !observed_here.iter().any(|h| **h == *e) {
+            adds.push(if e.mac.is_unicast() {
+                Op::ReplaceFdb(*e)
+            } else {
+                // Also makes an existing non-permanent entry permanent.
+                Op::AppendFdb(*e)
+            });
         }
     }
-    for (k, e) in &have {
-        if !want.contains_key(k) {
-            dels.push(Op::DeleteFdb(**e));
+    for (k, es) in &have {
+        for e in es.iter().filter(|e| owner.owns_fdb(e)) {
+            match want.get(k) {
+                Some(w) if w.dst == e.dst => {}
+                // Moved in place by the ReplaceFdb above.
+                Some(_) if es.len() == 1 => {}
+                _ => dels.push(Op::DeleteFdb(**e)),
+            }
         }
     }
 
@@ -271,18 +335,45 @@ pub fn simulate(state: &DataplaneState, ops: &[Op]) -> DataplaneState {
                 s.neighbours.push(n);
             }
             Op::DeleteNeighbour(n) => s.neighbours.retain(|x| (x.index, x.ip) != (n.index, n.ip)),
+            // As vxlan_fdb_update() does: the state belongs to the entry of
+            // (device, MAC), shared by its dsts; appending adds a dst only to
+            // the all-zeros and multicast MACs, and is acknowledged but
+            // otherwise ignored for a unicast MAC that already has one.
             Op::AppendFdb(e) => {
-                if !s
+                let mut exists = false;
+                for x in s
                     .fdb
-                    .iter()
-                    .any(|x| (x.index, x.mac, x.dst) == (e.index, e.mac, e.dst))
+                    .iter_mut()
+                    .filter(|x| (x.index, x.mac) == (e.index, e.mac))
                 {
+                    x.permanent = e.permanent;
+                    exists = true;
+                }
+                let append = !e.mac.is_unicast()
+                    && !s
+                        .fdb
+                        .iter()
+                        .any(|x| (x.index, x.mac, x.dst) == (e.index, e.mac, e.dst));
+                if !exists || append {
                     s.fdb.push(e);
                 }
             }
-            Op::DeleteFdb(e) => s
-                .fdb
-                .retain(|x| (x.index, x.mac, x.dst) != (e.index, e.mac, e.dst)),
+            // Replacing moves the (first) dst of a unicast MAC; the kernel
+            // refuses it for the others (EOPNOTSUPP).
+            Op::ReplaceFdb(e) if e.mac.is_unicast() => {
+                match s
+                    .fdb
+                    .iter_mut()
+                    .find(|x| (x.index, x.mac) == (e.index, e.mac))
+                {
+                    Some(x) => *x = e,
+                    None => s.fdb.push(e),
+                }
+            }
+            Op::ReplaceFdb(_) => {}
+            Op::DeleteFdb(e) => s.fdb.retain(|x| {
+                (x.index, x.mac) != (e.index, e.mac) || e.dst.is_some_and(|d| x.dst != Some(d))
+            }),
             Op::ReplaceRoute(r) => {
                 // NLM_F_REPLACE replaces the first route with the same table/dst.
                 if let Some(x) = s
@@ -400,8 +491,105 @@ mod tests {
         let ops = plan(&desired, &observed, &owner());
         assert_eq!(ops.len(), 3, "{ops:?}");
         assert!(matches!(ops[0], Op::ReplaceNeighbour(n) if n.mac == Some(mac(99))));
-        assert!(matches!(ops[1], Op::AppendFdb(e) if e.mac == mac(99)));
+        assert!(matches!(ops[1], Op::ReplaceFdb(e) if e.mac == mac(99)));
         assert!(matches!(ops[2], Op::DeleteFdb(e) if e.mac == mac(1)));
+    }
+
+    #[test]
+    fn moved_dst_of_a_unicast_mac_is_replaced_in_place() {
+        // A peer's PublicIP changed, its VtepMAC did not. Appending the new
+        // dst is ignored by the kernel (the MAC has one already) and deleting
+        // the old one then left no entry at all.
+        let observed = state(&[1]);
+        let mut desired = state(&[1]);
+        desired.fdb[0].dst = Some(Ipv4Addr::new(10, 0, 0, 77));
+        let ops = plan(&desired, &observed, &owner());
+        assert_eq!(ops, vec![Op::ReplaceFdb(desired.fdb[0])]);
+        let after = simulate(&observed, &ops);
+        assert_eq!(after.fdb, desired.fdb);
+        assert!(plan(&desired, &after, &owner()).is_empty());
+    }
+
+    #[test]
+    fn one_unicast_mac_wanted_at_two_dsts_settles_on_one() {
+        // The kernel keeps one dst per unicast MAC: planning both forever
+        // (each pass "applying" an append the kernel ignores) is the bug.
+        let mut desired = state(&[1, 2]);
+        desired.fdb[1].mac = mac(1);
+        let ops = plan(&desired, &DataplaneState::default(), &owner());
+        let after = simulate(&DataplaneState::default(), &ops);
+        assert_eq!(after.fdb, vec![desired.fdb[1]], "the last one wins");
+        assert!(plan(&desired, &after, &owner()).is_empty());
+    }
+
+    #[test]
+    fn flooding_entries_hold_one_dst_per_remote() {
+        let zero = MacAddr([0; 6]);
+        let flood = |d: u8| FdbEntry::permanent(DEV, zero, Ipv4Addr::new(10, 0, 0, d));
+        let desired = DataplaneState {
+            fdb: vec![flood(1), flood(2)],
+            ..DataplaneState::default()
+        };
+        let observed = DataplaneState {
+            fdb: vec![flood(3)],
+            ..DataplaneState::default()
+        };
+        let ops = plan(&desired, &observed, &owner());
+        assert_eq!(
+            ops,
+            vec![
+                Op::AppendFdb(flood(1)),
+                Op::AppendFdb(flood(2)),
+                Op::DeleteFdb(flood(3))
+            ]
+        );
+        let after = simulate(&observed, &ops);
+        assert_eq!(after.fdb, desired.fdb);
+        assert!(plan(&desired, &after, &owner()).is_empty());
+    }
+
+    #[test]
+    fn a_non_permanent_fdb_entry_is_made_permanent() {
+        let mut observed = state(&[1]);
+        observed.fdb[0].permanent = false;
+        let desired = state(&[1]);
+        let ops = plan(&desired, &observed, &owner());
+        assert_eq!(ops, vec![Op::ReplaceFdb(desired.fdb[0])]);
+    }
+
+    #[test]
+    fn only_deletes_count_not_found_as_done() {
+        let err = |errno: i32| NetlinkError::Kernel {
+            request: "x".into(),
+            errno,
+        };
+        let (n, f, r) = peer(1);
+        let adds = [
+            Op::ReplaceNeighbour(n),
+            Op::AppendFdb(f),
+            Op::ReplaceFdb(f),
+            Op::ReplaceRoute(r),
+        ];
+        let dels = [Op::DeleteNeighbour(n), Op::DeleteFdb(f), Op::DeleteRoute(r)];
+        for errno in [linux::ENOENT, linux::ESRCH, linux::ENODEV] {
+            assert!(adds.iter().all(|op| !op.is_done_despite(&err(errno))));
+            assert!(dels.iter().all(|op| op.is_done_despite(&err(errno))));
+        }
+        for errno in [linux::EEXIST, linux::ENETUNREACH] {
+            assert!(adds
+                .iter()
+                .chain(&dels)
+                .all(|op| !op.is_done_despite(&err(errno))));
+        }
+    }
+
+    /// The errnos the kernel answers (Linux values).
+    mod linux {
+        pub(super) const ENOENT: i32 = 2;
+        pub(super) const ESRCH: i32 = 3;
+        pub(super) const EEXIST: i32 = 17;
+        pub(super) const ENODEV: i32 = 19;
+        pub(super) const ENETUNREACH: i32 = 101;
     }
 
     #[test]
@@ -492,15 +680,16 @@ mod tests {
 
     fn arb_fdb() -> impl Strategy<Value = FdbEntry> {
         (
-            0u8..6,
+            prop_oneof![(0u8..6).prop_map(mac), Just(MacAddr([0; 6]))],
             prop::option::of(0u8..4),
             prop_oneof![Just(DEV), Just(OTHER)],
+            prop::bool::ANY,
         )
-            .prop_map(|(m, dst, dev)| FdbEntry {
+            .prop_map(|(mac, dst, dev, permanent)| FdbEntry {
                 index: dev,
-                mac: mac(m),
+                mac,
                 dst: dst.map(|d| Ipv4Addr::new(10, 0, 0, d)),
-                permanent: true,
+                permanent,
             })
     }
 
@@ -521,7 +710,8 @@ mod tests {
                           r in prop::collection::vec(arb_route(), 0..8)) -> DataplaneState {
             DataplaneState {
                 neighbours: dedup(n, |a, b| (a.index, a.ip) == (b.index, b.ip)),
-                fdb: dedup(f, |a, b| (a.index, a.mac, a.dst) == (b.index, b.mac, b.dst)),
+                // One entry per unicast MAC and device, as the kernel holds them.
+                fdb: dedup(f, |a, b| fdb_key(a) == fdb_key(b)),
                 routes: dedup(r, |a, b| (a.table, a.dst) == (b.table, b.dst)),
             }
         }
@@ -529,7 +719,7 @@ mod tests {
 
     prop_compose! {
         /// What a backend wants: our device, our protocol, main table.
-        fn arb_desired()(ids in prop::collection::btree_set(0u8..12, 0..8), direct in prop::collection::vec(prop::bool::ANY, 8)) -> DataplaneState {
+        fn arb_desired()(ids in prop::collection::btree_set(0u8..12, 0..8), direct in prop::collection::vec(prop::bool::ANY, 8), flood in prop::collection::vec(prop::bool::ANY, 8)) -> DataplaneState {
             let mut s = DataplaneState::default();
             for (k, i) in ids.into_iter().enumerate() {
                 let (n, f, r) = peer(i);
@@ -539,6 +729,10 @@ mod tests {
                     s.neighbours.push(n);
                     s.fdb.push(f);
                     s.routes.push(r);
+                }
+                // Head-end replication: one all-zeros entry per remote.
+                if flood[k % 8] {
+                    s.fdb.push(FdbEntry::permanent(DEV, MacAddr([0; 6]), Ipv4Addr::new(10, 0, 0, i)));
                 }
             }
             s
@@ -555,6 +749,7 @@ mod tests {
                 match op {
                     Op::DeleteNeighbour(n) => prop_assert!(o.owns_neighbour(n)),
                     Op::DeleteFdb(e) => prop_assert!(o.owns_fdb(e)),
+                    Op::AppendFdb(e) => prop_assert!(!e.mac.is_unicast(), "append ignored by the kernel: {:?}", e),
                     Op::DeleteRoute(r) => prop_assert!(o.owns_route(r)),
                     Op::ReplaceRoute(r) => {
                         // Never overwrites a foreign route at the same destination.
@@ -570,8 +765,17 @@ mod tests {
                 let adopted = desired.routes.iter().any(|d| o.adopts_route(r, d));
                 prop_assert!(adopted || after.routes.contains(r));
             }
+            // (but for the one entry of a unicast MAC we need, which is ours
+            // now, and the state of a flooding entry we append to, which the
+            // kernel keeps per MAC, not per dst).
+            let needed: Vec<(u32, MacAddr)> = desired.fdb.iter().map(|e| (e.index, e.mac)).collect();
             for e in observed.fdb.iter().filter(|e| !o.owns_fdb(e)) {
-                prop_assert!(after.fdb.contains(e));
+                let shared = needed.contains(&(e.index, e.mac));
+                if shared && e.mac.is_unicast() {
+                    continue;
+                }
+                prop_assert!(after.fdb.iter().any(|x| x == e
+                    || (shared && (x.index, x.mac, x.dst) == (e.index, e.mac, e.dst))));
             }
             for n in observed.neighbours.iter().filter(|n| n.index != DEV) {
                 prop_assert!(after.neighbours.contains(n));

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! ip neigh replace <subnet>.0 lladdr <VtepMAC> dev flannel.N nud permanent
-//! bridge fdb append <VtepMAC> dev flannel.N dst <PublicIP> self permanent
+//! bridge fdb replace <VtepMAC> dev flannel.N dst <PublicIP> self permanent
 //! ip route replace <subnet> via <subnet>.0 dev flannel.N onlink proto 241
 //! ```
 //!
@@ -22,6 +22,7 @@
 //! VNI/port/local/underlay no longer match the config is re-created, and
 //! stale routes of ours are garbage-collected.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
@@ -33,7 +34,7 @@ use twill_netlink::{
 };
 
 use crate::peers::{check_common, claim_order, dedupe, on_segment, Claimed};
-use crate::plan::{plan, route_conflicts, DataplaneState, Owner};
+use crate::plan::{plan, route_conflicts, DataplaneState, Op, Owner};
 use crate::{Backend, BackendError, HostContext, LocalSetup, ReconcileReport, UnderlayInterface};
 
 /// VXLAN encapsulation overhead flannel subtracts from the underlay MTU.
@@ -292,8 +293,9 @@ impl VxlanBackend {
         let mut state = DataplaneState::default();
         let mut skipped = Vec::new();
         let mut accepted = Claimed::default();
+        let mut macs = BTreeMap::new();
         for peer in sorted {
-            match self.peer_entries(r, dev, peer, &connected, &mut accepted) {
+            match self.peer_entries(r, dev, peer, &connected, &mut accepted, &mut macs) {
                 Ok(Some((neigh, fdb, route))) => {
                     state.neighbours.extend(neigh);
                     state.fdb.extend(fdb);
@@ -314,6 +316,7 @@ impl VxlanBackend {
         peer: &SubnetLease,
         connected: &[Ipv4Network],
         accepted: &mut Claimed,
+        macs: &mut BTreeMap<MacAddr, SubnetKey>,
     ) -> Result<Option<(Option<Neighbour>, Option<FdbEntry>, Route)>, String> {
         if check_common(peer, self.own.as_ref(), r.public_ip, &r.config, "vxlan")?.is_none() {
             return Ok(None);
@@ -335,12 +338,24 @@ impl VxlanBackend {
         if let Some(v) = data.vni.filter(|v| *v != self.opts.vni) {
             return Err(format!("VNI {v} differs from ours ({})", self.opts.vni));
         }
-        dedupe(accepted, peer.key)?;
         let public = peer.attrs.public_ip;
-        if self.opts.direct_routing && on_segment(connected, public) {
+        let direct = self.opts.direct_routing && on_segment(connected, public);
+        // The device's FDB holds one dst per unicast MAC: a second peer with
+        // the same VtepMAC (a host that changed PublicIP and left its old
+        // lease behind, cloned machines) cannot be reached, and its traffic
+        // would go to the first one. Checked before `dedupe` so a skipped
+        // peer claims no subnet; the first in claim order keeps the MAC.
+        if !direct {
+            if let Some(first) = macs.get(&mac) {
+                return Err(format!("VtepMAC {mac} is already used by peer {first}"));
+            }
+        }
+        dedupe(accepted, peer.key)?;
+        if direct {
             let route = Route::new(peer.key.ipv4).via(public).dev(r.underlay.index);
             return Ok(Some((None, None, route)));
         }
+        macs.insert(mac, peer.key);
         let gw = peer.key.network_addr();
         Ok(Some((
             Some(Neighbour::permanent(dev, gw, mac)),
@@ -366,8 +381,10 @@ fn disable_accept_ra(device: &str) {
 /// in the way of `desired` as skipped, and applies [`plan()`]'s ops in one
 /// netlink batch: the reconcile step every route/neighbour/FDB-based backend
 /// shares, also for backends outside this crate. Fills `report.planned`,
-/// `report.applied` (`EEXIST`/`ENOENT` count as applied) and
-/// `report.failed`.
+/// `report.applied` (ops the kernel acknowledged, and deletes whose target
+/// was already gone: [`Op::is_done_despite`]) and `report.failed` (every
+/// other refusal, e.g. a route whose device or gateway is missing, with its
+/// request and errno).
 ///
 /// # Errors
 /// Only when the kernel cannot be dumped or the batch cannot be sent.
@@ -402,12 +419,14 @@ pub fn converge(
     if ops.is_empty() {
         return Ok(());
     }
-    let requests: Vec<_> = ops.iter().map(crate::plan::Op::to_request).collect();
+    let requests: Vec<_> = ops.iter().map(Op::to_request).collect();
     let outcome = nl.execute(&requests)?;
-    for r in outcome.results {
+    // One result per request, in order. Counting every EEXIST/ENOENT/ENODEV
+    // as applied reported a route add refused for a missing device as done.
+    for (op, r) in ops.iter().zip(outcome.results) {
         match r {
             Ok(()) => report.applied += 1,
-            Err(e) if e.is_exists() || e.is_not_found() => report.applied += 1,
+            Err(e) if op.is_done_despite(&e) => report.applied += 1,
             Err(e) => report.failed.push(e.to_string()),
         }
     }

@@ -458,3 +458,78 @@ async fn flanneld_routes_are_taken_over_in_place() {
     let again = backends[0].reconcile(&leases).await.expect("reconcile");
     assert_eq!(again.planned, 0, "{again:?}");
 }
+
+/// Two peers announcing the same VtepMAC (a host whose PublicIP changed kept
+/// its stable MAC and left its old lease behind, or cloned machines): the
+/// kernel holds one `dst` per unicast MAC and silently ignores an `fdb
+/// append` of a second one, so before the fix every pass planned (and
+/// "applied") that append again, forever. Now the later peer is skipped with
+/// a reason and a second pass plans nothing.
+#[tokio::test]
+async fn peers_sharing_a_vtep_mac_converge_to_zero_ops() {
+    twill_testbed::require_root!();
+    let lan = Lan::new(1).expect("lan");
+    let cfg = config(r#"{"Type":"vxlan"}"#);
+    let h = &lan.hosts[0];
+    let mut b = backend(h, VxlanOptions::default());
+    bring_up(&mut b, h, &cfg, 1).await;
+    let ip = |s: &str| s.parse().expect("ip");
+    let shared = "0e:00:00:00:00:02";
+    let mut old = lease("10.244.2.0/24", vxlan_attrs(ip("10.0.0.3"), shared));
+    old.revision = 10;
+    let mut new = lease("10.244.3.0/24", vxlan_attrs(ip("10.0.0.4"), shared));
+    new.revision = 20;
+    let peers = vec![new, old];
+    let first = b.reconcile(&peers).await.expect("first");
+    assert!(first.failed.is_empty(), "{first:?}");
+    for pass in 0..3 {
+        let r = b.reconcile(&peers).await.expect("again");
+        assert_eq!((r.planned, r.applied), (0, 0), "pass {pass}: {r:?}");
+    }
+    // The older lease keeps the MAC (claim order); the other is reported.
+    assert_eq!(first.skipped.len(), 1, "{first:?}");
+    assert_eq!(first.skipped[0].0.ipv4.to_string(), "10.244.3.0/24");
+    assert!(first.skipped[0].1.contains("VtepMAC"), "{first:?}");
+    assert_eq!((first.planned, first.applied), (3, 3), "{first:?}");
+    let fdb =
+        h.ns.exec("bridge", &["fdb", "show", "dev", "flannel.1"])
+            .expect("fdb");
+    assert_eq!(count_lines(&fdb, " dst "), 1, "{fdb}");
+    assert!(
+        fdb.contains(&format!("{shared} dst 10.0.0.3 self permanent")),
+        "{fdb}"
+    );
+}
+
+/// A peer whose PublicIP changed in place (same lease, same stable VtepMAC):
+/// its FDB entry must move to the new `dst` in one pass. Before the fix the
+/// plan was `append new` (ignored by the kernel: the MAC already had a
+/// `dst`) then `del old`, leaving no FDB entry at all until the next pass.
+#[tokio::test]
+async fn a_peer_whose_public_ip_moved_keeps_its_fdb_entry() {
+    twill_testbed::require_root!();
+    let lan = Lan::new(1).expect("lan");
+    let cfg = config(r#"{"Type":"vxlan"}"#);
+    let h = &lan.hosts[0];
+    let mut b = backend(h, VxlanOptions::default());
+    bring_up(&mut b, h, &cfg, 1).await;
+    let ip = |s: &str| s.parse().expect("ip");
+    let mac = "0e:00:00:00:00:02";
+    let before = vec![lease("10.244.2.0/24", vxlan_attrs(ip("10.0.0.3"), mac))];
+    let r = b.reconcile(&before).await.expect("first");
+    assert_eq!((r.planned, r.applied), (3, 3), "{r:?}");
+    let moved = vec![lease("10.244.2.0/24", vxlan_attrs(ip("10.0.0.4"), mac))];
+    let r = b.reconcile(&moved).await.expect("moved");
+    assert!(r.failed.is_empty(), "{r:?}");
+    let fdb =
+        h.ns.exec("bridge", &["fdb", "show", "dev", "flannel.1"])
+            .expect("fdb");
+    assert_eq!(count_lines(&fdb, " dst "), 1, "{fdb}");
+    assert!(
+        fdb.contains(&format!("{mac} dst 10.0.0.4 self permanent")),
+        "{fdb}"
+    );
+    assert_eq!((r.planned, r.applied), (1, 1), "one replace: {r:?}");
+    let r = b.reconcile(&moved).await.expect("again");
+    assert_eq!((r.planned, r.applied), (0, 0), "{r:?}");
+}
