@@ -19,6 +19,11 @@ use crate::SubnetError;
 const LEAF: u32 = 64;
 /// Marks an absent child (index 0 is always the root, never a child).
 const NONE: u32 = 0;
+/// The most slots the tree covers: its span is a `u32` power of two. A
+/// parsed config has at most 2^30 subnets (SubnetLen is at most 30); only a
+/// hand-built one (SubnetLen 32 over the whole space) has more, and the
+/// subnets past this many are then never handed out.
+const MAX_SLOTS: u32 = 1 << 31;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Node {
@@ -57,6 +62,8 @@ struct Node {
 #[derive(Debug, Clone)]
 pub struct SubnetAllocator {
     config: NetworkConfig,
+    /// Networks no subnet may overlap (see [`SubnetAllocator::exclude`]).
+    excluded: Vec<Ipv4Network>,
     count: u32,
     /// Size of the root's range: a power of two, at least [`LEAF`].
     span: u32,
@@ -67,13 +74,14 @@ impl SubnetAllocator {
     /// An allocator with every subnet of `config` free.
     #[must_use]
     pub fn new(config: &NetworkConfig) -> Self {
-        let count = config.subnet_count();
+        let count = config.subnet_count().min(MAX_SLOTS);
         let span = count
             .max(LEAF)
             .checked_next_power_of_two()
-            .unwrap_or(1 << 31);
+            .unwrap_or(MAX_SLOTS);
         SubnetAllocator {
             config: config.clone(),
+            excluded: Vec::new(),
             count,
             span,
             nodes: vec![Node::default()],
@@ -138,12 +146,57 @@ impl SubnetAllocator {
         }
     }
 
-    /// Marks `subnet` as free again. Returns whether anything changed.
+    /// Marks `subnet` as free again. Returns whether anything changed. A
+    /// subnet that overlaps an excluded network stays taken.
     pub fn release(&mut self, subnet: Ipv4Network) -> bool {
+        if self.excluded_overlap(subnet).is_some() {
+            return false;
+        }
         match self.config.subnet_index(subnet) {
             Some(i) => self.set(i, false),
             None => false,
         }
+    }
+
+    /// Never hands out a subnet that overlaps `net` (a network of the host's
+    /// own: its underlay, its gateway, its etcd endpoints): every such
+    /// subnet is marked taken for good, [`SubnetAllocator::release`] included.
+    /// Costs one mark per overlapping subnet.
+    pub fn exclude(&mut self, net: Ipv4Network) {
+        let len = u32::from(self.config.subnet_len);
+        if len == 0 || len > 32 {
+            return;
+        }
+        let step = 1u64 << (32 - len);
+        let sub_mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+        let first = u64::from(u32::from(net.network()) & sub_mask);
+        let last = u64::from(u32::from(net.broadcast()) & sub_mask);
+        let (min, max) = (
+            u64::from(u32::from(self.config.subnet_min)),
+            u64::from(u32::from(self.config.subnet_max)),
+        );
+        let mut addr = first.max(min);
+        // Stay aligned when SubnetMin is above the first overlapping subnet.
+        addr = first + (addr - first).div_ceil(step) * step;
+        let end = last.min(max);
+        while addr <= end {
+            if let (Ok(a), Ok(l)) = (u32::try_from(addr), u8::try_from(len)) {
+                if let Ok(sn) = Ipv4Network::new(a.into(), l) {
+                    self.mark_taken(sn);
+                }
+            }
+            addr += step;
+        }
+        self.excluded.push(net);
+    }
+
+    /// The first excluded network that `subnet` overlaps, if any.
+    #[must_use]
+    pub fn excluded_overlap(&self, subnet: Ipv4Network) -> Option<Ipv4Network> {
+        self.excluded
+            .iter()
+            .copied()
+            .find(|e| e.contains(subnet.network()) || subnet.contains(e.network()))
     }
 
     /// Picks a uniformly random free subnet without marking it taken.
@@ -228,6 +281,9 @@ impl SubnetAllocator {
     }
 
     fn bit(&self, index: u32) -> bool {
+        if index >= self.count {
+            return false;
+        }
         let (mut node, mut lo, mut size) = (0u32, 0u32, self.span);
         loop {
             let Some(n) = self.nodes.get(node as usize) else {
@@ -348,6 +404,66 @@ mod tests {
         match a.allocate(&mut rng) {
             Err(SubnetError::Exhausted { total, taken }) => assert_eq!((total, taken), (6, 6)),
             other => panic!("expected Exhausted, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn excluded_networks_are_never_handed_out_nor_released() {
+        let c = cfg(
+            r#"{"Network":"10.0.0.0/16","SubnetLen":25,"SubnetMin":"10.0.0.0","SubnetMax":"10.0.1.128"}"#,
+        );
+        let mut a = SubnetAllocator::new(&c);
+        assert_eq!(a.total(), 4);
+        // The host's LAN 10.0.0.0/24 covers two /25s; its gateway 10.0.1.200 one more.
+        a.exclude("10.0.0.0/24".parse().unwrap());
+        a.exclude("10.0.1.200/32".parse().unwrap());
+        assert_eq!(a.free(), 1);
+        let mut rng = SmallRng::seed_from_u64(1);
+        assert_eq!(a.allocate(&mut rng).unwrap().to_string(), "10.0.1.0/25");
+        assert!(!a.release("10.0.0.128/25".parse().unwrap()));
+        assert!(!a.is_free("10.0.0.0/25".parse().unwrap()));
+        assert_eq!(
+            a.excluded_overlap("10.0.0.0/8".parse().unwrap()),
+            Some("10.0.0.0/24".parse().unwrap())
+        );
+        assert_eq!(a.excluded_overlap("10.0.1.0/25".parse().unwrap()), None);
+        // A SubnetMin past the excluded range's start stays aligned.
+        let c = cfg(
+            r#"{"Network":"10.0.0.0/16","SubnetLen":24,"SubnetMin":"10.0.5.0","SubnetMax":"10.0.9.0"}"#,
+        );
+        let mut a = SubnetAllocator::new(&c);
+        a.exclude("10.0.0.0/21".parse().unwrap());
+        assert_eq!(a.free(), 2);
+        assert_eq!(a.first_free().unwrap().to_string(), "10.0.8.0/24");
+    }
+
+    /// Issue 12: a config the parser would refuse (subnet_len 0, as an
+    /// IPv6-only config left its IPv4 side; lengths over 32; min above max)
+    /// must not make the allocator panic.
+    #[test]
+    fn degenerate_configs_never_panic() {
+        let mut rng = SmallRng::seed_from_u64(3);
+        for (len, min, max) in [
+            (0u8, 0u32, 0u32),
+            (0, 0, u32::MAX),
+            (33, 0, 0),
+            (24, 0x0A00_0500, 0x0A00_0100),
+            (32, 0, u32::MAX),
+        ] {
+            let mut c = cfg(SEED);
+            c.subnet_len = len;
+            c.subnet_min = std::net::Ipv4Addr::from(min);
+            c.subnet_max = std::net::Ipv4Addr::from(max);
+            let mut a = SubnetAllocator::new(&c);
+            for _ in 0..3 {
+                if let Ok(net) = a.allocate(&mut rng) {
+                    assert_eq!(net.prefix(), len);
+                    assert!(!a.is_free(net));
+                    assert!(a.release(net));
+                }
+            }
+            let _ = a.first_free();
+            let _ = a.mark_taken("0.0.0.0/0".parse().unwrap());
         }
     }
 

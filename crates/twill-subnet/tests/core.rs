@@ -564,3 +564,115 @@ fn renewal_retries_stay_within_a_quarter_of_the_ttl() {
         now = next;
     }
 }
+
+/// Issue 13: a lease carrying our IP is reused only if the allocator could
+/// have handed it out (SubnetLen, inside [SubnetMin, SubnetMax]), as flannel
+/// does: a planted /17 with our IP is neither adopted nor programmed.
+#[test]
+fn only_an_allocatable_lease_with_our_ip_is_reused() {
+    let t0 = Instant::now();
+    let mut core = core_with(config());
+    core.start(t0);
+    action(&mut core);
+    let planted: SubnetKey = "192.168.0.0-17".parse().unwrap();
+    let past_max = key(9); // 192.168.9.0/24: inside Network, past SubnetMax
+    core.handle_input(
+        t0,
+        Input::Listed(Ok(listing(
+            vec![lease(planted, OUR_IP, 4), lease(past_max, OUR_IP, 5)],
+            6,
+        ))),
+    );
+    let Action::Create { key: k, .. } = action(&mut core) else {
+        panic!("expected a Create of a fresh subnet")
+    };
+    assert_eq!(k.ipv4.prefix(), 24);
+    assert!(k.ipv4.network() <= "192.168.5.0".parse::<std::net::Ipv4Addr>().unwrap());
+    assert_ne!(k, past_max);
+
+    // The right length and in range: reused.
+    let mut core = core_with(config());
+    core.start(t0);
+    action(&mut core);
+    core.handle_input(
+        t0,
+        Input::Listed(Ok(listing(
+            vec![lease(planted, OUR_IP, 4), lease(key(5), OUR_IP, 5)],
+            6,
+        ))),
+    );
+    match action(&mut core) {
+        Action::Renew { held } => assert_eq!(held.lease.key, key(5)),
+        other => panic!("expected the Renew of 192.168.5.0-24, got {other:?}"),
+    }
+}
+
+/// Issue 13: no subnet overlapping the host's own networks (underlay,
+/// gateway, etcd) is allocated, reused or accepted as a peer's.
+#[test]
+fn subnets_overlapping_the_hosts_networks_are_never_used() {
+    let t0 = Instant::now();
+    let mut c = config();
+    // Five of the six subnets overlap "host networks"; only 192.168.2.0/24 is left.
+    c.protected = ["192.168.0.0/23", "192.168.3.7/32", "192.168.4.0/23"]
+        .iter()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    c.previous = Some(key(4));
+    let mut core = core_with(c.clone());
+    core.start(t0);
+    action(&mut core);
+    // A peer on a protected subnet, and our own old lease on one.
+    core.handle_input(
+        t0,
+        Input::Listed(Ok(listing(
+            vec![lease(key(1), "10.0.0.7", 4), lease(key(3), OUR_IP, 5)],
+            6,
+        ))),
+    );
+    let Action::Create { key: k, .. } = action(&mut core) else {
+        panic!("expected a Create")
+    };
+    assert_eq!(k, key(2), "the only subnet clear of the host's networks");
+    core.handle_input(
+        t0,
+        Input::Created {
+            key: k,
+            result: Ok(held(k, 7)),
+        },
+    );
+    assert!(core.is_held());
+    assert!(core.peers().leases.is_empty(), "{:?}", core.peers().leases);
+    let skipped: Vec<_> = events(&mut core)
+        .into_iter()
+        .filter_map(|e| match e {
+            LeaseEvent::Skipped { key, reason } => Some((key, reason)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        skipped
+            .iter()
+            .any(|(k, r)| k == "192.168.1.0-24" && r.contains("192.168.0.0/23")),
+        "{skipped:?}"
+    );
+    // A peer arriving later on a protected subnet is skipped too; one clear of them is not.
+    core.handle_input(
+        t0,
+        Input::Event(RegistryEvent::Upserted(lease(key(5), "10.0.0.8", 8))),
+    );
+    assert!(core.peers().leases.is_empty());
+
+    // Everything protected: nothing to allocate.
+    let mut c = config();
+    c.protected = vec!["192.168.0.0/16".parse().unwrap()];
+    let mut core = core_with(c);
+    core.start(t0);
+    action(&mut core);
+    core.handle_input(t0, Input::Listed(Ok(listing(vec![], 6))));
+    let err = core.take_error();
+    assert!(
+        matches!(err, Some(SubnetError::Exhausted { .. })),
+        "{err:?}"
+    );
+}

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use twill_model::{LeaseAttrs, NetworkConfig, SubnetKey, SubnetLease};
+use twill_model::{Ipv4Network, LeaseAttrs, NetworkConfig, SubnetKey, SubnetLease};
 
 use crate::{HeldLease, LeaseListing, RegistryError, RegistryEvent, SubnetAllocator, SubnetError};
 
@@ -71,6 +71,11 @@ pub struct CoreConfig {
     pub previous: Option<SubnetKey>,
     /// Backoff for lost races and registry errors.
     pub retry: RetryPolicy,
+    /// This host's own networks: its underlay networks, its default
+    /// gateway, its etcd endpoints. A subnet overlapping one of them is never
+    /// allocated, reused or accepted as a peer's: routing it into the overlay
+    /// would cut the host off its LAN or etcd.
+    pub protected: Vec<Ipv4Network>,
 }
 
 impl CoreConfig {
@@ -83,6 +88,7 @@ impl CoreConfig {
             renew_margin: DEFAULT_RENEW_MARGIN,
             previous: None,
             retry: RetryPolicy::default(),
+            protected: Vec::new(),
         }
     }
 
@@ -348,7 +354,7 @@ impl LeaseCore {
     #[must_use]
     pub fn new(cfg: CoreConfig, network: NetworkConfig, rng_seed: u64) -> Self {
         LeaseCore {
-            allocator: SubnetAllocator::new(&network),
+            allocator: new_allocator(&network, &cfg.protected),
             cfg,
             network,
             rng: SmallRng::seed_from_u64(rng_seed),
@@ -663,20 +669,23 @@ impl LeaseCore {
     /// Chooses what to claim from the current knowledge of the store.
     fn decide(&mut self, now: Instant) {
         let ours = self.cfg.attrs.public_ip;
-        let mine =
-            |l: &&Arc<SubnetLease>| l.attrs.public_ip == ours && !self.rejected.contains(&l.key);
+        // flannel's rule (isSubnetConfigCompat): a lease carrying our IP is
+        // reused only if the allocator could have handed it out, i.e. its
+        // length is SubnetLen and it lies in [SubnetMin, SubnetMax]; a
+        // planted 192.168.0.0-17 with our IP is not adopted. Nor is one that
+        // overlaps the host's own networks.
+        let mine = |l: &&Arc<SubnetLease>| {
+            l.attrs.public_ip == ours
+                && !self.rejected.contains(&l.key)
+                && self.network.subnet_index(l.key.ipv4).is_some()
+                && self.allocator.excluded_overlap(l.key.ipv4).is_none()
+        };
         let reuse = self
             .known
             .values()
             .filter(mine)
-            .filter(|l| self.network.check_subnet(&l.key).is_ok())
             .find(|l| l.is_reservation())
-            .or_else(|| {
-                self.known
-                    .values()
-                    .filter(mine)
-                    .find(|l| self.network.check_subnet(&l.key).is_ok())
-            })
+            .or_else(|| self.known.values().find(mine))
             .map(|l| SubnetLease::clone(l));
         let lost = match &self.state {
             LeaseState::Acquiring { lost, .. } => *lost,
@@ -955,7 +964,7 @@ impl LeaseCore {
 
     fn apply_snapshot(&mut self, listing: LeaseListing) {
         self.revision = self.revision.max(listing.revision);
-        self.allocator = SubnetAllocator::new(&self.network);
+        self.allocator = new_allocator(&self.network, &self.cfg.protected);
         self.known.clear();
         for lease in listing.leases {
             self.insert_known(lease);
@@ -994,6 +1003,12 @@ impl LeaseCore {
         }
         if let Err(e) = self.network.check_subnet(&lease.key) {
             return Err(Some(e.to_string()));
+        }
+        if let Some(net) = self.allocator.excluded_overlap(lease.key.ipv4) {
+            return Err(Some(format!(
+                "{} overlaps this host's own network {net} (underlay, gateway or etcd): routing it into the overlay would cut the host off",
+                lease.key.ipv4
+            )));
         }
         if lease.attrs.public_ip == self.cfg.attrs.public_ip {
             // Before we hold a lease, one carrying our PublicIP is ours from a
@@ -1056,4 +1071,14 @@ impl LeaseCore {
             self.update_peer(key);
         }
     }
+}
+
+/// An allocator for `network` that never hands out a subnet overlapping the
+/// host's `protected` networks.
+fn new_allocator(network: &NetworkConfig, protected: &[Ipv4Network]) -> SubnetAllocator {
+    let mut a = SubnetAllocator::new(network);
+    for net in protected {
+        a.exclude(*net);
+    }
+    a
 }

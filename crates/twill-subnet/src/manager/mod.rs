@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use twill_model::{LeaseAttrs, SubnetKey};
+use twill_model::{Ipv4Network, LeaseAttrs, SubnetKey};
 
 use self::core::{Action, CoreConfig, Input, LeaseCore, LeaseEvent, PeerSet, RetryPolicy};
 use crate::{HeldLease, LeaseWatch, Registry, SubnetError};
@@ -36,6 +36,10 @@ pub struct LeaseManagerConfig {
     pub rng_seed: Option<u64>,
     /// Backoff for lost races and registry errors.
     pub retry: RetryPolicy,
+    /// This host's own networks (underlay networks, default gateway, etcd
+    /// endpoints): no subnet overlapping one is ever allocated, reused or
+    /// accepted as a peer's. See [`CoreConfig::protected`].
+    pub protected: Vec<Ipv4Network>,
 }
 
 impl LeaseManagerConfig {
@@ -50,6 +54,7 @@ impl LeaseManagerConfig {
             previous: None,
             rng_seed: None,
             retry: c.retry,
+            protected: Vec::new(),
         }
     }
 
@@ -60,6 +65,7 @@ impl LeaseManagerConfig {
             renew_margin: self.renew_margin,
             previous: self.previous,
             retry: self.retry,
+            protected: self.protected.clone(),
         }
     }
 }
