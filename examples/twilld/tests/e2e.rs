@@ -14,13 +14,16 @@ use std::time::{Duration, Instant};
 
 use twill_model::LeaseAttrs;
 use twill_netlink::MacAddr;
-use twill_testbed::cluster::{StoredLease, TwillCluster};
+use twill_testbed::cluster::{StoredLease, TwillCluster, LEASE_RENEWALS_TOTAL};
 
 /// The article's config, byte for byte.
 const ARTICLE_CONFIG: &str = r#"{"Network":"192.168.0.0/16","SubnetLen":24,"SubnetMin":"192.168.0.0","SubnetMax":"192.168.5.0","Backend":{"Type":"vxlan","VNI":100,"Port":8472}}"#;
 const NAMES: [&str; 3] = ["test", "test2", "test3"];
 const DEV: &str = "flannel.100";
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The deadline of every wait: generous, so that a loaded machine passes;
+/// it only catches "never".
+const DEADLINE: Duration = Duration::from_secs(30);
+const READY_TIMEOUT: Duration = DEADLINE;
 const SUBNETS_PREFIX: &str = "/coreos.com/network/subnets/";
 
 fn article_cluster(etcd_members: usize, extra: &[&str]) -> TwillCluster {
@@ -41,7 +44,7 @@ fn article_cluster(etcd_members: usize, extra: &[&str]) -> TwillCluster {
     let ready = ready_from.elapsed();
     // Ready means "lease held and first reconcile done": a host that became
     // ready before the others leased learns them from the watch afterwards.
-    if let Err(e) = c.wait_converged(Duration::from_secs(10)) {
+    if let Err(e) = c.wait_converged(DEADLINE) {
         panic!("{e}\n{}", c.logs());
     }
     eprintln!(
@@ -412,8 +415,16 @@ fn killed_host_disappears_from_peers_when_its_lease_expires() {
     for i in 0..2 {
         assert_kernel_has_exactly(&c, i, &peers_of(i, &leases, &macs));
     }
-    // Renewals keep the 3 s lease alive well past its TTL.
-    std::thread::sleep(Duration::from_secs(4));
+    // Renewals keep the 3 s lease alive well past its TTL: more than a TTL
+    // goes by, and the daemon renews twice meanwhile.
+    let since = Instant::now();
+    let renewed = c.metric(dead, LEASE_RENEWALS_TOTAL).expect("renewals");
+    TwillCluster::poll(DEADLINE, "2 renewals of test3's lease over 4 s", || {
+        since.elapsed() >= Duration::from_secs(4)
+            && c.metric(dead, LEASE_RENEWALS_TOTAL)
+                .is_ok_and(|n| n >= renewed + 2.0)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     assert_eq!(
         c.own_lease(dead).expect("leases").map(|l| l.key),
         Some(leases[dead].key.clone()),
@@ -423,7 +434,7 @@ fn killed_host_disappears_from_peers_when_its_lease_expires() {
     c.daemon_mut(dead).kill().expect("SIGKILL");
     let killed = Instant::now();
     let key = leases[dead].key.clone();
-    let expired = TwillCluster::poll(Duration::from_secs(15), "the lease to expire", || {
+    let expired = TwillCluster::poll(DEADLINE, "the lease to expire", || {
         c.etcdctl(&["get", "--keys-only", &key])
             .is_ok_and(|o| o.trim().is_empty())
     })
@@ -436,17 +447,13 @@ fn killed_host_disappears_from_peers_when_its_lease_expires() {
                 .collect()
         })
         .collect();
-    let gone = TwillCluster::poll(
-        Duration::from_secs(10),
-        "test3 to leave the peers' kernels",
-        || {
-            (0..2).all(|i| {
-                fdb_set(&c, i) == expected_fdb(&survivors[i])
-                    && neigh_set(&c, i) == expected_neigh(&survivors[i])
-                    && route_set(&c, i) == expected_routes(&survivors[i])
-            })
-        },
-    );
+    let gone = TwillCluster::poll(DEADLINE, "test3 to leave the peers' kernels", || {
+        (0..2).all(|i| {
+            fdb_set(&c, i) == expected_fdb(&survivors[i])
+                && neigh_set(&c, i) == expected_neigh(&survivors[i])
+                && route_set(&c, i) == expected_routes(&survivors[i])
+        })
+    });
     if let Err(e) = gone {
         panic!(
             "{e}: test fdb {:?} neigh {:?} routes {:?}\n{}",
@@ -478,18 +485,14 @@ fn killed_host_disappears_from_peers_when_its_lease_expires() {
     let macs: Vec<MacAddr> = (0..3)
         .map(|i| c.vtep_mac(i).expect("dump").expect("flannel.100"))
         .collect();
-    TwillCluster::poll(
-        Duration::from_secs(10),
-        "test3 back in the peers' kernels",
-        || {
-            (0..3).all(|i| {
-                let p = peers_of(i, &back, &macs);
-                fdb_set(&c, i) == expected_fdb(&p)
-                    && neigh_set(&c, i) == expected_neigh(&p)
-                    && route_set(&c, i) == expected_routes(&p)
-            })
-        },
-    )
+    TwillCluster::poll(DEADLINE, "test3 back in the peers' kernels", || {
+        (0..3).all(|i| {
+            let p = peers_of(i, &back, &macs);
+            fdb_set(&c, i) == expected_fdb(&p)
+                && neigh_set(&c, i) == expected_neigh(&p)
+                && route_set(&c, i) == expected_routes(&p)
+        })
+    })
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
 }
 
@@ -527,18 +530,14 @@ fn hand_added_lease_is_programmed_everywhere_and_removed_on_delete() {
     c.etcdctl(&["put", &key, value]).expect("etcdctl put");
     let put_took = before_put.elapsed();
     let mut seen = [None; 3];
-    let all = TwillCluster::poll(
-        Duration::from_secs(5),
-        "the hand-added lease on every host",
-        || {
-            for (i, s) in seen.iter_mut().enumerate() {
-                if s.is_none() && present(i) {
-                    *s = Some(before_put.elapsed());
-                }
+    let all = TwillCluster::poll(DEADLINE, "the hand-added lease on every host", || {
+        for (i, s) in seen.iter_mut().enumerate() {
+            if s.is_none() && present(i) {
+                *s = Some(before_put.elapsed());
             }
-            seen.iter().all(Option::is_some)
-        },
-    );
+        }
+        seen.iter().all(Option::is_some)
+    });
     if let Err(e) = all {
         panic!("{e}: seen {seen:?}\n{}", c.logs());
     }
@@ -562,11 +561,9 @@ fn hand_added_lease_is_programmed_everywhere_and_removed_on_delete() {
 
     let before_del = Instant::now();
     c.etcdctl(&["del", &key]).expect("etcdctl del");
-    TwillCluster::poll(
-        Duration::from_secs(5),
-        "the deleted lease to leave every host",
-        || (0..3).all(|i| !present(i)),
-    )
+    TwillCluster::poll(DEADLINE, "the deleted lease to leave every host", || {
+        (0..3).all(|i| !present(i))
+    })
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     eprintln!(
         "e2e timing: deleted lease gone from every host {:?} after `etcdctl del` began",

@@ -7,7 +7,7 @@ mod reliability_common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use reliability_common::{self as common, report, TWILLD};
+use reliability_common::{self as common, report, DEADLINE, TWILLD};
 use twill_testbed::cluster::TwillCluster;
 use twill_testbed::daemon::{Daemon, DaemonOptions};
 
@@ -28,7 +28,7 @@ fn sigkill_and_restart_keeps_subnet_mac_and_lease() {
     // The dataplane outlives the daemon.
     common::all_ping(&c).unwrap();
     c.start_twilld(1).unwrap();
-    c.wait_ready(1, Duration::from_secs(20)).unwrap();
+    c.wait_ready(1, DEADLINE).unwrap();
     // own_lease fails if two leases carry host 1's IP.
     let again = c.own_lease(1).unwrap().unwrap();
     assert_eq!(again.key, lease.key, "same subnet\n{}", c.logs());
@@ -40,7 +40,7 @@ fn sigkill_and_restart_keeps_subnet_mac_and_lease() {
     );
     assert_eq!(c.subnet_env(1).unwrap(), env, "same subnet.env");
     assert_eq!(c.leases().unwrap().len(), 3, "{:?}", c.leases());
-    common::wait_converged(&c, Duration::from_secs(10));
+    common::wait_converged(&c, DEADLINE);
     common::all_ping(&c).unwrap();
     // Adopted as it was: nothing to change in the kernel.
     assert_eq!(
@@ -59,13 +59,10 @@ fn sigkill_and_restart_keeps_subnet_mac_and_lease() {
     // which is free, so it is claimed again.
     c.daemon_mut(1).kill().unwrap();
     let down = Instant::now();
-    common::wait_for(
-        &c,
-        Duration::from_secs(15),
-        "host 1's lease to expire",
-        || c.own_lease(1).ok().flatten().is_none(),
-    );
-    common::wait_converged_among(&c, &[0, 2], Duration::from_secs(10));
+    common::wait_for(&c, DEADLINE, "host 1's lease to expire", || {
+        c.own_lease(1).ok().flatten().is_none()
+    });
+    common::wait_converged_among(&c, &[0, 2], DEADLINE);
     report(
         "twilld down longer than the TTL",
         &format!(
@@ -74,7 +71,7 @@ fn sigkill_and_restart_keeps_subnet_mac_and_lease() {
         ),
     );
     c.start_twilld(1).unwrap();
-    c.wait_ready(1, Duration::from_secs(20)).unwrap();
+    c.wait_ready(1, DEADLINE).unwrap();
     let third = c.own_lease(1).unwrap().unwrap();
     assert_eq!(
         third.key,
@@ -84,7 +81,7 @@ fn sigkill_and_restart_keeps_subnet_mac_and_lease() {
     );
     assert_eq!(c.vtep_mac(1).unwrap(), Some(mac));
     assert_eq!(third.vtep_mac, lease.vtep_mac);
-    common::wait_converged(&c, Duration::from_secs(10));
+    common::wait_converged(&c, DEADLINE);
     common::all_ping(&c).unwrap();
 
     // 3. SIGKILL and lose the subnet file too: the lease carrying our
@@ -92,7 +89,7 @@ fn sigkill_and_restart_keeps_subnet_mac_and_lease() {
     c.daemon_mut(1).kill().unwrap();
     std::fs::remove_file(c.subnet_file(1)).unwrap();
     c.start_twilld(1).unwrap();
-    c.wait_ready(1, Duration::from_secs(20)).unwrap();
+    c.wait_ready(1, DEADLINE).unwrap();
     assert_eq!(c.own_lease(1).unwrap().unwrap().key, lease.key);
     assert_eq!(c.subnet_env(1).unwrap(), env);
     assert_eq!(c.leases().unwrap().len(), 3);
@@ -127,7 +124,7 @@ fn two_daemons_with_one_public_ip_never_make_two_leases() {
         let tag = format!("second{round}");
         c.start_twilld(1).unwrap();
         let mut other = second_daemon(&c, 1, &tag);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + DEADLINE;
         // One of them refuses; the other becomes ready.
         let refused = loop {
             let first_running = c.daemon_mut(1).is_running();
@@ -164,10 +161,10 @@ fn two_daemons_with_one_public_ip_never_make_two_leases() {
         assert!(code.is_some_and(|s| !s.success()), "{code:?}");
         // The winner serves; then never two leases for 10.0.0.3.
         if c.daemon_mut(1).is_running() {
-            c.wait_ready(1, Duration::from_secs(20)).unwrap();
+            c.wait_ready(1, DEADLINE).unwrap();
         } else {
             other
-                .wait_ready("127.0.0.1:8472".parse().unwrap(), Duration::from_secs(20))
+                .wait_ready("127.0.0.1:8472".parse().unwrap(), DEADLINE)
                 .unwrap();
         }
         let leases = c.leases().unwrap();
@@ -228,15 +225,11 @@ fn hundred_daemons_race_for_hundred_subnets() {
             .unwrap(),
         );
     }
-    let all_waiting = TwillCluster::poll(
-        Duration::from_secs(30),
-        "100 daemons waiting for the config",
-        || {
-            daemons
-                .iter()
-                .all(|d| d.log_since_start().contains("waiting for network config"))
-        },
-    );
+    let all_waiting = TwillCluster::poll(DEADLINE, "100 daemons waiting for the config", || {
+        daemons
+            .iter()
+            .all(|d| d.log_since_start().contains("waiting for network config"))
+    });
     all_waiting.unwrap();
     let config = r#"{"Network":"192.168.0.0/16","SubnetLen":24,"SubnetMin":"192.168.0.0","SubnetMax":"192.168.99.0","Backend":{"Type":"host-gw"}}"#;
     let released = Instant::now();

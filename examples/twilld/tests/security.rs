@@ -7,10 +7,9 @@ mod reliability_common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use reliability_common::{self as common, dataplane, ip, report, TWILLD};
-use twill_testbed::cluster::TwillCluster;
+use reliability_common::{self as common, dataplane, ip, report, DEADLINE, TWILLD};
+use twill_testbed::cluster::{TwillCluster, LEASE_RENEWALS_TOTAL, RECONCILES_TOTAL};
 use twill_testbed::daemon::{Daemon, DaemonOptions};
 use twill_testbed::etcd::{EtcdOptions, EtcdServer, TlsFiles};
 use twill_testbed::netns::Lan;
@@ -53,8 +52,35 @@ fn pem_body(path: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-fn assert_not_ready_for(d: &mut Daemon, secs: u64) {
-    std::thread::sleep(Duration::from_secs(secs));
+/// How many times `d` has failed to reach etcd so far: the connect loop's
+/// retries (logged at debug after the first warning; these daemons run at
+/// trace level) and, once connected, the failed requests it counts in
+/// `twill_etcd_errors_total` (e.g. while authentication is refused).
+fn etcd_retries(d: &Daemon) -> f64 {
+    let reconnects = d
+        .log_since_start()
+        .matches("etcd still unreachable")
+        .count();
+    #[allow(clippy::cast_precision_loss)]
+    let reconnects = reconnects as f64;
+    reconnects
+        + d.metric(healthz(), "twill_etcd_errors_total")
+            .unwrap_or(0.0)
+}
+
+/// Waits until `d` has failed to reach etcd 3 more times (evidence that it
+/// kept trying with what it was given), then asserts that it still runs
+/// and is still not ready.
+fn assert_stays_unready(d: &mut Daemon) {
+    let before = etcd_retries(d);
+    let r = twill_testbed::cluster::TwillCluster::poll(
+        DEADLINE,
+        &format!("{}: 3 more failed attempts to reach etcd", d.name()),
+        || etcd_retries(d) >= before + 3.0,
+    );
+    if let Err(e) = r {
+        panic!("{e}\n{}", d.log());
+    }
     // The one line that says why, for the test output.
     if let Some(l) = d.log().lines().find(|l| l.contains(" WARN ")) {
         eprintln!("{}: {}", d.name(), &l[l.find("WARN").unwrap_or(0)..]);
@@ -95,9 +121,8 @@ fn etcd_over_tls_with_client_certificates() {
             format!("-etcd-cafile={}", tls.ca.display()),
         ],
     );
-    d.wait_for_log("waiting for etcd", Duration::from_secs(10))
-        .unwrap();
-    assert_not_ready_for(&mut d, 2);
+    common::wait_for_log(&mut d, "waiting for etcd", DEADLINE);
+    assert_stays_unready(&mut d);
     d.kill().unwrap();
 
     // A server certificate from another CA: refused by twilld.
@@ -113,9 +138,8 @@ fn etcd_over_tls_with_client_certificates() {
             format!("-etcd-keyfile={}", tls.client_key.display()),
         ],
     );
-    d.wait_for_log("waiting for etcd", Duration::from_secs(10))
-        .unwrap();
-    assert_not_ready_for(&mut d, 2);
+    common::wait_for_log(&mut d, "waiting for etcd", DEADLINE);
+    assert_stays_unready(&mut d);
     d.kill().unwrap();
 
     // The right CA and a client certificate: works.
@@ -128,9 +152,13 @@ fn etcd_over_tls_with_client_certificates() {
             format!("-etcd-cafile={}", tls.ca.display()),
             format!("-etcd-certfile={}", tls.client_cert.display()),
             format!("-etcd-keyfile={}", tls.client_key.display()),
+            // Renew and reconcile every few seconds, so the trace log below
+            // covers renewals and reconciles over TLS.
+            "--lease-ttl=3s".into(),
+            "--reconcile-interval=1s".into(),
         ],
     );
-    d.wait_ready(healthz(), Duration::from_secs(20)).unwrap();
+    d.wait_ready(healthz(), DEADLINE).unwrap();
     let leases = etcd
         .etcdctl(&[
             "get",
@@ -145,7 +173,11 @@ fn etcd_over_tls_with_client_certificates() {
         "{leases}"
     );
     // Let it renew and reconcile a few times at trace level, then stop it.
-    std::thread::sleep(Duration::from_secs(2));
+    let passes = d.metric(healthz(), RECONCILES_TOTAL).unwrap();
+    d.wait_metric(healthz(), LEASE_RENEWALS_TOTAL, 2.0, DEADLINE)
+        .unwrap_or_else(|e| panic!("{e}"));
+    d.wait_metric(healthz(), RECONCILES_TOTAL, passes + 2.0, DEADLINE)
+        .unwrap_or_else(|e| panic!("{e}"));
     d.sigterm().unwrap();
 
     // No private key material in any log, at trace level.
@@ -196,8 +228,8 @@ fn etcd_with_user_and_password() {
 
     // Without credentials, or with a wrong password: not served, said why.
     let mut d = twilld(&lan, dir.path(), "anon", std::slice::from_ref(&endpoint));
-    common::wait_for_log(&mut d, "user name is empty", Duration::from_secs(10));
-    assert_not_ready_for(&mut d, 2);
+    common::wait_for_log(&mut d, "user name is empty", DEADLINE);
+    assert_stays_unready(&mut d);
     d.kill().unwrap();
     let mut d = twilld(
         &lan,
@@ -209,8 +241,8 @@ fn etcd_with_user_and_password() {
             "-etcd-password=not-the-password".into(),
         ],
     );
-    common::wait_for_log(&mut d, "waiting for etcd", Duration::from_secs(10));
-    assert_not_ready_for(&mut d, 2);
+    common::wait_for_log(&mut d, "waiting for etcd", DEADLINE);
+    assert_stays_unready(&mut d);
     d.kill().unwrap();
 
     // The right credentials, as flags and from the environment.
@@ -222,10 +254,15 @@ fn etcd_with_user_and_password() {
             endpoint.clone(),
             "-etcd-username=root".into(),
             format!("-etcd-password={PASSWORD}"),
+            "--reconcile-interval=1s".into(),
         ],
     );
-    d.wait_ready(healthz(), Duration::from_secs(20)).unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    d.wait_ready(healthz(), DEADLINE).unwrap();
+    // A few reconciles (each re-reads the config with the credentials) at
+    // trace level, then stop it.
+    let passes = d.metric(healthz(), RECONCILES_TOTAL).unwrap();
+    d.wait_metric(healthz(), RECONCILES_TOTAL, passes + 2.0, DEADLINE)
+        .unwrap_or_else(|e| panic!("{e}"));
     d.sigterm().unwrap();
     let h = &lan.hosts[0];
     let mut d = Daemon::start(
@@ -246,7 +283,7 @@ fn etcd_with_user_and_password() {
         .log_path(dir.path().join("env.log")),
     )
     .unwrap();
-    d.wait_ready(healthz(), Duration::from_secs(20)).unwrap();
+    d.wait_ready(healthz(), DEADLINE).unwrap();
     d.sigterm().unwrap();
     let out = etcd
         .etcdctl(&[
@@ -379,7 +416,7 @@ fn a_lease_cannot_steer_routes_outside_network_or_touch_what_twill_did_not_make(
     // peer they cannot tell from host 0): then host 0 has had its chance.
     common::wait_for(
         &c,
-        Duration::from_secs(10),
+        DEADLINE,
         "hosts 1 and 2 to program the valid leases",
         || {
             [1, 2].iter().all(|&i| {
@@ -394,7 +431,20 @@ fn a_lease_cannot_steer_routes_outside_network_or_touch_what_twill_did_not_make(
             })
         },
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // Host 0 has refused 233/234 (routes in the way) and 235 (our PublicIP),
+    // the last leases written: it has taken every lease above.
+    let refusals = [
+        "a route to 192.168.233.0/24 that twill did not create is in the way",
+        "a route to 192.168.234.0/24 that twill did not create is in the way",
+        "it claims our PublicIP 10.0.0.2",
+    ];
+    common::wait_for(&c, DEADLINE, "host 0 to refuse 233, 234 and 235", || {
+        let log = c.daemon(0).log();
+        refusals.iter().all(|r| log.contains(r))
+    });
+    // Then passes after that on every host: a wrong route or a second
+    // warning would be there now.
+    common::wait_reconciles(&mut c, &[0, 1, 2], 2);
     for bad in ["10.99.0.0/24", "192.0.0.0/8", "0.0.0.0/0"] {
         let routes = any_route_to(&c, bad);
         assert!(routes.is_empty(), "route to {bad}: {routes:?}");
@@ -428,11 +478,7 @@ fn a_lease_cannot_steer_routes_outside_network_or_touch_what_twill_did_not_make(
         "{dp0:?}"
     );
     // Each refusal logged once.
-    for needle in [
-        "a route to 192.168.233.0/24 that twill did not create is in the way",
-        "a route to 192.168.234.0/24 that twill did not create is in the way",
-        "it claims our PublicIP 10.0.0.2",
-    ] {
+    for needle in refusals {
         let n = c.daemon(0).log().matches(needle).count();
         assert_eq!(n, 1, "{needle}: {n} times\n{}", c.daemon(0).log());
     }
@@ -451,17 +497,12 @@ fn a_lease_cannot_steer_routes_outside_network_or_touch_what_twill_did_not_make(
             "eth0",
         ],
     );
-    common::wait_for(
-        &c,
-        Duration::from_secs(10),
-        "host 0 to program 192.168.233.0/24",
-        || {
-            dataplane(&c, 0)
-                .routes
-                .iter()
-                .any(|r| r.0 == "192.168.233.0/24")
-        },
-    );
+    common::wait_for(&c, DEADLINE, "host 0 to program 192.168.233.0/24", || {
+        dataplane(&c, 0)
+            .routes
+            .iter()
+            .any(|r| r.0 == "192.168.233.0/24")
+    });
 
     // 4. A route of ours replaced by hand with a foreign one is not fought over.
     let peer = c.subnet_env(1).unwrap().subnet_network().to_string();
@@ -470,7 +511,8 @@ fn a_lease_cannot_steer_routes_outside_network_or_touch_what_twill_did_not_make(
         0,
         &["route", "replace", &peer, "via", "10.0.0.9", "dev", "eth0"],
     );
-    std::thread::sleep(Duration::from_secs(3));
+    // Passes that started after the replacement would have fought it.
+    common::wait_reconciles(&mut c, &[0], 3);
     let routes = ip(&c, 0, &["route", "show", &peer]);
     assert!(routes.contains("via 10.0.0.9 dev eth0"), "{routes}");
     ip(
@@ -478,7 +520,7 @@ fn a_lease_cannot_steer_routes_outside_network_or_touch_what_twill_did_not_make(
         0,
         &["route", "del", &peer, "via", "10.0.0.9", "dev", "eth0"],
     );
-    common::wait_for(&c, Duration::from_secs(10), "our route back", || {
+    common::wait_for(&c, DEADLINE, "our route back", || {
         common::converged_host(&c, 0, &[0, 1, 2])
             || dataplane(&c, 0).routes.iter().any(|r| r.0 == peer)
     });
@@ -488,7 +530,7 @@ fn a_lease_cannot_steer_routes_outside_network_or_touch_what_twill_did_not_make(
     let own1 = c.own_lease(1).unwrap().unwrap();
     let hijack = common::vxlan_lease("10.0.0.86", "0e:00:00:00:00:86");
     c.etcdctl(&["put", &own1.key, &hijack]).unwrap();
-    common::wait_for(&c, Duration::from_secs(15), "host 1 to move", || {
+    common::wait_for(&c, DEADLINE, "host 1 to move", || {
         c.own_lease(1)
             .ok()
             .flatten()
@@ -500,9 +542,7 @@ fn a_lease_cannot_steer_routes_outside_network_or_touch_what_twill_did_not_make(
         .etcdctl(&["get", "--print-value-only", &own1.key])
         .unwrap();
     assert_eq!(stored.trim(), hijack, "the overwritten value is left alone");
-    c.daemon_mut(1)
-        .wait_for_log("was overwritten by 10.0.0.86", Duration::from_secs(5))
-        .unwrap();
+    common::wait_for_log(c.daemon_mut(1), "was overwritten by 10.0.0.86", DEADLINE);
     report(
         "lease safety",
         "leases outside Network (incl. /8 and /0) programmed nowhere; foreign routes and devices at a lease's destination untouched (logged once, programmed once they are gone); a lease with our PublicIP skipped; a hijacked lease is left to the hijacker and we move",

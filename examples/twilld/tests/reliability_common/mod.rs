@@ -11,9 +11,20 @@ use twill_testbed::cluster::{TwillCluster, TwillClusterBuilder};
 
 pub const TWILLD: &str = env!("CARGO_BIN_EXE_twilld");
 
-/// The article's network (VNI 100, flannel.100), without the SubnetMin/Max
-/// restriction unless a test wants it.
-pub const CONFIG: &str = r#"{"Network":"192.168.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","VNI":100,"Port":8472}}"#;
+/// The article's network (VNI 100, flannel.100). The daemons allocate only
+/// in [`ALLOCATED_MIN`, `ALLOCATED_MAX`] (SubnetMin/SubnetMax); the fixed
+/// leases the tests write ([`put_lease`]) lie above, at 192.168.100.0 and
+/// beyond, or outside the Network: a random allocation can never land on a
+/// subnet a test is about to write (or route by hand).
+pub const CONFIG: &str = r#"{"Network":"192.168.0.0/16","SubnetLen":24,"SubnetMin":"192.168.1.0","SubnetMax":"192.168.99.0","Backend":{"Type":"vxlan","VNI":100,"Port":8472}}"#;
+/// `SubnetMin` of [`CONFIG`].
+pub const ALLOCATED_MIN: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 0);
+/// `SubnetMax` of [`CONFIG`] (the last allocatable /24).
+pub const ALLOCATED_MAX: Ipv4Addr = Ipv4Addr::new(192, 168, 99, 0);
+
+/// The deadline of every wait: generous, so that a loaded machine (both
+/// cores busy) passes; it only catches "never", nothing asserts a duration.
+pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// A builder for `n` hosts with one etcd member each and the article's network.
 pub fn builder(n: usize) -> TwillClusterBuilder {
@@ -24,9 +35,9 @@ pub fn builder(n: usize) -> TwillClusterBuilder {
 /// FDB and ARP entries for every other host.
 pub fn start(b: TwillClusterBuilder) -> TwillCluster {
     let mut c = b.build(TWILLD).expect("build cluster");
-    c.wait_all_ready(Duration::from_secs(30))
+    c.wait_all_ready(DEADLINE)
         .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
-    wait_converged(&c, Duration::from_secs(20));
+    wait_converged(&c, DEADLINE);
     c
 }
 
@@ -156,12 +167,16 @@ pub fn wait_for(
 
 /// A metric of host `i`'s daemon from `/metrics` (None when unreachable).
 pub fn metric(c: &TwillCluster, i: usize, name: &str) -> Option<f64> {
-    let (code, body) = c.daemon(i).http_get(c.healthz_addr(), "/metrics").ok()?;
-    if code != 200 {
-        return None;
+    c.metric(i, name).ok()
+}
+
+/// Waits (up to [`DEADLINE`]) until each daemon of `hosts` has run `n` more
+/// reconcile passes than now (see [`TwillCluster::wait_reconciles`]): the
+/// evidence to take before asserting that something did *not* happen.
+pub fn wait_reconciles(c: &mut TwillCluster, hosts: &[usize], n: u32) {
+    if let Err(e) = c.wait_reconciles(hosts, n, DEADLINE) {
+        panic!("{e}\n{}", c.logs());
     }
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// `GET path` on host `i`'s health port: the status code.
@@ -278,8 +293,41 @@ pub fn lease_key(subnet: &str) -> String {
     format!("/coreos.com/network/subnets/{subnet}")
 }
 
-/// Puts a lease with an etcd lease of `ttl_secs` (0: no TTL, a reservation).
+/// Whether a key such as `192.168.77.0-24` names a subnet a daemon of
+/// [`CONFIG`] may hold: a /24 in [`ALLOCATED_MIN`, `ALLOCATED_MAX`]. (A
+/// lease of another length, e.g. one covering the whole Network, is never
+/// a daemon's key.)
+pub fn allocatable(subnet: &str) -> bool {
+    let Some((ip, len)) = subnet.split_once('-') else {
+        return false;
+    };
+    let (Ok(ip), Ok(24)) = (ip.parse::<Ipv4Addr>(), len.parse::<u8>()) else {
+        return false;
+    };
+    (ALLOCATED_MIN..=ALLOCATED_MAX).contains(&ip)
+}
+
+/// Puts a fixed lease with an etcd lease of `ttl_secs` (0: no TTL, a
+/// reservation). Panics if `subnet` is one the daemons may have been
+/// allocated (see [`CONFIG`], [`allocatable`]): a test never writes where a
+/// random allocation may have landed. A deliberate reservation in a test's own range is [`reserve`].
 pub fn put_lease(c: &TwillCluster, subnet: &str, value: &str, ttl_secs: u64) {
+    assert!(
+        !allocatable(subnet),
+        "{subnet} is in the daemons' allocation range {ALLOCATED_MIN}-{ALLOCATED_MAX}: \
+         write fixed leases at 192.168.100.0 and above"
+    );
+    put_lease_anywhere(c, subnet, value, ttl_secs);
+}
+
+/// Holds `subnet` with a reservation (no TTL) even where daemons allocate:
+/// for tests that steer an allocation, written while no daemon can be
+/// allocating it.
+pub fn reserve(c: &TwillCluster, subnet: &str, value: &str) {
+    put_lease_anywhere(c, subnet, value, 0);
+}
+
+fn put_lease_anywhere(c: &TwillCluster, subnet: &str, value: &str, ttl_secs: u64) {
     let key = lease_key(subnet);
     if ttl_secs == 0 {
         c.etcdctl(&["put", &key, value]).unwrap();
