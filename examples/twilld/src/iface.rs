@@ -101,6 +101,60 @@ pub fn choose(ifaces: &[String], regexes: &[String]) -> anyhow::Result<UnderlayI
     underlay(link, ip)
 }
 
+/// This host's own IPv4 networks, which no subnet (ours or a peer's) may
+/// overlap: the underlay interface's networks, every next hop of the main
+/// table's routes that twill did not make and that do not leave through the
+/// overlay (the default gateway among them), the
+/// public IP, and the etcd endpoints given as addresses. Routing any of them
+/// into the overlay would cut the host off its LAN, its gateway or etcd.
+/// (etcd endpoints given as DNS names are not resolved here.)
+///
+/// # Errors
+/// When netlink cannot be read.
+pub fn host_networks(
+    underlay: &UnderlayInterface,
+    public_ip: Ipv4Addr,
+    etcd_ips: &[Ipv4Addr],
+) -> anyhow::Result<Vec<twill_model::Ipv4Network>> {
+    use twill_model::Ipv4Network;
+    let host = |ip: Ipv4Addr| Ipv4Network::new(ip, 32).ok();
+    let mut nl = NetlinkHandle::new().context("cannot open a netlink socket")?;
+    let mut nets: Vec<Ipv4Network> = nl
+        .address()
+        .list(Some(underlay.index))
+        .context("cannot list the underlay's addresses")?
+        .iter()
+        .filter_map(|a| Ipv4Network::new(a.addr.network(), a.addr.prefix()).ok())
+        .collect();
+    let routes = nl
+        .route()
+        .list(Some(twill_netlink::MAIN_TABLE))
+        .context("cannot list routes")?;
+    // Next hops through the overlay (ours, or flanneld's before a migration:
+    // `10.244.2.0/24 via 10.244.2.0 dev flannel.1`) are peers, not the host's.
+    let overlay: Vec<u32> = nl
+        .link()
+        .list()
+        .context("cannot list interfaces")?
+        .iter()
+        .filter(|l| is_overlay_device(&l.name))
+        .map(|l| l.index)
+        .collect();
+    nets.extend(
+        routes
+            .iter()
+            .filter(|r| r.protocol != twill_netlink::TWILL_RTPROT)
+            .filter(|r| !r.oif.is_some_and(|i| overlay.contains(&i)))
+            .filter_map(|r| r.gateway)
+            .filter_map(host),
+    );
+    nets.extend(host(public_ip));
+    nets.extend(etcd_ips.iter().copied().filter_map(host));
+    nets.sort_unstable();
+    nets.dedup();
+    Ok(nets)
+}
+
 #[cfg(test)]
 mod tests {
     use super::is_overlay_device;

@@ -309,10 +309,31 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     };
 
     let registry = Arc::new(connect(etcd_config, flags.retry_interval).await?);
+    status.etcd_reachable.store(true, Ordering::Relaxed);
     let backends = BackendRegistry::with_builtins();
     let (config, mut backend) =
         wait_for_config(&registry, &backends, flags.retry_interval, &status).await;
     info!(network = %config.network, subnet_len = config.subnet_len, backend = %config.backend.backend_type, "network config read");
+
+    let etcd_ips: Vec<std::net::Ipv4Addr> = flags
+        .etcd_endpoints
+        .iter()
+        .filter_map(|e| e.parse::<twill_etcd::EtcdEndpoint>().ok()?.ip())
+        .filter_map(|ip| match ip {
+            std::net::IpAddr::V4(v4) => Some(v4),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .collect();
+    let protected = iface::host_networks(&underlay, public_ip, &etcd_ips)?;
+    for net in protected
+        .iter()
+        .filter(|n| n.contains(config.network.network()) || config.network.contains(n.network()))
+    {
+        warn!(
+            "Network {} overlaps this host's own network {net} (underlay {}, its gateway or etcd): subnets overlapping it are never used; choose a Network apart from the hosts' own",
+            config.network, underlay.name
+        );
+    }
 
     let host = HostContext {
         config: &config,
@@ -329,6 +350,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     mgr_config.renew_margin =
         Duration::from_secs(flags.subnet_lease_renew_margin.saturating_mul(60));
     mgr_config.previous = subnet_file::previous_subnet(&flags.subnet_file);
+    mgr_config.protected = protected;
     let mut manager = LeaseManager::new(registry.clone(), mgr_config);
     let mut events = manager.events();
     let held = loop {
@@ -467,7 +489,16 @@ async fn check_config_drift(
     status: &Status,
     last: &mut StoredConfig,
 ) {
-    let now = match registry.get_config().await {
+    let answer = registry.get_config().await;
+    let reachable = !matches!(&answer, Err(e) if e.is_transient());
+    if status.etcd_reachable.swap(reachable, Ordering::Relaxed) != reachable {
+        if reachable {
+            info!("etcd reachable again");
+        } else {
+            warn!("etcd unreachable: not ready until it answers again (the kernel state is kept)");
+        }
+    }
+    let now = match answer {
         Ok(cfg) if cfg == *running => StoredConfig::Same,
         Ok(cfg) => StoredConfig::Changed(cfg),
         Err(e) if e.is_transient() => {
@@ -507,10 +538,12 @@ fn log_event(ev: &LeaseEvent, status: &Status) {
         }
         LeaseEvent::Renewed { key, ttl } => {
             status.renewals.fetch_add(1, Ordering::Relaxed);
+            status.etcd_reachable.store(true, Ordering::Relaxed);
             info!(subnet = %key, ttl = ?ttl, "lease renewed");
         }
         LeaseEvent::RenewFailed { key, reason } => {
             status.etcd_errors.fetch_add(1, Ordering::Relaxed);
+            status.etcd_reachable.store(false, Ordering::Relaxed);
             warn!(subnet = %key, "lease renewal failed, retrying: {reason}");
         }
         LeaseEvent::Lost { key, reason } => {

@@ -16,6 +16,10 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct Status {
     /// We hold a subnet lease.
     pub lease_held: AtomicBool,
+    /// etcd answered the last request that tells (connect, a config
+    /// re-read, a renewal): a host cut off from etcd is not ready, since its
+    /// lease and its view of the peers can no longer be kept.
+    pub etcd_reachable: AtomicBool,
     /// The first reconcile after acquiring the lease succeeded.
     pub dataplane_ready: AtomicBool,
     /// Peers in the current desired set.
@@ -53,6 +57,12 @@ impl Status {
             "gauge",
             "1 if this host holds a subnet lease.",
             u8::from(self.lease_held.load(Ordering::Relaxed)).to_string(),
+        );
+        metric(
+            "twill_etcd_reachable",
+            "gauge",
+            "1 if etcd answered the last request that tells.",
+            u8::from(self.etcd_reachable.load(Ordering::Relaxed)).to_string(),
         );
         metric(
             "twill_ready",
@@ -121,7 +131,9 @@ impl Status {
 
     /// Lease held and dataplane programmed.
     pub fn is_ready(&self) -> bool {
-        self.lease_held.load(Ordering::Relaxed) && self.dataplane_ready.load(Ordering::Relaxed)
+        self.lease_held.load(Ordering::Relaxed)
+            && self.dataplane_ready.load(Ordering::Relaxed)
+            && self.etcd_reachable.load(Ordering::Relaxed)
     }
 }
 
@@ -646,11 +658,18 @@ mod tests {
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
         status.lease_held.store(true, Ordering::Relaxed);
+        status.etcd_reachable.store(true, Ordering::Relaxed);
         status.dataplane_ready.store(true, Ordering::Relaxed);
         status.ops_applied.store(42, Ordering::Relaxed);
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
         let m = get(addr, "/metrics").await;
         assert!(m.contains("\ntwill_ops_applied_total 42\n"), "{m}");
+        // Cut off from etcd: not ready, whatever the kernel holds.
+        status.etcd_reachable.store(false, Ordering::Relaxed);
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
+        assert!(get(addr, "/metrics")
+            .await
+            .contains("\ntwill_etcd_reachable 0\n"));
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
     }
 }
