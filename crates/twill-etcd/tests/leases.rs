@@ -62,7 +62,7 @@ async fn hundred_racing_lease_managers_get_distinct_subnets_and_the_101st_is_exh
 
     let reg = Arc::new(connect(&etcd).await);
     let mut m = LeaseManager::new(reg, LeaseManagerConfig::new(attrs("10.0.9.9")));
-    let err = tokio::time::timeout(Duration::from_secs(20), m.acquire())
+    let err = tokio::time::timeout(DEADLINE, m.acquire())
         .await
         .expect("the 101st must fail, not retry forever")
         .unwrap_err();
@@ -86,27 +86,31 @@ async fn short_ttl_lease_stays_alive_under_keepalive_with_one_etcd_lease() {
     let mut raw = raw(&etcd).await;
     let key: SubnetKey = "10.20.1.0-24".parse().unwrap();
     let path = format!("{SUBNETS}10.20.1.0-24");
+    // Short (seconds, not flannel's 24 h), with room for a loaded machine:
+    // the test renews ten times per TTL.
+    let ttl = Duration::from_secs(5);
     let mut held = reg
-        .create_lease(&key, &attrs("10.0.0.1"), Some(Duration::from_secs(2)))
+        .create_lease(&key, &attrs("10.0.0.1"), Some(ttl))
         .await
         .unwrap();
     let lease_id = lease_id_of(&mut raw, &path).await.unwrap();
     assert_ne!(lease_id, 0);
 
+    // Playing the lease manager: a renewal every 500 ms (the pace of the
+    // keepalives under test), for at least two TTLs and ten renewals.
     let start = Instant::now();
     let mut renewals = 0;
-    while start.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(600)).await;
+    while start.elapsed() < 2 * ttl || renewals < 10 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
         held = reg.renew_lease(&held).await.unwrap();
         renewals += 1;
-        assert_eq!(held.ttl, Some(Duration::from_secs(2)));
+        assert_eq!(held.ttl, Some(ttl));
         assert_eq!(
             lease_id_of(&mut raw, &path).await,
             Some(lease_id),
             "the same etcd lease throughout"
         );
     }
-    assert!(renewals >= 10);
     let leases = raw.leases().await.unwrap();
     assert_eq!(
         leases.leases().len(),
@@ -130,7 +134,7 @@ async fn killed_holder_lease_expires_and_a_watcher_sees_it_removed() {
         .await
         .unwrap();
     let held = holder.renew_lease(&held).await.unwrap(); // opens the keepalive stream
-    match next_event(&mut watch, 5).await {
+    match next_event(&mut watch).await {
         RegistryEvent::Upserted(l) => assert_eq!(l.key, key),
         other => panic!("expected Upserted, got {other:?}"),
     }
@@ -138,7 +142,7 @@ async fn killed_holder_lease_expires_and_a_watcher_sees_it_removed() {
     let killed_at = Instant::now();
     drop(held);
     drop(holder);
-    match next_event(&mut watch, 10).await {
+    match next_event(&mut watch).await {
         RegistryEvent::Removed { key: k, revision } => {
             assert_eq!(k, key);
             assert!(revision > start_rev);
@@ -177,13 +181,13 @@ async fn renew_recreates_a_lost_etcd_lease_only_if_the_key_is_still_ours() {
     let value = raw.get(path.as_str(), None).await.unwrap();
     assert_eq!(
         value.kvs()[0].value(),
-        attrs("10.0.0.3").to_json().as_bytes()
+        attrs("10.0.0.3").to_json().unwrap().as_bytes()
     );
     assert_eq!(held.lease.revision, value.kvs()[0].mod_revision());
 
     // Lost again, and meanwhile someone else took the subnet: no stealing.
     raw.lease_revoke(second).await.unwrap();
-    raw.put(path.as_str(), attrs("10.0.0.99").to_json(), None)
+    raw.put(path.as_str(), attrs("10.0.0.99").to_json().unwrap(), None)
         .await
         .unwrap();
     let err = reg.renew_lease(&held).await.unwrap_err();
@@ -191,7 +195,7 @@ async fn renew_recreates_a_lost_etcd_lease_only_if_the_key_is_still_ours() {
     let value = raw.get(path.as_str(), None).await.unwrap();
     assert_eq!(
         value.kvs()[0].value(),
-        attrs("10.0.0.99").to_json().as_bytes()
+        attrs("10.0.0.99").to_json().unwrap().as_bytes()
     );
     assert_eq!(
         raw.leases().await.unwrap().leases().len(),
@@ -246,21 +250,21 @@ async fn renewal_survives_an_etcd_restart_on_the_same_etcd_lease() {
 
     tokio::task::block_in_place(|| etcd.restart()).unwrap();
     // The old stream is broken; renew reopens it (retrying while the
-    // connection comes back, as the lease manager does).
-    let mut renewed = None;
-    for _ in 0..10 {
+    // connection comes back, as the lease manager does), until a deadline.
+    let deadline = Instant::now() + DEADLINE;
+    let renewed = loop {
         match reg.renew_lease(&held).await {
-            Ok(h) => {
-                renewed = Some(h);
-                break;
-            }
+            Ok(h) => break h,
             Err(e) => {
                 assert!(e.is_transient(), "{e:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "no renewal within {DEADLINE:?} of the restart: {e:?}"
+                );
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         }
-    }
-    let renewed = renewed.expect("renewal after the restart");
+    };
     assert_eq!(renewed.ttl, Some(Duration::from_secs(30)));
     let mut raw2 = raw(&etcd).await;
     assert_eq!(

@@ -40,21 +40,59 @@ pub fn attrs(ip: &str) -> LeaseAttrs {
     a
 }
 
-/// The next event, failing the test after `secs` seconds.
-pub async fn next_event(watch: &mut LeaseWatch, secs: u64) -> RegistryEvent {
-    tokio::time::timeout(Duration::from_secs(secs), watch.next())
+/// The deadline of every wait: generous, so that a loaded machine passes;
+/// it only catches "never", nothing asserts a duration.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The next event, failing the test after [`DEADLINE`].
+pub async fn next_event(watch: &mut LeaseWatch) -> RegistryEvent {
+    tokio::time::timeout(DEADLINE, watch.next())
         .await
-        .unwrap_or_else(|_| panic!("no watch event within {secs} s"))
+        .unwrap_or_else(|_| panic!("no watch event within {DEADLINE:?}"))
         .expect("watch closed")
 }
 
-/// Every event arriving until `quiet` passes without one.
-pub async fn drain(watch: &mut LeaseWatch, quiet: Duration) -> Vec<RegistryEvent> {
-    let mut out = Vec::new();
-    while let Ok(Some(ev)) = tokio::time::timeout(quiet, watch.next()).await {
-        out.push(ev);
+/// The next `n` events (each within [`DEADLINE`]).
+pub async fn next_events(watch: &mut LeaseWatch, n: usize) -> Vec<RegistryEvent> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        out.push(next_event(watch).await);
     }
     out
+}
+
+/// Writes a marker lease at `<SUBNETS><marker>` (e.g. `10.99.0.0-24`) and
+/// returns every event the watch delivers before the marker's own. A watch
+/// delivers in revision order, so whatever was due before the marker (a
+/// repeat, a leftover) is in the result: the evidence for "nothing more
+/// came", instead of waiting for a quiet spell.
+pub async fn events_before_marker(
+    watch: &mut LeaseWatch,
+    raw: &mut etcd_client::Client,
+    marker: &str,
+) -> Vec<RegistryEvent> {
+    let path = format!("{SUBNETS}{marker}");
+    raw.put(path, SEED_LEASE, None).await.unwrap();
+    let mut before = Vec::new();
+    loop {
+        match next_event(watch).await {
+            RegistryEvent::Upserted(l) if l.key.to_string() == marker => return before,
+            other => before.push(other),
+        }
+    }
+}
+
+/// Polls `check` every 20 ms until it is true, panicking with `what` after
+/// [`DEADLINE`].
+pub async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The raw `lease` field of a key (None when absent).
