@@ -149,10 +149,10 @@ fn unwritable_subnet_file() {
     std::fs::write(&file, "x").unwrap();
     let path = file.join("subnet.env");
     let arg = format!("-subnet-file={}", path.display());
-    assert_one_line_error(&[&arg], &["subnet file", &path.display().to_string()]);
+    assert_one_line_error(&[&arg], &["-subnet-file", &path.display().to_string()]);
     assert_one_line_error(
         &["-subnet-file=/proc/twill-no-such/subnet.env"],
-        &["subnet file"],
+        &["-subnet-file"],
     );
 }
 
