@@ -40,32 +40,30 @@ use crate::{Backend, BackendError, HostContext, LocalSetup, ReconcileReport, Und
 /// VXLAN encapsulation overhead flannel subtracts from the underlay MTU.
 pub const VXLAN_OVERHEAD: u32 = 50;
 
-/// The `Backend` object of a `vxlan` network (flannel's field names; Go's
-/// JSON decoding is case-insensitive, so lowercase aliases are accepted).
+/// The `Backend` object of a `vxlan` network, with flannel's field names.
+/// Keys are matched as flanneld (Go) matches them, by
+/// [`BackendConfig::parse_as`]: `"vNI"` is `VNI`, the last key naming a
+/// field wins, `null` leaves the default (every field has one).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default)]
 pub struct VxlanOptions {
     /// `VNI` (default 1).
-    #[serde(rename = "VNI", alias = "vni", alias = "Vni")]
+    #[serde(rename = "VNI")]
     pub vni: u32,
     /// `Port`: UDP port, 0 for the kernel default (8472).
-    #[serde(rename = "Port", alias = "port")]
+    #[serde(rename = "Port")]
     pub port: u16,
     /// `GBP`: Group Based Policy.
-    #[serde(rename = "GBP", alias = "gbp", alias = "Gbp")]
+    #[serde(rename = "GBP")]
     pub gbp: bool,
     /// `Learning`: source-MAC learning (flannel default: off).
-    #[serde(rename = "Learning", alias = "learning")]
+    #[serde(rename = "Learning")]
     pub learning: bool,
     /// `DirectRouting`: plain routes to peers on our L2 segment.
-    #[serde(
-        rename = "DirectRouting",
-        alias = "directRouting",
-        alias = "directrouting"
-    )]
+    #[serde(rename = "DirectRouting")]
     pub direct_routing: bool,
     /// `MTU`: overrides underlay MTU − 50 (twill extension).
-    #[serde(rename = "MTU", alias = "mtu", alias = "Mtu")]
+    #[serde(rename = "MTU")]
     pub mtu: Option<u32>,
 }
 
@@ -114,12 +112,14 @@ impl VxlanOptions {
     }
 }
 
-/// `BackendData` of a vxlan lease.
+/// `BackendData` of a vxlan lease (keys matched as Go does, by
+/// [`LeaseAttrs::backend_data_as`]: `"VTEPMAC"` is `VtepMAC`).
 #[derive(Debug, Deserialize)]
 struct VxlanLeaseData {
-    #[serde(rename = "VNI", alias = "vni", default)]
+    #[serde(rename = "VNI", default)]
     vni: Option<u32>,
-    #[serde(rename = "VtepMAC", alias = "vtepMAC", alias = "vtepmac")]
+    /// Required: a lease without one cannot be programmed.
+    #[serde(rename = "VtepMAC")]
     vtep_mac: String,
 }
 
@@ -511,5 +511,101 @@ impl Backend for VxlanBackend {
         };
         converge(&mut self.nl, &desired, &owner, &mut report)?;
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(backend: &str) -> VxlanOptions {
+        let cfg = NetworkConfig::parse(&format!(
+            r#"{{"Network":"10.5.0.0/16","Backend":{backend}}}"#
+        ))
+        .unwrap();
+        VxlanOptions::from_config(&cfg.backend).unwrap_or_else(|e| panic!("{backend}: {e}"))
+    }
+
+    /// Issue 12: flanneld (Go's encoding/json) matches option names
+    /// case-insensitively, the last matching key wins and `null` leaves the
+    /// default; `"VNi":5` used to leave the VNI at 1.
+    #[test]
+    fn options_match_keys_as_go_does() {
+        for (backend, vni, port) in [
+            (r#"{"Type":"vxlan","VNI":5}"#, 5, 0),
+            (r#"{"Type":"vxlan","VNi":5}"#, 5, 0),
+            (r#"{"Type":"vxlan","vNI":5}"#, 5, 0),
+            (r#"{"Type":"vxlan","vni":5}"#, 5, 0),
+            (r#"{"Type":"vxlan","PORT":8472}"#, 1, 8472),
+            (r#"{"Type":"vxlan","pOrt":8472}"#, 1, 8472),
+            (r#"{"Type":"vxlan","Port":8472}"#, 1, 8472),
+            (r#"{"Type":"vxlan","VNI":7,"vni":8}"#, 8, 0),
+            (r#"{"Type":"vxlan","vni":8,"VNI":7}"#, 7, 0),
+            (
+                r#"{"Type":"vxlan","Vni":6,"vNi":9,"port":1,"PORT":2}"#,
+                9,
+                2,
+            ),
+            (r#"{"Type":"vxlan","VNI":null,"Port":null}"#, 1, 0),
+            (r#"{"Type":"vxlan","VNI":4,"vni":null}"#, 4, 0),
+        ] {
+            let o = options(backend);
+            assert_eq!((o.vni, o.port), (vni, port), "{backend}");
+        }
+        let o = options(
+            r#"{"Type":"vxlan","MTu":1400,"LEARNING":true,"GbP":true,"directROUTING":true}"#,
+        );
+        assert_eq!(
+            o,
+            VxlanOptions {
+                mtu: Some(1400),
+                learning: true,
+                gbp: true,
+                direct_routing: true,
+                ..VxlanOptions::default()
+            }
+        );
+        let o = options(
+            r#"{"Type":"vxlan","MTU":1400,"mtu":null,"Learning":null,"GBP":null,"DirectRouting":null}"#,
+        );
+        assert_eq!(o.mtu, Some(1400));
+        assert_eq!(
+            options(r#"{"Type":"vxlan","MTU":null}"#),
+            VxlanOptions::default()
+        );
+        // A bad value under any spelling is still refused, naming it.
+        let cfg = NetworkConfig::parse(
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","vNi":16777216}}"#,
+        )
+        .unwrap();
+        let err = VxlanOptions::from_config(&cfg.backend)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("VNI 16777216 exceeds 24 bits"), "{err}");
+    }
+
+    /// Issue 12: a lease whose `BackendData` says `VTEPMAC` (Go reads it)
+    /// used to be rejected.
+    #[test]
+    fn lease_data_matches_keys_as_go_does() {
+        for (data, vni) in [
+            (r#"{"VtepMAC":"6e:af:8f:41:72:26"}"#, None),
+            (r#"{"VTEPMAC":"6e:af:8f:41:72:26","vni":3}"#, Some(3)),
+            (r#"{"vtepmac":"6e:af:8f:41:72:26","VNI":null}"#, None),
+            (
+                r#"{"VtepMac":"00:00:00:00:00:01","vtepMAC":"6e:af:8f:41:72:26","Vni":1,"VNI":2}"#,
+                Some(2),
+            ),
+        ] {
+            let attrs = LeaseAttrs::from_json(&format!(
+                r#"{{"publicip":"10.0.0.3","BACKENDTYPE":"vxlan","backendData":{data}}}"#
+            ))
+            .unwrap_or_else(|e| panic!("{data}: {e}"));
+            let d: VxlanLeaseData = attrs
+                .backend_data_as()
+                .unwrap_or_else(|e| panic!("{data}: {e}"));
+            assert_eq!(d.vtep_mac, "6e:af:8f:41:72:26", "{data}");
+            assert_eq!(d.vni, vni, "{data}");
+        }
     }
 }

@@ -81,6 +81,15 @@ pub enum EtcdError {
         /// The subnet.
         key: SubnetKey,
     },
+    /// Our lease value could not be encoded, so nothing was written.
+    #[error("cannot write the lease for {key}: {source}")]
+    Encode {
+        /// The subnet.
+        key: SubnetKey,
+        /// The encoder's error.
+        #[source]
+        source: ModelError,
+    },
 }
 
 impl EtcdError {
@@ -103,6 +112,7 @@ impl From<EtcdError> for RegistryError {
             }
             EtcdError::Conflict { key } => RegistryError::Conflict { key },
             EtcdError::LeaseNotFound { key } => RegistryError::LeaseNotFound { key },
+            EtcdError::Encode { key, source } => RegistryError::Encode { key, source },
             other => RegistryError::Unavailable {
                 reason: other.to_string(),
             },

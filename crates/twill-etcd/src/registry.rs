@@ -176,6 +176,13 @@ impl std::fmt::Debug for EtcdRegistry {
     }
 }
 
+/// The value to store for `attrs`, or the typed error (never an empty value).
+fn encode(key: &SubnetKey, attrs: &LeaseAttrs) -> Result<String, EtcdError> {
+    attrs
+        .to_json()
+        .map_err(|source| EtcdError::Encode { key: *key, source })
+}
+
 fn ttl_secs(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX)
 }
@@ -388,7 +395,7 @@ impl EtcdRegistry {
         ttl: Option<Duration>,
     ) -> Result<HeldLease, EtcdError> {
         let path = self.shared.lease_key(key);
-        let value = attrs.to_json();
+        let value = encode(key, attrs)?;
         let (lease_id, granted) = match ttl {
             Some(t) => {
                 let (id, g) = self.grant(t).await?;
@@ -530,7 +537,7 @@ impl EtcdRegistry {
     /// a restart): adopt the etcd lease the key holds if it holds our value.
     async fn adopt(&self, held: &HeldLease) -> Result<Option<Keeper>, EtcdError> {
         let key = &held.lease.key;
-        let value = held.lease.attrs.to_json();
+        let value = encode(key, &held.lease.attrs)?;
         let ttl = held.ttl.unwrap_or(self.config.lease_ttl);
         match self.get_kv(&self.shared.lease_key(key)).await? {
             Some(kv) if kv.value() != value.as_bytes() => Err(EtcdError::Conflict { key: *key }),
@@ -622,8 +629,8 @@ impl EtcdRegistry {
     ) -> Result<HeldLease, EtcdError> {
         let key = held.lease.key;
         let path = self.shared.lease_key(&key);
-        let old = held.lease.attrs.to_json();
-        let new = attrs.to_json();
+        let old = encode(&key, &held.lease.attrs)?;
+        let new = encode(&key, attrs)?;
         let txn = Txn::new()
             .when([Compare::value(
                 path.as_str(),

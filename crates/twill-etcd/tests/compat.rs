@@ -43,7 +43,7 @@ async fn flannel_written_config_and_lease_are_read() {
     assert_eq!(lease.attrs.public_ip.to_string(), "10.0.0.3");
     assert_eq!(lease.kind, LeaseKind::Expiring);
     assert!(lease.revision > 0 && lease.revision <= listing.revision);
-    assert_eq!(lease.attrs.to_json(), SEED_LEASE);
+    assert_eq!(lease.attrs.to_json().unwrap(), SEED_LEASE);
 }
 
 #[tokio::test]

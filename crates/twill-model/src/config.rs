@@ -30,12 +30,33 @@ impl BackendConfig {
         }
     }
 
-    /// Parses the backend's own fields into `T`.
+    /// Parses the backend's own fields into `T`, matching keys as flanneld
+    /// (Go's `encoding/json`) does: exact name first, else
+    /// case-insensitively (`"vNI"` is `VNI`); the last key naming a field
+    /// wins; `null` leaves the field's default (so give every field one,
+    /// e.g. `#[serde(default)]` on the struct); unknown keys are ignored.
+    /// Nested structs follow the same rules.
+    ///
+    /// ```
+    /// #[derive(serde::Deserialize)]
+    /// #[serde(default)]
+    /// struct Options {
+    ///     #[serde(rename = "VNI")]
+    ///     vni: u32,
+    /// }
+    /// impl Default for Options {
+    ///     fn default() -> Self { Options { vni: 1 } }
+    /// }
+    /// let cfg = twill_model::NetworkConfig::parse(
+    ///     r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","vni":7,"VNi":8}}"#,
+    /// ).unwrap();
+    /// assert_eq!(cfg.backend.parse_as::<Options>().unwrap().vni, 8);
+    /// ```
     ///
     /// # Errors
     /// [`ModelError::InvalidData`] naming the field that does not fit.
     pub fn parse_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, ModelError> {
-        T::deserialize(&self.raw).map_err(|e| ModelError::InvalidData {
+        crate::gojson::from_value(&self.raw).map_err(|e| ModelError::InvalidData {
             what: "Backend",
             reason: e.to_string(),
         })
@@ -45,8 +66,10 @@ impl BackendConfig {
 /// flannel's network configuration, the JSON at `<prefix>/config`, with
 /// flannel v0.28's defaults applied and validated.
 ///
-/// Field names are matched as Go's `encoding/json` matches them (exact, then
-/// case-insensitive); unknown fields are ignored, as flannel does.
+/// Keys are matched as Go's `encoding/json` matches them, as flanneld does:
+/// exact name, else case-insensitively; the last key naming a field wins;
+/// `null` is absent; unknown fields are ignored. A config asking for IPv6
+/// (`EnableIPv6` true) is refused: IPv6 overlays are not built yet.
 ///
 /// ```
 /// use twill_model::NetworkConfig;
@@ -61,7 +84,8 @@ impl BackendConfig {
 pub struct NetworkConfig {
     /// `EnableIPv4` (default true).
     pub enable_ipv4: bool,
-    /// `EnableIPv6` (default false).
+    /// `EnableIPv6` (default false). Always false in a config that parsed:
+    /// IPv6 overlays are not built yet, so a config asking for one is refused.
     pub enable_ipv6: bool,
     /// `Network`: the cluster network every subnet comes from.
     pub network: Ipv4Network,
@@ -71,7 +95,8 @@ pub struct NetworkConfig {
     pub subnet_min: Ipv4Addr,
     /// `SubnetMax`: the last allocatable subnet's address.
     pub subnet_max: Ipv4Addr,
-    /// `IPv6Network` (parsed and validated; IPv6 leases are not programmed yet).
+    /// `IPv6Network`. Read (and checked when `EnableIPv6` is true, before
+    /// such a config is refused) but never used: IPv6 is not supported yet.
     pub ipv6_network: Option<Ipv6Network>,
     /// `IPv6SubnetLen`.
     pub ipv6_subnet_len: u8,
@@ -94,23 +119,38 @@ fn type_name(v: &Value) -> String {
     }
 }
 
-/// Looks a field up as Go's encoding/json does: exact name first, then
-/// case-insensitively. JSON `null` counts as absent, as in Go.
-fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    obj.get(name)
-        .or_else(|| {
-            obj.iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v)
-        })
-        .filter(|v| !v.is_null())
+/// The config's fields, in the order of flannel's Go `Config` struct (a key
+/// that matches several case-insensitively goes to the first).
+const CONFIG_FIELDS: &[&str] = &[
+    "EnableIPv4",
+    "EnableIPv6",
+    "Network",
+    "IPv6Network",
+    "SubnetMin",
+    "SubnetMax",
+    "IPv6SubnetMin",
+    "IPv6SubnetMax",
+    "SubnetLen",
+    "IPv6SubnetLen",
+    "Backend",
+];
+
+/// An object's entries as Go assigns them to a struct's fields
+/// ([`crate::gojson::struct_entries`]: keys renamed to the field they name,
+/// last one wins, `null` dropped), looked up by the field's exact name.
+struct Fields<'a>(Vec<(&'a str, &'a Value)>);
+
+impl<'a> Fields<'a> {
+    fn new(obj: &'a Map<String, Value>, fields: &[&'a str]) -> Self {
+        Fields(crate::gojson::struct_entries(obj, fields))
+    }
 }
 
-fn get_bool(
-    obj: &Map<String, Value>,
-    name: &'static str,
-    default: bool,
-) -> Result<bool, ModelError> {
+fn field<'a>(obj: &Fields<'a>, name: &str) -> Option<&'a Value> {
+    obj.0.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
+}
+
+fn get_bool(obj: &Fields<'_>, name: &'static str, default: bool) -> Result<bool, ModelError> {
     match field(obj, name) {
         None => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),
@@ -122,7 +162,7 @@ fn get_bool(
     }
 }
 
-fn get_len(obj: &Map<String, Value>, name: &'static str) -> Result<u8, ModelError> {
+fn get_len(obj: &Fields<'_>, name: &'static str) -> Result<u8, ModelError> {
     match field(obj, name) {
         None => Ok(0),
         Some(Value::Number(n)) => {
@@ -145,10 +185,7 @@ fn get_len(obj: &Map<String, Value>, name: &'static str) -> Result<u8, ModelErro
     }
 }
 
-fn get_str<'a>(
-    obj: &'a Map<String, Value>,
-    name: &'static str,
-) -> Result<Option<&'a str>, ModelError> {
+fn get_str<'a>(obj: &Fields<'a>, name: &'static str) -> Result<Option<&'a str>, ModelError> {
     match field(obj, name) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.as_str())),
@@ -168,7 +205,7 @@ fn invalid(field: &'static str, value: &str, reason: &str) -> ModelError {
     }
 }
 
-fn get_v4(obj: &Map<String, Value>, name: &'static str) -> Result<Option<Ipv4Addr>, ModelError> {
+fn get_v4(obj: &Fields<'_>, name: &'static str) -> Result<Option<Ipv4Addr>, ModelError> {
     get_str(obj, name)?
         .map(|s| {
             s.parse()
@@ -177,7 +214,7 @@ fn get_v4(obj: &Map<String, Value>, name: &'static str) -> Result<Option<Ipv4Add
         .transpose()
 }
 
-fn get_v6(obj: &Map<String, Value>, name: &'static str) -> Result<Option<Ipv6Addr>, ModelError> {
+fn get_v6(obj: &Fields<'_>, name: &'static str) -> Result<Option<Ipv6Addr>, ModelError> {
     get_str(obj, name)?
         .map(|s| {
             s.parse()
@@ -228,13 +265,18 @@ impl NetworkConfig {
     }
 
     fn from_object(obj: &Map<String, Value>) -> Result<Self, ModelError> {
+        let obj = &Fields::new(obj, CONFIG_FIELDS);
         let enable_ipv4 = get_bool(obj, "EnableIPv4", true)?;
         let enable_ipv6 = get_bool(obj, "EnableIPv6", false)?;
 
         let backend = match field(obj, "Backend") {
             None => BackendConfig::new("udp"),
             Some(Value::Object(b)) => {
-                let backend_type = get_str(b, "Type")?.unwrap_or_default().to_string();
+                // flannel reads Type as one field of a struct, by the same
+                // rules; the rest of the object is the backend's to read.
+                let backend_type = get_str(&Fields::new(b, &["Type"]), "Type")?
+                    .unwrap_or_default()
+                    .to_string();
                 BackendConfig {
                     backend_type,
                     raw: Value::Object(b.clone()),
@@ -288,7 +330,16 @@ impl NetworkConfig {
             ));
         }
         if enable_ipv6 {
+            // Validate first, so a malformed IPv6 side gets its precise
+            // error; then refuse: an IPv6-only config would run with an
+            // all-zero IPv4 side (a 0.0.0.0/0 lease) and a dual-stack one
+            // would silently lose its IPv6 half.
             cfg.validate_v6()?;
+            return Err(ModelError::Unsupported {
+                field: "EnableIPv6",
+                value: "true".into(),
+                reason: "IPv6 overlays are not supported yet (dual-stack and IPv6-only are planned); set EnableIPv6 false".into(),
+            });
         }
         Ok(cfg)
     }
@@ -326,7 +377,13 @@ impl NetworkConfig {
             self.subnet_len = prefix + 2;
         }
 
-        let size = 1u32 << (32 - u32::from(self.subnet_len));
+        let size = subnet_size_v4(self.subnet_len).ok_or_else(|| {
+            invalid(
+                "SubnetLen",
+                &self.subnet_len.to_string(),
+                "is not a usable prefix length",
+            )
+        })?;
         let net = u32::from(self.network.network());
         let last = net | (u32::MAX.checked_shr(u32::from(prefix)).unwrap_or(0));
         if self.subnet_min.is_unspecified() {
@@ -348,12 +405,11 @@ impl NetworkConfig {
                 network: net_str,
             });
         }
-        let mask = u32::MAX << (32 - u32::from(self.subnet_len));
         for (field, addr) in [
             ("SubnetMin", self.subnet_min),
             ("SubnetMax", self.subnet_max),
         ] {
-            if u32::from(addr) & !mask != 0 {
+            if u32::from(addr) & (size - 1) != 0 {
                 return Err(ModelError::NotAligned {
                     field,
                     addr: IpAddr::V4(addr),
@@ -406,7 +462,16 @@ impl NetworkConfig {
         } else {
             self.ipv6_subnet_len = prefix + 2;
         }
-        let size = 1u128 << (128 - u32::from(self.ipv6_subnet_len));
+        let size = 128u32
+            .checked_sub(u32::from(self.ipv6_subnet_len))
+            .and_then(|s| 1u128.checked_shl(s))
+            .ok_or_else(|| {
+                invalid(
+                    "IPv6SubnetLen",
+                    &self.ipv6_subnet_len.to_string(),
+                    "is not a usable prefix length",
+                )
+            })?;
         let net = u128::from(network.network());
         let last = net | u128::MAX.checked_shr(u32::from(prefix)).unwrap_or(0);
         let min = match self.ipv6_subnet_min {
@@ -451,11 +516,20 @@ impl NetworkConfig {
         Ok(())
     }
 
-    /// How many subnets lie in `[SubnetMin, SubnetMax]`.
+    /// How many subnets lie in `[SubnetMin, SubnetMax]`: 0 for a config
+    /// that does not describe any (SubnetMin above SubnetMax, SubnetLen over
+    /// 32), saturating at `u32::MAX` (all 2^32 /32s).
+    ///
+    /// The fields are public, so this and [`NetworkConfig::subnet_at`] /
+    /// [`NetworkConfig::subnet_index`] never overflow whatever they hold;
+    /// a parsed config always has `1..=30`.
     #[must_use]
     pub fn subnet_count(&self) -> u32 {
-        let shift = 32 - u32::from(self.subnet_len);
-        ((u32::from(self.subnet_max) - u32::from(self.subnet_min)) >> shift) + 1
+        let (min, max) = (u32::from(self.subnet_min), u32::from(self.subnet_max));
+        match subnet_shift_v4(self.subnet_len) {
+            Some(shift) if min <= max => shr(max - min, shift).saturating_add(1),
+            _ => 0,
+        }
     }
 
     /// The `index`-th allocatable subnet (0 is `SubnetMin`), if in range.
@@ -464,8 +538,8 @@ impl NetworkConfig {
         if index >= self.subnet_count() {
             return None;
         }
-        let shift = 32 - u32::from(self.subnet_len);
-        let addr = u32::from(self.subnet_min) + (index << shift);
+        let offset = shl(index, subnet_shift_v4(self.subnet_len)?)?;
+        let addr = u32::from(self.subnet_min).checked_add(offset)?;
         Ipv4Network::new(Ipv4Addr::from(addr), self.subnet_len).ok()
     }
 
@@ -481,7 +555,7 @@ impl NetworkConfig {
         if addr < min || addr > max {
             return None;
         }
-        Some((addr - min) >> (32 - u32::from(self.subnet_len)))
+        Some(shr(addr - min, subnet_shift_v4(self.subnet_len)?))
     }
 
     /// Checks that a lease's subnet may be programmed: it lies entirely inside
@@ -500,6 +574,33 @@ impl NetworkConfig {
         }
         Ok(())
     }
+}
+
+/// How far a subnet index is shifted to become an address offset
+/// (`32 - SubnetLen`); `None` for a length over 32.
+fn subnet_shift_v4(len: u8) -> Option<u32> {
+    32u32.checked_sub(u32::from(len))
+}
+
+/// Addresses in one subnet of length `len`; `None` for /0 (2^32 does not
+/// fit) and lengths over 32.
+fn subnet_size_v4(len: u8) -> Option<u32> {
+    1u32.checked_shl(subnet_shift_v4(len)?)
+}
+
+/// `x >> shift`, where a shift by the full width (SubnetLen 0: one /0
+/// subnet) gives 0: Rust's `>>` by the full width panics in debug builds
+/// and shifts by 0 in release.
+fn shr(x: u32, shift: u32) -> u32 {
+    x.checked_shr(shift).unwrap_or(0)
+}
+
+/// `x << shift`, `None` if bits would be lost (0 shifts to 0 by any amount).
+fn shl(x: u32, shift: u32) -> Option<u32> {
+    if x == 0 {
+        return Some(0);
+    }
+    x.checked_shl(shift).filter(|v| v >> shift == x)
 }
 
 fn parse_v4_cidr(field: &'static str, s: &str) -> Result<Ipv4Network, ModelError> {

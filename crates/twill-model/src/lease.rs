@@ -15,12 +15,17 @@ pub const MAX_LEASE_BYTES: usize = 16 * 1024;
 /// order, `PublicIPv6`, `BackendData` and `BackendV6Data` omitted when absent.
 /// `BackendData` stays opaque JSON; each backend parses its own.
 ///
+/// Parsing matches keys as flanneld (Go's `encoding/json`) does:
+/// `"publicip"` is `PublicIP`, the last of duplicate keys wins, `null` is
+/// absent; [`LeaseAttrs::backend_data_as`] applies the same rules inside
+/// `BackendData`.
+///
 /// ```
 /// use twill_model::LeaseAttrs;
 /// let json = r#"{"PublicIP":"10.0.0.3","BackendType":"vxlan","BackendData":{"VtepMAC":"6e:af:8f:41:72:26"}}"#;
 /// let attrs = LeaseAttrs::from_json(json).unwrap();
 /// assert_eq!(attrs.public_ip.to_string(), "10.0.0.3");
-/// assert_eq!(attrs.to_json(), json);
+/// assert_eq!(attrs.to_json().unwrap(), json);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseAttrs {
@@ -91,29 +96,33 @@ impl LeaseAttrs {
                 max: MAX_LEASE_BYTES,
             });
         }
-        serde_json::from_slice(bytes).map_err(|e| {
-            if e.is_syntax() || e.is_eof() {
-                ModelError::InvalidJson {
-                    what: "lease",
-                    reason: e.to_string(),
-                }
-            } else {
-                ModelError::InvalidData {
-                    what: "lease",
-                    reason: e.to_string(),
-                }
-            }
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| ModelError::InvalidJson {
+                what: "lease",
+                reason: e.to_string(),
+            })?;
+        crate::gojson::from_value(&value).map_err(|e| ModelError::InvalidData {
+            what: "lease",
+            reason: e.to_string(),
         })
     }
 
     /// The value to store, exactly as flannel writes it.
-    #[must_use]
-    pub fn to_json(&self) -> String {
-        // Serializing plain strings, addresses and JSON values cannot fail.
-        serde_json::to_string(self).unwrap_or_default()
+    ///
+    /// # Errors
+    /// [`ModelError::Encode`] if serde_json refuses the value. Strings,
+    /// addresses and JSON values always serialize, so this is not expected;
+    /// it is an error rather than an empty value written to the store.
+    pub fn to_json(&self) -> Result<String, ModelError> {
+        serde_json::to_string(self).map_err(|e| ModelError::Encode {
+            what: "lease",
+            reason: e.to_string(),
+        })
     }
 
-    /// Parses `BackendData` as the backend's own type.
+    /// Parses `BackendData` as the backend's own type, matching keys as Go
+    /// does (`"VTEPMAC"` is `VtepMAC`; last duplicate wins; `null` is absent,
+    /// so give such fields a `#[serde(default)]`).
     ///
     /// # Errors
     /// [`ModelError::Missing`] when there is none, [`ModelError::InvalidData`]
@@ -123,7 +132,7 @@ impl LeaseAttrs {
             field: "BackendData",
             hint: "",
         })?;
-        T::deserialize(data).map_err(|e| ModelError::InvalidData {
+        crate::gojson::from_value(data).map_err(|e| ModelError::InvalidData {
             what: "BackendData",
             reason: e.to_string(),
         })

@@ -26,6 +26,7 @@
 mod config;
 mod env;
 mod error;
+mod gojson;
 mod key;
 mod lease;
 mod mac;

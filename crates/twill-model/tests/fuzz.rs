@@ -8,12 +8,12 @@
 //! the limits, and the invariants a parsed value must satisfy.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use proptest::prelude::*;
 use twill_model::{
-    LeaseAttrs, MacAddr, ModelError, NetworkConfig, SubnetEnv, SubnetKey, MAX_CONFIG_BYTES,
-    MAX_LEASE_BYTES,
+    Ipv6Network, LeaseAttrs, MacAddr, ModelError, NetworkConfig, SubnetEnv, SubnetKey,
+    MAX_CONFIG_BYTES, MAX_LEASE_BYTES,
 };
 
 const SEED_CONFIG: &str = r#"{"Network":"192.168.0.0/16","SubnetLen":24,"SubnetMin":"192.168.0.0","SubnetMax":"192.168.5.0","Backend":{"Type":"vxlan","VNI":100,"Port":8472}}"#;
@@ -84,6 +84,24 @@ fn lease_field() -> impl Strategy<Value = &'static str> {
     ]
 }
 
+/// A backend's options with one- and two-letter field names, so that the
+/// random keys of [`json_value`] hit them in every case, nested.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+#[allow(dead_code)]
+struct AnyOptions {
+    #[serde(rename = "A")]
+    a: Option<u32>,
+    #[serde(rename = "b")]
+    b: bool,
+    #[serde(rename = "Ab")]
+    ab: Vec<AnyOptions>,
+    #[serde(rename = "C")]
+    c: Option<Box<AnyOptions>>,
+    #[serde(rename = "d")]
+    d: String,
+}
+
 /// Replaces, deletes or inserts one byte of `s`.
 fn mutate(s: &str, pos: usize, byte: u8, how: u8) -> Vec<u8> {
     let mut b = s.as_bytes().to_vec();
@@ -108,8 +126,54 @@ fn check_error(e: &ModelError) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// A valid IPv6 side: a random `fdxx::/N` network, sometimes an
+/// `IPv6SubnetLen`, sometimes aligned `IPv6SubnetMin`/`IPv6SubnetMax` inside
+/// it, each field name in flannel's spelling or another case.
+fn v6_fields() -> impl Strategy<Value = String> {
+    (
+        any::<u128>(),
+        8u8..=124,
+        proptest::option::of(2u8..=20),
+        proptest::option::of((any::<u128>(), any::<u128>())),
+        any::<bool>(),
+    )
+        .prop_map(|(bits, prefix, extra, range, lower)| {
+            let bits = (bits & !(0xff << 120)) | (0xfd << 120);
+            let net = Ipv6Network::new(bits.into(), prefix).unwrap().network();
+            let name = |n: &str| {
+                if lower {
+                    n.to_lowercase()
+                } else {
+                    n.to_string()
+                }
+            };
+            let mut fields = vec![format!(r#""{}":"{net}/{prefix}""#, name("IPv6Network"))];
+            let len = match extra {
+                Some(e) => {
+                    let len = (prefix + e).min(126);
+                    fields.push(format!(r#""{}":{len}"#, name("IPv6SubnetLen")));
+                    len
+                }
+                None if prefix <= 62 => 64,
+                None => prefix + 2,
+            };
+            if let Some((lo, hi)) = range {
+                let shift = 128 - u32::from(len);
+                let count = 1u128 << (len - prefix);
+                let (a, b) = (lo % count, hi % count);
+                let (a, b) = (a.min(b), a.max(b));
+                let at = |i: u128| Ipv6Addr::from(u128::from(net) + (i << shift));
+                fields.push(format!(r#""{}":"{}""#, name("IPv6SubnetMin"), at(a)));
+                fields.push(format!(r#""{}":"{}""#, name("IPv6SubnetMax"), at(b)));
+            }
+            fields.join(",")
+        })
+}
+
 /// What every accepted config must satisfy.
 fn check_config(cfg: &NetworkConfig) -> Result<(), TestCaseError> {
+    // IPv6 is refused until it is built: nothing accepted asks for it.
+    prop_assert!(!cfg.enable_ipv6);
     let n = cfg.network;
     prop_assert!(cfg.subnet_len >= n.prefix() && cfg.subnet_len <= 32);
     prop_assert!(n.contains(cfg.subnet_min) && n.contains(cfg.subnet_max));
@@ -153,7 +217,7 @@ proptest! {
         match LeaseAttrs::from_slice(&b) {
             Ok(attrs) => {
                 // What we accept we can write back and read again identically.
-                let again = LeaseAttrs::from_json(&attrs.to_json()).unwrap();
+                let again = LeaseAttrs::from_json(&attrs.to_json().unwrap()).unwrap();
                 prop_assert_eq!(again, attrs);
             }
             Err(e) => check_error(&e)?,
@@ -175,8 +239,10 @@ proptest! {
         match NetworkConfig::parse(&json) {
             Ok(cfg) => {
                 check_config(&cfg)?;
-                // Whatever the backend object holds, reading it as a map never panics.
+                // Whatever the backend object holds, reading it as a map or
+                // as a struct (Go's key rules, nested) never panics.
                 let _ = cfg.backend.parse_as::<serde_json::Value>();
+                if let Err(e) = cfg.backend.parse_as::<AnyOptions>() { check_error(&e)?; }
             }
             Err(e) => check_error(&e)?,
         }
@@ -189,8 +255,31 @@ proptest! {
             Ok(attrs) => {
                 let _ = attrs.backend_data_as::<serde_json::Value>();
                 let _ = attrs.backend_data_as::<std::collections::BTreeMap<String, u32>>();
-                prop_assert_eq!(LeaseAttrs::from_json(&attrs.to_json()).unwrap(), attrs);
+                prop_assert_eq!(LeaseAttrs::from_json(&attrs.to_json().unwrap()).unwrap(), attrs);
             }
+            Err(e) => check_error(&e)?,
+        }
+    }
+
+    /// Issue 12: valid IPv6 sides (IPv6-only or dual stack) pass
+    /// validation, so the only error is the refusal naming `EnableIPv6`.
+    #[test]
+    fn valid_ipv6_configs_are_refused_as_unsupported(v6 in v6_fields(), v4 in any::<bool>(), backend in prop_oneof![Just("vxlan"), Just("host-gw")]) {
+        let v4 = if v4 { r#""Network":"10.5.0.0/16""# } else { r#""EnableIPv4":false"# };
+        let json = format!(r#"{{{v4},"EnableIPv6":true,{v6},"Backend":{{"Type":"{backend}"}}}}"#);
+        match NetworkConfig::parse(&json) {
+            Err(e @ ModelError::Unsupported { field: "EnableIPv6", .. }) => check_error(&e)?,
+            other => prop_assert!(false, "{json}: {other:?}"),
+        }
+    }
+
+    /// Near-valid IPv6 sides (one byte changed) are refused too, with
+    /// whatever error fits, and never panic.
+    #[test]
+    fn mutated_ipv6_configs_are_rejected(v6 in v6_fields(), pos in any::<usize>(), byte in any::<u8>(), how in any::<u8>()) {
+        let json = format!(r#"{{"EnableIPv4":false,"EnableIPv6":true,{v6}}}"#);
+        match NetworkConfig::parse_slice(&mutate(&json, pos, byte, how)) {
+            Ok(cfg) => check_config(&cfg)?,
             Err(e) => check_error(&e)?,
         }
     }

@@ -68,7 +68,7 @@ fn seed_lease_round_trips_byte_identical() {
         .parse()
         .unwrap();
     assert_eq!(mac.to_string(), "6e:af:8f:41:72:26");
-    assert_eq!(attrs.to_json(), SEED_LEASE);
+    assert_eq!(attrs.to_json().unwrap(), SEED_LEASE);
 }
 
 #[test]
@@ -79,11 +79,14 @@ fn flannel_v028_lease_with_vni_and_null_ipv6_reads() {
     let attrs = LeaseAttrs::from_json(json).unwrap();
     assert_eq!(attrs.public_ipv6, None);
     assert_eq!(
-        attrs.to_json(),
+        attrs.to_json().unwrap(),
         r#"{"PublicIP":"10.0.0.2","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:b7:12:89:ca:6a"}}"#
     );
     let dual = r#"{"PublicIP":"10.0.0.2","PublicIPv6":"fd00::2","BackendType":"vxlan","BackendData":{"VtepMAC":"02:b7:12:89:ca:6a"},"BackendV6Data":{"VtepMAC":"02:b7:12:89:ca:6b"}}"#;
-    assert_eq!(LeaseAttrs::from_json(dual).unwrap().to_json(), dual);
+    assert_eq!(
+        LeaseAttrs::from_json(dual).unwrap().to_json().unwrap(),
+        dual
+    );
 }
 
 #[test]
@@ -131,14 +134,100 @@ fn defaults_follow_flannel() {
     // Unknown fields are tolerated; host bits of Network are masked as Go does.
     let cfg = NetworkConfig::parse(r#"{"Network":"10.3.1.2/16","Future":{"x":1}}"#).unwrap();
     assert_eq!(cfg.network.to_string(), "10.3.0.0/16");
-    // IPv6 fields are parsed and defaulted even though v6 is not programmed.
+    // IPv6 fields are read but unused while EnableIPv6 is false (flannel's
+    // default), whatever they hold.
     let cfg = NetworkConfig::parse(
-        r#"{"Network":"10.4.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10::/48"}"#,
+        r#"{"Network":"10.4.0.0/16","EnableIPv6":false,"IPv6Network":"fd00:10::/48"}"#,
     )
     .unwrap();
-    assert_eq!(cfg.ipv6_subnet_len, 64);
-    assert_eq!(cfg.ipv6_subnet_min.unwrap().to_string(), "fd00:10:0:1::");
-    assert_eq!(cfg.ipv6_subnet_max.unwrap().to_string(), "fd00:10:0:ffff::");
+    assert!(!cfg.enable_ipv6);
+}
+
+/// Issue 12: an IPv6-only config used to be accepted with an all-zero IPv4
+/// side (the daemon leased `0.0.0.0-0`), and a dual-stack one silently lost
+/// its IPv6 part. Until dual stack is built, both are refused, naming the
+/// field, after the IPv6 fields have been validated.
+#[test]
+fn ipv6_configs_are_refused_naming_the_field() {
+    let want = "EnableIPv6 true: IPv6 overlays are not supported yet (dual-stack and IPv6-only are planned); set EnableIPv6 false";
+    for json in [
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}"#,
+        r#"{"Network":"10.4.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10::/48"}"#,
+        r#"{"Network":"10.4.0.0/16","enableipv6":true,"ipv6network":"fd00:10::/48","IPv6SubnetMin":"fd00:10:0:5::"}"#,
+    ] {
+        let err = NetworkConfig::parse(json).expect_err(json);
+        assert!(
+            matches!(
+                err,
+                ModelError::Unsupported {
+                    field: "EnableIPv6",
+                    ..
+                }
+            ),
+            "{json}: {err:?}"
+        );
+        assert_eq!(err.to_string(), want, "{json}");
+    }
+    // A malformed IPv6 side still gets its precise error first.
+    for (json, want) in [
+        (
+            r#"{"EnableIPv4":false,"EnableIPv6":true}"#,
+            "IPv6Network is missing",
+        ),
+        (
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"10.0.0.0/8"}"#,
+            "IPv6Network \"10.0.0.0/8\" is invalid",
+        ),
+        (
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetLen":40}"#,
+            "IPv6SubnetLen 40 is too short",
+        ),
+    ] {
+        let err = NetworkConfig::parse(json).expect_err(json).to_string();
+        assert!(err.starts_with(want), "{json}: {err}");
+    }
+    // No family at all stays its own error.
+    let err = NetworkConfig::parse(r#"{"EnableIPv4":false,"EnableIPv6":false}"#).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("EnableIPv4 \"false\" is invalid"),
+        "{err}"
+    );
+}
+
+/// Issue 12: the subnet arithmetic must not overflow (a debug-build panic,
+/// a wrapped shift in release) whatever a hand-built config holds.
+#[test]
+fn subnet_arithmetic_never_overflows() {
+    let mut cfg = NetworkConfig::parse(SEED_CONFIG).unwrap();
+    for (len, min, max) in [
+        (0u8, 0u32, 0u32),
+        (0, 0, u32::MAX),
+        (32, 0, u32::MAX),
+        (33, 0, 0),
+        (255, 0, 0),
+        (24, 0x0A00_0500, 0x0A00_0100),
+        (1, 0, 0x8000_0000),
+    ] {
+        cfg.subnet_len = len;
+        cfg.subnet_min = Ipv4Addr::from(min);
+        cfg.subnet_max = Ipv4Addr::from(max);
+        let count = cfg.subnet_count();
+        for i in [0, 1, count / 2, count.saturating_sub(1), count, u32::MAX] {
+            if let Some(sn) = cfg.subnet_at(i) {
+                assert!(i < count);
+                assert_eq!(cfg.subnet_index(sn), Some(i), "len {len} index {i}");
+            }
+        }
+        let _ = cfg.subnet_index("0.0.0.0/0".parse().unwrap());
+        let _ = cfg.subnet_index("255.255.255.255/32".parse().unwrap());
+    }
+    cfg.subnet_len = 0;
+    cfg.subnet_min = Ipv4Addr::UNSPECIFIED;
+    cfg.subnet_max = Ipv4Addr::UNSPECIFIED;
+    assert_eq!(cfg.subnet_count(), 1);
+    cfg.subnet_min = Ipv4Addr::new(10, 0, 5, 0);
+    assert_eq!(cfg.subnet_count(), 0, "SubnetMin above SubnetMax: nothing");
 }
 
 #[test]
@@ -354,7 +443,7 @@ proptest! {
         let bt_field = if bt.is_empty() { String::new() } else { format!(r#","BackendType":"{bt}""#) };
         let json = format!(r#"{{"PublicIP":"{}"{bt_field}{data}}}"#, Ipv4Addr::from(ip));
         let attrs = LeaseAttrs::from_json(&json).unwrap();
-        prop_assert_eq!(attrs.to_json(), json);
+        prop_assert_eq!(attrs.to_json().unwrap(), json);
     }
 
     #[test]
@@ -367,6 +456,8 @@ proptest! {
         let shift = 32 - u32::from(len);
         let min = Ipv4Addr::from(u32::from(network) + (a << shift));
         let max = Ipv4Addr::from(u32::from(network) + (b << shift));
+        // SubnetMin 0.0.0.0 means "not set" (Go's zero value), as in flannel.
+        prop_assume!(!min.is_unspecified());
         let json = format!(r#"{{"Network":"{network}/{prefix}","SubnetLen":{len},"SubnetMin":"{min}","SubnetMax":"{max}","Backend":{{"Type":"vxlan","VNI":{net}}}}}"#);
         let cfg = NetworkConfig::parse(&json).unwrap();
         prop_assert_eq!(cfg.subnet_min, min);
@@ -394,5 +485,36 @@ proptest! {
     ), 0..8)) {
         let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
         let _ = NetworkConfig::parse(&format!("{{{}}}", body.join(",")));
+    }
+}
+
+/// Issue 12: `to_json` used to turn a serialization failure into an empty
+/// string, which the registries would have stored as the lease value. No
+/// `LeaseAttrs` can make serde_json fail (strings, addresses and JSON values
+/// always serialize), so the failure path is checked by type: the result is
+/// a `Result` with a `ModelError`, which every caller must handle.
+#[test]
+fn lease_to_json_is_a_result() {
+    let attrs = LeaseAttrs::from_json(SEED_LEASE).unwrap();
+    let written: Result<String, ModelError> = attrs.to_json();
+    assert_eq!(written.unwrap(), SEED_LEASE);
+}
+
+/// Found by `fuzz.rs` once `"publicip"` was accepted: without serde_json's
+/// `float_roundtrip`, a float in `BackendData` could read back one ulp off
+/// after twill wrote it (`-2.8972629913439747e60`), so a lease read, written
+/// and read again was not the same lease.
+#[test]
+fn lease_numbers_round_trip_exactly() {
+    for n in [
+        "-2.8972629913439747e60",
+        "1.7976931348623157e308",
+        "5e-324",
+        "0.1",
+    ] {
+        let json = format!(r#"{{"PublicIP":"10.0.0.3","BackendData":[{n}]}}"#);
+        let attrs = LeaseAttrs::from_json(&json).unwrap();
+        let again = LeaseAttrs::from_json(&attrs.to_json().unwrap()).unwrap();
+        assert_eq!(again, attrs, "{n}");
     }
 }

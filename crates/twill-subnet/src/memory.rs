@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use twill_model::{LeaseAttrs, LeaseKind, NetworkConfig, SubnetKey, SubnetLease};
+use twill_model::{LeaseAttrs, LeaseKind, ModelError, NetworkConfig, SubnetKey, SubnetLease};
 
 use crate::{
     HeldLease, LeaseListing, LeaseWatch, MalformedLease, Registry, RegistryError, RegistryEvent,
@@ -250,6 +250,14 @@ impl State {
     }
 }
 
+/// The value to store for `attrs`, or the typed error (never an empty value).
+fn encode(key: &SubnetKey, attrs: &LeaseAttrs) -> Result<Vec<u8>, RegistryError> {
+    attrs
+        .to_json()
+        .map(String::into_bytes)
+        .map_err(|source| RegistryError::Encode { key: *key, source })
+}
+
 fn held(key: &SubnetKey, attrs: &LeaseAttrs, ttl: Option<Duration>, revision: i64) -> HeldLease {
     HeldLease::new(*key, attrs.clone(), ttl, revision)
 }
@@ -291,8 +299,13 @@ impl MemoryRegistry {
 
     /// Writes (or overwrites) a reservation: a lease without a TTL, which the
     /// host whose `PublicIP` matches will use.
-    pub fn reserve(&self, key: &SubnetKey, attrs: &LeaseAttrs) {
-        self.put_raw(&key.to_string(), attrs.to_json().as_bytes());
+    ///
+    /// # Errors
+    /// [`twill_model::ModelError::Encode`] if `attrs` cannot be written;
+    /// nothing is stored then.
+    pub fn reserve(&self, key: &SubnetKey, attrs: &LeaseAttrs) -> Result<(), ModelError> {
+        self.put_raw(&key.to_string(), attrs.to_json()?.as_bytes());
+        Ok(())
     }
 
     /// Deletes whatever is stored under `<prefix>/subnets/<name>`; returns
@@ -405,12 +418,13 @@ impl Registry for MemoryRegistry {
         ttl: Option<Duration>,
     ) -> Result<HeldLease, RegistryError> {
         let name = key.to_string();
+        let value = encode(key, attrs)?;
         self.shared.with(|st| {
             if st.entries.contains_key(&name) {
                 return Err(RegistryError::Conflict { key: *key });
             }
             let expires = ttl.map(|t| Instant::now() + t);
-            let rev = st.put(name, attrs.to_json().into_bytes(), expires);
+            let rev = st.put(name, value, expires);
             Ok(held(key, attrs, ttl, rev))
         })
     }
@@ -425,11 +439,7 @@ impl Registry for MemoryRegistry {
                     None => Err(RegistryError::LeaseNotFound { key }),
                     Some(ttl) => {
                         // Lost by the store: re-create it, the key being absent.
-                        let rev = st.put(
-                            name,
-                            attrs.to_json().into_bytes(),
-                            Some(Instant::now() + ttl),
-                        );
+                        let rev = st.put(name, encode(&key, attrs)?, Some(Instant::now() + ttl));
                         Ok(held(&key, attrs, Some(ttl), rev))
                     }
                 };
@@ -456,6 +466,7 @@ impl Registry for MemoryRegistry {
     ) -> Result<HeldLease, RegistryError> {
         let key = held_lease.lease.key;
         let name = key.to_string();
+        let value = encode(&key, attrs)?;
         self.shared.with(|st| {
             let Some(entry) = st.entries.get(&name) else {
                 return Err(RegistryError::LeaseNotFound { key });
@@ -464,7 +475,7 @@ impl Registry for MemoryRegistry {
                 return Err(RegistryError::Conflict { key });
             }
             let expires = entry.expires;
-            let rev = st.put(name, attrs.to_json().into_bytes(), expires);
+            let rev = st.put(name, value, expires);
             let ttl = expires.map(|_| held_lease.ttl.unwrap_or_default());
             Ok(held(&key, attrs, ttl, rev))
         })
@@ -511,7 +522,8 @@ mod tests {
             .create_lease(&key("10.0.1.0-24"), &attrs("192.0.2.1"), TTL)
             .await
             .unwrap();
-        reg.reserve(&key("10.0.9.0-24"), &attrs("192.0.2.9"));
+        reg.reserve(&key("10.0.9.0-24"), &attrs("192.0.2.9"))
+            .unwrap();
         let mut w = reg.watch_leases(reg.revision() + 1).await.unwrap();
         tokio::time::advance(Duration::from_secs(20)).await;
         reg.renew_lease(&a).await.unwrap();

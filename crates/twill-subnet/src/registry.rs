@@ -43,6 +43,15 @@ pub enum RegistryError {
         /// The transport's or server's message.
         reason: String,
     },
+    /// Our lease value could not be encoded, so nothing was written.
+    #[error("cannot write the lease for {key}: {source}")]
+    Encode {
+        /// The lease's subnet.
+        key: SubnetKey,
+        /// The encoder's error.
+        #[source]
+        source: ModelError,
+    },
     /// The watch stream ended for good (the registry was dropped).
     #[error("watch closed")]
     WatchClosed,

@@ -192,7 +192,7 @@ async fn reservation_and_previous_subnet_are_honoured() {
     let reg = Arc::new(MemoryRegistry::new());
     reg.set_config(HUNDRED);
     let reserved: SubnetKey = "10.0.42.0-24".parse().unwrap();
-    reg.reserve(&reserved, &host(1));
+    reg.reserve(&reserved, &host(1)).unwrap();
     let mut m = LeaseManager::new(Arc::clone(&reg), config(1, Duration::from_secs(60)));
     let held = m.acquire().await.unwrap();
     assert_eq!(held.lease.key, reserved);
@@ -226,4 +226,29 @@ async fn missing_config_is_returned_to_the_caller() {
     ));
     reg.set_config(HUNDRED);
     assert!(m.acquire().await.is_ok());
+}
+
+/// Issue 12: an IPv6-only config used to reach the allocator with an
+/// all-zero IPv4 side: a shift overflow panic in debug builds, a
+/// `0.0.0.0-0` lease in release. It is now an invalid config naming
+/// `EnableIPv6`, and nothing is leased.
+#[tokio::test(start_paused = true)]
+async fn ipv6_only_config_is_an_error_and_leases_nothing() {
+    let reg = Arc::new(MemoryRegistry::new());
+    reg.set_config(
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}"#,
+    );
+    let mut m = LeaseManager::new(Arc::clone(&reg), config(1, Duration::from_secs(60)));
+    match m.acquire().await {
+        Err(SubnetError::Registry(twill_subnet::RegistryError::InvalidConfig {
+            source, ..
+        })) => {
+            assert!(
+                source.to_string().starts_with("EnableIPv6 true:"),
+                "{source}"
+            );
+        }
+        other => panic!("expected InvalidConfig naming EnableIPv6, got {other:?}"),
+    }
+    assert!(reg.list_leases().await.unwrap().leases.is_empty());
 }
