@@ -19,6 +19,14 @@ pub enum EtcdError {
         /// What is wrong.
         reason: String,
     },
+    /// An endpoint URL that cannot be used (`http://[::1:2379`, `http://a b:2379`).
+    #[error("bad etcd endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint {
+        /// The URL as given (at most 128 characters).
+        endpoint: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A TLS file (CA, certificate or key) is missing or unreadable.
     #[error("cannot read TLS {what} file {path}: {source}")]
     TlsFile {

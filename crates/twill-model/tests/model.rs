@@ -385,6 +385,13 @@ fn subnet_keys() {
         "10.1.2.0-0024",
         "10.1.2.0-+24",
         "10.1.2.0-24&fd00::-129",
+        // Aliases of a canonical key (the same subnet under another name).
+        "10.1.2.0-024",
+        "10.1.0.0-016",
+        "0.0.0.0-00",
+        "10.1.2.0-24&fd00:0::-64",
+        "10.1.2.0-24&FD00::-64",
+        "10.1.2.0-24&fd00:0:0:0:0:0:0:0-64",
     ] {
         let err = bad.parse::<SubnetKey>().expect_err(bad);
         assert!(
