@@ -349,6 +349,26 @@ impl NetworkConfig {
     fn validate_v4(&mut self) -> Result<(), ModelError> {
         let prefix = self.network.prefix();
         let net_str = self.network.to_string();
+        // Ranges no host can route through an overlay: "this network",
+        // loopback (the kernel answers EINVAL to a route through a device),
+        // multicast and the reserved class E (broadcast included).
+        for (range, what) in [
+            ("0.0.0.0/8", "\"this network\" (0.0.0.0/8)"),
+            ("127.0.0.0/8", "loopback (127.0.0.0/8)"),
+            ("224.0.0.0/4", "multicast (224.0.0.0/4)"),
+            ("240.0.0.0/4", "reserved (240.0.0.0/4)"),
+        ] {
+            let range: Ipv4Network = range
+                .parse()
+                .map_err(|_| invalid("Network", range, "bad built-in range"))?;
+            if range.contains(self.network.network()) || self.network.contains(range.network()) {
+                return Err(invalid(
+                    "Network",
+                    &net_str,
+                    &format!("overlaps {what}, which cannot carry an overlay: choose a private range such as 10.244.0.0/16"),
+                ));
+            }
+        }
         if self.subnet_len > 0 {
             if self.subnet_len > 30 {
                 return Err(ModelError::SubnetLenTooLong {

@@ -254,6 +254,35 @@ fn invalid_configs_name_the_field() {
             r#"{"Network":42}"#,
             "Network must be a string, found number 42",
         ),
+        // Issue 13: networks that cannot carry an overlay.
+        (
+            r#"{"Network":"0.0.0.0/0"}"#,
+            "Network \"0.0.0.0/0\" is invalid: overlaps \"this network\" (0.0.0.0/8)",
+        ),
+        (
+            r#"{"Network":"127.0.0.0/8"}"#,
+            "Network \"127.0.0.0/8\" is invalid: overlaps loopback (127.0.0.0/8)",
+        ),
+        (
+            r#"{"Network":"127.1.0.0/16"}"#,
+            "Network \"127.1.0.0/16\" is invalid: overlaps loopback",
+        ),
+        (
+            r#"{"Network":"224.0.0.0/4"}"#,
+            "Network \"224.0.0.0/4\" is invalid: overlaps multicast (224.0.0.0/4)",
+        ),
+        (
+            r#"{"Network":"239.1.0.0/16"}"#,
+            "Network \"239.1.0.0/16\" is invalid: overlaps multicast",
+        ),
+        (
+            r#"{"Network":"240.0.0.0/4"}"#,
+            "Network \"240.0.0.0/4\" is invalid: overlaps reserved (240.0.0.0/4)",
+        ),
+        (
+            r#"{"Network":"96.0.0.0/3"}"#,
+            "Network \"96.0.0.0/3\" is invalid: overlaps loopback",
+        ),
         (
             r#"{"Network":"10.0.0.0/29"}"#,
             "Network 10.0.0.0/29 is too small: the prefix must be at most /28",
@@ -465,6 +494,9 @@ proptest! {
         let max = Ipv4Addr::from(u32::from(network) + (b << shift));
         // SubnetMin 0.0.0.0 means "not set" (Go's zero value), as in flannel.
         prop_assume!(!min.is_unspecified());
+        // 0/8, loopback, multicast and class E are refused as Network.
+        let first = network.octets()[0];
+        prop_assume!(first != 0 && first != 127 && first < 224);
         let json = format!(r#"{{"Network":"{network}/{prefix}","SubnetLen":{len},"SubnetMin":"{min}","SubnetMax":"{max}","Backend":{{"Type":"vxlan","VNI":{net}}}}}"#);
         let cfg = NetworkConfig::parse(&json).unwrap();
         prop_assert_eq!(cfg.subnet_min, min);
