@@ -291,8 +291,17 @@ fn partition_from_etcd_longer_than_the_ttl() {
         before,
         "the cut-off host keeps its dataplane"
     );
-    // As far as it knows it still holds its lease: it stays ready.
-    assert_eq!(common::http_status(&c, cut, "/readyz"), Some(200));
+    // Cut off from etcd it cannot keep its lease nor see peers change: not
+    // ready (issue 13), while its kernel state stays as it was.
+    common::wait_for(&c, DEADLINE, "the cut-off host to report not ready", || {
+        common::http_status(&c, cut, "/readyz") == Some(503)
+    });
+    assert_eq!(common::metric(&c, cut, "twill_etcd_reachable"), Some(0.0));
+    assert_eq!(
+        dataplane(&c, cut),
+        before,
+        "not ready, but the dataplane is kept"
+    );
     common::heal_partition(&c, cut);
     let t = Instant::now();
     common::wait_converged_among(&c, &[0, 1, 2], DEADLINE);
@@ -304,6 +313,8 @@ fn partition_from_etcd_longer_than_the_ttl() {
         c.logs()
     );
     assert_eq!(c.subnet_env(cut).unwrap().subnet_network(), old);
+    c.wait_ready(cut, DEADLINE)
+        .unwrap_or_else(|e| panic!("ready again once etcd answers: {e}\n{}", c.logs()));
     report(
         "partition > TTL, subnet not taken",
         &format!(
