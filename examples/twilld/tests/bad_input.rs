@@ -19,7 +19,13 @@ const TWILLD: &str = env!("CARGO_BIN_EXE_twilld");
 /// Runs twilld with `args` (never reaching etcd: every case fails before),
 /// and returns (exit code, stderr). Killed after [`DEADLINE`] if it did not exit.
 fn run_twilld(args: &[&str]) -> (Option<i32>, String) {
-    let mut child = Command::new(TWILLD)
+    run_twilld_cmd(Command::new(TWILLD), args)
+}
+
+/// As [`run_twilld`], with the command built by the caller (e.g. to run in
+/// a network namespace of the test's own).
+fn run_twilld_cmd(mut cmd: Command, args: &[&str]) -> (Option<i32>, String) {
+    let mut child = cmd
         .args(args)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
@@ -52,7 +58,11 @@ fn run_twilld(args: &[&str]) -> (Option<i32>, String) {
 /// Asserts a one-line error on stderr mentioning every `needle`, and a
 /// non-zero exit status.
 fn assert_one_line_error(args: &[&str], needles: &[&str]) {
-    let (code, stderr) = run_twilld(args);
+    assert_one_line_error_cmd(Command::new(TWILLD), args, needles);
+}
+
+fn assert_one_line_error_cmd(cmd: Command, args: &[&str], needles: &[&str]) {
+    let (code, stderr) = run_twilld_cmd(cmd, args);
     assert!(
         matches!(code, Some(c) if c != 0),
         "twilld {args:?} exited with {code:?}; stderr: {stderr}"
@@ -163,6 +173,157 @@ fn iface_that_matches_nothing() {
     assert_one_line_error(&[&sf, "-iface=twl-nosuch0"], &["-iface", "twl-nosuch0"]);
     assert_one_line_error(&[&sf, "-iface=203.0.113.254"], &["203.0.113.254"]);
     assert_one_line_error(&[&sf, "-iface-regex=^twl-nosuch$"], &["-iface-regex"]);
+}
+
+/// Issue 13: flags that passed the checks and then hurt the host or the
+/// cluster (a panic after taking a lease, ~560 etcd requests a second, a
+/// wait forever, 0.0.0.0 published in etcd) are refused before anything is
+/// leased or touched.
+#[test]
+fn flags_that_would_hurt_are_refused_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let sf = format!("-subnet-file={}", dir.path().join("s.env").display());
+    for (flag, needles) in [
+        (
+            "-reconcile-interval=0",
+            &["-reconcile-interval", "at least 100ms"][..],
+        ),
+        ("-retry-interval=0", &["-retry-interval", "at least 100ms"]),
+        ("-retry-interval=10ms", &["-retry-interval", "10ms"]),
+        ("-lease-ttl=0", &["-lease-ttl", "at least 1s"]),
+        (
+            "-etcd-endpoints=http://[::1:2379",
+            &["-etcd-endpoints", "http://[::1:2379", "]"],
+        ),
+        (
+            "-etcd-endpoints=http://a b:2379",
+            &["-etcd-endpoints", "http://a b:2379"],
+        ),
+        (
+            "-etcd-endpoints=http://::1:2379",
+            &["-etcd-endpoints", "brackets"],
+        ),
+        (
+            "-public-ip=0.0.0.0",
+            &["-public-ip", "0.0.0.0", "unspecified"],
+        ),
+        (
+            "-public-ip=224.0.0.1",
+            &["-public-ip", "224.0.0.1", "multicast"],
+        ),
+        (
+            "-public-ip=127.0.0.1",
+            &["-public-ip", "127.0.0.1", "loopback"],
+        ),
+        (
+            "-public-ip=255.255.255.255",
+            &["-public-ip", "255.255.255.255", "broadcast"],
+        ),
+    ] {
+        assert_one_line_error(&[&sf, flag], needles);
+    }
+    assert!(!dir.path().join("s.env").exists());
+}
+
+/// Issue 13: the subnet file is replaced by an atomic rename, so anything
+/// but a regular file (or nothing) at its path is refused before anything
+/// is written: `-subnet-file=/dev/null` once replaced the host's /dev/null.
+/// (A FIFO and a character device of the test's own stand in for it.)
+#[test]
+fn a_subnet_file_that_is_not_a_regular_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let null = dir.path().join("null");
+    // Our own node with /dev/null's numbers (1, 3), in our own directory.
+    assert!(Command::new("mknod")
+        .arg(&null)
+        .args(["c", "1", "3"])
+        .status()
+        .unwrap()
+        .success());
+    let sub = dir.path().join("adir");
+    std::fs::create_dir(&sub).unwrap();
+    for (path, what) in [
+        (&fifo, "not a regular file"),
+        (&null, "not a regular file"),
+        (&sub, "a directory"),
+    ] {
+        let arg = format!("-subnet-file={}", path.display());
+        assert_one_line_error(
+            &[&arg],
+            &["-subnet-file", &path.display().to_string(), what],
+        );
+    }
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    assert!(std::fs::metadata(&null)
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    assert!(sub.is_dir() && std::fs::read_dir(&sub).unwrap().next().is_none());
+}
+
+/// Issue 13: the overlay's own device is never the underlay (`-iface=flannel.100`
+/// used to delete the live device, then exit), nor is loopback.
+#[test]
+fn overlay_devices_and_loopback_are_never_the_underlay() {
+    twill_testbed::require_root!();
+    let ns = twill_testbed::netns::Netns::new("badiface").unwrap();
+    ns.ip(&["link", "set", "lo", "up"]).unwrap();
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+    ])
+    .unwrap();
+    ns.ip(&["addr", "add", "10.0.0.2/24", "dev", "eth0"])
+        .unwrap();
+    ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    ns.ip(&[
+        "link",
+        "add",
+        "flannel.100",
+        "type",
+        "vxlan",
+        "id",
+        "100",
+        "local",
+        "10.0.0.2",
+        "dev",
+        "eth0",
+        "dstport",
+        "8472",
+        "nolearning",
+    ])
+    .unwrap();
+    ns.ip(&["addr", "add", "192.168.5.0/32", "dev", "flannel.100"])
+        .unwrap();
+    ns.ip(&["link", "set", "flannel.100", "up"]).unwrap();
+    let before = ns.ip(&["-d", "link", "show", "flannel.100"]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sf = format!("-subnet-file={}", dir.path().join("s.env").display());
+    for (flag, needles) in [
+        (
+            "-iface=flannel.100",
+            &["-iface", "flannel.100", "overlay device"][..],
+        ),
+        (
+            "-iface=192.168.5.0",
+            &["-iface", "flannel.100", "overlay device"],
+        ),
+        ("-iface=127.0.0.1", &["-iface", "127.0.0.1", "loopback"]),
+        ("-iface=lo", &["-iface", "127.0.0.1", "loopback"]),
+    ] {
+        assert_one_line_error_cmd(ns.command(TWILLD), &[&sf, flag], needles);
+    }
+    assert_eq!(
+        ns.ip(&["-d", "link", "show", "flannel.100"]).unwrap(),
+        before,
+        "the overlay device was touched"
+    );
 }
 
 #[test]
@@ -293,6 +454,24 @@ fn invalid_configs_are_logged_naming_the_field_and_waited_on() {
         (
             "EnableIPv6 true: IPv6 overlays are not supported yet",
             r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"vxlan"}}"#.into(),
+        ),
+        // Issue 13: networks that cannot carry an overlay (127.0.0.0/8 used
+        // to fail with "Invalid argument" on every reconcile).
+        (
+            "Network \"127.0.0.0/8\" is invalid: overlaps loopback",
+            r#"{"Network":"127.0.0.0/8","Backend":{"Type":"vxlan"}}"#.into(),
+        ),
+        (
+            "Network \"0.0.0.0/0\" is invalid: overlaps",
+            r#"{"Network":"0.0.0.0/0","Backend":{"Type":"vxlan"}}"#.into(),
+        ),
+        (
+            "Network \"224.0.0.0/4\" is invalid: overlaps multicast",
+            r#"{"Network":"224.0.0.0/4","Backend":{"Type":"vxlan"}}"#.into(),
+        ),
+        (
+            "Network \"240.0.0.0/4\" is invalid: overlaps reserved",
+            r#"{"Network":"240.0.0.0/4","Backend":{"Type":"vxlan"}}"#.into(),
         ),
         ("bytes, more than the 65536 allowed", huge),
     ];
