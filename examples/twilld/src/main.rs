@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, error, info, warn};
-use twill_backend::{Backend, BackendRegistry, HostContext};
+use twill_backend::{Backend, BackendRegistry, HostContext, LocalSetup, UnderlayInterface};
 use twill_etcd::{EtcdConfig, EtcdError, EtcdRegistry, EtcdTls};
 use twill_model::{NetworkConfig, SubnetEnv, SubnetKey, SubnetLease};
 use twill_subnet::{
@@ -243,21 +243,39 @@ async fn connect(config: EtcdConfig, retry: Duration) -> anyhow::Result<EtcdRegi
 }
 
 /// Waits until `<prefix>/config` holds a valid config whose backend can be
-/// built: a missing or invalid config, an unknown backend type or bad
-/// backend options are all logged (once per distinct message, naming the
-/// key and the field) and waited on, since the operator fixes them in etcd.
+/// built and set up on this host: a missing or invalid config, an unknown
+/// backend type, bad backend options or options this host cannot carry (an
+/// `MTU` above the underlay's) are all logged (once per distinct message,
+/// naming the key and the field) and waited on, since the operator fixes
+/// them in etcd. Those are all found before the kernel is touched; any other
+/// set-up failure is returned.
 async fn wait_for_config(
     registry: &EtcdRegistry,
     backends: &BackendRegistry,
+    underlay: &UnderlayInterface,
+    public_ip: std::net::Ipv4Addr,
     retry: Duration,
     status: &Status,
-) -> (NetworkConfig, Box<dyn Backend>) {
+) -> anyhow::Result<(NetworkConfig, Box<dyn Backend>, LocalSetup)> {
     let key = registry.config().config_key();
     let mut last = String::new();
     loop {
         let msg = match registry.get_config().await {
             Ok(cfg) => match backends.create(&cfg.backend) {
-                Ok(backend) => return (cfg, backend),
+                Ok(mut backend) => {
+                    let host = HostContext {
+                        config: &cfg,
+                        public_ip,
+                        underlay,
+                    };
+                    match backend.setup(&host).await {
+                        Ok(local) => return Ok((cfg, backend, local)),
+                        Err(e) if e.is_config() => {
+                            format!("waiting for a valid network config at {key}: Backend: {e}")
+                        }
+                        Err(e) => return Err(e).context("backend set-up failed"),
+                    }
+                }
                 Err(e) => format!("waiting for a valid network config at {key}: Backend: {e}"),
             },
             Err(e) => {
@@ -311,8 +329,15 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let registry = Arc::new(connect(etcd_config, flags.retry_interval).await?);
     status.etcd_reachable.store(true, Ordering::Relaxed);
     let backends = BackendRegistry::with_builtins();
-    let (config, mut backend) =
-        wait_for_config(&registry, &backends, flags.retry_interval, &status).await;
+    let (config, mut backend, local) = wait_for_config(
+        &registry,
+        &backends,
+        &underlay,
+        public_ip,
+        flags.retry_interval,
+        &status,
+    )
+    .await?;
     info!(network = %config.network, subnet_len = config.subnet_len, backend = %config.backend.backend_type, "network config read");
 
     let etcd_ips: Vec<std::net::Ipv4Addr> = flags
@@ -334,16 +359,6 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             config.network, underlay.name
         );
     }
-
-    let host = HostContext {
-        config: &config,
-        public_ip,
-        underlay: &underlay,
-    };
-    let local = backend
-        .setup(&host)
-        .await
-        .context("backend set-up failed")?;
 
     let mut mgr_config = LeaseManagerConfig::new(local.attrs.clone());
     mgr_config.ttl = flags.lease_ttl;
