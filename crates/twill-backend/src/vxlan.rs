@@ -329,6 +329,24 @@ impl VxlanBackend {
         Ok((link.index, repaired))
     }
 
+    /// Deletes our devices of a previous config (a VNI change): left in
+    /// place, `flannel.<old VNI>` keeps its routes to the peers, which are in
+    /// the way of ours (reported as routes twill did not create) and keep
+    /// traffic on the old VNI. The kernel removes routes, neighbours and FDB
+    /// entries through a deleted device with it.
+    fn remove_stale_devices(&mut self, local: Ipv4Addr) -> Result<(), BackendError> {
+        let links = self.nl.link().list()?;
+        for link in stale_devices(&links, self.opts.vni, local) {
+            tracing::info!(device = %link.name, vni = self.opts.vni, "deleting VXLAN device of a previous config (another VNI)");
+            match self.nl.link().delete(link.index) {
+                // Gone meanwhile (deleted by hand): what we wanted.
+                Err(e) if e.is_not_found() => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
     /// `<subnet network address>/32` on the device, and no other IPv4 address.
     fn ensure_address(&mut self, dev: u32, own: SubnetKey) -> Result<bool, BackendError> {
         let want = Address {
@@ -434,6 +452,28 @@ impl VxlanBackend {
     }
 }
 
+/// The devices among `links` that are ours by flannel's convention but not
+/// the one of `vni`: kind `vxlan`, named `flannel.<N>` (N in canonical
+/// decimal, as we name them) with N != `vni`, and whose `local` is our
+/// underlay address. Anything else (a bridge named `flannel.7`, a VXLAN
+/// device of another name or another local address) is not ours.
+fn stale_devices(links: &[Link], vni: u32, local: Ipv4Addr) -> Vec<&Link> {
+    links
+        .iter()
+        .filter(|l| {
+            let Some(n) = l.name.strip_prefix("flannel.") else {
+                return false;
+            };
+            let ours_by_name = n
+                .parse::<u32>()
+                .is_ok_and(|n2| n2 != vni && n2.to_string() == n);
+            ours_by_name
+                && l.kind.as_deref() == Some("vxlan")
+                && l.vxlan.as_ref().is_some_and(|v| v.local == Some(local))
+        })
+        .collect()
+}
+
 /// As flannel does for its device: no IPv6 router advertisements accepted on
 /// the overlay. Best effort (IPv6 may be disabled). Writes the sysctl of the
 /// calling thread's network namespace: only for a backend whose handle was
@@ -527,6 +567,7 @@ impl Backend for VxlanBackend {
                 underlay_mtu: host.underlay.mtu,
             });
         }
+        self.remove_stale_devices(host.underlay.addr)?;
         let name = self.opts.device_name();
         // Reuse the MAC of an existing device so peers' FDB/ARP stay valid.
         let existing = self.nl.link().find(&name)?;
@@ -598,6 +639,7 @@ impl Backend for VxlanBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use twill_netlink::VxlanInfo;
 
     fn options(backend: &str) -> VxlanOptions {
         let cfg = NetworkConfig::parse(&format!(
@@ -729,6 +771,47 @@ mod tests {
             let o = options(&format!(r#"{{"Type":"vxlan",{backend}}}"#));
             assert_eq!((o.vni, o.port, o.mtu), (vni, port, Some(mtu)), "{backend}");
         }
+    }
+
+    /// Issue 13: only our devices of another VNI are stale: kind vxlan,
+    /// named `flannel.<N>`, with our underlay address as `local`.
+    #[test]
+    fn only_our_vxlan_devices_of_another_vni_are_stale() {
+        let local: Ipv4Addr = "10.0.0.2".parse().unwrap();
+        let link = |name: &str, kind: Option<&str>, vni: u32, l: &str| Link {
+            index: 1,
+            name: name.into(),
+            kind: kind.map(str::to_string),
+            mtu: 1450,
+            mac: None,
+            up: true,
+            master: None,
+            vxlan: (kind == Some("vxlan")).then(|| VxlanInfo {
+                vni,
+                local: l.parse().ok(),
+                port: 8472,
+                learning: false,
+                gbp: false,
+                underlay: Some(2),
+            }),
+        };
+        let links = [
+            link("flannel.100", Some("vxlan"), 100, "10.0.0.2"),
+            link("flannel.200", Some("vxlan"), 200, "10.0.0.2"),
+            link("flannel.7", Some("bridge"), 0, ""),
+            link("flannel.8", Some("vxlan"), 8, "10.0.0.9"),
+            link("flannel.9", Some("vxlan"), 9, ""),
+            link("flannel.x", Some("vxlan"), 1, "10.0.0.2"),
+            link("flannel.010", Some("vxlan"), 10, "10.0.0.2"),
+            link("flannel.+11", Some("vxlan"), 11, "10.0.0.2"),
+            link("vx100", Some("vxlan"), 100, "10.0.0.2"),
+            link("flannel.1", None, 0, ""),
+        ];
+        let stale: Vec<&str> = stale_devices(&links, 200, local)
+            .into_iter()
+            .map(|l| l.name.as_str())
+            .collect();
+        assert_eq!(stale, ["flannel.100"]);
     }
 
     /// Issue 12: a lease whose `BackendData` says `VTEPMAC` (Go reads it)
