@@ -157,6 +157,19 @@ pub enum BackendError {
         /// What is wrong.
         reason: String,
     },
+    /// The configured `MTU` does not fit in the underlay's: the kernel
+    /// would refuse it (EINVAL) after creating the device.
+    #[error("invalid vxlan backend config: MTU {mtu} is out of range: it must be 68 to {max} (the MTU {underlay_mtu} of underlay {underlay} - 50)")]
+    MtuAboveUnderlay {
+        /// The configured `MTU`.
+        mtu: u32,
+        /// The largest that fits: the underlay's MTU − 50.
+        max: u32,
+        /// The underlay interface's name.
+        underlay: String,
+        /// The underlay interface's MTU.
+        underlay_mtu: u32,
+    },
     /// A netlink operation failed.
     #[error(transparent)]
     Netlink(#[from] twill_netlink::NetlinkError),
@@ -246,6 +259,19 @@ pub trait Backend: Send {
 }
 
 impl BackendError {
+    /// The error is in the network config (bad `Backend` options, an `MTU`
+    /// the underlay cannot carry): fixed in etcd, not on this host, so an
+    /// agent waits for a new config rather than exit.
+    #[must_use]
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            BackendError::UnknownType(..)
+                | BackendError::Config { .. }
+                | BackendError::MtuAboveUnderlay { .. }
+        )
+    }
+
     /// Checks, in [`Backend::activate`], that our own lease can be used: its
     /// subnet lies inside `Network`. Every backend needs this check.
     ///

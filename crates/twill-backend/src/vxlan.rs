@@ -80,27 +80,96 @@ impl Default for VxlanOptions {
     }
 }
 
+/// The `Backend` object as written, before its numbers are range-checked:
+/// serde's own message for `-1` in a `u32` ("invalid value: integer `-1`,
+/// expected u32") names neither the field nor what is allowed, so the
+/// numbers are taken as JSON values and checked by [`int_option`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawVxlanOptions {
+    #[serde(rename = "VNI")]
+    vni: Option<serde_json::Value>,
+    #[serde(rename = "Port")]
+    port: Option<serde_json::Value>,
+    #[serde(rename = "GBP")]
+    gbp: bool,
+    #[serde(rename = "Learning")]
+    learning: bool,
+    #[serde(rename = "DirectRouting")]
+    direct_routing: bool,
+    #[serde(rename = "MTU")]
+    mtu: Option<serde_json::Value>,
+}
+
+/// Largest VNI: 24 bits.
+const MAX_VNI: u32 = (1 << 24) - 1;
+/// Smallest MTU of an IPv4 link (RFC 791).
+const MIN_MTU: u32 = 68;
+
+/// `value` of option `field` as an integer in `lo..=hi`, else an error
+/// naming the field, the value as written and `allowed`.
+fn int_option(
+    field: &str,
+    value: &serde_json::Value,
+    lo: i64,
+    hi: i64,
+    allowed: &str,
+) -> Result<i64, BackendError> {
+    let reason = match value.as_i64() {
+        Some(n) if (lo..=hi).contains(&n) => return Ok(n),
+        Some(_) => "is out of range",
+        // u64 above i64::MAX is an integer too, just out of range.
+        None if value.is_u64() => "is out of range",
+        None => "is not an integer",
+    };
+    Err(BackendError::Config {
+        backend: "vxlan",
+        reason: format!("{field} {value} {reason}: it must be {allowed}"),
+    })
+}
+
 impl VxlanOptions {
     /// Parses and validates the `Backend` object.
     ///
     /// # Errors
-    /// [`BackendError::Config`] for a wrong type or a VNI over 24 bits.
+    /// [`BackendError::Config`] for a wrong type or a number out of range,
+    /// naming the field, the value and the allowed range.
     pub fn from_config(config: &BackendConfig) -> Result<Self, BackendError> {
-        let o: Self = config.parse_as().map_err(|e| BackendError::Config {
+        let raw: RawVxlanOptions = config.parse_as().map_err(|e| BackendError::Config {
             backend: "vxlan",
             reason: e.to_string(),
         })?;
-        if o.vni >= 1 << 24 {
-            return Err(BackendError::Config {
-                backend: "vxlan",
-                reason: format!("VNI {} exceeds 24 bits", o.vni),
-            });
+        let mut o = Self {
+            gbp: raw.gbp,
+            learning: raw.learning,
+            direct_routing: raw.direct_routing,
+            ..Self::default()
+        };
+        // Each `as` below is exact: the value was range-checked first.
+        if let Some(v) = &raw.vni {
+            // VNI 0 is valid for the kernel and flanneld on Linux takes it.
+            let vni = int_option("VNI", v, 0, MAX_VNI.into(), "0 to 16777215 (24 bits)")?;
+            o.vni = u32::try_from(vni).unwrap_or(o.vni);
         }
-        if o.mtu.is_some_and(|m| !(68..=65535).contains(&m)) {
-            return Err(BackendError::Config {
-                backend: "vxlan",
-                reason: format!("MTU {:?} outside 68..=65535", o.mtu),
-            });
+        if let Some(v) = &raw.port {
+            let port = int_option(
+                "Port",
+                v,
+                0,
+                65535,
+                "1 to 65535, or 0 for the kernel's 8472",
+            )?;
+            o.port = u16::try_from(port).unwrap_or(o.port);
+        }
+        if let Some(v) = &raw.mtu {
+            let mtu = int_option(
+                "MTU",
+                v,
+                MIN_MTU.into(),
+                65535,
+                "68 to the underlay's MTU - 50",
+            )?;
+            o.mtu = u32::try_from(mtu).ok();
         }
         Ok(o)
     }
@@ -260,6 +329,24 @@ impl VxlanBackend {
         Ok((link.index, repaired))
     }
 
+    /// Deletes our devices of a previous config (a VNI change): left in
+    /// place, `flannel.<old VNI>` keeps its routes to the peers, which are in
+    /// the way of ours (reported as routes twill did not create) and keep
+    /// traffic on the old VNI. The kernel removes routes, neighbours and FDB
+    /// entries through a deleted device with it.
+    fn remove_stale_devices(&mut self, local: Ipv4Addr) -> Result<(), BackendError> {
+        let links = self.nl.link().list()?;
+        for link in stale_devices(&links, self.opts.vni, local) {
+            tracing::info!(device = %link.name, vni = self.opts.vni, "deleting VXLAN device of a previous config (another VNI)");
+            match self.nl.link().delete(link.index) {
+                // Gone meanwhile (deleted by hand): what we wanted.
+                Err(e) if e.is_not_found() => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
     /// `<subnet network address>/32` on the device, and no other IPv4 address.
     fn ensure_address(&mut self, dev: u32, own: SubnetKey) -> Result<bool, BackendError> {
         let want = Address {
@@ -365,6 +452,28 @@ impl VxlanBackend {
     }
 }
 
+/// The devices among `links` that are ours by flannel's convention but not
+/// the one of `vni`: kind `vxlan`, named `flannel.<N>` (N in canonical
+/// decimal, as we name them) with N != `vni`, and whose `local` is our
+/// underlay address. Anything else (a bridge named `flannel.7`, a VXLAN
+/// device of another name or another local address) is not ours.
+fn stale_devices(links: &[Link], vni: u32, local: Ipv4Addr) -> Vec<&Link> {
+    links
+        .iter()
+        .filter(|l| {
+            let Some(n) = l.name.strip_prefix("flannel.") else {
+                return false;
+            };
+            let ours_by_name = n
+                .parse::<u32>()
+                .is_ok_and(|n2| n2 != vni && n2.to_string() == n);
+            ours_by_name
+                && l.kind.as_deref() == Some("vxlan")
+                && l.vxlan.as_ref().is_some_and(|v| v.local == Some(local))
+        })
+        .collect()
+}
+
 /// As flannel does for its device: no IPv6 router advertisements accepted on
 /// the overlay. Best effort (IPv6 may be disabled). Writes the sysctl of the
 /// calling thread's network namespace: only for a backend whose handle was
@@ -446,6 +555,19 @@ impl Backend for VxlanBackend {
     }
 
     async fn setup(&mut self, host: &HostContext<'_>) -> Result<LocalSetup, BackendError> {
+        // Checked before the kernel is touched: the kernel refuses a VXLAN
+        // MTU above the underlay's minus the encapsulation (EINVAL, after the
+        // device was created DOWN).
+        let max_mtu = host.underlay.mtu.saturating_sub(VXLAN_OVERHEAD);
+        if let Some(mtu) = self.opts.mtu.filter(|m| *m > max_mtu) {
+            return Err(BackendError::MtuAboveUnderlay {
+                mtu,
+                max: max_mtu,
+                underlay: host.underlay.name.clone(),
+                underlay_mtu: host.underlay.mtu,
+            });
+        }
+        self.remove_stale_devices(host.underlay.addr)?;
         let name = self.opts.device_name();
         // Reuse the MAC of an existing device so peers' FDB/ARP stay valid.
         let existing = self.nl.link().find(&name)?;
@@ -517,6 +639,7 @@ impl Backend for VxlanBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use twill_netlink::VxlanInfo;
 
     fn options(backend: &str) -> VxlanOptions {
         let cfg = NetworkConfig::parse(&format!(
@@ -581,7 +704,114 @@ mod tests {
         let err = VxlanOptions::from_config(&cfg.backend)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("VNI 16777216 exceeds 24 bits"), "{err}");
+        assert!(
+            err.contains("VNI 16777216 is out of range: it must be 0 to 16777215"),
+            "{err}"
+        );
+    }
+
+    /// Issue 13: out-of-range options said "invalid value: integer `-1`,
+    /// expected u32" or "MTU Some(0) outside 68..=65535"; each names the
+    /// field, the value as written and what is allowed.
+    #[test]
+    fn out_of_range_options_name_field_value_and_range() {
+        for (backend, want) in [
+            (
+                r#""VNI":-1"#,
+                "VNI -1 is out of range: it must be 0 to 16777215",
+            ),
+            (
+                r#""vni":16777216"#,
+                "VNI 16777216 is out of range: it must be 0 to 16777215",
+            ),
+            (
+                r#""VNI":18446744073709551615"#,
+                "VNI 18446744073709551615 is out of range",
+            ),
+            (
+                r#""VNI":1.5"#,
+                "VNI 1.5 is not an integer: it must be 0 to 16777215",
+            ),
+            (r#""VNI":"x""#, r#"VNI "x" is not an integer"#),
+            (
+                r#""Port":65536"#,
+                "Port 65536 is out of range: it must be 1 to 65535",
+            ),
+            (
+                r#""Port":-1"#,
+                "Port -1 is out of range: it must be 1 to 65535",
+            ),
+            (
+                r#""MTU":0"#,
+                "MTU 0 is out of range: it must be 68 to the underlay's MTU - 50",
+            ),
+            (r#""MTU":67"#, "MTU 67 is out of range: it must be 68"),
+            (r#""MTU":65536"#, "MTU 65536 is out of range: it must be 68"),
+            (r#""MTU":true"#, "MTU true is not an integer"),
+        ] {
+            let cfg = NetworkConfig::parse(&format!(
+                r#"{{"Network":"10.5.0.0/16","Backend":{{"Type":"vxlan",{backend}}}}}"#
+            ))
+            .unwrap();
+            let err = VxlanOptions::from_config(&cfg.backend)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{backend}: {err}");
+        }
+        // The bounds themselves are accepted.
+        for (backend, vni, port, mtu) in [
+            (r#""VNI":0,"Port":1,"MTU":68"#, 0, 1, 68),
+            (
+                r#""VNI":16777215,"Port":65535,"MTU":65535"#,
+                MAX_VNI,
+                65535,
+                65535,
+            ),
+        ] {
+            let o = options(&format!(r#"{{"Type":"vxlan",{backend}}}"#));
+            assert_eq!((o.vni, o.port, o.mtu), (vni, port, Some(mtu)), "{backend}");
+        }
+    }
+
+    /// Issue 13: only our devices of another VNI are stale: kind vxlan,
+    /// named `flannel.<N>`, with our underlay address as `local`.
+    #[test]
+    fn only_our_vxlan_devices_of_another_vni_are_stale() {
+        let local: Ipv4Addr = "10.0.0.2".parse().unwrap();
+        let link = |name: &str, kind: Option<&str>, vni: u32, l: &str| Link {
+            index: 1,
+            name: name.into(),
+            kind: kind.map(str::to_string),
+            mtu: 1450,
+            mac: None,
+            up: true,
+            master: None,
+            vxlan: (kind == Some("vxlan")).then(|| VxlanInfo {
+                vni,
+                local: l.parse().ok(),
+                port: 8472,
+                learning: false,
+                gbp: false,
+                underlay: Some(2),
+            }),
+        };
+        let links = [
+            link("flannel.100", Some("vxlan"), 100, "10.0.0.2"),
+            link("flannel.200", Some("vxlan"), 200, "10.0.0.2"),
+            link("flannel.7", Some("bridge"), 0, ""),
+            link("flannel.8", Some("vxlan"), 8, "10.0.0.9"),
+            link("flannel.9", Some("vxlan"), 9, ""),
+            link("flannel.x", Some("vxlan"), 1, "10.0.0.2"),
+            link("flannel.010", Some("vxlan"), 10, "10.0.0.2"),
+            link("flannel.+11", Some("vxlan"), 11, "10.0.0.2"),
+            link("vx100", Some("vxlan"), 100, "10.0.0.2"),
+            link("flannel.1", None, 0, ""),
+        ];
+        let stale: Vec<&str> = stale_devices(&links, 200, local)
+            .into_iter()
+            .map(|l| l.name.as_str())
+            .collect();
+        assert_eq!(stale, ["flannel.100"]);
     }
 
     /// Issue 12: a lease whose `BackendData` says `VTEPMAC` (Go reads it)

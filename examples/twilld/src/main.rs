@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, error, info, warn};
-use twill_backend::{Backend, BackendRegistry, HostContext};
+use twill_backend::{Backend, BackendRegistry, HostContext, LocalSetup, UnderlayInterface};
 use twill_etcd::{EtcdConfig, EtcdError, EtcdRegistry, EtcdTls};
 use twill_model::{NetworkConfig, SubnetEnv, SubnetKey, SubnetLease};
 use twill_subnet::{
@@ -198,25 +198,45 @@ fn check_public_ip(flag: &str, ip: std::net::Ipv4Addr) -> anyhow::Result<()> {
     bail!("{flag} {ip} {reason}: give a unicast address other hosts reach this one at")
 }
 
-/// One twilld per public IP and network namespace: two daemons publishing
-/// the same IP would each claim a subnet (two leases for one host) and fight
-/// over the same device. The lock is an abstract Unix socket: it belongs to
-/// the network namespace and disappears with the process, even on SIGKILL,
-/// so it never goes stale.
-fn instance_lock(
-    public_ip: std::net::Ipv4Addr,
-) -> anyhow::Result<std::os::unix::net::UnixListener> {
+/// One twilld per network namespace. Two daemons in one namespace manage
+/// the same kernel state whatever their `-public-ip`: with vxlan the same
+/// `flannel.<VNI>` (each rewriting its address to its own subnet every
+/// reconcile), with host-gw the same main-table routes of protocol 241 (each
+/// deleting the other's as not needed). The lock is an abstract Unix socket:
+/// it belongs to the network namespace and disappears with the process,
+/// even on SIGKILL, so it never goes stale. It is taken before etcd or the
+/// kernel is touched.
+fn instance_lock() -> anyhow::Result<std::os::unix::net::UnixListener> {
     use std::os::linux::net::SocketAddrExt;
-    let name = format!("twilld/{public_ip}");
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(INSTANCE_LOCK)
         .context("cannot name the instance lock")?;
     match std::os::unix::net::UnixListener::bind_addr(&addr) {
         Ok(l) => Ok(l),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
-            "another twilld with public IP {public_ip} is already running on this host (network namespace); refusing to start a second one"
-        ),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let pid = lock_holder(&addr)
+                .map(|p| format!(" (pid {p})"))
+                .unwrap_or_default();
+            bail!(
+                "another twilld is already running in this network namespace{pid}; one daemon per host"
+            )
+        }
         Err(e) => Err(e).context("cannot take the instance lock"),
     }
+}
+
+/// The abstract socket name of [`instance_lock`]. It had the public IP in
+/// it (`twilld/<ip>`), which let a second daemon with another `-public-ip`
+/// start; a daemon of that version still holds that name, not this one.
+const INSTANCE_LOCK: &[u8] = b"twilld";
+
+/// The pid of the process listening on the lock, from the credentials the
+/// kernel records for a Unix socket connection (SO_PEERCRED): only for the
+/// error message, so any failure just leaves it out.
+fn lock_holder(addr: &std::os::unix::net::SocketAddr) -> Option<i32> {
+    let stream = std::os::unix::net::UnixStream::connect_addr(addr).ok()?;
+    let cred =
+        nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials).ok()?;
+    Some(cred.pid())
 }
 
 async fn connect(config: EtcdConfig, retry: Duration) -> anyhow::Result<EtcdRegistry> {
@@ -243,21 +263,39 @@ async fn connect(config: EtcdConfig, retry: Duration) -> anyhow::Result<EtcdRegi
 }
 
 /// Waits until `<prefix>/config` holds a valid config whose backend can be
-/// built: a missing or invalid config, an unknown backend type or bad
-/// backend options are all logged (once per distinct message, naming the
-/// key and the field) and waited on, since the operator fixes them in etcd.
+/// built and set up on this host: a missing or invalid config, an unknown
+/// backend type, bad backend options or options this host cannot carry (an
+/// `MTU` above the underlay's) are all logged (once per distinct message,
+/// naming the key and the field) and waited on, since the operator fixes
+/// them in etcd. Those are all found before the kernel is touched; any other
+/// set-up failure is returned.
 async fn wait_for_config(
     registry: &EtcdRegistry,
     backends: &BackendRegistry,
+    underlay: &UnderlayInterface,
+    public_ip: std::net::Ipv4Addr,
     retry: Duration,
     status: &Status,
-) -> (NetworkConfig, Box<dyn Backend>) {
+) -> anyhow::Result<(NetworkConfig, Box<dyn Backend>, LocalSetup)> {
     let key = registry.config().config_key();
     let mut last = String::new();
     loop {
         let msg = match registry.get_config().await {
             Ok(cfg) => match backends.create(&cfg.backend) {
-                Ok(backend) => return (cfg, backend),
+                Ok(mut backend) => {
+                    let host = HostContext {
+                        config: &cfg,
+                        public_ip,
+                        underlay,
+                    };
+                    match backend.setup(&host).await {
+                        Ok(local) => return Ok((cfg, backend, local)),
+                        Err(e) if e.is_config() => {
+                            format!("waiting for a valid network config at {key}: Backend: {e}")
+                        }
+                        Err(e) => return Err(e).context("backend set-up failed"),
+                    }
+                }
                 Err(e) => format!("waiting for a valid network config at {key}: Backend: {e}"),
             },
             Err(e) => {
@@ -296,7 +334,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             underlay.addr
         }
     };
-    let _instance = instance_lock(public_ip)?;
+    let _instance = instance_lock()?;
     info!(iface = %underlay.name, %public_ip, mtu = underlay.mtu, "using interface {} ({public_ip}) for inter-host traffic", underlay.name);
 
     let status = Arc::new(Status::default());
@@ -311,8 +349,15 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let registry = Arc::new(connect(etcd_config, flags.retry_interval).await?);
     status.etcd_reachable.store(true, Ordering::Relaxed);
     let backends = BackendRegistry::with_builtins();
-    let (config, mut backend) =
-        wait_for_config(&registry, &backends, flags.retry_interval, &status).await;
+    let (config, mut backend, local) = wait_for_config(
+        &registry,
+        &backends,
+        &underlay,
+        public_ip,
+        flags.retry_interval,
+        &status,
+    )
+    .await?;
     info!(network = %config.network, subnet_len = config.subnet_len, backend = %config.backend.backend_type, "network config read");
 
     let etcd_ips: Vec<std::net::Ipv4Addr> = flags
@@ -334,16 +379,6 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             config.network, underlay.name
         );
     }
-
-    let host = HostContext {
-        config: &config,
-        public_ip,
-        underlay: &underlay,
-    };
-    let local = backend
-        .setup(&host)
-        .await
-        .context("backend set-up failed")?;
 
     let mut mgr_config = LeaseManagerConfig::new(local.attrs.clone());
     mgr_config.ttl = flags.lease_ttl;

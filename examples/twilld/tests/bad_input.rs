@@ -559,6 +559,21 @@ fn invalid_backend_options_are_waited_on_too() {
             "VNI",
             r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":"x"}}"#,
         ),
+        // Issue 13: these said "invalid value: integer `-1`, expected u32"
+        // and "MTU Some(0) outside 68..=65535": the field, the value and
+        // the allowed range, in the one line.
+        (
+            "VNI -1 is out of range: it must be 0 to 16777215",
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":-1}}"#,
+        ),
+        (
+            "Port 65536 is out of range: it must be 1 to 65535",
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","Port":65536}}"#,
+        ),
+        (
+            "MTU 0 is out of range: it must be 68 to the underlay's MTU - 50",
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","MTU":0}}"#,
+        ),
     ] {
         c.etcdctl(&["put", CONFIG_KEY, json]).unwrap();
         common::wait_for(&c, DEADLINE, what, || {
@@ -571,6 +586,56 @@ fn invalid_backend_options_are_waited_on_too() {
     }
     c.etcdctl(&["put", CONFIG_KEY, common::CONFIG]).unwrap();
     c.wait_ready(0, DEADLINE).unwrap();
+}
+
+/// Issue 13: a vxlan `MTU` above the underlay's MTU − 50 made twilld exit
+/// with "ip link set dev #19 mtu 9000: Invalid argument", leaving a DOWN
+/// `flannel.100` behind. It is a config problem like any bad option: found
+/// before the kernel is touched, logged once naming MTU and the underlay's
+/// MTU, waited on, and a fixed config is then used.
+#[test]
+fn an_mtu_above_the_underlay_is_waited_on_and_leaves_no_device() {
+    twill_testbed::require_root!();
+    twill_testbed::require_etcd!();
+    let mut c = TwillCluster::builder()
+        .hosts(1)
+        .vxlan_device("flannel.100")
+        .twilld_args(&["--retry-interval=100ms"])
+        .build(common::TWILLD)
+        .unwrap();
+    let underlay_mtu: u32 = c
+        .ns(0)
+        .exec("cat", &["/sys/class/net/eth0/mtu"])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let too_big = common::CONFIG.replace(r#""Port":8472"#, r#""Port":8472,"MTU":9000"#);
+    assert_ne!(too_big, common::CONFIG);
+    c.etcdctl(&["put", CONFIG_KEY, &too_big]).unwrap();
+    let want = format!(
+        "MTU 9000 is out of range: it must be 68 to {} (the MTU {underlay_mtu} of underlay",
+        underlay_mtu - 50
+    );
+    let named = |c: &TwillCluster| {
+        c.daemon(0)
+            .log_since_start()
+            .lines()
+            .filter(|l| l.contains(&want) && l.contains(CONFIG_KEY))
+            .count()
+    };
+    common::wait_for(&c, DEADLINE, "the MTU logged", || named(&c) > 0);
+    assert!(c.daemon_mut(0).is_running(), "{}", c.logs());
+    assert!(c.vxlan_link(0).unwrap().is_none(), "a device was created");
+    // A fixed MTU is used; meanwhile the daemon retried every 100 ms and
+    // logged the bad one once.
+    let fixed = common::CONFIG.replace(r#""Port":8472"#, r#""Port":8472,"MTU":1400"#);
+    c.etcdctl(&["put", CONFIG_KEY, &fixed]).unwrap();
+    c.wait_ready(0, DEADLINE)
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let link = c.vxlan_link(0).unwrap().expect("flannel.100");
+    assert!(link.up && link.mtu == 1400, "{link:?}");
+    assert_eq!(named(&c), 1, "{}", c.logs());
 }
 
 // ---------------------------------------------------------------------------

@@ -240,3 +240,64 @@ fn a_second_pass_changes_nothing() {
         c.logs()
     );
 }
+
+/// Issue 13: after a VNI change and a restart, `flannel.100` was left
+/// behind with its routes to the peers, which the new `flannel.200` then
+/// found in the way ("a route twill did not create is in the way"), and
+/// traffic kept using the old VNI. Our device of the old VNI is deleted at
+/// set-up (its routes go with it); a bridge that happens to be called
+/// `flannel.7` is not ours and is never touched.
+#[test]
+fn a_vni_change_removes_our_old_device_and_only_it() {
+    twill_testbed::require_root!();
+    twill_testbed::require_etcd!();
+    let mut c = common::start(common::builder(2));
+    ip(&c, 0, &["link", "add", "flannel.7", "type", "bridge"]);
+    ip(&c, 0, &["link", "set", "flannel.7", "up"]);
+    for i in 0..2 {
+        c.daemon_mut(i).sigterm().unwrap();
+    }
+    let vni200 = common::CONFIG.replace(r#""VNI":100"#, r#""VNI":200"#);
+    assert_ne!(vni200, common::CONFIG);
+    c.etcdctl(&["put", "/coreos.com/network/config", &vni200])
+        .unwrap();
+    for i in 0..2 {
+        c.daemon_mut(i).spawn().unwrap();
+    }
+    for i in 0..2 {
+        c.wait_ready(i, DEADLINE)
+            .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    }
+    let subnets: Vec<_> = (0..2)
+        .map(|i| c.subnet_env(i).unwrap().subnet_network())
+        .collect();
+    // Each host: flannel.100 gone, the peer routed through flannel.200.
+    for (i, peer) in [(0, 1), (1, 0)] {
+        let peer_net = format!("{}/{}", subnets[peer].network(), subnets[peer].prefix());
+        common::wait_for(&c, DEADLINE, "old device gone, peer on flannel.200", || {
+            let links = ip(&c, i, &["-o", "link", "show"]);
+            let routes = ip(&c, i, &["-4", "route", "show", "proto", "241"]);
+            !links.contains("flannel.100")
+                && routes
+                    .lines()
+                    .any(|l| l.starts_with(&peer_net) && l.contains("dev flannel.200"))
+        });
+        let log = c.daemon(i).log_since_start();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("deleting VXLAN device") && l.contains("flannel.100")),
+            "{log}"
+        );
+        assert!(!log.contains("did not create is in the way"), "{log}");
+    }
+    // The bridge is untouched: still there, still a bridge, still up.
+    let bridge = ip(&c, 0, &["-d", "-o", "link", "show", "flannel.7"]);
+    assert!(
+        bridge.contains("bridge") && bridge.contains(",UP"),
+        "{bridge}"
+    );
+    c.add_containers().unwrap();
+    common::wait_for(&c, DEADLINE, "containers ping over VNI 200", || {
+        common::all_ping(&c).is_ok()
+    });
+}

@@ -153,7 +153,7 @@ fn two_daemons_with_one_public_ip_never_make_two_leases() {
             std::thread::sleep(Duration::from_millis(20));
         };
         assert!(
-            refused.contains("another twilld with public IP 10.0.0.3 is already running"),
+            refused.contains("another twilld is already running in this network namespace (pid "),
             "{refused}"
         );
         assert_eq!(
@@ -191,16 +191,77 @@ fn two_daemons_with_one_public_ip_never_make_two_leases() {
     );
 }
 
+/// Issue 13: the lock was keyed on the public IP, so a second daemon with
+/// another `-public-ip` in the same namespace started, took a second lease
+/// and rewrote `flannel.100`'s address to its own subnet on every reconcile.
+#[test]
+fn a_second_daemon_in_one_namespace_is_refused_whatever_its_public_ip() {
+    twill_testbed::require_root!();
+    twill_testbed::require_etcd!();
+    let mut c = common::start(common::builder(1));
+    let addr_of_device = |c: &TwillCluster| {
+        c.ns(0)
+            .ip(&["-4", "-o", "addr", "show", "dev", "flannel.100"])
+            .unwrap()
+    };
+    let before = addr_of_device(&c);
+    assert!(before.contains("inet 192.168."), "{before}");
+    let pid = c.daemon(0).pid().unwrap();
+    let mut args = c.base_args(0);
+    args.retain(|a| !a.starts_with("-subnet-file=") && !a.starts_with("-healthz-port="));
+    args.extend([
+        "-public-ip=10.0.0.99".to_string(),
+        format!("-subnet-file={}", c.dir().join("other2.env").display()),
+        "-healthz-port=0".into(),
+    ]);
+    let mut other = Daemon::start(
+        DaemonOptions::new(TWILLD, args)
+            .netns(c.ns(0).name())
+            .name("other2")
+            .log_path(c.dir().join("other2.log")),
+    )
+    .unwrap();
+    common::wait_for(&c, DEADLINE, "the second daemon to exit", || {
+        !other.is_running()
+    });
+    let log = other.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.starts_with("===")).collect();
+    assert_eq!(
+        lines,
+        [format!(
+            "twilld: another twilld is already running in this network namespace (pid {pid}); one daemon per host"
+        )],
+        "{log}"
+    );
+    assert!(other.exit_status().is_some_and(|s| !s.success()));
+    assert!(c.daemon_mut(0).is_running(), "{}", c.logs());
+    // Nothing of the second one reached etcd or the kernel.
+    let leases = c.leases().unwrap();
+    assert!(
+        leases
+            .iter()
+            .all(|l| l.public_ip != Some("10.0.0.99".parse().unwrap())),
+        "{leases:?}"
+    );
+    assert!(!c.dir().join("other2.env").exists());
+    // A reconcile tick later the address is still the first daemon's.
+    let ticks = common::metric(&c, 0, "twill_reconciles_total");
+    common::wait_for(&c, DEADLINE, "a reconcile after the refusal", || {
+        common::metric(&c, 0, "twill_reconciles_total") > ticks
+    });
+    assert_eq!(addr_of_device(&c), before);
+}
+
 #[test]
 fn hundred_daemons_race_for_hundred_subnets() {
     twill_testbed::require_root!();
     twill_testbed::require_etcd!();
-    // 10 namespaces, 10 daemons each with distinct public IPs 10.0.1.x. The
-    // host-gw backend programs nothing for peers off the segment, so the
-    // daemons sharing a namespace do not fight over a device: this is a
-    // test of the lease race in etcd.
+    // 100 namespaces, one daemon each (twilld refuses a second one in a
+    // namespace: two would manage the same routes), with public IPs
+    // 10.0.1.x off the segment: the host-gw backend programs nothing for
+    // them, so this is a test of the lease race in etcd, not of the kernel.
     let c = TwillCluster::builder()
-        .hosts(10)
+        .hosts(100)
         .etcd_members(1)
         .no_daemons()
         .build(TWILLD)
@@ -210,7 +271,7 @@ fn hundred_daemons_race_for_hundred_subnets() {
     // All start before the config exists, polling for it every 100 ms; the
     // config then releases them all at once.
     for x in 1..=100u32 {
-        let host = usize::try_from((x - 1) % 10).unwrap();
+        let host = usize::try_from(x - 1).unwrap();
         let args = vec![
             format!("-iface={}", c.ip(host)),
             format!("-public-ip=10.0.1.{x}"),
