@@ -22,7 +22,7 @@ for pair in etcd:etcd-server etcdctl:etcd-client protoc:protobuf-compiler \
     need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
-    pkgs=$(printf '%s\n' "${need[@]}" | sort -u | tr '\n' ' ')
+    pkgs=$(printf '%s\n' "${need[@]}" | sort -u | paste -sd' ')
     if [ "$(id -u)" != 0 ]; then
         echo "install-deps: missing Debian packages: $pkgs; run as root, or: sudo apt-get install -y $pkgs" >&2
         exit 1
