@@ -676,3 +676,117 @@ fn subnets_overlapping_the_hosts_networks_are_never_used() {
         "{err:?}"
     );
 }
+
+fn skips_of(evs: &[LeaseEvent], k: &str) -> usize {
+    evs.iter()
+        .filter(|e| matches!(e, LeaseEvent::Skipped { key, .. } if key.ends_with(k)))
+        .count()
+}
+
+fn malformed(name: &str) -> MalformedLease {
+    MalformedLease {
+        key: format!("/coreos.com/network/subnets/{name}"),
+        reason: "expected value at line 1 column 1".into(),
+    }
+}
+
+/// valid → bad → valid → bad reports the key twice: every transition into
+/// bad is reported once, whether the value became unparseable (reported with
+/// the full key) or unusable (our PublicIP), and also after a deletion.
+#[test]
+fn a_key_that_goes_bad_again_is_reported_again() {
+    let t0 = Instant::now();
+    let (mut core, _) = acquired(t0, vec![]);
+    let up = |l: SubnetLease| Input::Event(RegistryEvent::Upserted(l));
+    let bad = || Input::Event(RegistryEvent::Malformed(malformed("192.168.2.0-24")));
+    let mut evs = Vec::new();
+    for (rev, input) in [
+        (20, up(lease(key(2), "10.0.0.2", 20))),
+        (21, bad()),
+        (22, up(lease(key(2), "10.0.0.2", 22))),
+        (23, bad()),
+        (24, up(lease(key(2), "10.0.0.2", 24))),
+        (25, up(lease(key(2), OUR_IP, 25))),
+        (26, up(lease(key(2), "10.0.0.2", 26))),
+        (27, up(lease(key(2), OUR_IP, 27))),
+        (
+            28,
+            Input::Event(RegistryEvent::Removed {
+                key: key(2),
+                revision: 28,
+            }),
+        ),
+        (29, up(lease(key(2), OUR_IP, 29))),
+    ] {
+        let _ = rev;
+        core.handle_input(t0, input);
+        evs.extend(events(&mut core));
+    }
+    // Two malformed transitions, three "claims our PublicIP" ones.
+    assert_eq!(skips_of(&evs, "192.168.2.0-24"), 5, "{evs:?}");
+    // The same bad value seen again (a re-listing) is not reported again.
+    core.handle_input(t0, bad());
+    assert_eq!(skips_of(&events(&mut core), "192.168.2.0-24"), 1);
+    core.handle_input(t0, bad());
+    assert_eq!(skips_of(&events(&mut core), "192.168.2.0-24"), 0);
+}
+
+/// 1,000 junk keys in one listing: every one is a Skipped event (counted by
+/// twilld's metric) but only SKIP_LOG_LIMIT are logged one by one; the rest
+/// are summarised with their count, at the end of the listing, and for a
+/// burst of watch events at the end of the window.
+#[test]
+fn skip_warnings_are_rate_limited_with_a_count() {
+    use twill_subnet::SKIP_LOG_LIMIT;
+    let t0 = Instant::now();
+    let (mut core, own) = acquired(t0, vec![]);
+    let limit = u64::from(SKIP_LOG_LIMIT);
+    let junk: Vec<MalformedLease> = (0..1000).map(|i| malformed(&format!("junk-{i}"))).collect();
+    let summaries = |evs: &[LeaseEvent]| -> Vec<u64> {
+        evs.iter()
+            .filter_map(|e| match e {
+                LeaseEvent::SkipsSuppressed { count } => Some(*count),
+                _ => None,
+            })
+            .collect()
+    };
+    core.handle_input(
+        t0,
+        Input::Event(RegistryEvent::Resync(LeaseListing {
+            leases: vec![lease(own, OUR_IP, 11)],
+            malformed: junk,
+            revision: 30,
+        })),
+    );
+    let evs = events(&mut core);
+    assert_eq!(skips_of(&evs, ""), 1000);
+    assert_eq!(summaries(&evs), vec![1000 - limit]);
+
+    // More junk by watch in the same window: nothing logged one by one, one
+    // summary when the window ends (the core asks to be woken for it).
+    let t1 = t0 + Duration::from_secs(1);
+    for i in 0..30 {
+        core.handle_input(
+            t1,
+            Input::Event(RegistryEvent::Malformed(malformed(&format!("more-{i}")))),
+        );
+    }
+    let evs = events(&mut core);
+    assert_eq!(skips_of(&evs, ""), 30);
+    assert!(summaries(&evs).is_empty());
+    // (The renewal may be due earlier; the summary is due at the window's end.)
+    let due = t0 + twill_subnet::SKIP_LOG_WINDOW;
+    assert!(core.poll_timeout().is_some_and(|t| t <= due));
+    core.handle_timeout(due);
+    assert_eq!(summaries(&events(&mut core)), vec![30]);
+
+    // A new window logs again, and needs no summary.
+    let t2 = due + Duration::from_secs(1);
+    core.handle_input(
+        t2,
+        Input::Event(RegistryEvent::Malformed(malformed("late"))),
+    );
+    let evs = events(&mut core);
+    assert_eq!(skips_of(&evs, "late"), 1);
+    assert!(summaries(&evs).is_empty());
+}

@@ -40,6 +40,9 @@ pub struct Status {
     pub etcd_errors: AtomicU64,
     /// Lease renewals.
     pub renewals: AtomicU64,
+    /// Stored leases not programmed: malformed or refused by the lease
+    /// core, or refused by the backend.
+    pub leases_skipped: AtomicU64,
 }
 
 impl Status {
@@ -113,6 +116,12 @@ impl Status {
             "gauge",
             "Duration of the last reconcile.",
             secs(&self.last_reconcile_micros),
+        );
+        metric(
+            "twill_leases_skipped",
+            "gauge",
+            "Stored leases not programmed (malformed, refused by the lease manager or the backend).",
+            g(&self.leases_skipped).to_string(),
         );
         metric(
             "twill_ops_applied_total",

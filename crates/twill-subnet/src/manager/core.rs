@@ -21,6 +21,75 @@ use twill_model::{Ipv4Network, LeaseAttrs, NetworkConfig, SubnetKey, SubnetLease
 
 use crate::{HeldLease, LeaseListing, RegistryError, RegistryEvent, SubnetAllocator, SubnetError};
 
+/// At most this many skipped leases are logged one by one per
+/// [`SKIP_LOG_WINDOW`]; the others are counted and summarised in one line
+/// ([`LeaseEvent::SkipsSuppressed`]), so 10,000 junk keys cost a few dozen
+/// log lines, not 10,000.
+pub const SKIP_LOG_LIMIT: u32 = 20;
+/// The window of [`SKIP_LOG_LIMIT`].
+pub const SKIP_LOG_WINDOW: Duration = Duration::from_secs(60);
+
+/// A budget of log lines: at most `limit` per `window`; lines refused are
+/// counted for one summary line. Takes `now` as input, reads no clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogBudget {
+    limit: u32,
+    window: Duration,
+    started: Option<Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    /// A budget of `limit` lines per `window`.
+    #[must_use]
+    pub const fn new(limit: u32, window: Duration) -> Self {
+        LogBudget {
+            limit,
+            window,
+            started: None,
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether one more line may be logged at `now`; a refused line is
+    /// counted for [`LogBudget::take_suppressed`]. Take a due summary
+    /// ([`LogBudget::summary_due`]) first, so that it precedes the new
+    /// window's lines.
+    pub fn admit(&mut self, now: Instant) -> bool {
+        if self
+            .started
+            .is_none_or(|s| now.saturating_duration_since(s) >= self.window)
+        {
+            self.started = Some(now);
+            self.logged = 0;
+        }
+        if self.logged < self.limit {
+            self.logged += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    /// The lines refused since the last summary, if any (and forgets them).
+    pub fn take_suppressed(&mut self) -> Option<u64> {
+        (self.suppressed > 0).then(|| std::mem::take(&mut self.suppressed))
+    }
+
+    /// When a summary is due: the end of a window in which lines were
+    /// refused.
+    #[must_use]
+    pub fn summary_due(&self) -> Option<Instant> {
+        match self.started {
+            Some(s) if self.suppressed > 0 => Some(s + self.window),
+            _ => None,
+        }
+    }
+}
+
 /// flannel's lease TTL.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// flannel's renew margin: renew an hour before expiry.
@@ -226,12 +295,21 @@ pub enum LeaseEvent {
     PeerUpdated(SubnetKey),
     /// A peer's lease disappeared.
     PeerRemoved(SubnetKey),
-    /// A stored value is not used as a peer (reported once per key and reason).
+    /// A stored value is not used as a peer: reported at each transition of
+    /// its key into this reason (logged individually within
+    /// [`SKIP_LOG_LIMIT`], see [`LeaseEvent::SkipsSuppressed`]).
     Skipped {
         /// The key as stored.
         key: String,
         /// Why.
         reason: String,
+    },
+    /// This many [`LeaseEvent::Skipped`] were not logged individually
+    /// (beyond [`SKIP_LOG_LIMIT`] in a [`SKIP_LOG_WINDOW`]); one summary line
+    /// was logged instead.
+    SkipsSuppressed {
+        /// How many.
+        count: u64,
     },
     /// A full listing replaced the peer set.
     Resynced {
@@ -254,8 +332,11 @@ pub enum LeaseEvent {
 pub struct PeerSet {
     /// Peers by subnet.
     pub leases: BTreeMap<SubnetKey, Arc<SubnetLease>>,
-    /// Incremented on every change.
+    /// Incremented on every change of `leases`.
     pub generation: u64,
+    /// How many stored keys are skipped (malformed or unusable as peers),
+    /// for metrics; a change is published without a new generation.
+    pub skipped: usize,
 }
 
 impl PeerSet {
@@ -338,8 +419,14 @@ pub struct LeaseCore {
     known: BTreeMap<SubnetKey, Arc<SubnetLease>>,
     allocator: SubnetAllocator,
     peers: PeerSet,
-    /// Keys reported as skipped, with the reason, to report each once.
+    /// Keys currently skipped (by [`skip_id`]), with the reason: a key is
+    /// reported when it enters a reason, and forgotten when it becomes a
+    /// peer, ours or absent, so that going bad again is reported again.
     skipped: HashMap<String, String>,
+    /// Rate limit of the skip warnings.
+    skip_log: LogBudget,
+    /// The latest `now` given, for the skip log's window.
+    now: Option<Instant>,
     /// Leases with our `PublicIP` we failed to reuse (someone else's).
     rejected: BTreeSet<SubnetKey>,
     revision: i64,
@@ -368,6 +455,8 @@ impl LeaseCore {
             known: BTreeMap::new(),
             peers: PeerSet::default(),
             skipped: HashMap::new(),
+            skip_log: LogBudget::new(SKIP_LOG_LIMIT, SKIP_LOG_WINDOW),
+            now: None,
             rejected: BTreeSet::new(),
             revision: 0,
             watch: WatchState::Off,
@@ -378,6 +467,7 @@ impl LeaseCore {
 
     /// Begins (or, after a fatal error, restarts) acquisition.
     pub fn start(&mut self, now: Instant) {
+        self.now = Some(now);
         if matches!(self.state, LeaseState::Idle | LeaseState::Released { .. }) {
             self.state = LeaseState::Acquiring {
                 phase: Phase::NeedList,
@@ -459,10 +549,10 @@ impl LeaseCore {
             LeaseState::Held { renew_at, .. } => *renew_at,
             _ => None,
         };
-        match (lease, self.relist_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [lease, self.relist_at, self.skip_log.summary_due()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The lease we hold, if any.
@@ -506,11 +596,16 @@ impl LeaseCore {
 
     /// Timers due: retries, renewals, re-lists.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = Some(now);
+        if self.skip_log.summary_due().is_some_and(|t| t <= now) {
+            self.summarize_skips();
+        }
         self.step(now);
     }
 
     /// A registry result or watch event.
     pub fn handle_input(&mut self, now: Instant, input: Input) {
+        self.now = Some(now);
         match input {
             Input::Listed(r) => self.on_listed(now, r),
             Input::Created { key, result } => self.on_created(now, key, result),
@@ -973,6 +1068,9 @@ impl LeaseCore {
             self.report_skip(m.key, m.reason);
         }
         self.rebuild_peers();
+        // A listing is one burst: its surplus is summarised now, not at the
+        // end of the window.
+        self.summarize_skips();
         self.events.push_back(LeaseEvent::Resynced {
             peers: self.peers.len(),
         });
@@ -989,11 +1087,44 @@ impl LeaseCore {
     }
 
     fn report_skip(&mut self, key: String, reason: String) {
-        if self.skipped.get(&key) != Some(&reason) {
-            tracing::warn!(%key, "skipping lease: {reason}");
-            self.skipped.insert(key.clone(), reason.clone());
-            self.events.push_back(LeaseEvent::Skipped { key, reason });
+        let id = skip_id(&key);
+        if self.skipped.get(&id) == Some(&reason) {
+            return;
         }
+        self.skipped.insert(id, reason.clone());
+        let admitted = match self.now {
+            Some(now) => {
+                if self.skip_log.summary_due().is_some_and(|t| t <= now) {
+                    self.summarize_skips();
+                }
+                self.skip_log.admit(now)
+            }
+            None => true,
+        };
+        if admitted {
+            tracing::warn!(%key, "skipping lease: {reason}");
+        } else {
+            tracing::debug!(%key, "skipping lease: {reason}");
+        }
+        self.events.push_back(LeaseEvent::Skipped { key, reason });
+        self.peers.skipped = self.skipped.len();
+    }
+
+    /// Logs one line for the skips not logged individually, if any.
+    fn summarize_skips(&mut self) {
+        if let Some(count) = self.skip_log.take_suppressed() {
+            tracing::warn!(
+                count,
+                "... and {count} more leases skipped (see twill_leases_skipped and the debug log)"
+            );
+            self.events.push_back(LeaseEvent::SkipsSuppressed { count });
+        }
+    }
+
+    /// How many stored keys are currently skipped (malformed or unusable).
+    #[must_use]
+    pub fn skipped_count(&self) -> usize {
+        self.skipped.len()
     }
 
     /// Why `lease` is not a peer, if it is not (`None` reason for our own).
@@ -1058,6 +1189,7 @@ impl LeaseCore {
         if changed {
             self.peers.generation += 1;
         }
+        self.peers.skipped = self.skipped.len();
     }
 
     fn rebuild_peers(&mut self) {
@@ -1070,6 +1202,18 @@ impl LeaseCore {
         for key in keys {
             self.update_peer(key);
         }
+    }
+}
+
+/// The identity of a skipped key: the subnet key for a full key ending in a
+/// canonical one (a malformed value is reported with the key as stored, a
+/// bad lease with its subnet key, and both must be the same key when it
+/// becomes valid or is deleted), else the key as stored.
+fn skip_id(key: &str) -> String {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    match name.parse::<SubnetKey>() {
+        Ok(k) if k.to_string() == name => name.to_string(),
+        _ => key.to_string(),
     }
 }
 

@@ -337,7 +337,10 @@ impl<R: Registry + ?Sized> Driver<R> {
             let _ = self.events_tx.send(ev);
         }
         let peers = self.core.peers();
-        if self.peers_tx.borrow().generation != peers.generation {
+        let published = self.peers_tx.borrow();
+        let stale = published.generation != peers.generation || published.skipped != peers.skipped;
+        drop(published);
+        if stale {
             self.peers_tx.send_replace(peers.clone());
         }
         let held = self.core.held().cloned();
@@ -437,7 +440,7 @@ fn log_event(ev: &LeaseEvent) {
         LeaseEvent::PeerUpdated(key) => tracing::debug!(subnet = %key, "peer updated"),
         LeaseEvent::PeerRemoved(key) => tracing::debug!(subnet = %key, "peer removed"),
         // Logged once by the core when first seen.
-        LeaseEvent::Skipped { .. } => {}
+        LeaseEvent::Skipped { .. } | LeaseEvent::SkipsSuppressed { .. } => {}
         LeaseEvent::Resynced { peers } => tracing::debug!(peers, "peer set resynced"),
         LeaseEvent::Released { key } => tracing::debug!(subnet = ?key, "released lease"),
     }
