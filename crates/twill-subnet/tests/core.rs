@@ -395,11 +395,11 @@ fn resync_replaces_the_peer_set() {
     assert!(evs.contains(&LeaseEvent::PeerAdded(others[0])));
     assert!(evs.contains(&LeaseEvent::PeerAdded(others[1])));
 
-    // Changed attributes are an update.
-    core.handle_input(
-        t0,
-        Input::Event(RegistryEvent::Upserted(lease(others[1], "10.0.0.4", 14))),
-    );
+    // Changed attributes are an update (a new VtepMAC; a PublicIP changed
+    // in place is not followed, see a_peers_public_ip_changed_in_place_...).
+    let mut changed = lease(others[1], "10.0.0.3", 14);
+    changed.attrs.backend_data = Some(serde_json::json!({"VtepMAC": "6e:af:8f:41:72:27"}));
+    core.handle_input(t0, Input::Event(RegistryEvent::Upserted(changed)));
     assert_eq!(events(&mut core), vec![LeaseEvent::PeerUpdated(others[1])]);
 
     core.handle_input(
@@ -789,4 +789,46 @@ fn skip_warnings_are_rate_limited_with_a_count() {
     let evs = events(&mut core);
     assert_eq!(skips_of(&evs, "late"), 1);
     assert!(summaries(&evs).is_empty());
+}
+
+/// Issue 13 #5: `etcdctl put --ignore-lease` over a live peer's key with
+/// another PublicIP is not followed: the peer keeps the original until the
+/// key is deleted (or expires) or the value returns. A change that keeps
+/// the PublicIP (a VtepMAC after a device re-creation) is followed.
+#[test]
+fn a_peers_public_ip_changed_in_place_is_not_followed() {
+    let t0 = Instant::now();
+    let (mut core, _) = acquired(t0, vec![lease(key(2), "10.0.0.2", 5)]);
+    let ip_of = |core: &LeaseCore| core.peers().leases[&key(2)].attrs.public_ip.to_string();
+    let up = |l: SubnetLease| Input::Event(RegistryEvent::Upserted(l));
+
+    core.handle_input(t0, up(lease(key(2), "10.0.0.200", 20)));
+    assert_eq!(ip_of(&core), "10.0.0.2");
+    let evs = events(&mut core);
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, LeaseEvent::Skipped { reason, .. }
+            if reason.contains("PublicIP changed in place from 10.0.0.2 to 10.0.0.200"))),
+        "{evs:?}"
+    );
+    assert!(!evs.iter().any(|e| matches!(e, LeaseEvent::PeerUpdated(_))));
+
+    // The owner restores its value, with a new VtepMAC: followed.
+    let mut back = lease(key(2), "10.0.0.2", 21);
+    back.attrs.backend_data = Some(serde_json::json!({"VtepMAC": "6e:af:8f:41:72:99"}));
+    core.handle_input(t0, up(back.clone()));
+    assert_eq!(*core.peers().leases[&key(2)], back);
+    assert!(events(&mut core).contains(&LeaseEvent::PeerUpdated(key(2))));
+
+    // After a deletion, a new lease with another PublicIP is a new host.
+    core.handle_input(
+        t0,
+        Input::Event(RegistryEvent::Removed {
+            key: key(2),
+            revision: 22,
+        }),
+    );
+    assert!(!core.peers().leases.contains_key(&key(2)));
+    core.handle_input(t0, up(lease(key(2), "10.0.0.200", 23)));
+    assert_eq!(ip_of(&core), "10.0.0.200");
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use twill_model::{Ipv4Network, LeaseAttrs, NetworkConfig, SubnetKey, SubnetLease};
+use twill_model::{Ipv4Network, LeaseAttrs, LeaseKind, NetworkConfig, SubnetKey, SubnetLease};
 
 use crate::{HeldLease, LeaseListing, RegistryError, RegistryEvent, SubnetAllocator, SubnetError};
 
@@ -427,6 +427,13 @@ pub struct LeaseCore {
     skip_log: LogBudget,
     /// The latest `now` given, for the skip log's window.
     now: Option<Instant>,
+    /// Peers whose expiring lease had its `PublicIP` changed in place (a
+    /// put over the live key, e.g. `etcdctl put --ignore-lease`), with the
+    /// value they had: still programmed until the key is deleted or
+    /// expires, or its `PublicIP` returns. A host never changes its
+    /// `PublicIP` in place (it would take another lease), so following such
+    /// a change would hand a live host's traffic to whoever wrote it.
+    pinned: HashMap<SubnetKey, Arc<SubnetLease>>,
     /// Leases with our `PublicIP` we failed to reuse (someone else's).
     rejected: BTreeSet<SubnetKey>,
     revision: i64,
@@ -457,6 +464,7 @@ impl LeaseCore {
             skipped: HashMap::new(),
             skip_log: LogBudget::new(SKIP_LOG_LIMIT, SKIP_LOG_WINDOW),
             now: None,
+            pinned: HashMap::new(),
             rejected: BTreeSet::new(),
             revision: 0,
             watch: WatchState::Off,
@@ -1017,11 +1025,13 @@ impl LeaseCore {
                         }
                     }
                 }
+                self.pin_if_moved_in_place(&lease);
                 self.insert_known(lease);
                 self.update_peer(key);
             }
             RegistryEvent::Removed { key, revision } => {
                 self.revision = self.revision.max(revision);
+                self.pinned.remove(&key);
                 self.remove_known(&key);
                 if let LeaseState::Held { held, .. } = &self.state {
                     if held.lease.key == key && revision > held.lease.revision {
@@ -1037,6 +1047,29 @@ impl LeaseCore {
             }
             RegistryEvent::Malformed(m) => self.report_skip(m.key, m.reason),
             RegistryEvent::Resync(listing) => self.apply_snapshot(listing),
+        }
+    }
+
+    /// Pins a peer whose live expiring lease is overwritten in place with
+    /// another `PublicIP` (see [`LeaseCore::pinned`]). Only a watch event
+    /// can tell "in place" (no deletion seen in between); a full listing
+    /// cannot, and is followed. A value that is no longer expiring (put
+    /// without the key's etcd lease) means the owner's lease is gone:
+    /// followed too, as the owner moves in that case.
+    fn pin_if_moved_in_place(&mut self, new: &SubnetLease) {
+        let Some(current) = self.peers.leases.get(&new.key) else {
+            return;
+        };
+        if current.attrs.public_ip != new.attrs.public_ip
+            && current.kind == LeaseKind::Expiring
+            && new.kind == LeaseKind::Expiring
+        {
+            let original = self
+                .pinned
+                .get(&new.key)
+                .cloned()
+                .unwrap_or_else(|| current.clone());
+            self.pinned.insert(new.key, original);
         }
     }
 
@@ -1061,6 +1094,7 @@ impl LeaseCore {
         self.revision = self.revision.max(listing.revision);
         self.allocator = new_allocator(&self.network, &self.cfg.protected);
         self.known.clear();
+        self.pinned.clear();
         for lease in listing.leases {
             self.insert_known(lease);
         }
@@ -1156,6 +1190,23 @@ impl LeaseCore {
     }
 
     fn update_peer(&mut self, key: SubnetKey) {
+        if let Some(original) = self.pinned.get(&key).cloned() {
+            match self.known.get(&key) {
+                Some(l) if l.attrs.public_ip != original.attrs.public_ip => {
+                    // Keep programming the original; report the change.
+                    let reason = format!(
+                        "PublicIP changed in place from {} to {}: kept {} until the lease is given up",
+                        original.attrs.public_ip, l.attrs.public_ip, original.attrs.public_ip
+                    );
+                    self.report_skip(key.to_string(), reason);
+                    return;
+                }
+                // The value returned (or the key is gone): follow it.
+                _ => {
+                    self.pinned.remove(&key);
+                }
+            }
+        }
         let verdict = self.known.get(&key).map(|l| (l.clone(), self.classify(l)));
         let changed = match verdict {
             Some((lease, Ok(()))) => {
