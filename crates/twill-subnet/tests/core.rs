@@ -481,10 +481,10 @@ fn malformed_foreign_and_impostor_leases_are_skipped_once() {
 fn someone_overwriting_our_lease_makes_us_lose_it() {
     let t0 = Instant::now();
     let (mut core, k) = acquired(t0, vec![]);
-    core.handle_input(
-        t0,
-        Input::Event(RegistryEvent::Upserted(lease(k, "10.0.0.66", 12))),
-    );
+    // Put without our etcd lease (a plain `etcdctl put`): not ours any more.
+    let mut taken = lease(k, "10.0.0.66", 12);
+    taken.kind = LeaseKind::Reservation;
+    core.handle_input(t0, Input::Event(RegistryEvent::Upserted(taken)));
     assert!(!core.is_held());
     assert_eq!(action(&mut core), Action::List);
 }
@@ -831,4 +831,56 @@ fn a_peers_public_ip_changed_in_place_is_not_followed() {
     assert!(!core.peers().leases.contains_key(&key(2)));
     core.handle_input(t0, up(lease(key(2), "10.0.0.200", 23)));
     assert_eq!(ip_of(&core), "10.0.0.200");
+}
+
+/// Issue 13 #5: our key overwritten in place while still on an etcd lease
+/// (`etcdctl put --ignore-lease`): we restore our value (the registry does it
+/// only if the key is unchanged since and still on our etcd lease), report
+/// it, and keep our subnet. When the registry refuses (the key was
+/// re-created under another etcd lease or none), we move, as before.
+#[test]
+fn our_key_overwritten_in_place_is_restored_and_kept() {
+    let t0 = Instant::now();
+    let (mut core, k) = acquired(t0, vec![]);
+    core.handle_input(
+        t0,
+        Input::Event(RegistryEvent::Upserted(lease(k, "10.0.0.200", 12))),
+    );
+    assert!(core.is_held(), "we keep our subnet");
+    match action(&mut core) {
+        Action::Restore { held, revision } => {
+            assert_eq!(held.lease.key, k);
+            assert_eq!(held.lease.attrs, attrs(OUR_IP));
+            assert_eq!(revision, 12);
+        }
+        other => panic!("expected Restore, got {other:?}"),
+    }
+    assert!(events(&mut core).contains(&LeaseEvent::Overwritten {
+        key: k,
+        by: "10.0.0.200".parse().unwrap()
+    }));
+    assert!(core.peers().is_empty(), "the writer's value is no peer");
+    core.handle_input(t0, Input::Restored(Ok(held(k, 13))));
+    assert_eq!(core.held().unwrap().lease.key, k);
+    assert_eq!(core.held().unwrap().lease.revision, 13);
+    // Our own restoring write, seen by the watch, changes nothing.
+    core.handle_input(
+        t0,
+        Input::Event(RegistryEvent::Upserted(lease(k, OUR_IP, 13))),
+    );
+    assert!(core.is_held());
+    assert!(core.poll_action().is_none());
+
+    // Refused: the key is not ours any more; we move.
+    core.handle_input(
+        t0,
+        Input::Event(RegistryEvent::Upserted(lease(k, "10.0.0.201", 14))),
+    );
+    assert!(matches!(action(&mut core), Action::Restore { .. }));
+    core.handle_input(t0, Input::Restored(Err(RegistryError::Conflict { key: k })));
+    assert!(!core.is_held());
+    assert!(events(&mut core)
+        .iter()
+        .any(|e| matches!(e, LeaseEvent::Lost { reason, .. } if reason.contains("overwritten by 10.0.0.201"))));
+    assert_eq!(action(&mut core), Action::List);
 }

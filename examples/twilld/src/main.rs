@@ -582,6 +582,13 @@ fn log_event(ev: &LeaseEvent, status: &Status) {
             status.etcd_reachable.store(false, Ordering::Relaxed);
             warn!(subnet = %key, "lease renewal failed, retrying: {reason}");
         }
+        LeaseEvent::Overwritten { key, by } => {
+            status.lease_overwrites.fetch_add(1, Ordering::Relaxed);
+            error!(
+                subnet = %key, writer = %by,
+                "our lease {key} was overwritten in place with PublicIP {by}: restoring our value and keeping the subnet (someone with write access to etcd is claiming it)"
+            );
+        }
         LeaseEvent::Lost { key, reason } => {
             warn!(subnet = %key, "lease lost: {reason}; re-acquiring");
         }

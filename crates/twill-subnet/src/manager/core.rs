@@ -199,6 +199,15 @@ pub enum Action {
         /// Our attributes.
         attrs: LeaseAttrs,
     },
+    /// [`crate::Registry::restore_lease`] → [`Input::Restored`]: our key
+    /// was overwritten in place; put our value back if the key is unchanged
+    /// since `revision` and still on our etcd lease.
+    Restore {
+        /// Our lease, with our attributes.
+        held: HeldLease,
+        /// The revision of the overwriting value.
+        revision: i64,
+    },
     /// [`crate::Registry::delete_lease`] → [`Input::Deleted`].
     Delete {
         /// Our lease's key.
@@ -230,6 +239,8 @@ pub enum Input {
     Renewed(Result<HeldLease, RegistryError>),
     /// Result of [`Action::Update`].
     Updated(Result<HeldLease, RegistryError>),
+    /// Result of [`Action::Restore`].
+    Restored(Result<HeldLease, RegistryError>),
     /// Result of [`Action::Delete`].
     Deleted(Result<(), RegistryError>),
     /// A watch event.
@@ -269,6 +280,14 @@ pub enum LeaseEvent {
         key: SubnetKey,
         /// Why.
         reason: String,
+    },
+    /// Our key was overwritten in place (still on our etcd lease) with
+    /// another `PublicIP`; we restore our value and keep the subnet.
+    Overwritten {
+        /// Our key.
+        key: SubnetKey,
+        /// The `PublicIP` the writer put there.
+        by: std::net::Ipv4Addr,
     },
     /// Our lease is gone (expired, deleted or taken); re-acquiring.
     Lost {
@@ -390,6 +409,7 @@ enum Pending {
     Create,
     Renew,
     Update,
+    Restore,
     Delete,
 }
 
@@ -434,6 +454,8 @@ pub struct LeaseCore {
     /// `PublicIP` in place (it would take another lease), so following such
     /// a change would hand a live host's traffic to whoever wrote it.
     pinned: HashMap<SubnetKey, Arc<SubnetLease>>,
+    /// Who overwrote our key, while its restoring is outstanding.
+    overwritten_by: Option<std::net::Ipv4Addr>,
     /// Leases with our `PublicIP` we failed to reuse (someone else's).
     rejected: BTreeSet<SubnetKey>,
     revision: i64,
@@ -465,6 +487,7 @@ impl LeaseCore {
             skip_log: LogBudget::new(SKIP_LOG_LIMIT, SKIP_LOG_WINDOW),
             now: None,
             pinned: HashMap::new(),
+            overwritten_by: None,
             rejected: BTreeSet::new(),
             revision: 0,
             watch: WatchState::Off,
@@ -619,6 +642,7 @@ impl LeaseCore {
             Input::Created { key, result } => self.on_created(now, key, result),
             Input::Renewed(r) => self.on_renewed(now, r),
             Input::Updated(r) => self.on_updated(now, r),
+            Input::Restored(r) => self.on_restored(r),
             Input::Deleted(r) => {
                 self.pending = None;
                 let key = match &self.state {
@@ -696,6 +720,7 @@ impl LeaseCore {
                 Action::Create { .. } => Pending::Create,
                 Action::Renew { .. } => Pending::Renew,
                 Action::Update { .. } => Pending::Update,
+                Action::Restore { .. } => Pending::Restore,
                 Action::Delete { .. } | Action::Watch { .. } => Pending::Delete,
             });
             self.actions.push_back(a);
@@ -967,6 +992,32 @@ impl LeaseCore {
         }
     }
 
+    fn on_restored(&mut self, r: Result<HeldLease, RegistryError>) {
+        self.pending = None;
+        let by = self.overwritten_by.take();
+        if !matches!(self.state, LeaseState::Held { .. }) {
+            return;
+        }
+        match r {
+            Ok(h) => {
+                if let LeaseState::Held { held, .. } = &mut self.state {
+                    held.lease.revision = held.lease.revision.max(h.lease.revision);
+                    let lease = held.lease.clone();
+                    self.known.insert(lease.key, Arc::new(lease));
+                }
+            }
+            Err(e) => {
+                let key = self.own_key();
+                let by = by.map_or_else(|| "someone".to_string(), |ip| ip.to_string());
+                let reason = match key {
+                    Some(k) => format!("{k} was overwritten by {by} ({e})"),
+                    None => format!("overwritten by {by} ({e})"),
+                };
+                self.lose(reason, Phase::NeedList);
+            }
+        }
+    }
+
     fn on_updated(&mut self, now: Instant, r: Result<HeldLease, RegistryError>) {
         self.pending = None;
         let LeaseState::Acquiring {
@@ -1016,6 +1067,28 @@ impl LeaseCore {
                     if held.lease.key == key && lease.revision >= held.lease.revision {
                         if lease.attrs.public_ip == self.cfg.attrs.public_ip {
                             held.lease.revision = lease.revision;
+                        } else if lease.kind == LeaseKind::Expiring
+                            && held.ttl.is_some()
+                            && self.pending.is_none()
+                        {
+                            // Still on an etcd lease, probably ours (a put
+                            // with --ignore-lease keeps it): moving would
+                            // leave our running containers' subnet to the
+                            // writer, so put our value back. The registry
+                            // checks atomically that the key is unchanged
+                            // and on our etcd lease; if not, we move.
+                            let by = lease.attrs.public_ip;
+                            let restore = Action::Restore {
+                                held: held.clone(),
+                                revision: lease.revision,
+                            };
+                            self.events.push_back(LeaseEvent::Overwritten { key, by });
+                            self.overwritten_by = Some(by);
+                            self.pending = Some(Pending::Restore);
+                            self.actions.push_back(restore);
+                            // The writer's value is neither a peer nor ours.
+                            self.insert_known(lease);
+                            return;
                         } else {
                             let reason =
                                 format!("{key} was overwritten by {}", lease.attrs.public_ip);

@@ -310,6 +310,9 @@ impl<R: Registry + ?Sized> Driver<R> {
                 Action::Update { held, attrs } => {
                     Input::Updated(self.registry.update_lease(&held, &attrs).await)
                 }
+                Action::Restore { held, revision } => {
+                    Input::Restored(self.registry.restore_lease(&held, revision).await)
+                }
                 Action::Delete { key } => Input::Deleted(self.registry.delete_lease(&key).await),
                 Action::Watch { from_revision } => {
                     match self.registry.watch_leases(from_revision).await {
@@ -428,6 +431,9 @@ fn log_event(ev: &LeaseEvent) {
         LeaseEvent::Renewed { key, ttl } => tracing::debug!(subnet = %key, ?ttl, "renewed lease"),
         LeaseEvent::RenewFailed { key, reason } => {
             tracing::debug!(subnet = %key, "renewing lease failed: {reason}");
+        }
+        LeaseEvent::Overwritten { key, by } => {
+            tracing::debug!(subnet = %key, %by, "our key was overwritten; restoring it");
         }
         LeaseEvent::Lost { key, reason } => tracing::debug!(subnet = %key, "lost lease: {reason}"),
         LeaseEvent::AcquireRetry { attempts, reason } => {
