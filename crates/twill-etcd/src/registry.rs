@@ -668,6 +668,48 @@ impl EtcdRegistry {
         Ok(h)
     }
 
+    /// Puts our value back on our key, overwritten in place since
+    /// `revision`; see [`Registry::restore_lease`]. One transaction: the key
+    /// is unchanged since `revision` and still attached to the etcd lease
+    /// we keep alive for it (an `etcdctl put --ignore-lease` keeps it; a
+    /// plain put, or a delete and a put, does not).
+    ///
+    /// # Errors
+    /// [`EtcdError::Conflict`] when the key is not ours any more (or we hold
+    /// no etcd lease for it), or a transport error.
+    pub async fn restore(&self, held: &HeldLease, revision: i64) -> Result<HeldLease, EtcdError> {
+        let key = held.lease.key;
+        let existing = self.keepers_lock().get(&key).cloned();
+        let Some(entry) = existing else {
+            return Err(EtcdError::Conflict { key });
+        };
+        let k = entry.lock().await;
+        if k.lease_id == 0 {
+            return Err(EtcdError::Conflict { key });
+        }
+        let path = self.shared.lease_key(&key);
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(path.as_str(), CompareOp::Equal, revision),
+                Compare::lease(path.as_str(), CompareOp::Equal, k.lease_id),
+            ])
+            .and_then([TxnOp::put(
+                path.as_str(),
+                k.value.as_str(),
+                Some(PutOptions::new().with_ignore_lease()),
+            )]);
+        let mut kv = self.shared.kv();
+        let resp = self.shared.call("txn", kv.txn(txn)).await?;
+        if !resp.succeeded() {
+            return Err(EtcdError::Conflict { key });
+        }
+        let mut h = held.clone();
+        h.lease.revision = resp
+            .header()
+            .map_or(0, etcd_client::ResponseHeader::revision);
+        Ok(h)
+    }
+
     /// Deletes a lease and revokes its etcd lease if we hold it.
     ///
     /// # Errors
@@ -729,6 +771,14 @@ impl Registry for EtcdRegistry {
         attrs: &LeaseAttrs,
     ) -> Result<HeldLease, RegistryError> {
         Ok(self.update(held, attrs).await?)
+    }
+
+    async fn restore_lease(
+        &self,
+        held: &HeldLease,
+        revision: i64,
+    ) -> Result<HeldLease, RegistryError> {
+        Ok(self.restore(held, revision).await?)
     }
 
     async fn delete_lease(&self, key: &SubnetKey) -> Result<(), RegistryError> {

@@ -274,3 +274,57 @@ async fn renewal_survives_an_etcd_restart_on_the_same_etcd_lease() {
     );
     assert_eq!(raw2.leases().await.unwrap().leases().len(), 1);
 }
+
+/// Issue 13 #5: our key overwritten in place (`put --ignore-lease`, the key
+/// keeps our etcd lease) is restored; overwritten again since, or re-put
+/// without our etcd lease, it is not ours: Conflict, the value left alone.
+#[tokio::test]
+async fn restore_puts_our_value_back_only_while_the_key_is_on_our_etcd_lease() {
+    twill_testbed::require_etcd!();
+    let etcd = start_etcd();
+    let reg = connect(&etcd).await;
+    let mut raw = raw(&etcd).await;
+    let key: SubnetKey = "10.20.5.0-24".parse().unwrap();
+    let path = format!("{SUBNETS}10.20.5.0-24");
+    let held = reg
+        .create_lease(&key, &attrs("10.0.0.5"), Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let ours = lease_id_of(&mut raw, &path).await.unwrap();
+    let hijack = attrs("10.0.0.200").to_json().unwrap();
+    let put = raw
+        .put(
+            path.as_str(),
+            hijack.clone(),
+            Some(etcd_client::PutOptions::new().with_ignore_lease()),
+        )
+        .await
+        .unwrap();
+    let rev = put.header().unwrap().revision();
+    assert_eq!(
+        lease_id_of(&mut raw, &path).await,
+        Some(ours),
+        "still on our lease"
+    );
+
+    // Stale revision (overwritten again since): refused.
+    let err = reg.restore_lease(&held, rev - 1).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Conflict { .. }), "{err:?}");
+
+    let restored = reg.restore_lease(&held, rev).await.unwrap();
+    let value = raw.get(path.as_str(), None).await.unwrap();
+    assert_eq!(
+        value.kvs()[0].value(),
+        attrs("10.0.0.5").to_json().unwrap().as_bytes()
+    );
+    assert_eq!(value.kvs()[0].lease(), ours, "restored on our etcd lease");
+    assert_eq!(restored.lease.revision, value.kvs()[0].mod_revision());
+
+    // A plain put detaches the key from our etcd lease: not ours any more.
+    let put = raw.put(path.as_str(), hijack.clone(), None).await.unwrap();
+    let rev = put.header().unwrap().revision();
+    let err = reg.restore_lease(&held, rev).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Conflict { .. }), "{err:?}");
+    let value = raw.get(path.as_str(), None).await.unwrap();
+    assert_eq!(value.kvs()[0].value(), hijack.as_bytes(), "left alone");
+}

@@ -51,8 +51,8 @@ pub mod registry;
 pub use allocator::SubnetAllocator;
 pub use error::SubnetError;
 pub use manager::core::{
-    Action, CoreConfig, Input, LeaseCore, LeaseEvent, PeerSet, RetryPolicy, DEFAULT_RENEW_MARGIN,
-    DEFAULT_TTL,
+    Action, CoreConfig, Input, LeaseCore, LeaseEvent, LogBudget, PeerSet, RetryPolicy,
+    DEFAULT_RENEW_MARGIN, DEFAULT_TTL, SKIP_LOG_LIMIT, SKIP_LOG_WINDOW,
 };
 pub use manager::{LeaseHandle, LeaseManager, LeaseManagerConfig};
 pub use memory::{MemoryRegistry, DEFAULT_PREFIX};

@@ -201,6 +201,23 @@ pub trait Registry: Send + Sync {
         attrs: &LeaseAttrs,
     ) -> Result<HeldLease, RegistryError>;
 
+    /// Puts our value back on our key after someone overwrote it in place,
+    /// only if the key was not modified since `revision` and is still
+    /// attached to the store-side TTL (etcd lease) we hold for it: a key
+    /// re-created under another TTL or without one is someone else's claim.
+    /// [`RegistryError::Conflict`] when it is not ours any more. The default
+    /// refuses: a registry without store-side TTLs cannot tell.
+    async fn restore_lease(
+        &self,
+        held: &HeldLease,
+        revision: i64,
+    ) -> Result<HeldLease, RegistryError> {
+        let _ = revision;
+        Err(RegistryError::Conflict {
+            key: held.lease.key,
+        })
+    }
+
     /// Deletes a lease (and its store-side TTL), e.g. on `--release-on-exit`.
     async fn delete_lease(&self, key: &SubnetKey) -> Result<(), RegistryError>;
 

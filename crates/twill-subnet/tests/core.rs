@@ -395,11 +395,11 @@ fn resync_replaces_the_peer_set() {
     assert!(evs.contains(&LeaseEvent::PeerAdded(others[0])));
     assert!(evs.contains(&LeaseEvent::PeerAdded(others[1])));
 
-    // Changed attributes are an update.
-    core.handle_input(
-        t0,
-        Input::Event(RegistryEvent::Upserted(lease(others[1], "10.0.0.4", 14))),
-    );
+    // Changed attributes are an update (a new VtepMAC; a PublicIP changed
+    // in place is not followed, see a_peers_public_ip_changed_in_place_...).
+    let mut changed = lease(others[1], "10.0.0.3", 14);
+    changed.attrs.backend_data = Some(serde_json::json!({"VtepMAC": "6e:af:8f:41:72:27"}));
+    core.handle_input(t0, Input::Event(RegistryEvent::Upserted(changed)));
     assert_eq!(events(&mut core), vec![LeaseEvent::PeerUpdated(others[1])]);
 
     core.handle_input(
@@ -481,10 +481,10 @@ fn malformed_foreign_and_impostor_leases_are_skipped_once() {
 fn someone_overwriting_our_lease_makes_us_lose_it() {
     let t0 = Instant::now();
     let (mut core, k) = acquired(t0, vec![]);
-    core.handle_input(
-        t0,
-        Input::Event(RegistryEvent::Upserted(lease(k, "10.0.0.66", 12))),
-    );
+    // Put without our etcd lease (a plain `etcdctl put`): not ours any more.
+    let mut taken = lease(k, "10.0.0.66", 12);
+    taken.kind = LeaseKind::Reservation;
+    core.handle_input(t0, Input::Event(RegistryEvent::Upserted(taken)));
     assert!(!core.is_held());
     assert_eq!(action(&mut core), Action::List);
 }
@@ -675,4 +675,212 @@ fn subnets_overlapping_the_hosts_networks_are_never_used() {
         matches!(err, Some(SubnetError::Exhausted { .. })),
         "{err:?}"
     );
+}
+
+fn skips_of(evs: &[LeaseEvent], k: &str) -> usize {
+    evs.iter()
+        .filter(|e| matches!(e, LeaseEvent::Skipped { key, .. } if key.ends_with(k)))
+        .count()
+}
+
+fn malformed(name: &str) -> MalformedLease {
+    MalformedLease {
+        key: format!("/coreos.com/network/subnets/{name}"),
+        reason: "expected value at line 1 column 1".into(),
+    }
+}
+
+/// valid → bad → valid → bad reports the key twice: every transition into
+/// bad is reported once, whether the value became unparseable (reported with
+/// the full key) or unusable (our PublicIP), and also after a deletion.
+#[test]
+fn a_key_that_goes_bad_again_is_reported_again() {
+    let t0 = Instant::now();
+    let (mut core, _) = acquired(t0, vec![]);
+    let up = |l: SubnetLease| Input::Event(RegistryEvent::Upserted(l));
+    let bad = || Input::Event(RegistryEvent::Malformed(malformed("192.168.2.0-24")));
+    let mut evs = Vec::new();
+    for (rev, input) in [
+        (20, up(lease(key(2), "10.0.0.2", 20))),
+        (21, bad()),
+        (22, up(lease(key(2), "10.0.0.2", 22))),
+        (23, bad()),
+        (24, up(lease(key(2), "10.0.0.2", 24))),
+        (25, up(lease(key(2), OUR_IP, 25))),
+        (26, up(lease(key(2), "10.0.0.2", 26))),
+        (27, up(lease(key(2), OUR_IP, 27))),
+        (
+            28,
+            Input::Event(RegistryEvent::Removed {
+                key: key(2),
+                revision: 28,
+            }),
+        ),
+        (29, up(lease(key(2), OUR_IP, 29))),
+    ] {
+        let _ = rev;
+        core.handle_input(t0, input);
+        evs.extend(events(&mut core));
+    }
+    // Two malformed transitions, three "claims our PublicIP" ones.
+    assert_eq!(skips_of(&evs, "192.168.2.0-24"), 5, "{evs:?}");
+    // The same bad value seen again (a re-listing) is not reported again.
+    core.handle_input(t0, bad());
+    assert_eq!(skips_of(&events(&mut core), "192.168.2.0-24"), 1);
+    core.handle_input(t0, bad());
+    assert_eq!(skips_of(&events(&mut core), "192.168.2.0-24"), 0);
+}
+
+/// 1,000 junk keys in one listing: every one is a Skipped event (counted by
+/// twilld's metric) but only SKIP_LOG_LIMIT are logged one by one; the rest
+/// are summarised with their count, at the end of the listing, and for a
+/// burst of watch events at the end of the window.
+#[test]
+fn skip_warnings_are_rate_limited_with_a_count() {
+    use twill_subnet::SKIP_LOG_LIMIT;
+    let t0 = Instant::now();
+    let (mut core, own) = acquired(t0, vec![]);
+    let limit = u64::from(SKIP_LOG_LIMIT);
+    let junk: Vec<MalformedLease> = (0..1000).map(|i| malformed(&format!("junk-{i}"))).collect();
+    let summaries = |evs: &[LeaseEvent]| -> Vec<u64> {
+        evs.iter()
+            .filter_map(|e| match e {
+                LeaseEvent::SkipsSuppressed { count } => Some(*count),
+                _ => None,
+            })
+            .collect()
+    };
+    core.handle_input(
+        t0,
+        Input::Event(RegistryEvent::Resync(LeaseListing {
+            leases: vec![lease(own, OUR_IP, 11)],
+            malformed: junk,
+            revision: 30,
+        })),
+    );
+    let evs = events(&mut core);
+    assert_eq!(skips_of(&evs, ""), 1000);
+    assert_eq!(summaries(&evs), vec![1000 - limit]);
+
+    // More junk by watch in the same window: nothing logged one by one, one
+    // summary when the window ends (the core asks to be woken for it).
+    let t1 = t0 + Duration::from_secs(1);
+    for i in 0..30 {
+        core.handle_input(
+            t1,
+            Input::Event(RegistryEvent::Malformed(malformed(&format!("more-{i}")))),
+        );
+    }
+    let evs = events(&mut core);
+    assert_eq!(skips_of(&evs, ""), 30);
+    assert!(summaries(&evs).is_empty());
+    // (The renewal may be due earlier; the summary is due at the window's end.)
+    let due = t0 + twill_subnet::SKIP_LOG_WINDOW;
+    assert!(core.poll_timeout().is_some_and(|t| t <= due));
+    core.handle_timeout(due);
+    assert_eq!(summaries(&events(&mut core)), vec![30]);
+
+    // A new window logs again, and needs no summary.
+    let t2 = due + Duration::from_secs(1);
+    core.handle_input(
+        t2,
+        Input::Event(RegistryEvent::Malformed(malformed("late"))),
+    );
+    let evs = events(&mut core);
+    assert_eq!(skips_of(&evs, "late"), 1);
+    assert!(summaries(&evs).is_empty());
+}
+
+/// Issue 13 #5: `etcdctl put --ignore-lease` over a live peer's key with
+/// another PublicIP is not followed: the peer keeps the original until the
+/// key is deleted (or expires) or the value returns. A change that keeps
+/// the PublicIP (a VtepMAC after a device re-creation) is followed.
+#[test]
+fn a_peers_public_ip_changed_in_place_is_not_followed() {
+    let t0 = Instant::now();
+    let (mut core, _) = acquired(t0, vec![lease(key(2), "10.0.0.2", 5)]);
+    let ip_of = |core: &LeaseCore| core.peers().leases[&key(2)].attrs.public_ip.to_string();
+    let up = |l: SubnetLease| Input::Event(RegistryEvent::Upserted(l));
+
+    core.handle_input(t0, up(lease(key(2), "10.0.0.200", 20)));
+    assert_eq!(ip_of(&core), "10.0.0.2");
+    let evs = events(&mut core);
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, LeaseEvent::Skipped { reason, .. }
+            if reason.contains("PublicIP changed in place from 10.0.0.2 to 10.0.0.200"))),
+        "{evs:?}"
+    );
+    assert!(!evs.iter().any(|e| matches!(e, LeaseEvent::PeerUpdated(_))));
+
+    // The owner restores its value, with a new VtepMAC: followed.
+    let mut back = lease(key(2), "10.0.0.2", 21);
+    back.attrs.backend_data = Some(serde_json::json!({"VtepMAC": "6e:af:8f:41:72:99"}));
+    core.handle_input(t0, up(back.clone()));
+    assert_eq!(*core.peers().leases[&key(2)], back);
+    assert!(events(&mut core).contains(&LeaseEvent::PeerUpdated(key(2))));
+
+    // After a deletion, a new lease with another PublicIP is a new host.
+    core.handle_input(
+        t0,
+        Input::Event(RegistryEvent::Removed {
+            key: key(2),
+            revision: 22,
+        }),
+    );
+    assert!(!core.peers().leases.contains_key(&key(2)));
+    core.handle_input(t0, up(lease(key(2), "10.0.0.200", 23)));
+    assert_eq!(ip_of(&core), "10.0.0.200");
+}
+
+/// Issue 13 #5: our key overwritten in place while still on an etcd lease
+/// (`etcdctl put --ignore-lease`): we restore our value (the registry does it
+/// only if the key is unchanged since and still on our etcd lease), report
+/// it, and keep our subnet. When the registry refuses (the key was
+/// re-created under another etcd lease or none), we move, as before.
+#[test]
+fn our_key_overwritten_in_place_is_restored_and_kept() {
+    let t0 = Instant::now();
+    let (mut core, k) = acquired(t0, vec![]);
+    core.handle_input(
+        t0,
+        Input::Event(RegistryEvent::Upserted(lease(k, "10.0.0.200", 12))),
+    );
+    assert!(core.is_held(), "we keep our subnet");
+    match action(&mut core) {
+        Action::Restore { held, revision } => {
+            assert_eq!(held.lease.key, k);
+            assert_eq!(held.lease.attrs, attrs(OUR_IP));
+            assert_eq!(revision, 12);
+        }
+        other => panic!("expected Restore, got {other:?}"),
+    }
+    assert!(events(&mut core).contains(&LeaseEvent::Overwritten {
+        key: k,
+        by: "10.0.0.200".parse().unwrap()
+    }));
+    assert!(core.peers().is_empty(), "the writer's value is no peer");
+    core.handle_input(t0, Input::Restored(Ok(held(k, 13))));
+    assert_eq!(core.held().unwrap().lease.key, k);
+    assert_eq!(core.held().unwrap().lease.revision, 13);
+    // Our own restoring write, seen by the watch, changes nothing.
+    core.handle_input(
+        t0,
+        Input::Event(RegistryEvent::Upserted(lease(k, OUR_IP, 13))),
+    );
+    assert!(core.is_held());
+    assert!(core.poll_action().is_none());
+
+    // Refused: the key is not ours any more; we move.
+    core.handle_input(
+        t0,
+        Input::Event(RegistryEvent::Upserted(lease(k, "10.0.0.201", 14))),
+    );
+    assert!(matches!(action(&mut core), Action::Restore { .. }));
+    core.handle_input(t0, Input::Restored(Err(RegistryError::Conflict { key: k })));
+    assert!(!core.is_held());
+    assert!(events(&mut core)
+        .iter()
+        .any(|e| matches!(e, LeaseEvent::Lost { reason, .. } if reason.contains("overwritten by 10.0.0.201"))));
+    assert_eq!(action(&mut core), Action::List);
 }

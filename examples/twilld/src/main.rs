@@ -28,8 +28,8 @@ use twill_backend::{Backend, BackendRegistry, HostContext, LocalSetup, UnderlayI
 use twill_etcd::{EtcdConfig, EtcdError, EtcdRegistry, EtcdTls};
 use twill_model::{NetworkConfig, SubnetEnv, SubnetKey, SubnetLease};
 use twill_subnet::{
-    HeldLease, LeaseEvent, LeaseHandle, LeaseManager, LeaseManagerConfig, PeerSet, Registry,
-    RegistryError,
+    HeldLease, LeaseEvent, LeaseHandle, LeaseManager, LeaseManagerConfig, LogBudget, PeerSet,
+    Registry, RegistryError, SKIP_LOG_LIMIT, SKIP_LOG_WINDOW,
 };
 
 use crate::flags::Flags;
@@ -411,6 +411,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         backend,
         status: status.clone(),
         reported: HashSet::new(),
+        report_log: LogBudget::new(SKIP_LOG_LIMIT, SKIP_LOG_WINDOW),
     };
     let mut peers = handle.peers();
     let mut lease = handle.lease();
@@ -581,6 +582,13 @@ fn log_event(ev: &LeaseEvent, status: &Status) {
             status.etcd_reachable.store(false, Ordering::Relaxed);
             warn!(subnet = %key, "lease renewal failed, retrying: {reason}");
         }
+        LeaseEvent::Overwritten { key, by } => {
+            status.lease_overwrites.fetch_add(1, Ordering::Relaxed);
+            error!(
+                subnet = %key, writer = %by,
+                "our lease {key} was overwritten in place with PublicIP {by}: restoring our value and keeping the subnet (someone with write access to etcd is claiming it)"
+            );
+        }
         LeaseEvent::Lost { key, reason } => {
             warn!(subnet = %key, "lease lost: {reason}; re-acquiring");
         }
@@ -591,7 +599,11 @@ fn log_event(ev: &LeaseEvent, status: &Status) {
         LeaseEvent::AcquireFailed { reason } => error!("lease acquisition failed: {reason}"),
         LeaseEvent::PeerAdded(key) => {
             status.lease_events.fetch_add(1, Ordering::Relaxed);
-            info!(peer = %key, "peer added");
+            // Debug only: the lease core accepted the lease, but the backend
+            // may still refuse it (a bad VtepMAC), which is logged as "peer
+            // not programmed"; the info record of a programmed peer is the
+            // "reconciled" line that applied its entries.
+            debug!(peer = %key, "peer added");
         }
         LeaseEvent::PeerUpdated(key) => {
             status.lease_events.fetch_add(1, Ordering::Relaxed);
@@ -614,17 +626,33 @@ fn log_event(ev: &LeaseEvent, status: &Status) {
 struct Agent {
     backend: Box<dyn Backend>,
     status: Arc<Status>,
-    /// Skipped peers already logged, so a bad lease is reported once.
+    /// Peers skipped at the last reconcile, with the reason: each is logged
+    /// when it enters the set, and forgotten once programmed or gone, so a
+    /// peer that goes bad again is reported again.
     reported: HashSet<(SubnetKey, String)>,
+    /// Rate limit of the "peer not programmed" warnings.
+    report_log: LogBudget,
 }
 
 impl Agent {
+    /// Logs one line for the "not programmed" warnings not logged
+    /// individually, if any.
+    fn summarize_reports(&mut self) {
+        if let Some(n) = self.report_log.take_suppressed() {
+            warn!(
+                count = n,
+                "... and {n} more peers not programmed (see twill_leases_skipped and the debug log)"
+            );
+        }
+    }
+
     async fn reconcile(&mut self, set: &PeerSet) {
         let peers: Vec<&SubnetLease> = set.leases.values().map(AsRef::as_ref).collect();
         let started = Instant::now();
         let result = self.backend.reconcile_refs(&peers).await;
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let s = &self.status;
+        let status = self.status.clone();
+        let s = &*status;
         s.reconciles.fetch_add(1, Ordering::Relaxed);
         s.reconcile_micros.fetch_add(micros, Ordering::Relaxed);
         s.last_reconcile_micros.store(micros, Ordering::Relaxed);
@@ -633,11 +661,27 @@ impl Agent {
             Ok(report) => {
                 s.ops_applied
                     .fetch_add(report.applied as u64, Ordering::Relaxed);
+                let now = Instant::now();
+                if self.report_log.summary_due().is_some_and(|t| t <= now) {
+                    self.summarize_reports();
+                }
+                let current: HashSet<(SubnetKey, String)> =
+                    report.skipped.iter().cloned().collect();
                 for skipped in &report.skipped {
-                    if self.reported.insert(skipped.clone()) {
+                    if self.reported.contains(skipped) {
+                        continue;
+                    }
+                    if self.report_log.admit(now) {
                         warn!(peer = %skipped.0, "peer not programmed: {}", skipped.1);
+                    } else {
+                        debug!(peer = %skipped.0, "peer not programmed: {}", skipped.1);
                     }
                 }
+                self.reported = current;
+                s.leases_skipped.store(
+                    (set.skipped + self.reported.len()) as u64,
+                    Ordering::Relaxed,
+                );
                 for f in &report.failed {
                     warn!("reconcile: {f}");
                 }

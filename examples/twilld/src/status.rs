@@ -40,6 +40,11 @@ pub struct Status {
     pub etcd_errors: AtomicU64,
     /// Lease renewals.
     pub renewals: AtomicU64,
+    /// Stored leases not programmed: malformed or refused by the lease
+    /// core, or refused by the backend.
+    pub leases_skipped: AtomicU64,
+    /// Times our lease was overwritten in place and restored.
+    pub lease_overwrites: AtomicU64,
 }
 
 impl Status {
@@ -113,6 +118,18 @@ impl Status {
             "gauge",
             "Duration of the last reconcile.",
             secs(&self.last_reconcile_micros),
+        );
+        metric(
+            "twill_leases_skipped",
+            "gauge",
+            "Stored leases not programmed (malformed, refused by the lease manager or the backend).",
+            g(&self.leases_skipped).to_string(),
+        );
+        metric(
+            "twill_lease_overwrites_total",
+            "counter",
+            "Times our lease was overwritten in place by another writer (and restored).",
+            g(&self.lease_overwrites).to_string(),
         );
         metric(
             "twill_ops_applied_total",

@@ -792,3 +792,96 @@ fn bad_leases_are_logged_once_skipped_and_never_programmed() {
         ),
     );
 }
+
+/// Writes `n` junk keys (`<prefix>/subnets/junk-<i>`, unparseable) in
+/// transactions of 100 puts (etcd's default limit is 128 operations), run in
+/// host 0's namespace: fast, a few etcdctl runs instead of `n`.
+fn put_junk_keys(c: &TwillCluster, n: usize) {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        // etcdctl txn on stdin: compares, blank line, success ops, blank
+        // line, failure ops, blank line.
+        let mut script = String::from("\n");
+        for i in chunk {
+            script.push_str(&format!(
+                "put {} junk\n",
+                common::lease_key(&format!("junk-{i}"))
+            ));
+        }
+        script.push_str("\n\n");
+        let mut child = c
+            .ns(0)
+            .command("etcdctl")
+            .args(["txn"])
+            .env("ETCDCTL_API", "3")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("SUCCESS"),
+            "etcdctl txn: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Issue 13: 10,000 junk keys gave 15,000 log lines, and a peer the backend
+/// refuses was logged as "peer added" as well as "peer not programmed".
+/// Now: at most SKIP_LOG_LIMIT (20) skip warnings, then one line with the
+/// count; the gauge counts them all; a refused peer is one warning.
+#[test]
+fn a_flood_of_junk_keys_is_logged_with_a_count_and_a_refused_peer_once() {
+    twill_testbed::require_root!();
+    twill_testbed::require_etcd!();
+    let mut c = common::start(common::builder(1));
+    // Refused by the backend (not a MAC), accepted by the lease core.
+    let refused = "192.168.247.0-24";
+    common::put_lease(
+        &c,
+        refused,
+        &common::vxlan_lease("10.0.0.72", "zz:zz:zz:zz:zz:zz"),
+        0,
+    );
+    put_junk_keys(&c, 1000);
+    // A restart reads them all in one listing: one burst.
+    c.daemon_mut(0).restart().unwrap();
+    common::wait_for_log(c.daemon_mut(0), "more leases skipped", DEADLINE);
+    common::wait_for(
+        &c,
+        DEADLINE,
+        "twill_leases_skipped counts every one",
+        || common::metric(&c, 0, "twill_leases_skipped").is_some_and(|v| v >= 1001.0),
+    );
+    common::wait_reconciles(&mut c, &[0], 2);
+    let skip_lines = log_lines(&c, 0, "skipping lease");
+    assert!(
+        skip_lines.len() <= 20,
+        "{} skip lines, expected at most 20",
+        skip_lines.len()
+    );
+    let summary = log_lines(&c, 0, "more leases skipped");
+    assert_eq!(summary.len(), 1, "{summary:#?}");
+    assert!(
+        summary[0].contains(&format!("and {} more", 1000 - skip_lines.len())),
+        "the count of the rest: {summary:#?}"
+    );
+    let refused_lines = log_lines(&c, 0, refused);
+    assert_eq!(
+        refused_lines.len(),
+        1,
+        "the refused peer is logged once, as not programmed: {refused_lines:#?}"
+    );
+    assert!(
+        refused_lines[0].contains("peer not programmed"),
+        "{refused_lines:#?}"
+    );
+}

@@ -548,3 +548,71 @@ fn a_lease_cannot_steer_routes_outside_network_or_touch_what_twill_did_not_make(
         "leases outside Network (incl. /8 and /0) programmed nowhere; foreign routes and devices at a lease's destination untouched (logged once, programmed once they are gone); a lease with our PublicIP skipped; a hijacked lease is left to the hijacker and we move",
     );
 }
+
+/// Issue 13 #5: `etcdctl put --ignore-lease` over host 1's live key with
+/// another PublicIP. The key stays on host 1's etcd lease, so host 1 puts
+/// its value back (one loud line naming the writer, a counter) and keeps its
+/// subnet; no peer routes host 1's subnet to the writer; containers ping.
+/// (A plain put, which detaches the key from the etcd lease, still makes the
+/// owner move: see the test above.)
+#[test]
+fn a_live_lease_overwritten_in_place_is_restored_and_never_followed() {
+    twill_testbed::require_root!();
+    twill_testbed::require_etcd!();
+    let mut c = common::start(common::builder(3));
+    c.add_containers().unwrap();
+    common::all_ping(&c).unwrap();
+    let own1 = c.own_lease(1).unwrap().unwrap();
+    let env1 = c.subnet_env(1).unwrap().subnet_network();
+    let host1 = c.ip(1);
+    let hijack = common::vxlan_lease("10.0.0.200", "0e:00:00:00:00:c8");
+    c.etcdctl(&["put", "--ignore-lease", &own1.key, &hijack])
+        .unwrap();
+    common::wait_for(&c, DEADLINE, "host 1's value back in etcd", || {
+        c.etcdctl(&["get", "--print-value-only", &own1.key])
+            .is_ok_and(|v| v.trim() == own1.value.trim())
+    });
+    common::wait_for_log(
+        c.daemon_mut(1),
+        "overwritten in place with PublicIP 10.0.0.200",
+        DEADLINE,
+    );
+    common::wait_for(&c, DEADLINE, "the overwrite counted", || {
+        common::metric(&c, 1, "twill_lease_overwrites_total").is_some_and(|v| v >= 1.0)
+    });
+    // Passes after the restore: a move or a peer following the writer would
+    // show now.
+    common::wait_reconciles(&mut c, &[0, 1, 2], 2);
+    assert_eq!(
+        c.own_lease(1).unwrap().unwrap().subnet,
+        own1.subnet,
+        "host 1 kept its lease"
+    );
+    assert_eq!(
+        c.subnet_env(1).unwrap().subnet_network(),
+        env1,
+        "subnet.env unchanged"
+    );
+    let writer: std::net::Ipv4Addr = "10.0.0.200".parse().unwrap();
+    for i in [0, 2] {
+        let dp = dataplane(&c, i);
+        assert!(
+            dp.fdb.iter().any(|(_, dst)| *dst == host1),
+            "host {i} has host 1's FDB entry: {dp:?}"
+        );
+        assert!(
+            !dp.fdb.iter().any(|(_, dst)| *dst == writer),
+            "host {i} never routes to the writer: {dp:?}"
+        );
+    }
+    let moved = c.daemon(1).log_since_start();
+    assert!(
+        !moved.contains("our subnet changed"),
+        "host 1 did not move:\n{moved}"
+    );
+    common::all_ping(&c).unwrap();
+    report(
+        "lease safety",
+        "a live lease overwritten in place (--ignore-lease) is restored by its owner, which keeps its subnet; no peer follows the writer",
+    );
+}

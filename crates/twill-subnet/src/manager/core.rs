@@ -17,9 +17,78 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use twill_model::{Ipv4Network, LeaseAttrs, NetworkConfig, SubnetKey, SubnetLease};
+use twill_model::{Ipv4Network, LeaseAttrs, LeaseKind, NetworkConfig, SubnetKey, SubnetLease};
 
 use crate::{HeldLease, LeaseListing, RegistryError, RegistryEvent, SubnetAllocator, SubnetError};
+
+/// At most this many skipped leases are logged one by one per
+/// [`SKIP_LOG_WINDOW`]; the others are counted and summarised in one line
+/// ([`LeaseEvent::SkipsSuppressed`]), so 10,000 junk keys cost a few dozen
+/// log lines, not 10,000.
+pub const SKIP_LOG_LIMIT: u32 = 20;
+/// The window of [`SKIP_LOG_LIMIT`].
+pub const SKIP_LOG_WINDOW: Duration = Duration::from_secs(60);
+
+/// A budget of log lines: at most `limit` per `window`; lines refused are
+/// counted for one summary line. Takes `now` as input, reads no clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogBudget {
+    limit: u32,
+    window: Duration,
+    started: Option<Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    /// A budget of `limit` lines per `window`.
+    #[must_use]
+    pub const fn new(limit: u32, window: Duration) -> Self {
+        LogBudget {
+            limit,
+            window,
+            started: None,
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether one more line may be logged at `now`; a refused line is
+    /// counted for [`LogBudget::take_suppressed`]. Take a due summary
+    /// ([`LogBudget::summary_due`]) first, so that it precedes the new
+    /// window's lines.
+    pub fn admit(&mut self, now: Instant) -> bool {
+        if self
+            .started
+            .is_none_or(|s| now.saturating_duration_since(s) >= self.window)
+        {
+            self.started = Some(now);
+            self.logged = 0;
+        }
+        if self.logged < self.limit {
+            self.logged += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    /// The lines refused since the last summary, if any (and forgets them).
+    pub fn take_suppressed(&mut self) -> Option<u64> {
+        (self.suppressed > 0).then(|| std::mem::take(&mut self.suppressed))
+    }
+
+    /// When a summary is due: the end of a window in which lines were
+    /// refused.
+    #[must_use]
+    pub fn summary_due(&self) -> Option<Instant> {
+        match self.started {
+            Some(s) if self.suppressed > 0 => Some(s + self.window),
+            _ => None,
+        }
+    }
+}
 
 /// flannel's lease TTL.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -130,6 +199,15 @@ pub enum Action {
         /// Our attributes.
         attrs: LeaseAttrs,
     },
+    /// [`crate::Registry::restore_lease`] → [`Input::Restored`]: our key
+    /// was overwritten in place; put our value back if the key is unchanged
+    /// since `revision` and still on our etcd lease.
+    Restore {
+        /// Our lease, with our attributes.
+        held: HeldLease,
+        /// The revision of the overwriting value.
+        revision: i64,
+    },
     /// [`crate::Registry::delete_lease`] → [`Input::Deleted`].
     Delete {
         /// Our lease's key.
@@ -161,6 +239,8 @@ pub enum Input {
     Renewed(Result<HeldLease, RegistryError>),
     /// Result of [`Action::Update`].
     Updated(Result<HeldLease, RegistryError>),
+    /// Result of [`Action::Restore`].
+    Restored(Result<HeldLease, RegistryError>),
     /// Result of [`Action::Delete`].
     Deleted(Result<(), RegistryError>),
     /// A watch event.
@@ -201,6 +281,14 @@ pub enum LeaseEvent {
         /// Why.
         reason: String,
     },
+    /// Our key was overwritten in place (still on our etcd lease) with
+    /// another `PublicIP`; we restore our value and keep the subnet.
+    Overwritten {
+        /// Our key.
+        key: SubnetKey,
+        /// The `PublicIP` the writer put there.
+        by: std::net::Ipv4Addr,
+    },
     /// Our lease is gone (expired, deleted or taken); re-acquiring.
     Lost {
         /// The key we held.
@@ -226,12 +314,21 @@ pub enum LeaseEvent {
     PeerUpdated(SubnetKey),
     /// A peer's lease disappeared.
     PeerRemoved(SubnetKey),
-    /// A stored value is not used as a peer (reported once per key and reason).
+    /// A stored value is not used as a peer: reported at each transition of
+    /// its key into this reason (logged individually within
+    /// [`SKIP_LOG_LIMIT`], see [`LeaseEvent::SkipsSuppressed`]).
     Skipped {
         /// The key as stored.
         key: String,
         /// Why.
         reason: String,
+    },
+    /// This many [`LeaseEvent::Skipped`] were not logged individually
+    /// (beyond [`SKIP_LOG_LIMIT`] in a [`SKIP_LOG_WINDOW`]); one summary line
+    /// was logged instead.
+    SkipsSuppressed {
+        /// How many.
+        count: u64,
     },
     /// A full listing replaced the peer set.
     Resynced {
@@ -254,8 +351,11 @@ pub enum LeaseEvent {
 pub struct PeerSet {
     /// Peers by subnet.
     pub leases: BTreeMap<SubnetKey, Arc<SubnetLease>>,
-    /// Incremented on every change.
+    /// Incremented on every change of `leases`.
     pub generation: u64,
+    /// How many stored keys are skipped (malformed or unusable as peers),
+    /// for metrics; a change is published without a new generation.
+    pub skipped: usize,
 }
 
 impl PeerSet {
@@ -309,6 +409,7 @@ enum Pending {
     Create,
     Renew,
     Update,
+    Restore,
     Delete,
 }
 
@@ -338,8 +439,23 @@ pub struct LeaseCore {
     known: BTreeMap<SubnetKey, Arc<SubnetLease>>,
     allocator: SubnetAllocator,
     peers: PeerSet,
-    /// Keys reported as skipped, with the reason, to report each once.
+    /// Keys currently skipped (by [`skip_id`]), with the reason: a key is
+    /// reported when it enters a reason, and forgotten when it becomes a
+    /// peer, ours or absent, so that going bad again is reported again.
     skipped: HashMap<String, String>,
+    /// Rate limit of the skip warnings.
+    skip_log: LogBudget,
+    /// The latest `now` given, for the skip log's window.
+    now: Option<Instant>,
+    /// Peers whose expiring lease had its `PublicIP` changed in place (a
+    /// put over the live key, e.g. `etcdctl put --ignore-lease`), with the
+    /// value they had: still programmed until the key is deleted or
+    /// expires, or its `PublicIP` returns. A host never changes its
+    /// `PublicIP` in place (it would take another lease), so following such
+    /// a change would hand a live host's traffic to whoever wrote it.
+    pinned: HashMap<SubnetKey, Arc<SubnetLease>>,
+    /// Who overwrote our key, while its restoring is outstanding.
+    overwritten_by: Option<std::net::Ipv4Addr>,
     /// Leases with our `PublicIP` we failed to reuse (someone else's).
     rejected: BTreeSet<SubnetKey>,
     revision: i64,
@@ -368,6 +484,10 @@ impl LeaseCore {
             known: BTreeMap::new(),
             peers: PeerSet::default(),
             skipped: HashMap::new(),
+            skip_log: LogBudget::new(SKIP_LOG_LIMIT, SKIP_LOG_WINDOW),
+            now: None,
+            pinned: HashMap::new(),
+            overwritten_by: None,
             rejected: BTreeSet::new(),
             revision: 0,
             watch: WatchState::Off,
@@ -378,6 +498,7 @@ impl LeaseCore {
 
     /// Begins (or, after a fatal error, restarts) acquisition.
     pub fn start(&mut self, now: Instant) {
+        self.now = Some(now);
         if matches!(self.state, LeaseState::Idle | LeaseState::Released { .. }) {
             self.state = LeaseState::Acquiring {
                 phase: Phase::NeedList,
@@ -459,10 +580,10 @@ impl LeaseCore {
             LeaseState::Held { renew_at, .. } => *renew_at,
             _ => None,
         };
-        match (lease, self.relist_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [lease, self.relist_at, self.skip_log.summary_due()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The lease we hold, if any.
@@ -506,16 +627,22 @@ impl LeaseCore {
 
     /// Timers due: retries, renewals, re-lists.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = Some(now);
+        if self.skip_log.summary_due().is_some_and(|t| t <= now) {
+            self.summarize_skips();
+        }
         self.step(now);
     }
 
     /// A registry result or watch event.
     pub fn handle_input(&mut self, now: Instant, input: Input) {
+        self.now = Some(now);
         match input {
             Input::Listed(r) => self.on_listed(now, r),
             Input::Created { key, result } => self.on_created(now, key, result),
             Input::Renewed(r) => self.on_renewed(now, r),
             Input::Updated(r) => self.on_updated(now, r),
+            Input::Restored(r) => self.on_restored(r),
             Input::Deleted(r) => {
                 self.pending = None;
                 let key = match &self.state {
@@ -593,6 +720,7 @@ impl LeaseCore {
                 Action::Create { .. } => Pending::Create,
                 Action::Renew { .. } => Pending::Renew,
                 Action::Update { .. } => Pending::Update,
+                Action::Restore { .. } => Pending::Restore,
                 Action::Delete { .. } | Action::Watch { .. } => Pending::Delete,
             });
             self.actions.push_back(a);
@@ -864,6 +992,32 @@ impl LeaseCore {
         }
     }
 
+    fn on_restored(&mut self, r: Result<HeldLease, RegistryError>) {
+        self.pending = None;
+        let by = self.overwritten_by.take();
+        if !matches!(self.state, LeaseState::Held { .. }) {
+            return;
+        }
+        match r {
+            Ok(h) => {
+                if let LeaseState::Held { held, .. } = &mut self.state {
+                    held.lease.revision = held.lease.revision.max(h.lease.revision);
+                    let lease = held.lease.clone();
+                    self.known.insert(lease.key, Arc::new(lease));
+                }
+            }
+            Err(e) => {
+                let key = self.own_key();
+                let by = by.map_or_else(|| "someone".to_string(), |ip| ip.to_string());
+                let reason = match key {
+                    Some(k) => format!("{k} was overwritten by {by} ({e})"),
+                    None => format!("overwritten by {by} ({e})"),
+                };
+                self.lose(reason, Phase::NeedList);
+            }
+        }
+    }
+
     fn on_updated(&mut self, now: Instant, r: Result<HeldLease, RegistryError>) {
         self.pending = None;
         let LeaseState::Acquiring {
@@ -913,6 +1067,28 @@ impl LeaseCore {
                     if held.lease.key == key && lease.revision >= held.lease.revision {
                         if lease.attrs.public_ip == self.cfg.attrs.public_ip {
                             held.lease.revision = lease.revision;
+                        } else if lease.kind == LeaseKind::Expiring
+                            && held.ttl.is_some()
+                            && self.pending.is_none()
+                        {
+                            // Still on an etcd lease, probably ours (a put
+                            // with --ignore-lease keeps it): moving would
+                            // leave our running containers' subnet to the
+                            // writer, so put our value back. The registry
+                            // checks atomically that the key is unchanged
+                            // and on our etcd lease; if not, we move.
+                            let by = lease.attrs.public_ip;
+                            let restore = Action::Restore {
+                                held: held.clone(),
+                                revision: lease.revision,
+                            };
+                            self.events.push_back(LeaseEvent::Overwritten { key, by });
+                            self.overwritten_by = Some(by);
+                            self.pending = Some(Pending::Restore);
+                            self.actions.push_back(restore);
+                            // The writer's value is neither a peer nor ours.
+                            self.insert_known(lease);
+                            return;
                         } else {
                             let reason =
                                 format!("{key} was overwritten by {}", lease.attrs.public_ip);
@@ -922,11 +1098,13 @@ impl LeaseCore {
                         }
                     }
                 }
+                self.pin_if_moved_in_place(&lease);
                 self.insert_known(lease);
                 self.update_peer(key);
             }
             RegistryEvent::Removed { key, revision } => {
                 self.revision = self.revision.max(revision);
+                self.pinned.remove(&key);
                 self.remove_known(&key);
                 if let LeaseState::Held { held, .. } = &self.state {
                     if held.lease.key == key && revision > held.lease.revision {
@@ -942,6 +1120,29 @@ impl LeaseCore {
             }
             RegistryEvent::Malformed(m) => self.report_skip(m.key, m.reason),
             RegistryEvent::Resync(listing) => self.apply_snapshot(listing),
+        }
+    }
+
+    /// Pins a peer whose live expiring lease is overwritten in place with
+    /// another `PublicIP` (see [`LeaseCore::pinned`]). Only a watch event
+    /// can tell "in place" (no deletion seen in between); a full listing
+    /// cannot, and is followed. A value that is no longer expiring (put
+    /// without the key's etcd lease) means the owner's lease is gone:
+    /// followed too, as the owner moves in that case.
+    fn pin_if_moved_in_place(&mut self, new: &SubnetLease) {
+        let Some(current) = self.peers.leases.get(&new.key) else {
+            return;
+        };
+        if current.attrs.public_ip != new.attrs.public_ip
+            && current.kind == LeaseKind::Expiring
+            && new.kind == LeaseKind::Expiring
+        {
+            let original = self
+                .pinned
+                .get(&new.key)
+                .cloned()
+                .unwrap_or_else(|| current.clone());
+            self.pinned.insert(new.key, original);
         }
     }
 
@@ -966,6 +1167,7 @@ impl LeaseCore {
         self.revision = self.revision.max(listing.revision);
         self.allocator = new_allocator(&self.network, &self.cfg.protected);
         self.known.clear();
+        self.pinned.clear();
         for lease in listing.leases {
             self.insert_known(lease);
         }
@@ -973,6 +1175,9 @@ impl LeaseCore {
             self.report_skip(m.key, m.reason);
         }
         self.rebuild_peers();
+        // A listing is one burst: its surplus is summarised now, not at the
+        // end of the window.
+        self.summarize_skips();
         self.events.push_back(LeaseEvent::Resynced {
             peers: self.peers.len(),
         });
@@ -989,11 +1194,44 @@ impl LeaseCore {
     }
 
     fn report_skip(&mut self, key: String, reason: String) {
-        if self.skipped.get(&key) != Some(&reason) {
-            tracing::warn!(%key, "skipping lease: {reason}");
-            self.skipped.insert(key.clone(), reason.clone());
-            self.events.push_back(LeaseEvent::Skipped { key, reason });
+        let id = skip_id(&key);
+        if self.skipped.get(&id) == Some(&reason) {
+            return;
         }
+        self.skipped.insert(id, reason.clone());
+        let admitted = match self.now {
+            Some(now) => {
+                if self.skip_log.summary_due().is_some_and(|t| t <= now) {
+                    self.summarize_skips();
+                }
+                self.skip_log.admit(now)
+            }
+            None => true,
+        };
+        if admitted {
+            tracing::warn!(%key, "skipping lease: {reason}");
+        } else {
+            tracing::debug!(%key, "skipping lease: {reason}");
+        }
+        self.events.push_back(LeaseEvent::Skipped { key, reason });
+        self.peers.skipped = self.skipped.len();
+    }
+
+    /// Logs one line for the skips not logged individually, if any.
+    fn summarize_skips(&mut self) {
+        if let Some(count) = self.skip_log.take_suppressed() {
+            tracing::warn!(
+                count,
+                "... and {count} more leases skipped (see twill_leases_skipped and the debug log)"
+            );
+            self.events.push_back(LeaseEvent::SkipsSuppressed { count });
+        }
+    }
+
+    /// How many stored keys are currently skipped (malformed or unusable).
+    #[must_use]
+    pub fn skipped_count(&self) -> usize {
+        self.skipped.len()
     }
 
     /// Why `lease` is not a peer, if it is not (`None` reason for our own).
@@ -1025,6 +1263,23 @@ impl LeaseCore {
     }
 
     fn update_peer(&mut self, key: SubnetKey) {
+        if let Some(original) = self.pinned.get(&key).cloned() {
+            match self.known.get(&key) {
+                Some(l) if l.attrs.public_ip != original.attrs.public_ip => {
+                    // Keep programming the original; report the change.
+                    let reason = format!(
+                        "PublicIP changed in place from {} to {}: kept {} until the lease is given up",
+                        original.attrs.public_ip, l.attrs.public_ip, original.attrs.public_ip
+                    );
+                    self.report_skip(key.to_string(), reason);
+                    return;
+                }
+                // The value returned (or the key is gone): follow it.
+                _ => {
+                    self.pinned.remove(&key);
+                }
+            }
+        }
         let verdict = self.known.get(&key).map(|l| (l.clone(), self.classify(l)));
         let changed = match verdict {
             Some((lease, Ok(()))) => {
@@ -1058,6 +1313,7 @@ impl LeaseCore {
         if changed {
             self.peers.generation += 1;
         }
+        self.peers.skipped = self.skipped.len();
     }
 
     fn rebuild_peers(&mut self) {
@@ -1070,6 +1326,18 @@ impl LeaseCore {
         for key in keys {
             self.update_peer(key);
         }
+    }
+}
+
+/// The identity of a skipped key: the subnet key for a full key ending in a
+/// canonical one (a malformed value is reported with the key as stored, a
+/// bad lease with its subnet key, and both must be the same key when it
+/// becomes valid or is deleted), else the key as stored.
+fn skip_id(key: &str) -> String {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    match name.parse::<SubnetKey>() {
+        Ok(k) if k.to_string() == name => name.to_string(),
+        _ => key.to_string(),
     }
 }
 

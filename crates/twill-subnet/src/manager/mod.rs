@@ -310,6 +310,9 @@ impl<R: Registry + ?Sized> Driver<R> {
                 Action::Update { held, attrs } => {
                     Input::Updated(self.registry.update_lease(&held, &attrs).await)
                 }
+                Action::Restore { held, revision } => {
+                    Input::Restored(self.registry.restore_lease(&held, revision).await)
+                }
                 Action::Delete { key } => Input::Deleted(self.registry.delete_lease(&key).await),
                 Action::Watch { from_revision } => {
                     match self.registry.watch_leases(from_revision).await {
@@ -337,7 +340,10 @@ impl<R: Registry + ?Sized> Driver<R> {
             let _ = self.events_tx.send(ev);
         }
         let peers = self.core.peers();
-        if self.peers_tx.borrow().generation != peers.generation {
+        let published = self.peers_tx.borrow();
+        let stale = published.generation != peers.generation || published.skipped != peers.skipped;
+        drop(published);
+        if stale {
             self.peers_tx.send_replace(peers.clone());
         }
         let held = self.core.held().cloned();
@@ -426,6 +432,9 @@ fn log_event(ev: &LeaseEvent) {
         LeaseEvent::RenewFailed { key, reason } => {
             tracing::debug!(subnet = %key, "renewing lease failed: {reason}");
         }
+        LeaseEvent::Overwritten { key, by } => {
+            tracing::debug!(subnet = %key, %by, "our key was overwritten; restoring it");
+        }
         LeaseEvent::Lost { key, reason } => tracing::debug!(subnet = %key, "lost lease: {reason}"),
         LeaseEvent::AcquireRetry { attempts, reason } => {
             tracing::debug!(attempts, "acquiring a lease: {reason}; retrying");
@@ -437,7 +446,7 @@ fn log_event(ev: &LeaseEvent) {
         LeaseEvent::PeerUpdated(key) => tracing::debug!(subnet = %key, "peer updated"),
         LeaseEvent::PeerRemoved(key) => tracing::debug!(subnet = %key, "peer removed"),
         // Logged once by the core when first seen.
-        LeaseEvent::Skipped { .. } => {}
+        LeaseEvent::Skipped { .. } | LeaseEvent::SkipsSuppressed { .. } => {}
         LeaseEvent::Resynced { peers } => tracing::debug!(peers, "peer set resynced"),
         LeaseEvent::Released { key } => tracing::debug!(subnet = ?key, "released lease"),
     }
