@@ -155,6 +155,39 @@ pub fn host_networks(
     Ok(nets)
 }
 
+/// Deletes the routes of ours (protocol [`twill_netlink::TWILL_RTPROT`],
+/// main table) whose destination overlaps one of the host's own networks
+/// (see [`host_networks`]) and returns them. No lease may put such a route
+/// in place any more; this removes one an older version (or someone using
+/// our protocol number) left behind, which can keep the host from reaching
+/// etcd and so from ever reconciling it away.
+///
+/// # Errors
+/// When netlink cannot be read or a deletion is refused.
+pub fn remove_our_routes_over(
+    protected: &[twill_model::Ipv4Network],
+) -> anyhow::Result<Vec<twill_netlink::Route>> {
+    let mut nl = NetlinkHandle::new().context("cannot open a netlink socket")?;
+    let overlapping: Vec<twill_netlink::Route> = nl
+        .route()
+        .list(Some(twill_netlink::MAIN_TABLE))
+        .context("cannot list routes")?
+        .into_iter()
+        .filter(|r| r.protocol == twill_netlink::TWILL_RTPROT)
+        .filter(|r| {
+            protected
+                .iter()
+                .any(|p| p.contains(r.dst.network()) || r.dst.contains(p.network()))
+        })
+        .collect();
+    for r in &overlapping {
+        nl.route()
+            .delete(r.clone())
+            .with_context(|| format!("cannot delete the route to {}", r.dst))?;
+    }
+    Ok(overlapping)
+}
+
 #[cfg(test)]
 mod tests {
     use super::is_overlay_device;

@@ -346,6 +346,25 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         Some(status::serve(addr, status.clone()).await?)
     };
 
+    let etcd_ips: Vec<std::net::Ipv4Addr> = flags
+        .etcd_endpoints
+        .iter()
+        .filter_map(|e| e.parse::<twill_etcd::EtcdEndpoint>().ok()?.ip())
+        .filter_map(|ip| match ip {
+            std::net::IpAddr::V4(v4) => Some(v4),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .collect();
+    let protected = iface::host_networks(&underlay, public_ip, &etcd_ips)?;
+    // Before waiting for etcd: a route of ours over the host's own networks
+    // (left by an older version, or planted with our protocol) may be what
+    // cuts the host off etcd, and nothing else would ever remove it.
+    for route in iface::remove_our_routes_over(&protected)? {
+        warn!(
+            "removed a route of ours over this host's own network: {} via {:?} (it would cut the host off its LAN, gateway or etcd)",
+            route.dst, route.gateway
+        );
+    }
     let registry = Arc::new(connect(etcd_config, flags.retry_interval).await?);
     status.etcd_reachable.store(true, Ordering::Relaxed);
     let backends = BackendRegistry::with_builtins();
@@ -360,16 +379,6 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     .await?;
     info!(network = %config.network, subnet_len = config.subnet_len, backend = %config.backend.backend_type, "network config read");
 
-    let etcd_ips: Vec<std::net::Ipv4Addr> = flags
-        .etcd_endpoints
-        .iter()
-        .filter_map(|e| e.parse::<twill_etcd::EtcdEndpoint>().ok()?.ip())
-        .filter_map(|ip| match ip {
-            std::net::IpAddr::V4(v4) => Some(v4),
-            std::net::IpAddr::V6(_) => None,
-        })
-        .collect();
-    let protected = iface::host_networks(&underlay, public_ip, &etcd_ips)?;
     for net in protected
         .iter()
         .filter(|n| n.contains(config.network.network()) || config.network.contains(n.network()))

@@ -301,3 +301,72 @@ fn gateway_helper_is_on_the_lan() {
     let lan: ipnetwork::Ipv4Network = twill_testbed::netns::Lan::UNDERLAY.parse().unwrap();
     assert!(lan.contains(Ipv4Addr::new(10, 0, 0, 1)));
 }
+
+/// A route of ours over the host's LAN, left by an older version (or planted
+/// with twill's protocol), cut the host off etcd; a restart then sat in
+/// "waiting for etcd" with the route in place forever. Now it is removed
+/// before twilld waits for etcd.
+#[test]
+fn a_leftover_route_over_the_lan_is_removed_before_waiting_for_etcd() {
+    twill_testbed::require_root!();
+    twill_testbed::require_etcd!();
+    // etcd on host 0 only; host 1 reaches it at 10.0.0.2 over the LAN.
+    let mut c = common::builder(2)
+        .etcd_members(1)
+        .without_daemon(1)
+        .build(common::TWILLD)
+        .unwrap();
+    c.wait_ready(0, DEADLINE).unwrap();
+    let ns = c.ns(1);
+    ns.ip(&[
+        "link",
+        "add",
+        "flannel.100",
+        "type",
+        "vxlan",
+        "id",
+        "100",
+        "local",
+        "10.0.0.3",
+        "dev",
+        "eth0",
+        "dstport",
+        "8472",
+        "nolearning",
+    ])
+    .unwrap();
+    ns.ip(&["link", "set", "flannel.100", "up"]).unwrap();
+    ns.ip(&[
+        "route",
+        "add",
+        "10.0.0.0/29",
+        "via",
+        "10.0.0.0",
+        "dev",
+        "flannel.100",
+        "onlink",
+        "proto",
+        "241",
+    ])
+    .unwrap();
+    // The damage is real: host 1 no longer reaches etcd's host.
+    assert!(ns
+        .exec("ping", &["-c", "1", "-W", "1", "-q", "10.0.0.2"])
+        .is_err());
+    c.start_twilld(1).unwrap();
+    c.wait_ready(1, DEADLINE)
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    common::wait_for_log(
+        c.daemon_mut(1),
+        "removed a route of ours over this host's own network: 10.0.0.0/29",
+        DEADLINE,
+    );
+    assert_eq!(routes_into(&c, 1, "10.0.0.0/24"), Vec::<String>::new());
+    c.ns(1)
+        .exec("ping", &["-c", "1", "-W", "2", "-q", "10.0.0.2"])
+        .unwrap();
+    common::report(
+        "a_leftover_route_over_the_lan_is_removed_before_waiting_for_etcd",
+        "10.0.0.0/29 via flannel.100 proto 241 (etcd unreachable) removed at start; ready",
+    );
+}
