@@ -182,7 +182,7 @@ pub fn remove_our_routes_over(
         .collect();
     for r in &overlapping {
         nl.route()
-            .delete(r.clone())
+            .delete(*r)
             .with_context(|| format!("cannot delete the route to {}", r.dst))?;
     }
     Ok(overlapping)
