@@ -370,3 +370,74 @@ fn a_leftover_route_over_the_lan_is_removed_before_waiting_for_etcd() {
         "10.0.0.0/29 via flannel.100 proto 241 (etcd unreachable) removed at start; ready",
     );
 }
+
+/// A lease on a free subnet carrying a live peer's VtepMAC (issue 13 #3): a
+/// host building its FDB from scratch used to send that peer's traffic to
+/// the newcomer, and running hosts logged `planned=1 applied=1` forever. The
+/// older lease keeps the MAC: the newcomer is skipped, reported once, and
+/// every host, also one that rebuilds its device, keeps the MAC at its owner.
+#[test]
+fn a_live_peers_vtep_mac_cannot_be_claimed_by_another_lease() {
+    twill_testbed::require_root!();
+    twill_testbed::require_etcd!();
+    let mut c = common::start(common::builder(3));
+    c.add_containers().unwrap();
+    let mac = c.vtep_mac(1).unwrap().unwrap().to_string();
+    let owner = c.ip(1);
+    common::put_lease(
+        &c,
+        "192.168.200.0-24",
+        &common::vxlan_lease("10.0.0.200", &mac),
+        600,
+    );
+    let refused = "peer not programmed";
+    for i in [0, 2] {
+        common::wait_for(
+            &c,
+            DEADLINE,
+            &format!("host {i} to refuse the MAC thief"),
+            || {
+                c.daemon(i)
+                    .log_since_start()
+                    .lines()
+                    .any(|l| l.contains(refused) && l.contains("192.168.200.0-24"))
+            },
+        );
+    }
+    // Host 0 rebuilds its FDB from scratch: its device deleted by hand.
+    c.ns(0).ip(&["link", "del", c.vxlan_device()]).unwrap();
+    common::wait_reconciles(&mut c, &[0, 2], 3);
+    for i in [0, 2] {
+        let dsts: Vec<_> = c
+            .fdb(i)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.mac.to_string() == mac)
+            .map(|e| e.dst)
+            .collect();
+        assert_eq!(
+            dsts,
+            vec![Some(owner)],
+            "host {i}: {mac} must stay at {owner}"
+        );
+        assert!(
+            c.routes(i)
+                .unwrap()
+                .iter()
+                .all(|r| r.dst.to_string() != "192.168.200.0/24"),
+            "host {i} routes the thief's subnet"
+        );
+        let lines = c
+            .daemon(i)
+            .log_since_start()
+            .lines()
+            .filter(|l| l.contains(refused) && l.contains("192.168.200.0-24"))
+            .count();
+        assert_eq!(lines, 1, "host {i}: reported once, not at every pass");
+    }
+    common::all_ping(&c).unwrap();
+    common::report(
+        "a_live_peers_vtep_mac_cannot_be_claimed_by_another_lease",
+        "192.168.200.0-24 with host 1's VtepMAC skipped on both peers, reported once; FDB keeps the MAC at its owner, also after a device rebuild; containers ping",
+    );
+}
