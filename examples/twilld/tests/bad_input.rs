@@ -282,26 +282,9 @@ fn overlay_devices_and_loopback_are_never_the_underlay() {
     ns.ip(&["addr", "add", "10.0.0.2/24", "dev", "eth0"])
         .unwrap();
     ns.ip(&["link", "set", "eth0", "up"]).unwrap();
-    ns.ip(&[
-        "link",
-        "add",
-        "flannel.100",
-        "type",
-        "vxlan",
-        "id",
-        "100",
-        "local",
-        "10.0.0.2",
-        "dev",
-        "eth0",
-        "dstport",
-        "8472",
-        "nolearning",
-    ])
-    .unwrap();
+    common::add_vxlan_by_hand(&ns, "10.0.0.2");
     ns.ip(&["addr", "add", "192.168.5.0/32", "dev", "flannel.100"])
         .unwrap();
-    ns.ip(&["link", "set", "flannel.100", "up"]).unwrap();
     let before = ns.ip(&["-d", "link", "show", "flannel.100"]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sf = format!("-subnet-file={}", dir.path().join("s.env").display());

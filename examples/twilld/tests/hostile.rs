@@ -318,24 +318,7 @@ fn a_leftover_route_over_the_lan_is_removed_before_waiting_for_etcd() {
         .unwrap();
     c.wait_ready(0, DEADLINE).unwrap();
     let ns = c.ns(1);
-    ns.ip(&[
-        "link",
-        "add",
-        "flannel.100",
-        "type",
-        "vxlan",
-        "id",
-        "100",
-        "local",
-        "10.0.0.3",
-        "dev",
-        "eth0",
-        "dstport",
-        "8472",
-        "nolearning",
-    ])
-    .unwrap();
-    ns.ip(&["link", "set", "flannel.100", "up"]).unwrap();
+    common::add_vxlan_by_hand(ns, "10.0.0.3");
     ns.ip(&[
         "route",
         "add",

@@ -348,3 +348,27 @@ pub fn wait_for_log(d: &mut twill_testbed::daemon::Daemon, pattern: &str, timeou
         panic!("{e}\n{}", d.log());
     }
 }
+
+/// Makes `flannel.100` by hand in `ns` (VNI 100, `local` on `eth0`, port
+/// 8472, learning off) and brings it up: the device an older twilld or
+/// flanneld would have left, for tests that start from such a host.
+pub fn add_vxlan_by_hand(ns: &twill_testbed::netns::Netns, local: &str) {
+    ns.ip(&[
+        "link",
+        "add",
+        "flannel.100",
+        "type",
+        "vxlan",
+        "id",
+        "100",
+        "local",
+        local,
+        "dev",
+        "eth0",
+        "dstport",
+        "8472",
+        "nolearning",
+    ])
+    .unwrap();
+    ns.ip(&["link", "set", "flannel.100", "up"]).unwrap();
+}
