@@ -30,6 +30,7 @@ mod gojson;
 mod key;
 mod lease;
 mod mac;
+mod peer;
 
 pub use config::{BackendConfig, NetworkConfig, MAX_CONFIG_BYTES};
 pub use env::SubnetEnv;
@@ -37,5 +38,6 @@ pub use error::ModelError;
 pub use key::SubnetKey;
 pub use lease::{LeaseAttrs, LeaseKind, SubnetLease, MAX_LEASE_BYTES};
 pub use mac::MacAddr;
+pub use peer::{PeerVerdict, SkipReason};
 
 pub use ipnetwork::{Ipv4Network, Ipv6Network};
