@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use twill_model::{Ipv4Network, LeaseAttrs, LeaseKind, NetworkConfig, SubnetKey, SubnetLease};
+use twill_model::{
+    Ipv4Network, LeaseAttrs, LeaseKind, NetworkConfig, PeerVerdict, SkipReason, SubnetKey,
+    SubnetLease,
+};
 
 use crate::{HeldLease, LeaseListing, RegistryError, RegistryEvent, SubnetAllocator, SubnetError};
 
@@ -321,7 +324,7 @@ pub enum LeaseEvent {
         /// The key as stored.
         key: String,
         /// Why.
-        reason: String,
+        reason: SkipReason,
     },
     /// This many [`LeaseEvent::Skipped`] were not logged individually
     /// (beyond [`SKIP_LOG_LIMIT`] in a [`SKIP_LOG_WINDOW`]); one summary line
@@ -442,7 +445,7 @@ pub struct LeaseCore {
     /// Keys currently skipped (by [`skip_id`]), with the reason: a key is
     /// reported when it enters a reason, and forgotten when it becomes a
     /// peer, ours or absent, so that going bad again is reported again.
-    skipped: HashMap<String, String>,
+    skipped: HashMap<String, SkipReason>,
     /// Rate limit of the skip warnings.
     skip_log: LogBudget,
     /// The latest `now` given, for the skip log's window.
@@ -1118,7 +1121,9 @@ impl LeaseCore {
                 }
                 self.update_peer(key);
             }
-            RegistryEvent::Malformed(m) => self.report_skip(m.key, m.reason),
+            RegistryEvent::Malformed(m) => {
+                self.report_skip(m.key, SkipReason::Malformed { reason: m.reason });
+            }
             RegistryEvent::Resync(listing) => self.apply_snapshot(listing),
         }
     }
@@ -1172,7 +1177,7 @@ impl LeaseCore {
             self.insert_known(lease);
         }
         for m in listing.malformed {
-            self.report_skip(m.key, m.reason);
+            self.report_skip(m.key, SkipReason::Malformed { reason: m.reason });
         }
         self.rebuild_peers();
         // A listing is one burst: its surplus is summarised now, not at the
@@ -1193,7 +1198,7 @@ impl LeaseCore {
         }
     }
 
-    fn report_skip(&mut self, key: String, reason: String) {
+    fn report_skip(&mut self, key: String, reason: SkipReason) {
         let id = skip_id(&key);
         if self.skipped.get(&id) == Some(&reason) {
             return;
@@ -1235,31 +1240,37 @@ impl LeaseCore {
     }
 
     /// Why `lease` is not a peer, if it is not (`None` reason for our own).
-    fn classify(&self, lease: &SubnetLease) -> Result<(), Option<String>> {
-        if self.own_key() == Some(lease.key) {
-            return Err(None);
+    fn classify(&self, lease: &SubnetLease) -> Result<(), Option<SkipReason>> {
+        let own = self.own_key();
+        let verdict = self
+            .network
+            .check_peer(lease, own.as_ref(), self.cfg.attrs.public_ip);
+        if !matches!(
+            verdict,
+            PeerVerdict::Own | PeerVerdict::Skip(SkipReason::OutsideNetwork { .. })
+        ) {
+            // Before the rules of a peer: reported even for a lease carrying
+            // our PublicIP (silent before we hold a lease), as it would cut
+            // this host off.
+            if let Some(network) = self.allocator.excluded_overlap(lease.key.ipv4) {
+                return Err(Some(SkipReason::OverlapsHostNetwork {
+                    subnet: lease.key.ipv4,
+                    network,
+                }));
+            }
         }
-        if let Err(e) = self.network.check_subnet(&lease.key) {
-            return Err(Some(e.to_string()));
-        }
-        if let Some(net) = self.allocator.excluded_overlap(lease.key.ipv4) {
-            return Err(Some(format!(
-                "{} overlaps this host's own network {net} (underlay, gateway or etcd): routing it into the overlay would cut the host off",
-                lease.key.ipv4
-            )));
-        }
-        if lease.attrs.public_ip == self.cfg.attrs.public_ip {
+        match verdict {
+            PeerVerdict::Peer => Ok(()),
+            PeerVerdict::Own => Err(None),
             // Before we hold a lease, one carrying our PublicIP is ours from a
             // previous run, about to be reused: not a peer, not worth a warning.
-            if !matches!(self.state, LeaseState::Held { .. }) {
-                return Err(None);
+            PeerVerdict::Skip(SkipReason::ClaimsOurPublicIp(_))
+                if !matches!(self.state, LeaseState::Held { .. }) =>
+            {
+                Err(None)
             }
-            return Err(Some(format!(
-                "it claims our PublicIP {}",
-                lease.attrs.public_ip
-            )));
+            PeerVerdict::Skip(reason) => Err(Some(reason)),
         }
-        Ok(())
     }
 
     fn update_peer(&mut self, key: SubnetKey) {
@@ -1267,10 +1278,10 @@ impl LeaseCore {
             match self.known.get(&key) {
                 Some(l) if l.attrs.public_ip != original.attrs.public_ip => {
                     // Keep programming the original; report the change.
-                    let reason = format!(
-                        "PublicIP changed in place from {} to {}: kept {} until the lease is given up",
-                        original.attrs.public_ip, l.attrs.public_ip, original.attrs.public_ip
-                    );
+                    let reason = SkipReason::PublicIpChanged {
+                        from: original.attrs.public_ip,
+                        to: l.attrs.public_ip,
+                    };
                     self.report_skip(key.to_string(), reason);
                     return;
                 }
