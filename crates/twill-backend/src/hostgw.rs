@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
-use twill_model::{BackendConfig, LeaseAttrs, NetworkConfig, SubnetKey, SubnetLease};
+use twill_model::{BackendConfig, LeaseAttrs, NetworkConfig, SkipReason, SubnetKey, SubnetLease};
 use twill_netlink::{NetlinkHandle, Route, MAIN_TABLE, TWILL_RTPROT};
 
 use crate::peers::{check_common, claim_order, dedupe, on_segment, Claimed};
@@ -80,12 +80,7 @@ impl Backend for HostGwBackend {
         Ok(())
     }
 
-    async fn reconcile(&mut self, peers: &[SubnetLease]) -> Result<ReconcileReport, BackendError> {
-        let refs: Vec<&SubnetLease> = peers.iter().collect();
-        self.reconcile_refs(&refs).await
-    }
-
-    async fn reconcile_refs(
+    async fn reconcile(
         &mut self,
         peers: &[&SubnetLease],
     ) -> Result<ReconcileReport, BackendError> {
@@ -106,21 +101,16 @@ impl Backend for HostGwBackend {
         let mut accepted = Claimed::default();
         for peer in sorted {
             let verdict = check_common(peer, self.own.as_ref(), r.public_ip, &r.config, "host-gw")
-                .and_then(|ok| {
-                    if ok.is_none() {
+                .and_then(|is_peer| {
+                    if !is_peer {
                         return Ok(None);
                     }
                     if !on_segment(&connected, peer.attrs.public_ip) {
-                        return Err(format!(
-                            "PublicIP {} is not on our L2 segment ({} has {})",
-                            peer.attrs.public_ip,
-                            r.underlay.name,
-                            connected
-                                .iter()
-                                .map(ToString::to_string)
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ));
+                        return Err(SkipReason::NotOnSegment {
+                            public_ip: peer.attrs.public_ip,
+                            underlay: r.underlay.name.clone(),
+                            connected: connected.clone(),
+                        });
                     }
                     dedupe(&mut accepted, peer.key)?;
                     Ok(Some(()))

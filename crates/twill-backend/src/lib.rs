@@ -28,7 +28,8 @@
 //! let local = backend.setup(&host).await?;       // creates flannel.1, says what to publish
 //! println!("FLANNEL_MTU={}", local.mtu);
 //! backend.activate(&own).await?;                 // 10.244.x.0/32 on flannel.1
-//! let report = backend.reconcile(&leases).await?; // ARP + FDB + route per peer
+//! let peers: Vec<&twill_model::SubnetLease> = leases.iter().collect();
+//! let report = backend.reconcile(&peers).await?;  // ARP + FDB + route per peer
 //! assert!(report.failed.is_empty());
 //! # Ok(()) }
 //! ```
@@ -49,6 +50,15 @@ pub use hostgw::HostGwBackend;
 pub use peers::{select_peers, PeerContext, PeerSelection};
 pub use plan::{plan, DataplaneState, Op, Owner};
 pub use vxlan::{converge, derived_vtep_mac, VxlanBackend, VxlanOptions, VXLAN_OVERHEAD};
+
+// The twill-netlink types this crate's API takes and returns, so that a
+// backend written on it needs no twill-netlink dependency of its own.
+pub use twill_netlink::{
+    Address, FdbEntry, Neighbour, NetlinkError, NetlinkHandle, Request, Route, MAIN_TABLE,
+    TWILL_RTPROT,
+};
+// The reason type of `ReconcileReport::skipped`, shared with the lease core.
+pub use twill_model::SkipReason;
 
 /// The underlay (external) interface flannel would call `--iface`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,13 +143,60 @@ pub struct ReconcileReport {
     /// since [`plan()`] never plans an op the kernel would acknowledge
     /// without effect, a pass with nothing changed has `applied == 0`.
     pub applied: usize,
-    /// Ops (and device repairs) that failed, each described with its
-    /// request and errno (`ip route replace 10.244.3.0/24 via ... : No such
-    /// device (errno 19)`).
-    pub failed: Vec<String>,
+    /// Ops (and device repairs) that failed, each with its request and
+    /// errno; displayed as `ip route replace 10.244.3.0/24 via ... : No such
+    /// device (errno 19)`.
+    pub failed: Vec<FailedOp>,
     /// Peers not programmed, with the reason (bad `VtepMAC`, our own
     /// `PublicIP`, subnet outside `Network`, not on our L2 segment...).
-    pub skipped: Vec<(SubnetKey, String)>,
+    pub skipped: Vec<(SubnetKey, SkipReason)>,
+}
+
+/// A request of a reconcile that did not take effect: an op of [`plan()`]
+/// or a device repair (`ip link set ... up`).
+///
+/// [`std::fmt::Display`] writes it as the netlink error did:
+/// `ip route replace 10.244.3.0/24 via 10.244.3.0 dev #7 onlink proto 241:
+/// No such device (errno 19)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedOp {
+    /// The request, as sent.
+    pub request: Request,
+    /// The errno the kernel refused it with (19: `ENODEV`); `None` when it
+    /// never reached the kernel (see [`FailedOp::reason`]).
+    pub errno: Option<i32>,
+    /// Without an errno, why it failed (e.g. a value the netlink message
+    /// cannot carry).
+    pub reason: Option<String>,
+}
+
+impl FailedOp {
+    /// `request` failed with `error`.
+    #[must_use]
+    pub fn new(request: Request, error: &NetlinkError) -> Self {
+        let errno = error.errno();
+        Self {
+            request,
+            errno,
+            reason: errno.is_none().then(|| error.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for FailedOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.errno, &self.reason) {
+            (Some(errno), _) => write!(
+                f,
+                "{}: {} (errno {errno})",
+                self.request,
+                std::io::Error::from_raw_os_error(errno)
+            ),
+            // The netlink error's own text, which names the request.
+            (None, Some(reason)) => f.write_str(reason),
+            (None, None) => write!(f, "{}: failed", self.request),
+        }
+    }
 }
 
 /// Errors of backend construction and of a failed step.
@@ -221,6 +278,9 @@ impl BackendError {
 /// publishes [`LocalSetup::attrs`] in its lease, calls [`Backend::activate`]
 /// with that lease, then [`Backend::reconcile`] on every lease event and on a
 /// timer with the full current set of leases.
+///
+/// Three required methods and no defaults: an implementation that compiles
+/// is complete.
 #[async_trait]
 pub trait Backend: Send {
     /// The `Backend.Type` this implements (`vxlan`, `host-gw`).
@@ -240,22 +300,13 @@ pub trait Backend: Send {
     /// plans, applies in one batch, repairs a deleted or downed device. A
     /// second call with the same peers plans zero ops. `Err` only when the
     /// kernel cannot be read at all; per-op failures are in the report.
-    async fn reconcile(&mut self, peers: &[SubnetLease]) -> Result<ReconcileReport, BackendError>;
-
-    /// [`Backend::reconcile`] for peers held by reference, e.g. the shared
-    /// leases of a `twill_subnet::PeerSet`, so a caller need not copy every
-    /// lease for each pass (about 600 bytes a lease: 6 MB at 10,000 peers).
-    /// The default copies them and calls `reconcile`; the built-in backends
-    /// implement it without the copy (and their `reconcile` calls it). A
-    /// backend that implements `reconcile` by calling this must implement
-    /// this too.
-    async fn reconcile_refs(
-        &mut self,
-        peers: &[&SubnetLease],
-    ) -> Result<ReconcileReport, BackendError> {
-        let owned: Vec<SubnetLease> = peers.iter().map(|p| (*p).clone()).collect();
-        self.reconcile(&owned).await
-    }
+    ///
+    /// Peers come by reference (e.g. the shared leases of a
+    /// `twill_subnet::PeerSet`), so no pass copies every lease (about 600
+    /// bytes a lease: 6 MB at 10,000 peers). An embedder holding owned
+    /// leases passes `&leases.iter().collect::<Vec<_>>()`.
+    async fn reconcile(&mut self, peers: &[&SubnetLease])
+        -> Result<ReconcileReport, BackendError>;
 }
 
 impl BackendError {

@@ -4,50 +4,31 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
-use twill_model::{NetworkConfig, SubnetKey, SubnetLease};
+use twill_model::{NetworkConfig, PeerVerdict, SkipReason, SubnetKey, SubnetLease};
 
-/// Checks a peer lease common to all backends. `Ok(None)`: it is our own lease
-/// (ignored silently); `Err(reason)`: skip with reason.
+/// The checks on a peer lease common to all backends: the host-level rules
+/// the lease core applies too ([`NetworkConfig::check_peer`], so a lease an
+/// embedder hands a backend directly is held to them), then our
+/// `BackendType`. `Ok(false)`: it is our own lease (ignored silently).
 pub(crate) fn check_common(
     peer: &SubnetLease,
     own: Option<&SubnetKey>,
     our_ip: Ipv4Addr,
     config: &NetworkConfig,
     backend_type: &str,
-) -> Result<Option<()>, String> {
-    if own.is_some_and(|k| k.ipv4 == peer.key.ipv4) {
-        return Ok(None);
-    }
-    if peer.attrs.public_ip == our_ip {
-        return Err(format!("PublicIP {} is our own", peer.attrs.public_ip));
-    }
-    if peer.attrs.public_ip.is_unspecified()
-        || peer.attrs.public_ip.is_loopback()
-        || peer.attrs.public_ip.is_multicast()
-        || peer.attrs.public_ip.is_broadcast()
-    {
-        return Err(format!(
-            "PublicIP {} is not a unicast address",
-            peer.attrs.public_ip
-        ));
-    }
-    config.check_subnet(&peer.key).map_err(|e| e.to_string())?;
-    if let Some(k) = own {
-        if overlaps(k.ipv4, peer.key.ipv4) {
-            return Err(format!("subnet overlaps our own {}", k.ipv4));
-        }
+) -> Result<bool, SkipReason> {
+    match config.check_peer(peer, own, our_ip) {
+        PeerVerdict::Own => return Ok(false),
+        PeerVerdict::Skip(reason) => return Err(reason),
+        PeerVerdict::Peer => {}
     }
     if peer.attrs.backend_type != backend_type {
-        return Err(format!(
-            "BackendType {:?} is not {backend_type:?}",
-            peer.attrs.backend_type
-        ));
+        return Err(SkipReason::OtherBackendType {
+            found: peer.attrs.backend_type.clone(),
+            ours: backend_type.to_string(),
+        });
     }
-    Ok(Some(()))
-}
-
-pub(crate) fn overlaps(a: Ipv4Network, b: Ipv4Network) -> bool {
-    a.contains(b.network()) || b.contains(a.network())
+    Ok(true)
 }
 
 /// Whether `ip` is on one of the `connected` prefixes (our L2 segment).
@@ -78,7 +59,7 @@ pub(crate) fn claim_order<'a>(
 
 /// Drops overlapping peer subnets after the first (in [`claim_order`]) so
 /// two leases never fight over one route; the loser is reported.
-pub(crate) fn dedupe(claimed: &mut Claimed, key: SubnetKey) -> Result<(), String> {
+pub(crate) fn dedupe(claimed: &mut Claimed, key: SubnetKey) -> Result<(), SkipReason> {
     let first = u32::from(key.ipv4.network());
     let last = u32::from(key.ipv4.broadcast());
     // The claimed ranges are disjoint, so an overlapping one either starts
@@ -90,7 +71,7 @@ pub(crate) fn dedupe(claimed: &mut Claimed, key: SubnetKey) -> Result<(), String
         .filter(|(_, (end, _))| *end >= first);
     let inside = || claimed.0.range(first..=last).next();
     if let Some((_, (_, k))) = before.or_else(inside) {
-        return Err(format!("subnet overlaps peer {k}"));
+        return Err(SkipReason::OverlapsPeer(*k));
     }
     claimed.0.insert(first, (last, key));
     Ok(())
@@ -118,7 +99,7 @@ pub struct PeerSelection<'a, T> {
     pub accepted: Vec<(&'a SubnetLease, T)>,
     /// Peers not to program, with the reason (for
     /// [`crate::ReconcileReport::skipped`]).
-    pub skipped: Vec<(SubnetKey, String)>,
+    pub skipped: Vec<(SubnetKey, SkipReason)>,
 }
 
 /// The checks every backend makes on peer leases, for backends outside this
@@ -130,7 +111,7 @@ pub struct PeerSelection<'a, T> {
 /// backends, in the same order, so a bad lease never claims a subnet.
 ///
 /// ```
-/// use twill_backend::{select_peers, PeerContext};
+/// use twill_backend::{select_peers, PeerContext, SkipReason};
 /// use twill_model::{LeaseAttrs, LeaseKind, NetworkConfig, SubnetLease};
 /// let config = NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"mine"}}"#).unwrap();
 /// let lease = |key: &str, ip: &str, data: &str| SubnetLease {
@@ -142,20 +123,25 @@ pub struct PeerSelection<'a, T> {
 /// let peers = [lease("10.244.2.0-24", "10.0.0.3", "ok"), lease("10.244.3.0-24", "10.0.0.4", "")];
 /// let cx = PeerContext { config: &config, own: Some("10.244.1.0-24".parse().unwrap()),
 ///                        public_ip: "10.0.0.2".parse().unwrap(), backend_type: "mine" };
+/// let peers: Vec<&SubnetLease> = peers.iter().collect();
 /// let sel = select_peers(&peers, &cx, |p| {
 ///     let k = p.attrs.backend_data.as_ref().and_then(|d| d["K"].as_str()).unwrap_or("");
-///     if k.is_empty() { Err("empty K".to_string()) } else { Ok(k.to_string()) }
+///     if k.is_empty() {
+///         Err(SkipReason::Backend { backend: "mine", reason: "empty K".into() })
+///     } else {
+///         Ok(k.to_string())
+///     }
 /// });
 /// assert_eq!(sel.accepted.len(), 1);
 /// assert_eq!(sel.accepted[0].1, "ok");
-/// assert_eq!(sel.skipped[0].1, "empty K");
+/// assert_eq!(sel.skipped[0].1.to_string(), "empty K");
 /// ```
 pub fn select_peers<'a, T>(
-    peers: &'a [SubnetLease],
+    peers: &[&'a SubnetLease],
     cx: &PeerContext<'_>,
-    mut parse: impl FnMut(&SubnetLease) -> Result<T, String>,
+    mut parse: impl FnMut(&SubnetLease) -> Result<T, SkipReason>,
 ) -> PeerSelection<'a, T> {
-    let sorted = claim_order(peers, cx.config);
+    let sorted = claim_order(peers.iter().copied(), cx.config);
     let mut selection = PeerSelection {
         accepted: Vec::new(),
         skipped: Vec::new(),
@@ -169,13 +155,13 @@ pub fn select_peers<'a, T>(
             cx.config,
             cx.backend_type,
         )
-        .and_then(|ok| match ok {
-            None => Ok(None),
-            Some(()) => {
-                let data = parse(peer)?;
-                dedupe(&mut claimed, peer.key)?;
-                Ok(Some(data))
+        .and_then(|is_peer| {
+            if !is_peer {
+                return Ok(None);
             }
+            let data = parse(peer)?;
+            dedupe(&mut claimed, peer.key)?;
+            Ok(Some(data))
         });
         match verdict {
             Ok(Some(data)) => selection.accepted.push((peer, data)),
@@ -216,7 +202,7 @@ mod tests {
             "10.244.4.0-23",
         ] {
             let e = dedupe(&mut c, k(bad)).unwrap_err();
-            assert!(e.contains("overlaps peer 10.244."), "{bad}: {e}");
+            assert!(matches!(e, SkipReason::OverlapsPeer(_)), "{bad}: {e}");
         }
         assert!(dedupe(&mut c, k("10.244.5.0-24")).is_ok());
         assert!(dedupe(&mut c, k("10.244.1.255-32")).is_ok());
@@ -244,7 +230,7 @@ mod tests {
                 at("10.244.3.0-24", "10.0.0.3", 10),
                 at("10.244.2.0-23", "10.0.0.66", covering_revision),
             ];
-            let sel = select_peers(&peers, &cx, |_| Ok(()));
+            let sel = select_peers(&peers.iter().collect::<Vec<_>>(), &cx, |_| Ok(()));
             assert_eq!(sel.accepted.len(), 1);
             assert_eq!(sel.accepted[0].0.key.to_string(), "10.244.3.0-24");
             assert_eq!(sel.skipped[0].0.to_string(), "10.244.2.0-23");
@@ -254,7 +240,7 @@ mod tests {
             at("10.244.8.0-25", "10.0.0.8", 7),
             at("10.244.8.0-23", "10.0.0.9", 3),
         ];
-        let sel = select_peers(&peers, &cx, |_| Ok(()));
+        let sel = select_peers(&peers.iter().collect::<Vec<_>>(), &cx, |_| Ok(()));
         assert_eq!(sel.accepted[0].0.key.to_string(), "10.244.8.0-23");
     }
 
@@ -278,9 +264,11 @@ mod tests {
             lease("10.244.2.0-25", "10.0.0.4", "x"),  // overlaps 10.244.2.0/24
             lease("10.244.8.0-24", "224.0.0.1", "x"), // multicast
         ];
-        let sel = select_peers(&peers, &cx, |p| {
+        let sel = select_peers(&peers.iter().collect::<Vec<_>>(), &cx, |p| {
             if p.attrs.public_ip.octets()[3] == 9 {
-                Err("bad data".to_string())
+                Err(SkipReason::BadBackendData {
+                    reason: "bad data".into(),
+                })
             } else {
                 Ok(p.attrs.public_ip)
             }
@@ -291,18 +279,21 @@ mod tests {
             .map(|(p, _)| p.key.to_string())
             .collect();
         assert_eq!(accepted, ["10.244.2.0-24"]);
-        let reasons: Vec<(String, String)> = sel
+        let reasons: Vec<(String, SkipReason)> = sel
             .skipped
             .iter()
             .map(|(k, r)| (k.to_string(), r.clone()))
             .collect();
         assert_eq!(reasons.len(), 6, "{reasons:?}");
         let reason = |k: &str| reasons.iter().find(|(key, _)| key == k).unwrap().1.clone();
-        assert!(reason("10.244.9.0-24").contains("bad data"));
-        assert!(reason("10.244.3.0-24").contains("our own"));
-        assert!(reason("10.244.4.0-24").contains("BackendType"));
-        assert!(reason("10.244.2.0-25").contains("overlaps peer"));
-        assert!(reason("10.244.8.0-24").contains("unicast"));
-        assert!(!reason("10.245.0.0-24").is_empty());
+        assert!(matches!(reason("10.244.9.0-24"), SkipReason::BadBackendData { .. }));
+        assert!(matches!(reason("10.244.3.0-24"), SkipReason::ClaimsOurPublicIp(_)));
+        assert!(matches!(reason("10.244.4.0-24"), SkipReason::OtherBackendType { .. }));
+        assert_eq!(
+            reason("10.244.2.0-25"),
+            SkipReason::OverlapsPeer("10.244.2.0-24".parse().unwrap())
+        );
+        assert!(matches!(reason("10.244.8.0-24"), SkipReason::PublicIpNotUnicast(_)));
+        assert!(matches!(reason("10.245.0.0-24"), SkipReason::OutsideNetwork { .. }));
     }
 }

@@ -27,15 +27,19 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 use serde::Deserialize;
-use twill_model::{BackendConfig, LeaseAttrs, MacAddr, NetworkConfig, SubnetKey, SubnetLease};
+use twill_model::{
+    BackendConfig, LeaseAttrs, MacAddr, NetworkConfig, SkipReason, SubnetKey, SubnetLease,
+};
 use twill_netlink::{
-    Address, FdbEntry, Link, Neighbour, NetlinkHandle, Route, VxlanSpec, LINUX_VXLAN_DEFAULT_PORT,
-    MAIN_TABLE, TWILL_RTPROT,
+    Address, FdbEntry, Link, LinkChange, Neighbour, NetlinkError, NetlinkHandle, Request, Route,
+    VxlanSpec, LINUX_VXLAN_DEFAULT_PORT, MAIN_TABLE, TWILL_RTPROT,
 };
 
 use crate::peers::{check_common, claim_order, dedupe, on_segment, Claimed};
 use crate::plan::{plan, route_conflicts, DataplaneState, Op, Owner};
-use crate::{Backend, BackendError, HostContext, LocalSetup, ReconcileReport, UnderlayInterface};
+use crate::{
+    Backend, BackendError, FailedOp, HostContext, LocalSetup, ReconcileReport, UnderlayInterface,
+};
 
 /// VXLAN encapsulation overhead flannel subtracts from the underlay MTU.
 pub const VXLAN_OVERHEAD: u32 = 50;
@@ -287,8 +291,14 @@ impl VxlanBackend {
 
     /// Makes sure the device exists, matches the config, is up, has our MAC
     /// and MTU (and our address once activated). Returns its index and
-    /// whether anything had to be repaired.
-    fn ensure_device(&mut self) -> Result<(u32, bool), BackendError> {
+    /// whether anything had to be repaired. A MAC, MTU or up/down change the
+    /// kernel refuses is pushed to `failed` and the others are still tried
+    /// (the device exists, so peers can be programmed on it); anything else
+    /// that fails is the error.
+    fn ensure_device(
+        &mut self,
+        failed: &mut Vec<(Request, NetlinkError)>,
+    ) -> Result<(u32, bool), BackendError> {
         let r = self
             .ready
             .clone()
@@ -311,22 +321,52 @@ impl VxlanBackend {
                 link
             }
         };
+        let change = LinkChange {
+            index: link.index,
+            ..LinkChange::default()
+        };
+        let mut repairs = Vec::new();
         if link.mac != Some(r.mac) {
-            self.nl.link().set_mac(link.index, r.mac)?;
-            repaired = true;
+            repairs.push(LinkChange {
+                mac: Some(r.mac),
+                ..change
+            });
         }
         if link.mtu != r.mtu {
-            self.nl.link().set_mtu(link.index, r.mtu)?;
-            repaired = true;
+            repairs.push(LinkChange {
+                mtu: Some(r.mtu),
+                ..change
+            });
         }
         if !link.up {
-            self.nl.link().set_up(link.index)?;
+            repairs.push(LinkChange {
+                up: Some(true),
+                ..change
+            });
+        }
+        for repair in repairs {
+            let request = Request::LinkSet(repair);
+            let outcome = self.nl.execute(std::slice::from_ref(&request))?;
+            if let Some(Err(e)) = outcome.results.into_iter().next() {
+                failed.push((request, e));
+            }
             repaired = true;
         }
         if let Some(own) = self.own {
             repaired |= self.ensure_address(link.index, own)?;
         }
         Ok((link.index, repaired))
+    }
+
+    /// [`Self::ensure_device`] where there is no report to put a refused
+    /// repair in (setup, activate): the first refusal is the error.
+    fn ensure_device_or_fail(&mut self) -> Result<(u32, bool), BackendError> {
+        let mut failed = Vec::new();
+        let device = self.ensure_device(&mut failed)?;
+        match failed.into_iter().next() {
+            Some((_, e)) => Err(e.into()),
+            None => Ok(device),
+        }
     }
 
     /// Deletes our devices of a previous config (a VNI change): left in
@@ -365,7 +405,7 @@ impl VxlanBackend {
         r: &Ready,
         dev: u32,
         peers: &[&SubnetLease],
-    ) -> Result<(DataplaneState, Vec<(SubnetKey, String)>), BackendError> {
+    ) -> Result<(DataplaneState, Vec<(SubnetKey, SkipReason)>), BackendError> {
         let connected: Vec<Ipv4Network> = if self.opts.direct_routing {
             self.nl
                 .address()
@@ -404,26 +444,30 @@ impl VxlanBackend {
         connected: &[Ipv4Network],
         accepted: &mut Claimed,
         macs: &mut BTreeMap<MacAddr, SubnetKey>,
-    ) -> Result<Option<(Option<Neighbour>, Option<FdbEntry>, Route)>, String> {
-        if check_common(peer, self.own.as_ref(), r.public_ip, &r.config, "vxlan")?.is_none() {
+    ) -> Result<Option<(Option<Neighbour>, Option<FdbEntry>, Route)>, SkipReason> {
+        if !check_common(peer, self.own.as_ref(), r.public_ip, &r.config, "vxlan")? {
             return Ok(None);
         }
-        let data: VxlanLeaseData = peer
-            .attrs
-            .backend_data_as()
-            .map_err(|e| format!("bad BackendData: {e}"))?;
-        let mac: MacAddr = data
-            .vtep_mac
-            .parse()
-            .map_err(|_| format!("bad VtepMAC {:?}", data.vtep_mac))?;
+        let data: VxlanLeaseData =
+            peer.attrs
+                .backend_data_as()
+                .map_err(|e| SkipReason::BadBackendData {
+                    reason: e.to_string(),
+                })?;
+        let Ok(mac) = data.vtep_mac.parse::<MacAddr>() else {
+            return Err(SkipReason::BadVtepMac(data.vtep_mac));
+        };
         if !mac.is_unicast() {
-            return Err(format!("VtepMAC {mac} is not a unicast address"));
+            return Err(SkipReason::VtepMacNotUnicast(mac));
         }
         if mac == r.mac {
-            return Err(format!("VtepMAC {mac} is our own"));
+            return Err(SkipReason::VtepMacIsOurs(mac));
         }
-        if let Some(v) = data.vni.filter(|v| *v != self.opts.vni) {
-            return Err(format!("VNI {v} differs from ours ({})", self.opts.vni));
+        if let Some(vni) = data.vni.filter(|v| *v != self.opts.vni) {
+            return Err(SkipReason::OtherVni {
+                vni,
+                ours: self.opts.vni,
+            });
         }
         let public = peer.attrs.public_ip;
         let direct = self.opts.direct_routing && on_segment(connected, public);
@@ -434,7 +478,7 @@ impl VxlanBackend {
         // peer claims no subnet; the first in claim order keeps the MAC.
         if !direct {
             if let Some(first) = macs.get(&mac) {
-                return Err(format!("VtepMAC {mac} is already used by peer {first}"));
+                return Err(SkipReason::VtepMacInUse { mac, peer: *first });
             }
         }
         dedupe(accepted, peer.key)?;
@@ -515,13 +559,9 @@ pub fn converge(
         routes: nl.route().list(Some(owner.table))?,
     };
     for r in route_conflicts(desired, &observed, owner) {
-        report.skipped.push((
-            SubnetKey::v4(r.dst),
-            format!(
-                "a route to {} that twill did not create is in the way",
-                r.dst
-            ),
-        ));
+        report
+            .skipped
+            .push((SubnetKey::v4(r.dst), SkipReason::ForeignRoute(r.dst)));
     }
     let ops = plan(desired, &observed, owner);
     report.planned = ops.len();
@@ -532,11 +572,11 @@ pub fn converge(
     let outcome = nl.execute(&requests)?;
     // One result per request, in order. Counting every EEXIST/ENOENT/ENODEV
     // as applied reported a route add refused for a missing device as done.
-    for (op, r) in ops.iter().zip(outcome.results) {
+    for ((op, request), r) in ops.iter().zip(requests).zip(outcome.results) {
         match r {
             Ok(()) => report.applied += 1,
             Err(e) if op.is_done_despite(&e) => report.applied += 1,
-            Err(e) => report.failed.push(e.to_string()),
+            Err(e) => report.failed.push(FailedOp::new(request, &e)),
         }
     }
     tracing::debug!(
@@ -587,7 +627,7 @@ impl Backend for VxlanBackend {
             mac,
             mtu,
         });
-        self.ensure_device()?;
+        self.ensure_device_or_fail()?;
         let mut attrs = LeaseAttrs::new(host.public_ip, "vxlan");
         attrs.backend_data =
             Some(serde_json::json!({ "VNI": self.opts.vni, "VtepMAC": mac.to_string() }));
@@ -601,16 +641,11 @@ impl Backend for VxlanBackend {
             .ok_or(BackendError::NotReady("activate", "setup"))?;
         BackendError::check_own_lease(&r.config, own)?;
         self.own = Some(own.key);
-        self.ensure_device()?;
+        self.ensure_device_or_fail()?;
         Ok(())
     }
 
-    async fn reconcile(&mut self, peers: &[SubnetLease]) -> Result<ReconcileReport, BackendError> {
-        let refs: Vec<&SubnetLease> = peers.iter().collect();
-        self.reconcile_refs(&refs).await
-    }
-
-    async fn reconcile_refs(
+    async fn reconcile(
         &mut self,
         peers: &[&SubnetLease],
     ) -> Result<ReconcileReport, BackendError> {
@@ -619,7 +654,13 @@ impl Backend for VxlanBackend {
             .clone()
             .ok_or(BackendError::NotReady("reconcile", "setup"))?;
         let mut report = ReconcileReport::default();
-        let (dev, repaired) = self.ensure_device()?;
+        let mut repairs_failed = Vec::new();
+        let (dev, repaired) = self.ensure_device(&mut repairs_failed)?;
+        report.failed.extend(
+            repairs_failed
+                .into_iter()
+                .map(|(request, e)| FailedOp::new(request, &e)),
+        );
         if repaired {
             tracing::info!(device = %self.opts.device_name(), "repaired VXLAN device");
         }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::underlay;
-use twill_backend::{converge, DataplaneState, Owner, ReconcileReport};
+use twill_backend::{converge, DataplaneState, Owner, ReconcileReport, Request};
 use twill_netlink::{FdbEntry, MacAddr, Route, VxlanSpec, MAIN_TABLE, TWILL_RTPROT};
 use twill_testbed::netns::Lan;
 
@@ -74,10 +74,13 @@ fn refused_route_adds_are_failed_not_applied() {
         let f = report
             .failed
             .iter()
-            .find(|f| f.contains(dst))
+            .find(|f| matches!(f.request, Request::RouteReplace(r) if r.dst.to_string() == dst))
             .unwrap_or_else(|| panic!("{dst} not in failed: {report:?}"));
-        assert!(f.contains("ip route replace"), "request kept: {f}");
-        assert!(f.contains(&format!("(errno {errno})")), "errno kept: {f}");
+        assert_eq!(f.errno, Some(errno), "errno kept: {f}");
+        // As the netlink error said it (daemon logs show this line).
+        let line = f.to_string();
+        assert!(line.starts_with("ip route replace"), "request kept: {line}");
+        assert!(line.ends_with(&format!("(errno {errno})")), "errno kept: {line}");
     }
     let routes = h.ns.ip(&["route", "show", "proto", "241"]).expect("routes");
     assert_eq!(routes.trim(), "10.244.2.0/24 via 10.0.0.3 dev eth0");

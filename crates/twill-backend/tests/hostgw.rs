@@ -2,9 +2,9 @@
 
 mod common;
 
-use common::{bring_up, config, lease};
+use common::{bring_up, config, lease, refs};
 use twill_backend::{Backend, BackendRegistry, HostGwBackend};
-use twill_model::LeaseAttrs;
+use twill_model::{LeaseAttrs, SkipReason};
 use twill_testbed::netns::Lan;
 
 #[tokio::test]
@@ -29,11 +29,19 @@ async fn host_gw_routes_via_peer_public_ip_and_pings() {
     let mut all = leases.clone();
     all.push(far);
     for b in &mut backends {
-        let r = b.reconcile(&all).await.expect("reconcile");
+        let r = b.reconcile(&refs(&all)).await.expect("reconcile");
         assert_eq!(r.planned, 1, "{r:?}");
         assert_eq!(r.skipped.len(), 1, "{r:?}");
-        assert!(r.skipped[0].1.contains("not on our L2 segment"), "{r:?}");
-        assert_eq!(b.reconcile(&all).await.expect("again").planned, 0);
+        assert!(
+            matches!(&r.skipped[0].1, SkipReason::NotOnSegment { public_ip, .. }
+                if public_ip.to_string() == "192.168.50.5"),
+            "{r:?}"
+        );
+        assert!(
+            r.skipped[0].1.to_string().contains("not on our L2 segment"),
+            "{r:?}"
+        );
+        assert_eq!(b.reconcile(&refs(&all)).await.expect("again").planned, 0);
     }
     for (i, h) in lan.hosts.iter_mut().enumerate() {
         h.ns.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])

@@ -2,9 +2,9 @@
 
 mod common;
 
-use common::{bring_up, config, count_lines, lease, underlay, vxlan_attrs};
+use common::{bring_up, config, count_lines, lease, refs, underlay, vxlan_attrs};
 use twill_backend::{Backend, HostContext, VxlanBackend, VxlanOptions};
-use twill_model::{LeaseAttrs, SubnetLease};
+use twill_model::{LeaseAttrs, SkipReason, SubnetLease};
 use twill_testbed::netns::Lan;
 
 fn backend(host: &twill_testbed::netns::Host, opts: VxlanOptions) -> VxlanBackend {
@@ -36,7 +36,7 @@ async fn two_hosts_get_the_flannel_layout_and_ping() {
         leases.push(own);
     }
     for b in &mut backends {
-        let report = b.reconcile(&leases).await.expect("reconcile");
+        let report = b.reconcile(&refs(&leases)).await.expect("reconcile");
         assert_eq!(report.planned, 3, "{report:?}");
         assert_eq!(report.applied, 3, "{report:?}");
         assert!(
@@ -93,7 +93,7 @@ async fn two_hosts_get_the_flannel_layout_and_ping() {
     assert!(ping.contains("1 received"), "{ping}");
 
     for b in &mut backends {
-        let again = b.reconcile(&leases).await.expect("reconcile");
+        let again = b.reconcile(&refs(&leases)).await.expect("reconcile");
         assert_eq!(again.planned, 0, "{again:?}");
     }
 }
@@ -116,7 +116,7 @@ async fn three_hosts_reach_containers_behind_each_others_bridges() {
         leases.push(own);
     }
     for b in &mut backends {
-        let r = b.reconcile(&leases).await.expect("reconcile");
+        let r = b.reconcile(&refs(&leases)).await.expect("reconcile");
         assert_eq!((r.planned, r.applied), (6, 6), "{r:?}");
     }
     for (i, h) in lan.hosts.iter_mut().enumerate() {
@@ -174,7 +174,7 @@ async fn reconcile_repairs_collects_garbage_and_keeps_foreign_entries() {
         vxlan_attrs("10.0.0.3".parse().expect("ip"), "0e:00:00:00:00:02"),
     );
     let peers = vec![peer.clone()];
-    assert_eq!(b.reconcile(&peers).await.expect("first").planned, 3);
+    assert_eq!(b.reconcile(&refs(&peers)).await.expect("first").planned, 3);
 
     // A stale route of ours, a foreign static route and a foreign boot route.
     ns.ip(&[
@@ -215,7 +215,7 @@ async fn reconcile_repairs_collects_garbage_and_keeps_foreign_entries() {
         "boot",
     ])
     .expect("foreign boot");
-    let r = b.reconcile(&peers).await.expect("gc");
+    let r = b.reconcile(&refs(&peers)).await.expect("gc");
     assert_eq!(r.planned, 1, "{r:?}");
     let routes = ns.ip(&["route", "show"]).expect("routes");
     assert!(!routes.contains("10.244.99.0/24"), "{routes}");
@@ -231,12 +231,12 @@ async fn reconcile_repairs_collects_garbage_and_keeps_foreign_entries() {
         routes.contains("10.244.2.0/24 via 10.244.2.0 dev flannel.1 proto 241 onlink"),
         "{routes}"
     );
-    assert_eq!(b.reconcile(&peers).await.expect("again").planned, 0);
+    assert_eq!(b.reconcile(&refs(&peers)).await.expect("again").planned, 0);
 
     // A deleted device comes back with the same MAC, address and entries.
     let mac_before = ns.ip(&["link", "show", "flannel.1"]).expect("link");
     ns.ip(&["link", "del", "flannel.1"]).expect("del");
-    let r = b.reconcile(&peers).await.expect("repair");
+    let r = b.reconcile(&refs(&peers)).await.expect("repair");
     assert_eq!(r.planned, 3, "{r:?}");
     let mac_after = ns.ip(&["link", "show", "flannel.1"]).expect("link");
     let mac_of = |s: &str| s.split("link/ether ").nth(1).map(|x| x[..17].to_string());
@@ -260,11 +260,11 @@ async fn reconcile_repairs_collects_garbage_and_keeps_foreign_entries() {
 
     // A downed device is brought up.
     ns.ip(&["link", "set", "flannel.1", "down"]).expect("down");
-    let r = b.reconcile(&peers).await.expect("up again");
+    let r = b.reconcile(&refs(&peers)).await.expect("up again");
     assert!(r.failed.is_empty(), "{r:?}");
     let link = ns.ip(&["link", "show", "flannel.1"]).expect("link");
     assert!(link.contains(",UP"), "{link}");
-    assert_eq!(b.reconcile(&peers).await.expect("quiet").planned, 0);
+    assert_eq!(b.reconcile(&refs(&peers)).await.expect("quiet").planned, 0);
 
     // A device whose port no longer matches the config is re-created, MAC kept.
     let mut b2 = backend(
@@ -322,20 +322,35 @@ async fn invalid_peers_are_skipped_with_a_reason() {
             lease("10.244.8.0/24", a)
         },
     ];
-    let r = b.reconcile(&peers).await.expect("reconcile");
+    let r = b.reconcile(&refs(&peers)).await.expect("reconcile");
     assert_eq!(r.skipped.len(), 5, "{r:?}");
     let reason = |n: &str| {
         r.skipped
             .iter()
             .find(|(k, _)| k.ipv4.to_string() == n)
             .map(|(_, why)| why.clone())
-            .unwrap_or_default()
+            .unwrap_or_else(|| panic!("{n} not skipped: {r:?}"))
     };
-    assert!(reason("10.244.2.0/24").contains("VtepMAC"), "{r:?}");
-    assert!(reason("10.244.3.0/24").contains("BackendData"), "{r:?}");
-    assert!(reason("10.244.4.0/24").contains("our own"), "{r:?}");
-    assert!(reason("10.99.5.0/24").contains("10.244.0.0/16"), "{r:?}");
-    assert!(reason("10.244.6.0/24").contains("unicast"), "{r:?}");
+    assert_eq!(
+        reason("10.244.2.0/24"),
+        SkipReason::BadVtepMac("not-a-mac".into())
+    );
+    assert!(
+        matches!(reason("10.244.3.0/24"), SkipReason::BadBackendData { .. }),
+        "{r:?}"
+    );
+    assert_eq!(
+        reason("10.244.4.0/24"),
+        SkipReason::ClaimsOurPublicIp(ip("10.0.0.2"))
+    );
+    assert_eq!(
+        reason("10.99.5.0/24").to_string(),
+        "subnet 10.99.5.0/24 is not inside Network 10.244.0.0/16"
+    );
+    assert_eq!(
+        reason("10.244.6.0/24"),
+        SkipReason::VtepMacNotUnicast("01:00:5e:00:00:01".parse().expect("mac"))
+    );
     assert_eq!(
         r.planned, 3,
         "only the old-style lease is programmed: {r:?}"
@@ -363,14 +378,14 @@ async fn thousand_peers_then_half_removed_leaves_exactly_half() {
         let mac = format!("0e:00:00:00:{:02x}:{:02x}", i >> 8, i & 0xff);
         peers.push(lease(&format!("{net}/28"), vxlan_attrs(public, &mac)));
     }
-    let r = b.reconcile(&peers).await.expect("1000");
+    let r = b.reconcile(&refs(&peers)).await.expect("1000");
     assert_eq!(
         (r.planned, r.applied),
         (3000, 3000),
         "failed: {:?}",
         r.failed.first()
     );
-    let r = b.reconcile(&peers[..500]).await.expect("500");
+    let r = b.reconcile(&refs(&peers[..500])).await.expect("500");
     assert_eq!(
         (r.planned, r.applied),
         (1500, 1500),
@@ -399,7 +414,7 @@ async fn thousand_peers_then_half_removed_leaves_exactly_half() {
         h.ns.ip(&["route", "show", "proto", "241"])
             .expect("ip route");
     assert_eq!(shown.lines().count(), 500);
-    assert_eq!(b.reconcile(&peers[..500]).await.expect("again").planned, 0);
+    assert_eq!(b.reconcile(&refs(&peers[..500])).await.expect("again").planned, 0);
 }
 
 /// Migrating a host from flanneld: flanneld's routes (same layout, another
@@ -442,7 +457,7 @@ async fn flanneld_routes_are_taken_over_in_place() {
         "onlink",
     ])
     .expect("unjustified foreign route");
-    let report = backends[0].reconcile(&leases).await.expect("reconcile");
+    let report = backends[0].reconcile(&refs(&leases)).await.expect("reconcile");
     assert!(report.skipped.is_empty(), "{report:?}");
     let ours = h1.ip(&["route", "show", "proto", "241"]).expect("route");
     assert_eq!(
@@ -455,7 +470,7 @@ async fn flanneld_routes_are_taken_over_in_place() {
         "10.244.9.0/24 via 10.244.9.0 dev flannel.1 onlink",
         "only the unjustified foreign route is left as it was"
     );
-    let again = backends[0].reconcile(&leases).await.expect("reconcile");
+    let again = backends[0].reconcile(&refs(&leases)).await.expect("reconcile");
     assert_eq!(again.planned, 0, "{again:?}");
 }
 
@@ -480,16 +495,23 @@ async fn peers_sharing_a_vtep_mac_converge_to_zero_ops() {
     let mut new = lease("10.244.3.0/24", vxlan_attrs(ip("10.0.0.4"), shared));
     new.revision = 20;
     let peers = vec![new, old];
-    let first = b.reconcile(&peers).await.expect("first");
+    let first = b.reconcile(&refs(&peers)).await.expect("first");
     assert!(first.failed.is_empty(), "{first:?}");
     for pass in 0..3 {
-        let r = b.reconcile(&peers).await.expect("again");
+        let r = b.reconcile(&refs(&peers)).await.expect("again");
         assert_eq!((r.planned, r.applied), (0, 0), "pass {pass}: {r:?}");
     }
     // The older lease keeps the MAC (claim order); the other is reported.
     assert_eq!(first.skipped.len(), 1, "{first:?}");
     assert_eq!(first.skipped[0].0.ipv4.to_string(), "10.244.3.0/24");
-    assert!(first.skipped[0].1.contains("VtepMAC"), "{first:?}");
+    assert_eq!(
+        first.skipped[0].1,
+        SkipReason::VtepMacInUse {
+            mac: shared.parse().expect("mac"),
+            peer: "10.244.2.0-24".parse().expect("key"),
+        },
+        "{first:?}"
+    );
     assert_eq!((first.planned, first.applied), (3, 3), "{first:?}");
     let fdb =
         h.ns.exec("bridge", &["fdb", "show", "dev", "flannel.1"])
@@ -516,10 +538,10 @@ async fn a_peer_whose_public_ip_moved_keeps_its_fdb_entry() {
     let ip = |s: &str| s.parse().expect("ip");
     let mac = "0e:00:00:00:00:02";
     let before = vec![lease("10.244.2.0/24", vxlan_attrs(ip("10.0.0.3"), mac))];
-    let r = b.reconcile(&before).await.expect("first");
+    let r = b.reconcile(&refs(&before)).await.expect("first");
     assert_eq!((r.planned, r.applied), (3, 3), "{r:?}");
     let moved = vec![lease("10.244.2.0/24", vxlan_attrs(ip("10.0.0.4"), mac))];
-    let r = b.reconcile(&moved).await.expect("moved");
+    let r = b.reconcile(&refs(&moved)).await.expect("moved");
     assert!(r.failed.is_empty(), "{r:?}");
     let fdb =
         h.ns.exec("bridge", &["fdb", "show", "dev", "flannel.1"])
@@ -530,6 +552,6 @@ async fn a_peer_whose_public_ip_moved_keeps_its_fdb_entry() {
         "{fdb}"
     );
     assert_eq!((r.planned, r.applied), (1, 1), "one replace: {r:?}");
-    let r = b.reconcile(&moved).await.expect("again");
+    let r = b.reconcile(&refs(&moved)).await.expect("again");
     assert_eq!((r.planned, r.applied), (0, 0), "{r:?}");
 }

@@ -62,3 +62,8 @@ pub fn vxlan_attrs(public: Ipv4Addr, mac: &str) -> LeaseAttrs {
 pub fn count_lines(s: &str, needle: &str) -> usize {
     s.lines().filter(|l| l.contains(needle)).count()
 }
+
+/// The leases by reference, as [`Backend::reconcile`] takes them.
+pub fn refs(leases: &[SubnetLease]) -> Vec<&SubnetLease> {
+    leases.iter().collect()
+}
