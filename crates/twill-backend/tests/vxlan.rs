@@ -555,3 +555,36 @@ async fn a_peer_whose_public_ip_moved_keeps_its_fdb_entry() {
     let r = b.reconcile(&refs(&moved)).await.expect("again");
     assert_eq!((r.planned, r.applied), (0, 0), "{r:?}");
 }
+
+/// A device repair the kernel refuses is a failed request of the report,
+/// with its errno, and the peers are still programmed on the device: here
+/// the underlay's MTU was lowered below what the device's MTU (changed by
+/// hand) must go back to, so the kernel refuses it (`EINVAL`).
+#[tokio::test]
+async fn a_refused_device_repair_is_reported_with_its_request_and_errno() {
+    twill_testbed::require_root!();
+    let lan = Lan::new(1).expect("lan");
+    let cfg = config(r#"{"Type":"vxlan"}"#);
+    let h = &lan.hosts[0];
+    let mut b = backend(h, VxlanOptions::default());
+    bring_up(&mut b, h, &cfg, 1).await;
+    let ip = |s: &str| s.parse().expect("ip");
+    let peers = vec![lease(
+        "10.244.2.0/24",
+        vxlan_attrs(ip("10.0.0.3"), "0e:00:00:00:00:02"),
+    )];
+    h.ns.ip(&["link", "set", "flannel.1", "mtu", "1300"])
+        .expect("device mtu");
+    h.ns.ip(&["link", "set", &h.underlay, "mtu", "1400"])
+        .expect("underlay mtu");
+    let r = b.reconcile(&refs(&peers)).await.expect("reconcile");
+    assert_eq!(r.failed.len(), 1, "{r:?}");
+    let f = &r.failed[0];
+    assert!(
+        matches!(&f.request, twill_backend::Request::LinkSet(c) if c.mtu == Some(1450)),
+        "{f:?}"
+    );
+    assert_eq!(f.errno, Some(22), "EINVAL: {f}");
+    assert!(f.to_string().ends_with("(errno 22)"), "{f}");
+    assert_eq!((r.planned, r.applied), (3, 3), "peers still programmed: {r:?}");
+}

@@ -26,7 +26,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, error, info, warn};
 use twill_backend::{Backend, BackendRegistry, HostContext, LocalSetup, UnderlayInterface};
 use twill_etcd::{EtcdConfig, EtcdError, EtcdRegistry, EtcdTls};
-use twill_model::{NetworkConfig, SubnetEnv, SubnetKey, SubnetLease};
+use twill_model::{NetworkConfig, SkipReason, SubnetEnv, SubnetKey, SubnetLease};
 use twill_subnet::{
     HeldLease, LeaseEvent, LeaseHandle, LeaseManager, LeaseManagerConfig, LogBudget, PeerSet,
     Registry, RegistryError, SKIP_LOG_LIMIT, SKIP_LOG_WINDOW,
@@ -638,7 +638,7 @@ struct Agent {
     /// Peers skipped at the last reconcile, with the reason: each is logged
     /// when it enters the set, and forgotten once programmed or gone, so a
     /// peer that goes bad again is reported again.
-    reported: HashSet<(SubnetKey, String)>,
+    reported: HashSet<(SubnetKey, SkipReason)>,
     /// Rate limit of the "peer not programmed" warnings.
     report_log: LogBudget,
 }
@@ -658,7 +658,7 @@ impl Agent {
     async fn reconcile(&mut self, set: &PeerSet) {
         let peers: Vec<&SubnetLease> = set.leases.values().map(AsRef::as_ref).collect();
         let started = Instant::now();
-        let result = self.backend.reconcile_refs(&peers).await;
+        let result = self.backend.reconcile(&peers).await;
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let status = self.status.clone();
         let s = &*status;
@@ -674,7 +674,7 @@ impl Agent {
                 if self.report_log.summary_due().is_some_and(|t| t <= now) {
                     self.summarize_reports();
                 }
-                let current: HashSet<(SubnetKey, String)> =
+                let current: HashSet<(SubnetKey, SkipReason)> =
                     report.skipped.iter().cloned().collect();
                 for skipped in &report.skipped {
                     if self.reported.contains(skipped) {

@@ -10,11 +10,11 @@ use std::path::PathBuf;
 use ipnetwork::Ipv4Network;
 use serde::Deserialize;
 use twill_backend::{
-    converge, select_peers, Backend, BackendError, DataplaneState, HostContext, LocalSetup, Owner,
-    PeerContext, ReconcileReport,
+    converge, select_peers, Address, Backend, BackendError, DataplaneState, HostContext,
+    LocalSetup, NetlinkHandle, Owner, PeerContext, ReconcileReport, Route, SkipReason, MAIN_TABLE,
+    TWILL_RTPROT,
 };
 use twill_model::{BackendConfig, LeaseAttrs, NetworkConfig, SubnetKey, SubnetLease};
-use twill_netlink::{Address, NetlinkHandle, Route, MAIN_TABLE, TWILL_RTPROT};
 
 use crate::keys::{decode_key, encode_key, KeyPair};
 use crate::pump::{PeerConfig, Pump};
@@ -221,7 +221,10 @@ impl Backend for WireguardBackend {
         Ok(())
     }
 
-    async fn reconcile(&mut self, peers: &[SubnetLease]) -> Result<ReconcileReport, BackendError> {
+    async fn reconcile(
+        &mut self,
+        peers: &[&SubnetLease],
+    ) -> Result<ReconcileReport, BackendError> {
         let r = self
             .ready
             .clone()
@@ -234,15 +237,25 @@ impl Backend for WireguardBackend {
             backend_type: BACKEND_TYPE,
         };
         let ours = *self.keys.public.as_bytes();
+        let ours_reason = |reason: String| SkipReason::Backend {
+            backend: BACKEND_TYPE,
+            reason,
+        };
         let selection = select_peers(peers, &cx, |peer| {
-            let data: LeaseData = peer
-                .attrs
-                .backend_data_as()
-                .map_err(|e| format!("bad BackendData: {e}"))?;
-            let key = decode_key(&data.public_key)
-                .map_err(|e| format!("bad PublicKey {:?}: {e}", data.public_key))?;
+            let data: LeaseData =
+                peer.attrs
+                    .backend_data_as()
+                    .map_err(|e| SkipReason::BadBackendData {
+                        reason: e.to_string(),
+                    })?;
+            let key = decode_key(&data.public_key).map_err(|e| {
+                ours_reason(format!("bad PublicKey {:?}: {e}", data.public_key))
+            })?;
             if key == ours {
-                return Err(format!("PublicKey {} is our own", data.public_key));
+                return Err(ours_reason(format!(
+                    "PublicKey {} is our own",
+                    data.public_key
+                )));
             }
             Ok(key)
         });
@@ -254,7 +267,7 @@ impl Backend for WireguardBackend {
         let mut desired = DataplaneState::default();
         for (lease, key) in selection.accepted {
             if let Some(first) = wanted.iter().find(|p| p.public_key == key) {
-                let reason = format!("PublicKey already used by {}", first.subnet);
+                let reason = ours_reason(format!("PublicKey already used by {}", first.subnet));
                 report.skipped.push((lease.key, reason));
                 continue;
             }

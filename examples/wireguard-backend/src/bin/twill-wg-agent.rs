@@ -17,7 +17,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tracing::{debug, info, warn};
 use twill_backend::{Backend, BackendRegistry, HostContext, UnderlayInterface};
 use twill_etcd::{EtcdConfig, EtcdRegistry};
-use twill_model::{NetworkConfig, SubnetEnv, SubnetKey, SubnetLease};
+use twill_model::{NetworkConfig, SkipReason, SubnetEnv, SubnetKey, SubnetLease};
 use twill_netlink::NetlinkHandle;
 use twill_subnet::{LeaseEvent, LeaseManager, LeaseManagerConfig, Registry};
 use twill_wireguard_backend::{WireguardBackend, WireguardOptions};
@@ -248,9 +248,10 @@ async fn activate(
 async fn reconcile(
     backend: &mut dyn Backend,
     peers: &[SubnetLease],
-    reported: &mut HashSet<(SubnetKey, String)>,
+    reported: &mut HashSet<(SubnetKey, SkipReason)>,
 ) {
-    match backend.reconcile(peers).await {
+    let peers: Vec<&SubnetLease> = peers.iter().collect();
+    match backend.reconcile(&peers).await {
         Ok(report) => {
             for skipped in report.skipped {
                 if reported.insert(skipped.clone()) {
