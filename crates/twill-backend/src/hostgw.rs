@@ -80,10 +80,7 @@ impl Backend for HostGwBackend {
         Ok(())
     }
 
-    async fn reconcile(
-        &mut self,
-        peers: &[&SubnetLease],
-    ) -> Result<ReconcileReport, BackendError> {
+    async fn reconcile(&mut self, peers: &[&SubnetLease]) -> Result<ReconcileReport, BackendError> {
         let r = self
             .ready
             .clone()

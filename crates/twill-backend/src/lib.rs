@@ -305,8 +305,7 @@ pub trait Backend: Send {
     /// `twill_subnet::PeerSet`), so no pass copies every lease (about 600
     /// bytes a lease: 6 MB at 10,000 peers). An embedder holding owned
     /// leases passes `&leases.iter().collect::<Vec<_>>()`.
-    async fn reconcile(&mut self, peers: &[&SubnetLease])
-        -> Result<ReconcileReport, BackendError>;
+    async fn reconcile(&mut self, peers: &[&SubnetLease]) -> Result<ReconcileReport, BackendError>;
 }
 
 impl BackendError {

@@ -286,14 +286,29 @@ mod tests {
             .collect();
         assert_eq!(reasons.len(), 6, "{reasons:?}");
         let reason = |k: &str| reasons.iter().find(|(key, _)| key == k).unwrap().1.clone();
-        assert!(matches!(reason("10.244.9.0-24"), SkipReason::BadBackendData { .. }));
-        assert!(matches!(reason("10.244.3.0-24"), SkipReason::ClaimsOurPublicIp(_)));
-        assert!(matches!(reason("10.244.4.0-24"), SkipReason::OtherBackendType { .. }));
+        assert!(matches!(
+            reason("10.244.9.0-24"),
+            SkipReason::BadBackendData { .. }
+        ));
+        assert!(matches!(
+            reason("10.244.3.0-24"),
+            SkipReason::ClaimsOurPublicIp(_)
+        ));
+        assert!(matches!(
+            reason("10.244.4.0-24"),
+            SkipReason::OtherBackendType { .. }
+        ));
         assert_eq!(
             reason("10.244.2.0-25"),
             SkipReason::OverlapsPeer("10.244.2.0-24".parse().unwrap())
         );
-        assert!(matches!(reason("10.244.8.0-24"), SkipReason::PublicIpNotUnicast(_)));
-        assert!(matches!(reason("10.245.0.0-24"), SkipReason::OutsideNetwork { .. }));
+        assert!(matches!(
+            reason("10.244.8.0-24"),
+            SkipReason::PublicIpNotUnicast(_)
+        ));
+        assert!(matches!(
+            reason("10.245.0.0-24"),
+            SkipReason::OutsideNetwork { .. }
+        ));
     }
 }

@@ -645,10 +645,7 @@ impl Backend for VxlanBackend {
         Ok(())
     }
 
-    async fn reconcile(
-        &mut self,
-        peers: &[&SubnetLease],
-    ) -> Result<ReconcileReport, BackendError> {
+    async fn reconcile(&mut self, peers: &[&SubnetLease]) -> Result<ReconcileReport, BackendError> {
         let r = self
             .ready
             .clone()

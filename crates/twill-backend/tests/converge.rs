@@ -80,7 +80,10 @@ fn refused_route_adds_are_failed_not_applied() {
         // As the netlink error said it (daemon logs show this line).
         let line = f.to_string();
         assert!(line.starts_with("ip route replace"), "request kept: {line}");
-        assert!(line.ends_with(&format!("(errno {errno})")), "errno kept: {line}");
+        assert!(
+            line.ends_with(&format!("(errno {errno})")),
+            "errno kept: {line}"
+        );
     }
     let routes = h.ns.ip(&["route", "show", "proto", "241"]).expect("routes");
     assert_eq!(routes.trim(), "10.244.2.0/24 via 10.0.0.3 dev eth0");

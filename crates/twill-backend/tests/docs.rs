@@ -11,8 +11,8 @@ fn normalized(text: &str) -> String {
 fn docs_show_the_real_trait() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let doc = std::fs::read_to_string(format!("{root}/docs/custom-backend.md")).expect("doc");
-    let lib = std::fs::read_to_string(format!("{root}/crates/twill-backend/src/lib.rs"))
-        .expect("lib.rs");
+    let lib =
+        std::fs::read_to_string(format!("{root}/crates/twill-backend/src/lib.rs")).expect("lib.rs");
     let start = doc
         .find("pub trait Backend")
         .expect("the doc shows the trait");
@@ -33,7 +33,11 @@ fn docs_show_the_real_trait() {
         .map(str::trim)
         .filter(|l| l.starts_with("fn ") || l.starts_with("async fn "))
         .count();
-    assert_eq!(declared, methods.len(), "the doc shows every method: {methods:?}");
+    assert_eq!(
+        declared,
+        methods.len(),
+        "the doc shows every method: {methods:?}"
+    );
     let lib = normalized(&lib);
     for m in &methods {
         assert!(

@@ -414,7 +414,13 @@ async fn thousand_peers_then_half_removed_leaves_exactly_half() {
         h.ns.ip(&["route", "show", "proto", "241"])
             .expect("ip route");
     assert_eq!(shown.lines().count(), 500);
-    assert_eq!(b.reconcile(&refs(&peers[..500])).await.expect("again").planned, 0);
+    assert_eq!(
+        b.reconcile(&refs(&peers[..500]))
+            .await
+            .expect("again")
+            .planned,
+        0
+    );
 }
 
 /// Migrating a host from flanneld: flanneld's routes (same layout, another
@@ -457,7 +463,10 @@ async fn flanneld_routes_are_taken_over_in_place() {
         "onlink",
     ])
     .expect("unjustified foreign route");
-    let report = backends[0].reconcile(&refs(&leases)).await.expect("reconcile");
+    let report = backends[0]
+        .reconcile(&refs(&leases))
+        .await
+        .expect("reconcile");
     assert!(report.skipped.is_empty(), "{report:?}");
     let ours = h1.ip(&["route", "show", "proto", "241"]).expect("route");
     assert_eq!(
@@ -470,7 +479,10 @@ async fn flanneld_routes_are_taken_over_in_place() {
         "10.244.9.0/24 via 10.244.9.0 dev flannel.1 onlink",
         "only the unjustified foreign route is left as it was"
     );
-    let again = backends[0].reconcile(&refs(&leases)).await.expect("reconcile");
+    let again = backends[0]
+        .reconcile(&refs(&leases))
+        .await
+        .expect("reconcile");
     assert_eq!(again.planned, 0, "{again:?}");
 }
 
@@ -586,5 +598,9 @@ async fn a_refused_device_repair_is_reported_with_its_request_and_errno() {
     );
     assert_eq!(f.errno, Some(22), "EINVAL: {f}");
     assert!(f.to_string().ends_with("(errno 22)"), "{f}");
-    assert_eq!((r.planned, r.applied), (3, 3), "peers still programmed: {r:?}");
+    assert_eq!(
+        (r.planned, r.applied),
+        (3, 3),
+        "peers still programmed: {r:?}"
+    );
 }

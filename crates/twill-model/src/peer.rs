@@ -53,7 +53,9 @@ pub enum SkipReason {
     OverlapsPeer(SubnetKey),
     /// The lease's `PublicIP` was changed in place; the original is kept
     /// programmed until the lease is given up.
-    #[error("PublicIP changed in place from {from} to {to}: kept {from} until the lease is given up")]
+    #[error(
+        "PublicIP changed in place from {from} to {to}: kept {from} until the lease is given up"
+    )]
     PublicIpChanged {
         /// The `PublicIP` still programmed.
         from: Ipv4Addr,
@@ -213,7 +215,11 @@ mod tests {
                 "10.0.0.2",
                 "subnet 10.245.0.0/24 is not inside Network 10.244.0.0/16",
             ),
-            ("10.244.3.0-24", "10.0.0.2", "it claims our PublicIP 10.0.0.2"),
+            (
+                "10.244.3.0-24",
+                "10.0.0.2",
+                "it claims our PublicIP 10.0.0.2",
+            ),
             (
                 "10.244.4.0-24",
                 "224.0.0.1",

@@ -651,10 +651,8 @@ fn subnets_overlapping_the_hosts_networks_are_never_used() {
         })
         .collect();
     assert!(
-        skipped
-            .iter()
-            .any(|(k, r)| k == "192.168.1.0-24"
-                && matches!(r, SkipReason::OverlapsHostNetwork { network, .. }
+        skipped.iter().any(|(k, r)| k == "192.168.1.0-24"
+            && matches!(r, SkipReason::OverlapsHostNetwork { network, .. }
                     if network.to_string() == "192.168.0.0/23")),
         "{skipped:?}"
     );
@@ -885,4 +883,41 @@ fn our_key_overwritten_in_place_is_restored_and_kept() {
         .iter()
         .any(|e| matches!(e, LeaseEvent::Lost { reason, .. } if reason.contains("overwritten by 10.0.0.201"))));
     assert_eq!(action(&mut core), Action::List);
+}
+
+/// The lease core holds peers to the same host-level rules as the backends
+/// (`NetworkConfig::check_peer`, one home): a non-unicast `PublicIP` and a
+/// subnet overlapping ours are skipped here, with a typed reason, and never
+/// reach the peer set.
+#[test]
+fn peers_with_a_non_unicast_ip_or_overlapping_our_subnet_are_skipped_with_a_typed_reason() {
+    let t0 = Instant::now();
+    let (mut core, own) = acquired(t0, vec![]);
+    let around = std::net::Ipv4Addr::from(u32::from(own.ipv4.network()) & !0x1ff);
+    let covering: SubnetKey = format!("{around}-23").parse().unwrap();
+    let up = |l: SubnetLease| Input::Event(RegistryEvent::Upserted(l));
+    let free = if own == key(5) { key(6) } else { key(5) };
+    core.handle_input(t0, up(lease(free, "224.0.0.1", 20)));
+    core.handle_input(t0, up(lease(covering, "10.0.0.9", 21)));
+    assert!(core.peers().leases.is_empty(), "{:?}", core.peers().leases);
+    let skipped: Vec<(String, SkipReason)> = events(&mut core)
+        .into_iter()
+        .filter_map(|e| match e {
+            LeaseEvent::Skipped { key, reason } => Some((key, reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        skipped,
+        vec![
+            (
+                free.to_string(),
+                SkipReason::PublicIpNotUnicast("224.0.0.1".parse().unwrap())
+            ),
+            (
+                covering.to_string(),
+                SkipReason::OverlapsOwnSubnet(own.ipv4)
+            ),
+        ]
+    );
 }

@@ -221,10 +221,7 @@ impl Backend for WireguardBackend {
         Ok(())
     }
 
-    async fn reconcile(
-        &mut self,
-        peers: &[&SubnetLease],
-    ) -> Result<ReconcileReport, BackendError> {
+    async fn reconcile(&mut self, peers: &[&SubnetLease]) -> Result<ReconcileReport, BackendError> {
         let r = self
             .ready
             .clone()
@@ -248,9 +245,8 @@ impl Backend for WireguardBackend {
                     .map_err(|e| SkipReason::BadBackendData {
                         reason: e.to_string(),
                     })?;
-            let key = decode_key(&data.public_key).map_err(|e| {
-                ours_reason(format!("bad PublicKey {:?}: {e}", data.public_key))
-            })?;
+            let key = decode_key(&data.public_key)
+                .map_err(|e| ours_reason(format!("bad PublicKey {:?}: {e}", data.public_key)))?;
             if key == ours {
                 return Err(ours_reason(format!(
                     "PublicKey {} is our own",
