@@ -4,6 +4,10 @@ use ipnetwork::Ipv4Network;
 
 use crate::{ModelError, NetworkConfig, SubnetKey};
 
+/// Where flanneld writes its subnet.env, and where CNI's flannel plugin
+/// reads it.
+pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
+
 /// The contents of `/run/flannel/subnet.env`, as flanneld writes it, for
 /// container runtimes and CNI plugins to read.
 ///

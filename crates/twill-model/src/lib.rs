@@ -32,7 +32,7 @@ mod lease;
 mod mac;
 
 pub use config::{BackendConfig, NetworkConfig, MAX_CONFIG_BYTES};
-pub use env::SubnetEnv;
+pub use env::{SubnetEnv, DEFAULT_SUBNET_FILE};
 pub use error::ModelError;
 pub use key::SubnetKey;
 pub use lease::{LeaseAttrs, LeaseKind, SubnetLease, MAX_LEASE_BYTES};

@@ -397,6 +397,10 @@ async fn run_watch(shared: Arc<Shared>, mut next: i64, tx: mpsc::Sender<Registry
 
 #[async_trait]
 impl Registry for MemoryRegistry {
+    fn config_key(&self) -> String {
+        format!("{}/config", self.shared.prefix)
+    }
+
     async fn get_config(&self) -> Result<NetworkConfig, RegistryError> {
         let key = format!("{}/config", self.shared.prefix);
         let raw = self.shared.lock().config.clone();
