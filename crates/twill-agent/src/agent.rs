@@ -82,6 +82,15 @@ impl<R: Registry + ?Sized + 'static> Agent<R> {
         })
     }
 
+    /// Reports into `status` instead of a status of its own: a daemon
+    /// that serves health checks before the registry is reachable (and so
+    /// before the agent exists) creates the status first.
+    #[must_use]
+    pub fn with_status(mut self, status: Arc<AgentStatus>) -> Self {
+        self.status = status;
+        self
+    }
+
     /// The live status (what `/healthz`, `/readyz` and `/metrics` report),
     /// readable while the agent runs.
     #[must_use]
@@ -120,7 +129,7 @@ impl<R: Registry + ?Sized + 'static> Agent<R> {
         let mut stop = self.shutdown.subscribe();
         let protected = self.protect_host().await?;
         let Some((config, worker, local)) = self.wait_for_config(&mut stop).await? else {
-            return Ok(self.stopped(false));
+            return self.stopped(false);
         };
         info!(network = %config.network, subnet_len = config.subnet_len, backend = %config.backend.backend_type, "network config read");
         self.emit(AgentEvent::ConfigRead {
@@ -146,7 +155,7 @@ impl<R: Registry + ?Sized + 'static> Agent<R> {
                 r = manager.acquire() => r,
                 () = stop_requested(&mut stop) => {
                     worker.stop().await;
-                    return Ok(self.stopped(false));
+                    return self.stopped(false);
                 }
             };
             match attempt {
@@ -199,11 +208,13 @@ impl<R: Registry + ?Sized + 'static> Agent<R> {
             info!("stopped; lease and kernel state kept for the next start");
         }
         self.status.set_subnet(None);
-        Ok(self.stopped(released))
+        self.stopped(released)
     }
 
-    fn stopped(&self, released: bool) {
+    /// Sends [`AgentEvent::Stopped`]; the end of [`Agent::run`].
+    fn stopped(&self, released: bool) -> Result<(), AgentError> {
         self.emit(AgentEvent::Stopped { released });
+        Ok(())
     }
 
     fn emit(&self, event: AgentEvent) {

@@ -110,8 +110,13 @@ impl AgentOptions {
                 ));
             }
         }
-        check_public_ip(self.public_ip)
-            .map_err(|reason| AgentError::option(AgentOption::PublicIp, self.public_ip, reason))?;
+        check_public_ip(self.public_ip).map_err(|reason| {
+            AgentError::option(
+                AgentOption::PublicIp,
+                self.public_ip,
+                format!("{reason}: give a unicast address other hosts reach this one at"),
+            )
+        })?;
         if host::is_overlay_device(&self.underlay.name) {
             return Err(AgentError::option(
                 AgentOption::Underlay,
@@ -202,7 +207,8 @@ mod tests {
         let mut o = AgentOptions::new(underlay());
         o.subnet_file = None;
         o.validate().unwrap();
-        let cases: Vec<(fn(&mut AgentOptions), AgentOption, &str)> = vec![
+        type Case = (fn(&mut AgentOptions), AgentOption, &'static str);
+        let cases: Vec<Case> = vec![
             (
                 |o| o.reconcile_interval = Duration::ZERO,
                 AgentOption::ReconcileInterval,
