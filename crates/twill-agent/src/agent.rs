@@ -612,7 +612,7 @@ impl<R: Registry + ?Sized + 'static> Running<'_, R> {
             ),
             ConfigDrift::Changed(cfg) => warn!(
                 running = %running.network, stored = %cfg.network,
-                "network config changed in etcd; still using the config read at start-up: restart to apply it"
+                "network config changed in etcd; still using the config read at start-up: restart the agent to apply it"
             ),
             ConfigDrift::Unusable(reason) => warn!(
                 running = %running.network,

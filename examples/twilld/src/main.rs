@@ -128,8 +128,7 @@ fn check_flags(flags: &Flags) -> anyhow::Result<EtcdConfig> {
         bail!("-etcd-username and -etcd-password must be given together");
     }
     let mut config = EtcdConfig::new(flags.etcd_endpoints.clone())
-        .with_prefix(&flags.etcd_prefix)
-        .with_lease_ttl(flags.lease_ttl);
+        .with_prefix(&flags.etcd_prefix);
     if flags.etcd_cafile.is_some() || flags.etcd_certfile.is_some() || flags.etcd_keyfile.is_some()
     {
         config = config.with_tls(EtcdTls {
