@@ -81,8 +81,9 @@ pub use etcdctl::{json_number_field, json_string_field, StoredLease};
 pub use kernel::KernelState;
 pub use subnet_env::SubnetEnvFile;
 
-/// flannel's default etcd prefix.
-pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
+/// flannel's default etcd prefix (the builder's default; daemons get no
+/// `-etcd-prefix` for it).
+pub use twill_model::DEFAULT_PREFIX;
 
 /// twilld's counter of reconcile passes (each one dumps the kernel, plans
 /// against the peer set the daemon holds when it starts, and applies).
@@ -118,6 +119,10 @@ pub enum ClusterError {
         #[source]
         source: std::io::Error,
     },
+    /// A subnet file is not what flanneld writes (a variable missing,
+    /// repeated or malformed).
+    #[error("subnet.env: {0}")]
+    SubnetEnv(#[source] twill_model::ModelError),
     /// Something we read did not have the expected shape.
     #[error("cannot parse {what}: {text:?}")]
     Parse {

@@ -1,21 +1,22 @@
-//! Host subnet files, as the daemons write them.
+//! Host subnet files, as the daemons write them, read through
+//! [`twill_model::SubnetEnv`] (the one subnet.env parser of the workspace).
 
-use ipnetwork::Ipv4Network;
+use std::ops::Deref;
+
+use twill_model::SubnetEnv;
 
 use super::{io_err, ClusterError, TwillCluster};
 
-/// A parsed `subnet.env`.
+/// A `subnet.env` as read from a host: its variables, parsed by
+/// [`SubnetEnv::parse_complete`] (so a daemon that leaves out `FLANNEL_MTU`
+/// or `FLANNEL_IPMASQ`, or writes one twice, fails the read instead of
+/// passing with a default), and the text itself, for tests that assert the
+/// file byte for byte. It dereferences to the [`SubnetEnv`], so
+/// `file.network`, `file.mtu` or `file.subnet_network()` read the variables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubnetEnvFile {
-    /// `FLANNEL_NETWORK`.
-    pub network: Ipv4Network,
-    /// `FLANNEL_SUBNET` (the host's first address and the subnet's length,
-    /// e.g. `192.168.4.1/24`).
-    pub subnet: Ipv4Network,
-    /// `FLANNEL_MTU`.
-    pub mtu: u32,
-    /// `FLANNEL_IPMASQ`.
-    pub ipmasq: bool,
+    /// The variables.
+    pub env: SubnetEnv,
     /// The whole file.
     pub text: String,
 }
@@ -24,44 +25,24 @@ impl SubnetEnvFile {
     /// Parses the file's text.
     ///
     /// # Errors
-    /// [`ClusterError::Parse`] when a variable is missing or malformed.
+    /// [`ClusterError::SubnetEnv`] when a variable is missing, repeated or
+    /// malformed.
     pub fn parse(text: &str) -> Result<Self, ClusterError> {
-        let var = |name: &str| -> Result<&str, ClusterError> {
-            text.lines()
-                .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix('='))
-                .map(str::trim)
-                .ok_or_else(|| ClusterError::Parse {
-                    what: format!("subnet.env ({name} missing)"),
-                    text: text.into(),
-                })
-        };
-        let bad = |name: &str| ClusterError::Parse {
-            what: format!("subnet.env ({name})"),
-            text: text.into(),
-        };
         Ok(SubnetEnvFile {
-            network: var("FLANNEL_NETWORK")?
-                .parse()
-                .map_err(|_| bad("FLANNEL_NETWORK"))?,
-            subnet: var("FLANNEL_SUBNET")?
-                .parse()
-                .map_err(|_| bad("FLANNEL_SUBNET"))?,
-            mtu: var("FLANNEL_MTU")?
-                .parse()
-                .map_err(|_| bad("FLANNEL_MTU"))?,
-            ipmasq: var("FLANNEL_IPMASQ")?
-                .parse()
-                .map_err(|_| bad("FLANNEL_IPMASQ"))?,
+            env: SubnetEnv::parse_complete(text).map_err(ClusterError::SubnetEnv)?,
             text: text.into(),
         })
     }
+}
 
-    /// The leased subnet itself (`192.168.4.0/24` for `FLANNEL_SUBNET=192.168.4.1/24`).
-    #[must_use]
-    pub fn subnet_network(&self) -> Ipv4Network {
-        Ipv4Network::new(self.subnet.network(), self.subnet.prefix()).unwrap_or(self.subnet)
+impl Deref for SubnetEnvFile {
+    type Target = SubnetEnv;
+
+    fn deref(&self) -> &SubnetEnv {
+        &self.env
     }
 }
+
 impl TwillCluster {
     /// Host `i`'s subnet file, parsed.
     ///
@@ -83,15 +64,27 @@ mod tests {
 
     #[test]
     fn parses_subnet_env() {
-        let e = SubnetEnvFile::parse(
-            "FLANNEL_NETWORK=192.168.0.0/16\nFLANNEL_SUBNET=192.168.4.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
-        )
-        .unwrap();
+        let text = "FLANNEL_NETWORK=192.168.0.0/16\nFLANNEL_SUBNET=192.168.4.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
+        let e = SubnetEnvFile::parse(text).unwrap();
         assert_eq!(e.network.to_string(), "192.168.0.0/16");
         assert_eq!(e.subnet.to_string(), "192.168.4.1/24");
         assert_eq!(e.subnet_network().to_string(), "192.168.4.0/24");
         assert_eq!(e.mtu, 1450);
-        assert!(!e.ipmasq);
-        assert!(SubnetEnvFile::parse("FLANNEL_NETWORK=x\n").is_err());
+        assert!(!e.ip_masq);
+        assert_eq!(e.text, text);
+        assert!(matches!(
+            SubnetEnvFile::parse("FLANNEL_NETWORK=x\n"),
+            Err(ClusterError::SubnetEnv(_))
+        ));
+        // What a daemon must write, it must write: no defaults here.
+        assert!(matches!(
+            SubnetEnvFile::parse(
+                "FLANNEL_NETWORK=192.168.0.0/16\nFLANNEL_SUBNET=192.168.4.1/24\nFLANNEL_MTU=1450\n"
+            ),
+            Err(ClusterError::SubnetEnv(twill_model::ModelError::Missing {
+                field: "FLANNEL_IPMASQ",
+                ..
+            }))
+        ));
     }
 }
