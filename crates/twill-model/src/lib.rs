@@ -31,7 +31,7 @@ mod key;
 mod lease;
 mod mac;
 
-pub use config::{BackendConfig, NetworkConfig, MAX_CONFIG_BYTES};
+pub use config::{BackendConfig, NetworkConfig, DEFAULT_PREFIX, MAX_CONFIG_BYTES};
 pub use env::{SubnetEnv, DEFAULT_SUBNET_FILE};
 pub use error::ModelError;
 pub use key::SubnetKey;

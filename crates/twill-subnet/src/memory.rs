@@ -14,8 +14,8 @@ use crate::{
     HeldLease, LeaseListing, LeaseWatch, MalformedLease, Registry, RegistryError, RegistryEvent,
 };
 
-/// flannel's default etcd prefix.
-pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
+/// flannel's default etcd prefix, defined once in twill-model.
+pub use twill_model::DEFAULT_PREFIX;
 
 /// Events buffered per watcher before the watcher task waits for the reader.
 const WATCH_BUFFER: usize = 256;

@@ -27,7 +27,7 @@ pub struct Flags {
     #[arg(
         long,
         env = "FLANNELD_ETCD_PREFIX",
-        default_value = "/coreos.com/network"
+        default_value = twill_model::DEFAULT_PREFIX
     )]
     pub etcd_prefix: String,
     /// SSL key file used to secure etcd communication.

@@ -27,7 +27,7 @@ struct Flags {
     #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
     etcd_endpoints: Vec<String>,
     /// etcd prefix holding `config` and `subnets/`.
-    #[arg(long, default_value = "/coreos.com/network")]
+    #[arg(long, default_value = twill_model::DEFAULT_PREFIX)]
     etcd_prefix: String,
     /// Underlay interface, by name or IPv4 address.
     #[arg(long)]
