@@ -127,8 +127,7 @@ fn check_flags(flags: &Flags) -> anyhow::Result<EtcdConfig> {
     if flags.etcd_username.is_some() != flags.etcd_password.is_some() {
         bail!("-etcd-username and -etcd-password must be given together");
     }
-    let mut config = EtcdConfig::new(flags.etcd_endpoints.clone())
-        .with_prefix(&flags.etcd_prefix);
+    let mut config = EtcdConfig::new(flags.etcd_endpoints.clone()).with_prefix(&flags.etcd_prefix);
     if flags.etcd_cafile.is_some() || flags.etcd_certfile.is_some() || flags.etcd_keyfile.is_some()
     {
         config = config.with_tls(EtcdTls {
