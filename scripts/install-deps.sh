@@ -55,3 +55,4 @@ printf 'int main(void){return 0;}\n' > "$probe/probe.c"
 cc -o "$probe/probe" "$probe/probe.c" 2>"$probe/err" \
     || fail "cc cannot build a C program (packages gcc, libc6-dev): $(head -1 "$probe/err")"
 etcd --version >/dev/null 2>&1 || fail "etcd does not run (package etcd-server)"
+[ "$(jq -n '[1] | length' 2>/dev/null)" = 1 ] || fail "jq does not run (package jq; scripts/check-layering.sh reads cargo metadata with it)"

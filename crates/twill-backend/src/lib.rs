@@ -38,7 +38,6 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use twill_model::{BackendConfig, LeaseAttrs, NetworkConfig, SubnetKey, SubnetLease};
 
 mod hostgw;
@@ -46,6 +45,8 @@ mod peers;
 pub mod plan;
 mod vxlan;
 
+/// Backends implement [`Backend`] with this attribute macro.
+pub use async_trait::async_trait;
 pub use hostgw::HostGwBackend;
 pub use peers::{select_peers, PeerContext, PeerSelection};
 pub use plan::{plan, DataplaneState, Op, Owner};

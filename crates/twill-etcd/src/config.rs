@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::EtcdError;
 
-/// flannel's default key prefix.
-pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
+/// flannel's default key prefix, defined once in twill-model.
+pub use twill_model::DEFAULT_PREFIX;
 /// flannel's default endpoint.
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
 /// flannel's lease TTL: 24 hours.

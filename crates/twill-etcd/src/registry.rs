@@ -744,6 +744,10 @@ impl EtcdRegistry {
 
 #[async_trait]
 impl Registry for EtcdRegistry {
+    fn config_key(&self) -> String {
+        self.config().config_key()
+    }
+
     async fn get_config(&self) -> Result<NetworkConfig, RegistryError> {
         Ok(self.read_config().await?)
     }

@@ -5,6 +5,12 @@ use serde_json::{Map, Value};
 
 use crate::{ModelError, SubnetKey};
 
+/// flannel's default etcd key prefix: the config is `<prefix>/config`, the
+/// leases are under `<prefix>/subnets/`. The one definition every crate and
+/// flag default uses, so a registry, a daemon and a test harness cannot
+/// disagree about where an unconfigured cluster lives.
+pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
+
 /// The largest config we accept. flannel's are a few hundred bytes.
 pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
 

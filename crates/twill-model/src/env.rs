@@ -4,6 +4,10 @@ use ipnetwork::Ipv4Network;
 
 use crate::{ModelError, NetworkConfig, SubnetKey};
 
+/// Where flanneld writes its subnet.env, and where CNI's flannel plugin
+/// reads it.
+pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
+
 /// The contents of `/run/flannel/subnet.env`, as flanneld writes it, for
 /// container runtimes and CNI plugins to read.
 ///
@@ -42,7 +46,8 @@ impl SubnetEnv {
     /// it, e.g. to ask for the same subnet again after a restart with
     /// [`SubnetEnv::key`]. Blank lines, comments and other variables
     /// (`FLANNEL_IPV6_*`) are ignored; `FLANNEL_MTU` and `FLANNEL_IPMASQ`
-    /// default to 0 and `false` when absent.
+    /// default to 0 and `false` when absent; a variable given twice takes
+    /// its last value, as a shell sourcing the file would.
     ///
     /// ```
     /// use twill_model::SubnetEnv;
@@ -54,6 +59,30 @@ impl SubnetEnv {
     /// [`ModelError::Missing`] without `FLANNEL_NETWORK` or `FLANNEL_SUBNET`,
     /// [`ModelError::InvalidValue`] naming a variable that does not parse.
     pub fn parse(text: &str) -> Result<Self, ModelError> {
+        Self::parse_with(text, Strictness::Tolerant)
+    }
+
+    /// Parses a subnet.env that must hold each of the four variables
+    /// flanneld writes exactly once: what a reader checking a writer (a
+    /// test of the daemon, a CNI plugin that refuses half-written files)
+    /// wants, where [`SubnetEnv::parse`]'s defaults would hide a missing
+    /// `FLANNEL_MTU` or `FLANNEL_IPMASQ`. Other lines are ignored as there.
+    ///
+    /// ```
+    /// use twill_model::SubnetEnv;
+    /// let full = "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+    /// assert!(SubnetEnv::parse_complete(full).unwrap().ip_masq);
+    /// assert!(SubnetEnv::parse_complete("FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.7.1/24\n").is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// As [`SubnetEnv::parse`], and [`ModelError::Missing`] naming an absent
+    /// variable, [`ModelError::InvalidValue`] naming one given twice.
+    pub fn parse_complete(text: &str) -> Result<Self, ModelError> {
+        Self::parse_with(text, Strictness::Complete)
+    }
+
+    fn parse_with(text: &str, strictness: Strictness) -> Result<Self, ModelError> {
         fn value<T: std::str::FromStr>(field: &'static str, v: &str) -> Result<T, ModelError>
         where
             T::Err: std::fmt::Display,
@@ -64,21 +93,50 @@ impl SubnetEnv {
                 reason: e.to_string(),
             })
         }
-        let (mut network, mut subnet, mut mtu, mut ip_masq) = (None, None, 0, false);
+        // Each is set at most once in complete mode: a second value is a
+        // writer bug (two writers, an append instead of a replace).
+        fn set<T>(
+            slot: &mut Option<T>,
+            field: &'static str,
+            v: &str,
+            strictness: Strictness,
+        ) -> Result<(), ModelError>
+        where
+            T: std::str::FromStr,
+            T::Err: std::fmt::Display,
+        {
+            if strictness == Strictness::Complete && slot.is_some() {
+                return Err(ModelError::InvalidValue {
+                    field,
+                    value: v.chars().take(64).collect(),
+                    reason: "the variable is set more than once".into(),
+                });
+            }
+            *slot = Some(value(field, v)?);
+            Ok(())
+        }
+        let (mut network, mut subnet, mut mtu, mut ip_masq) = (None, None, None, None);
         for line in text.lines() {
             let Some((k, v)) = line.trim().split_once('=') else {
                 continue;
             };
             let v = v.trim();
             match k.trim() {
-                "FLANNEL_NETWORK" => network = Some(value("FLANNEL_NETWORK", v)?),
-                "FLANNEL_SUBNET" => subnet = Some(value("FLANNEL_SUBNET", v)?),
-                "FLANNEL_MTU" => mtu = value("FLANNEL_MTU", v)?,
-                "FLANNEL_IPMASQ" => ip_masq = value("FLANNEL_IPMASQ", v)?,
+                "FLANNEL_NETWORK" => set(&mut network, "FLANNEL_NETWORK", v, strictness)?,
+                "FLANNEL_SUBNET" => set(&mut subnet, "FLANNEL_SUBNET", v, strictness)?,
+                "FLANNEL_MTU" => set(&mut mtu, "FLANNEL_MTU", v, strictness)?,
+                "FLANNEL_IPMASQ" => set(&mut ip_masq, "FLANNEL_IPMASQ", v, strictness)?,
                 _ => {}
             }
         }
         let missing = |field| ModelError::Missing { field, hint: "" };
+        let (mtu, ip_masq) = match strictness {
+            Strictness::Tolerant => (mtu.unwrap_or(0), ip_masq.unwrap_or(false)),
+            Strictness::Complete => (
+                mtu.ok_or_else(|| missing("FLANNEL_MTU"))?,
+                ip_masq.ok_or_else(|| missing("FLANNEL_IPMASQ"))?,
+            ),
+        };
         Ok(SubnetEnv {
             network: network.ok_or_else(|| missing("FLANNEL_NETWORK"))?,
             subnet: subnet.ok_or_else(|| missing("FLANNEL_SUBNET"))?,
@@ -87,12 +145,17 @@ impl SubnetEnv {
         })
     }
 
+    /// The leased subnet itself: `FLANNEL_SUBNET` without its host part
+    /// (`10.5.7.1/24` → `10.5.7.0/24`).
+    #[must_use]
+    pub fn subnet_network(&self) -> Ipv4Network {
+        Ipv4Network::new(self.subnet.network(), self.subnet.prefix()).unwrap_or(self.subnet)
+    }
+
     /// The lease key of `FLANNEL_SUBNET` (`10.5.7.1/24` → `10.5.7.0-24`).
     #[must_use]
     pub fn key(&self) -> SubnetKey {
-        let net =
-            Ipv4Network::new(self.subnet.network(), self.subnet.prefix()).unwrap_or(self.subnet);
-        SubnetKey::v4(net)
+        SubnetKey::v4(self.subnet_network())
     }
 
     /// The file's text, in flanneld's order.
@@ -105,6 +168,14 @@ impl SubnetEnv {
         let _ = writeln!(s, "FLANNEL_IPMASQ={}", self.ip_masq);
         s
     }
+}
+
+/// Whether absent variables take defaults ([`SubnetEnv::parse`]) or are
+/// errors ([`SubnetEnv::parse_complete`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Strictness {
+    Tolerant,
+    Complete,
 }
 
 #[cfg(test)]
@@ -139,5 +210,63 @@ mod tests {
         .unwrap();
         assert_eq!(ok.key().to_string(), "10.1.2.0-24");
         assert_eq!((ok.mtu, ok.ip_masq), (0, false));
+    }
+
+    #[test]
+    fn parse_takes_the_last_of_a_repeated_variable() {
+        let env = SubnetEnv::parse(
+            "FLANNEL_NETWORK=10.0.0.0/8\nFLANNEL_SUBNET=10.1.2.1/24\nFLANNEL_MTU=1400\nFLANNEL_MTU=1450\n",
+        )
+        .unwrap();
+        assert_eq!(env.mtu, 1450);
+    }
+
+    #[test]
+    fn parse_complete_reads_every_variable() {
+        let text = "FLANNEL_NETWORK=192.168.0.0/16\nFLANNEL_SUBNET=192.168.4.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+        let env = SubnetEnv::parse_complete(text).unwrap();
+        assert_eq!(env.network.to_string(), "192.168.0.0/16");
+        assert_eq!(env.subnet.to_string(), "192.168.4.1/24");
+        assert_eq!(env.subnet_network().to_string(), "192.168.4.0/24");
+        assert_eq!((env.mtu, env.ip_masq), (1450, true));
+        assert_eq!(env, SubnetEnv::parse(text).unwrap());
+        // Padding, comments and other variables are ignored as by `parse`.
+        let padded = format!(
+            "# flanneld\n\n  {}FLANNEL_IPV6_NETWORK=fd00::/56\n",
+            text.replace('=', " = ")
+        );
+        assert_eq!(SubnetEnv::parse_complete(&padded).unwrap(), env);
+    }
+
+    #[test]
+    fn parse_complete_names_what_is_absent_or_repeated() {
+        let base = "FLANNEL_NETWORK=10.0.0.0/8\nFLANNEL_SUBNET=10.1.2.1/24\n";
+        let missing = |text: &str| match SubnetEnv::parse_complete(text) {
+            Err(ModelError::Missing { field, .. }) => field,
+            other => panic!("{text:?}: {other:?}"),
+        };
+        assert_eq!(missing(base), "FLANNEL_MTU");
+        assert_eq!(
+            missing(&format!("{base}FLANNEL_MTU=1450\n")),
+            "FLANNEL_IPMASQ"
+        );
+        assert_eq!(
+            missing("FLANNEL_SUBNET=10.1.2.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"),
+            "FLANNEL_NETWORK"
+        );
+        // The tolerant parser takes defaults for the same text.
+        assert_eq!(SubnetEnv::parse(base).unwrap().mtu, 0);
+        let twice =
+            format!("{base}FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\nFLANNEL_SUBNET=10.1.3.1/24\n");
+        match SubnetEnv::parse_complete(&twice) {
+            Err(ModelError::InvalidValue { field, value, .. }) => {
+                assert_eq!((field, value.as_str()), ("FLANNEL_SUBNET", "10.1.3.1/24"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match SubnetEnv::parse_complete(&format!("{base}FLANNEL_MTU=1450\nFLANNEL_IPMASQ=no\n")) {
+            Err(ModelError::InvalidValue { field, .. }) => assert_eq!(field, "FLANNEL_IPMASQ"),
+            other => panic!("{other:?}"),
+        }
     }
 }

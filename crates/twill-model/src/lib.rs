@@ -32,8 +32,8 @@ mod lease;
 mod mac;
 mod peer;
 
-pub use config::{BackendConfig, NetworkConfig, MAX_CONFIG_BYTES};
-pub use env::SubnetEnv;
+pub use config::{BackendConfig, NetworkConfig, DEFAULT_PREFIX, MAX_CONFIG_BYTES};
+pub use env::{SubnetEnv, DEFAULT_SUBNET_FILE};
 pub use error::ModelError;
 pub use key::SubnetKey;
 pub use lease::{LeaseAttrs, LeaseKind, SubnetLease, MAX_LEASE_BYTES};

@@ -14,8 +14,8 @@ use crate::{
     HeldLease, LeaseListing, LeaseWatch, MalformedLease, Registry, RegistryError, RegistryEvent,
 };
 
-/// flannel's default etcd prefix.
-pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
+/// flannel's default etcd prefix, defined once in twill-model.
+pub use twill_model::DEFAULT_PREFIX;
 
 /// Events buffered per watcher before the watcher task waits for the reader.
 const WATCH_BUFFER: usize = 256;
@@ -397,6 +397,10 @@ async fn run_watch(shared: Arc<Shared>, mut next: i64, tx: mpsc::Sender<Registry
 
 #[async_trait]
 impl Registry for MemoryRegistry {
+    fn config_key(&self) -> String {
+        format!("{}/config", self.shared.prefix)
+    }
+
     async fn get_config(&self) -> Result<NetworkConfig, RegistryError> {
         let key = format!("{}/config", self.shared.prefix);
         let raw = self.shared.lock().config.clone();

@@ -173,6 +173,10 @@ impl HeldLease {
 /// [`twill-etcd`]: https://docs.rs/twill-etcd
 #[async_trait]
 pub trait Registry: Send + Sync {
+    /// Where the network config is stored (`/coreos.com/network/config`),
+    /// for messages that tell an operator where to fix it.
+    fn config_key(&self) -> String;
+
     /// Reads and validates the network config.
     async fn get_config(&self) -> Result<NetworkConfig, RegistryError>;
 

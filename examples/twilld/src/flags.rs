@@ -27,7 +27,7 @@ pub struct Flags {
     #[arg(
         long,
         env = "FLANNELD_ETCD_PREFIX",
-        default_value = "/coreos.com/network"
+        default_value = twill_model::DEFAULT_PREFIX
     )]
     pub etcd_prefix: String,
     /// SSL key file used to secure etcd communication.
@@ -146,41 +146,8 @@ pub fn normalize_go_flags(args: Vec<String>) -> Vec<String> {
     out
 }
 
-/// Parses `90`, `90s`, `500ms`, `10m`, `24h`, `1h30m`.
-///
-/// # Errors
-/// A message naming the value.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let err = || format!("invalid duration {s:?}: expected e.g. 500ms, 10s, 5m, 24h");
-    if s.is_empty() {
-        return Err(err());
-    }
-    if s.bytes().all(|b| b.is_ascii_digit()) {
-        return s.parse().map(Duration::from_secs).map_err(|_| err());
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(err());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| err())?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let d = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(err)?),
-            "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(err)?),
-            _ => return Err(err()),
-        };
-        total = total.checked_add(d).ok_or_else(err)?;
-    }
-    Ok(total)
-}
+/// Go-style durations (`90`, `500ms`, `1h30m`), parsed as the agent does.
+pub use twill_agent::parse_duration;
 
 #[cfg(test)]
 mod tests {

@@ -3,155 +3,114 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use twill_agent::StatusSnapshot;
 
-/// What the daemon reports about itself.
-#[derive(Debug, Default)]
-pub struct Status {
-    /// We hold a subnet lease.
-    pub lease_held: AtomicBool,
-    /// etcd answered the last request that tells (connect, a config
-    /// re-read, a renewal): a host cut off from etcd is not ready, since its
-    /// lease and its view of the peers can no longer be kept.
-    pub etcd_reachable: AtomicBool,
-    /// The first reconcile after acquiring the lease succeeded.
-    pub dataplane_ready: AtomicBool,
-    /// Peers in the current desired set.
-    pub peers: AtomicU64,
-    /// Lease events seen from the registry (added, changed, removed).
-    pub lease_events: AtomicU64,
-    /// Reconcile passes run.
-    pub reconciles: AtomicU64,
-    /// Reconcile passes that failed.
-    pub reconcile_failures: AtomicU64,
-    /// Total reconcile time, microseconds.
-    pub reconcile_micros: AtomicU64,
-    /// Last reconcile time, microseconds.
-    pub last_reconcile_micros: AtomicU64,
-    /// Kernel operations applied.
-    pub ops_applied: AtomicU64,
-    /// Registry (etcd) errors seen.
-    pub etcd_errors: AtomicU64,
-    /// Lease renewals.
-    pub renewals: AtomicU64,
-    /// Stored leases not programmed: malformed or refused by the lease
-    /// core, or refused by the backend.
-    pub leases_skipped: AtomicU64,
-    /// Times our lease was overwritten in place and restored.
-    pub lease_overwrites: AtomicU64,
-}
+/// Where the server reads the daemon's state: the agent's status
+/// ([`twill_agent::AgentStatus::snapshot`]), read per request without
+/// waiting on the agent.
+pub type StatusSource = Arc<dyn Fn() -> StatusSnapshot + Send + Sync>;
 
-impl Status {
-    fn metrics(&self) -> String {
-        let mut s = String::new();
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(
-                s,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        };
-        metric(
-            "twill_lease_held",
-            "gauge",
-            "1 if this host holds a subnet lease.",
-            u8::from(self.lease_held.load(Ordering::Relaxed)).to_string(),
+/// Prometheus text for a snapshot.
+fn metrics(st: &StatusSnapshot) -> String {
+    let mut s = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+        let _ = writeln!(
+            s,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
-        metric(
-            "twill_etcd_reachable",
-            "gauge",
-            "1 if etcd answered the last request that tells.",
-            u8::from(self.etcd_reachable.load(Ordering::Relaxed)).to_string(),
-        );
-        metric(
-            "twill_ready",
-            "gauge",
-            "1 if the lease is held and the dataplane programmed.",
-            u8::from(self.is_ready()).to_string(),
-        );
-        metric(
-            "twill_peers",
-            "gauge",
-            "Peer leases in the desired set.",
-            g(&self.peers).to_string(),
-        );
-        metric(
-            "twill_lease_events_total",
-            "counter",
-            "Lease changes seen from the registry.",
-            g(&self.lease_events).to_string(),
-        );
-        metric(
-            "twill_lease_renewals_total",
-            "counter",
-            "Subnet lease renewals.",
-            g(&self.renewals).to_string(),
-        );
-        metric(
-            "twill_reconciles_total",
-            "counter",
-            "Reconcile passes.",
-            g(&self.reconciles).to_string(),
-        );
-        metric(
-            "twill_reconcile_failures_total",
-            "counter",
-            "Reconcile passes that failed.",
-            g(&self.reconcile_failures).to_string(),
-        );
-        #[allow(clippy::cast_precision_loss)]
-        let secs = |a: &AtomicU64| format!("{:.6}", g(a) as f64 / 1e6);
-        metric(
-            "twill_reconcile_duration_seconds_sum",
-            "counter",
-            "Total time spent reconciling.",
-            secs(&self.reconcile_micros),
-        );
-        metric(
-            "twill_reconcile_last_duration_seconds",
-            "gauge",
-            "Duration of the last reconcile.",
-            secs(&self.last_reconcile_micros),
-        );
-        metric(
-            "twill_leases_skipped",
-            "gauge",
-            "Stored leases not programmed (malformed, refused by the lease manager or the backend).",
-            g(&self.leases_skipped).to_string(),
-        );
-        metric(
-            "twill_lease_overwrites_total",
-            "counter",
-            "Times our lease was overwritten in place by another writer (and restored).",
-            g(&self.lease_overwrites).to_string(),
-        );
-        metric(
-            "twill_ops_applied_total",
-            "counter",
-            "Kernel operations applied by reconciles.",
-            g(&self.ops_applied).to_string(),
-        );
-        metric(
-            "twill_etcd_errors_total",
-            "counter",
-            "Errors talking to the registry.",
-            g(&self.etcd_errors).to_string(),
-        );
-        s
-    }
-
-    /// Lease held and dataplane programmed.
-    pub fn is_ready(&self) -> bool {
-        self.lease_held.load(Ordering::Relaxed)
-            && self.dataplane_ready.load(Ordering::Relaxed)
-            && self.etcd_reachable.load(Ordering::Relaxed)
-    }
+    };
+    metric(
+        "twill_lease_held",
+        "gauge",
+        "1 if this host holds a subnet lease.",
+        u8::from(st.lease_held).to_string(),
+    );
+    metric(
+        "twill_etcd_reachable",
+        "gauge",
+        "1 if etcd answered the last request that tells.",
+        u8::from(st.registry_reachable).to_string(),
+    );
+    metric(
+        "twill_ready",
+        "gauge",
+        "1 if the lease is held and the dataplane programmed.",
+        u8::from(st.is_ready()).to_string(),
+    );
+    metric(
+        "twill_peers",
+        "gauge",
+        "Peer leases in the desired set.",
+        st.peers.to_string(),
+    );
+    metric(
+        "twill_lease_events_total",
+        "counter",
+        "Lease changes seen from the registry.",
+        st.lease_events.to_string(),
+    );
+    metric(
+        "twill_lease_renewals_total",
+        "counter",
+        "Subnet lease renewals.",
+        st.renewals.to_string(),
+    );
+    metric(
+        "twill_reconciles_total",
+        "counter",
+        "Reconcile passes.",
+        st.reconciles.to_string(),
+    );
+    metric(
+        "twill_reconcile_failures_total",
+        "counter",
+        "Reconcile passes that failed.",
+        st.reconcile_failures.to_string(),
+    );
+    let secs = |d: std::time::Duration| format!("{:.6}", d.as_secs_f64());
+    metric(
+        "twill_reconcile_duration_seconds_sum",
+        "counter",
+        "Total time spent reconciling.",
+        secs(st.reconcile_time),
+    );
+    metric(
+        "twill_reconcile_last_duration_seconds",
+        "gauge",
+        "Duration of the last reconcile.",
+        secs(st.last_reconcile_time),
+    );
+    metric(
+        "twill_leases_skipped",
+        "gauge",
+        "Stored leases not programmed (malformed, refused by the lease manager or the backend).",
+        st.leases_skipped.to_string(),
+    );
+    metric(
+        "twill_lease_overwrites_total",
+        "counter",
+        "Times our lease was overwritten in place by another writer (and restored).",
+        st.lease_overwrites.to_string(),
+    );
+    metric(
+        "twill_ops_applied_total",
+        "counter",
+        "Kernel operations applied by reconciles.",
+        st.ops_applied.to_string(),
+    );
+    metric(
+        "twill_etcd_errors_total",
+        "counter",
+        "Errors talking to the registry.",
+        st.registry_errors.to_string(),
+    );
+    s
 }
 
 /// Longest request head (request line and headers) read: probes and
@@ -255,7 +214,7 @@ async fn read_head<S: AsyncRead + Unpin>(
 }
 
 /// The answer to a request head, and whether to send its body (not for `HEAD`).
-fn answer(head: &[u8], status: &Status) -> (Response, bool) {
+fn answer(head: &[u8], status: &StatusSource) -> (Response, bool) {
     let line_end = head.iter().position(|&c| c == b'\n').unwrap_or(head.len());
     let line = head[..line_end]
         .strip_suffix(b"\r")
@@ -286,11 +245,11 @@ fn answer(head: &[u8], status: &Status) -> (Response, bool) {
     let path = target.split_once('?').map_or(target, |(p, _)| p);
     let r = match path {
         "/healthz" => Response::text("200 OK", "ok\n"),
-        "/readyz" if status.is_ready() => Response::text("200 OK", "ready\n"),
+        "/readyz" if status().is_ready() => Response::text("200 OK", "ready\n"),
         "/readyz" => Response::text("503 Service Unavailable", "not ready\n"),
         "/metrics" => Response {
             content_type: "text/plain; version=0.0.4",
-            ..Response::text("200 OK", status.metrics())
+            ..Response::text("200 OK", metrics(&status()))
         },
         _ => Response::text("404 Not Found", "not found\n"),
     };
@@ -298,7 +257,7 @@ fn answer(head: &[u8], status: &Status) -> (Response, bool) {
 }
 
 /// One connection: read the head (within [`HEAD_TIMEOUT`]), answer, close.
-async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut sock: S, status: &Status) {
+async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut sock: S, status: &StatusSource) {
     let (resp, with_body) = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut sock)).await {
         Ok(Ok(Some(Ok(head)))) => answer(&head, status),
         Ok(Ok(Some(Err(too_large)))) => (too_large, true),
@@ -435,7 +394,7 @@ async fn accept_loop<A: Acceptor>(mut acceptor: A, mut on_conn: impl FnMut(A::Co
 /// When the address cannot be bound.
 pub async fn serve(
     addr: SocketAddr,
-    status: Arc<Status>,
+    status: StatusSource,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr)
         .await
@@ -449,6 +408,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     async fn get(addr: SocketAddr, path: &str) -> String {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -460,12 +420,20 @@ mod tests {
         out
     }
 
-    async fn server() -> (SocketAddr, Arc<Status>, tokio::task::JoinHandle<()>) {
-        let status = Arc::new(Status::default());
+    type State = Arc<std::sync::Mutex<StatusSnapshot>>;
+
+    fn source() -> (State, StatusSource) {
+        let state = State::default();
+        let read = state.clone();
+        (state, Arc::new(move || read.lock().unwrap().clone()))
+    }
+
+    async fn server() -> (SocketAddr, State, tokio::task::JoinHandle<()>) {
+        let (status, source) = source();
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = probe.local_addr().unwrap();
         drop(probe);
-        let task = serve(addr, status.clone()).await.unwrap();
+        let task = serve(addr, source).await.unwrap();
         (addr, status, task)
     }
 
@@ -508,7 +476,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_head_over_one_kib_is_answered() {
         let (addr, status, _task) = server().await;
-        status.ops_applied.store(7, Ordering::Relaxed);
+        status.lock().unwrap().ops_applied = 7;
         let cookie = "c".repeat(3000);
         let head = format!(
             "GET /metrics HTTP/1.1\r\nHost: x\r\nUser-Agent: {}\r\nCookie: {cookie}\r\n\r\n",
@@ -651,7 +619,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stalled_request_head_times_out() {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let status = Arc::new(Status::default());
+        let (_state, status) = source();
         let _conn = tokio::spawn(async move { handle(server, &status).await });
         client
             .write_all(b"GET /healthz HTTP/1.1\r\nHost:")
@@ -667,22 +635,21 @@ mod tests {
 
     #[tokio::test]
     async fn endpoints_answer() {
-        let status = Arc::new(Status::default());
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = probe.local_addr().unwrap();
-        drop(probe);
-        let _task = serve(addr, status.clone()).await.unwrap();
+        let (addr, status, _task) = server().await;
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
-        status.lease_held.store(true, Ordering::Relaxed);
-        status.etcd_reachable.store(true, Ordering::Relaxed);
-        status.dataplane_ready.store(true, Ordering::Relaxed);
-        status.ops_applied.store(42, Ordering::Relaxed);
+        {
+            let mut s = status.lock().unwrap();
+            s.lease_held = true;
+            s.registry_reachable = true;
+            s.dataplane_ready = true;
+            s.ops_applied = 42;
+        }
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
         let m = get(addr, "/metrics").await;
         assert!(m.contains("\ntwill_ops_applied_total 42\n"), "{m}");
         // Cut off from etcd: not ready, whatever the kernel holds.
-        status.etcd_reachable.store(false, Ordering::Relaxed);
+        status.lock().unwrap().registry_reachable = false;
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
         assert!(get(addr, "/metrics")
             .await

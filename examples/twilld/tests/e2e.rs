@@ -272,7 +272,7 @@ fn article_seed_scenario_etcd_kernel_subnet_env_and_container_pings() {
             Ipv4Addr::from(u32::from(own.subnet.network()) + 1)
         );
         assert_eq!(env.mtu, 1450);
-        assert!(!env.ipmasq);
+        assert!(!env.ip_masq);
         assert_eq!(
             env.text,
             format!(

@@ -24,7 +24,7 @@ fn add_default_route(c: &TwillCluster, i: usize) {
 /// Every route in host `i`'s main table whose destination overlaps `net`,
 /// other than the kernel's own connected route.
 fn routes_into(c: &TwillCluster, i: usize, net: &str) -> Vec<String> {
-    let net: ipnetwork::Ipv4Network = net.parse().unwrap();
+    let net: twill_model::Ipv4Network = net.parse().unwrap();
     c.all_routes(i)
         .unwrap()
         .into_iter()
@@ -298,7 +298,7 @@ fn a_planted_wide_lease_with_our_ip_is_not_adopted() {
 #[test]
 fn gateway_helper_is_on_the_lan() {
     // A guard for add_default_route: the gateway lies on the testbed's LAN.
-    let lan: ipnetwork::Ipv4Network = twill_testbed::netns::Lan::UNDERLAY.parse().unwrap();
+    let lan: twill_model::Ipv4Network = twill_testbed::netns::Lan::UNDERLAY.parse().unwrap();
     assert!(lan.contains(Ipv4Addr::new(10, 0, 0, 1)));
 }
 

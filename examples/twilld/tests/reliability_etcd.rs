@@ -531,7 +531,7 @@ fn network_config_changed_while_running() {
     let moved = r#"{"Network":"10.50.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","VNI":100}}"#;
     c.etcdctl(&["put", "/coreos.com/network/config", moved])
         .unwrap();
-    let warning = "network config changed in etcd; still using the config read at start-up: restart twilld to apply it";
+    let warning = "network config changed in etcd; still using the config read at start-up: restart the agent to apply it";
     for i in 0..2 {
         common::wait_for_log(c.daemon_mut(i), warning, DEADLINE);
     }

@@ -326,7 +326,7 @@ fn hundred_daemons_race_for_hundred_subnets() {
         .map(|l| (l.public_ip.unwrap(), l.subnet))
         .collect();
     assert_eq!(by_ip.len(), 100, "one lease per daemon");
-    let config_net: ipnetwork::Ipv4Network = "192.168.0.0/16".parse().unwrap();
+    let config_net: twill_model::Ipv4Network = "192.168.0.0/16".parse().unwrap();
     for x in 1..=100u32 {
         let ip: std::net::Ipv4Addr = format!("10.0.1.{x}").parse().unwrap();
         let text = std::fs::read_to_string(c.dir().join(format!("d{x}/subnet.env"))).unwrap();

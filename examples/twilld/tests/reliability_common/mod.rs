@@ -101,7 +101,7 @@ pub fn dataplane(c: &TwillCluster, i: usize) -> Dataplane {
 }
 
 /// Each host's subnet, from its subnet file.
-pub fn subnets(c: &TwillCluster) -> Vec<ipnetwork::Ipv4Network> {
+pub fn subnets(c: &TwillCluster) -> Vec<twill_model::Ipv4Network> {
     (0..c.len())
         .map(|i| c.subnet_env(i).unwrap().subnet_network())
         .collect()

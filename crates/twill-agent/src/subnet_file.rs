@@ -1,10 +1,13 @@
-//! Writing `/run/flannel/subnet.env` atomically.
+//! `/run/flannel/subnet.env`: checked before anything is leased, written
+//! atomically (synced, then renamed), read back through [`SubnetEnv`] only.
+//! Blocking file IO: the agent calls it off the runtime.
 
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{bail, Context};
-use twill_model::SubnetEnv;
+use twill_model::{SubnetEnv, SubnetKey};
+
+use crate::{AgentError, AgentOption};
 
 fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
@@ -13,18 +16,22 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// Checks, before anything is leased or written, that the subnet file can be
-/// replaced safely: it is a regular file or absent (the atomic rename would
-/// replace a device such as `/dev/null`, a symlink or a directory with our
-/// file), it has a file name, and its directory exists or can be created
-/// and is writable.
+fn invalid(path: &Path, reason: impl Into<String>) -> AgentError {
+    AgentError::option(AgentOption::SubnetFile, path.display(), reason)
+}
+
+/// Checks, before anything is leased or written, that the subnet file can
+/// be replaced safely: it is a regular file or absent (the atomic rename
+/// would replace a device such as `/dev/null`, a symlink or a directory
+/// with our file), it has a file name, and its directory exists or can be
+/// created and is writable.
 ///
 /// # Errors
-/// One line naming `-subnet-file`, the path and what is wrong.
-pub fn check_path(path: &Path) -> anyhow::Result<()> {
-    let shown = path.display();
+/// [`AgentError::InvalidOption`] naming [`AgentOption::SubnetFile`], the
+/// path and what is wrong.
+pub fn check_path(path: &Path) -> Result<(), AgentError> {
     if path.file_name().is_none() {
-        bail!("-subnet-file {shown} has no file name");
+        return Err(invalid(path, "has no file name"));
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_file() => {}
@@ -36,17 +43,20 @@ pub fn check_path(path: &Path) -> anyhow::Result<()> {
             } else {
                 "not a regular file (a device, socket or pipe)"
             };
-            bail!("-subnet-file {shown} is {what}; it must be a regular file or absent");
+            return Err(invalid(
+                path,
+                format!("is {what}; it must be a regular file or absent"),
+            ));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => bail!("-subnet-file {shown}: cannot inspect it: {e}"),
+        Err(e) => return Err(invalid(path, format!("cannot be inspected: {e}"))),
     }
     let dir = parent_dir(path);
-    let probe = dir.join(format!(".twilld-probe-{}", std::process::id()));
+    let probe = dir.join(format!(".twill-probe-{}", std::process::id()));
     std::fs::create_dir_all(dir)
         .and_then(|()| std::fs::write(&probe, b""))
         .and_then(|()| std::fs::remove_file(&probe))
-        .with_context(|| format!("-subnet-file {shown} is not writable"))
+        .map_err(|e| invalid(path, format!("is not writable: {e}")))
 }
 
 /// Writes the file next to its final name, syncs it, then renames it over
@@ -57,12 +67,12 @@ pub fn check_path(path: &Path) -> anyhow::Result<()> {
 /// # Errors
 /// When the path is not a regular file or absent, or the directory cannot
 /// be created or written.
-pub fn write_atomically(path: &Path, env: &SubnetEnv) -> anyhow::Result<()> {
+pub fn write_atomically(path: &Path, env: &SubnetEnv) -> Result<(), AgentError> {
     check_path(path)?;
     let dir = parent_dir(path);
     let name = path
         .file_name()
-        .with_context(|| format!("subnet file {} has no file name", path.display()))?;
+        .ok_or_else(|| invalid(path, "has no file name"))?;
     let tmp = dir.join(format!(
         ".{}.tmp{}",
         name.to_string_lossy(),
@@ -74,24 +84,22 @@ pub fn write_atomically(path: &Path, env: &SubnetEnv) -> anyhow::Result<()> {
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
-    if let Err(e) = result {
+    result.map_err(|source| {
         let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write subnet file {}", path.display()));
-    }
-    Ok(())
+        AgentError::SubnetFile {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
 }
 
-/// Reads `FLANNEL_SUBNET` from an existing subnet file, to ask for the same
-/// subnet again after a restart (as flanneld does).
+/// The subnet of an existing subnet file, to ask for the same subnet again
+/// after a restart (as flanneld does). `None` when the file is absent or
+/// not a subnet.env.
 #[must_use]
-pub fn previous_subnet(path: &Path) -> Option<twill_model::SubnetKey> {
+pub fn previous_subnet(path: &Path) -> Option<SubnetKey> {
     let text = std::fs::read_to_string(path).ok()?;
-    let value = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("FLANNEL_SUBNET="))?;
-    let net: ipnetwork::Ipv4Network = value.trim().parse().ok()?;
-    let net = ipnetwork::Ipv4Network::new(net.network(), net.prefix()).ok()?;
-    Some(twill_model::SubnetKey::v4(net))
+    SubnetEnv::parse(&text).ok().map(|env| env.key())
 }
 
 #[cfg(test)]
@@ -140,9 +148,13 @@ mod tests {
             (&link, "symbolic link"),
             (&fifo, "not a regular file"),
         ] {
-            let err = format!("{:#}", check_path(path).unwrap_err());
+            let err = check_path(path).unwrap_err();
             assert!(
-                err.contains("-subnet-file") && err.contains(needle),
+                matches!(
+                    &err,
+                    AgentError::InvalidOption { option: AgentOption::SubnetFile, reason, .. }
+                        if reason.contains(needle)
+                ),
                 "{err}"
             );
             assert!(write_atomically(path, &env).is_err());
@@ -167,6 +179,15 @@ mod tests {
         let cfg = NetworkConfig::parse(r#"{"Network":"192.168.0.0/16"}"#).unwrap();
         let env = SubnetEnv::new(&cfg, &"192.168.4.0-24".parse().unwrap(), 1450, false);
         let err = write_atomically(&file.join("sub.env"), &env).unwrap_err();
-        assert!(format!("{err:#}").contains("cannot"), "{err:#}");
+        assert!(
+            matches!(
+                err,
+                AgentError::InvalidOption {
+                    option: AgentOption::SubnetFile,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 }

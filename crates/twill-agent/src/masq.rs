@@ -1,12 +1,14 @@
-//! `-ip-masq`: flannel's masquerade and forward rules, in an nftables table of
-//! our own, replaced atomically by one `nft -f` transaction (no iptables lock,
-//! flannel issue #933).
+//! flannel's `-ip-masq` masquerade and forward rules, in an nftables table
+//! of our own, replaced atomically by one `nft -f` transaction (no iptables
+//! lock, flannel issue #933). Blocking (it runs `nft`): the agent calls it
+//! off the runtime.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context};
-use ipnetwork::Ipv4Network;
+use twill_model::Ipv4Network;
+
+use crate::AgentError;
 
 /// Our table; nothing outside it is touched.
 pub const TABLE: &str = "twill";
@@ -36,28 +38,26 @@ pub fn ruleset(network: Ipv4Network, subnet: Ipv4Network) -> String {
     )
 }
 
-fn nft(script: &str) -> anyhow::Result<()> {
+fn nft(script: &str) -> Result<(), AgentError> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .context("cannot run nft (install nftables)")?;
-    child
-        .stdin
-        .take()
-        .context("nft stdin")?
-        .write_all(script.as_bytes())
-        .context("cannot write to nft")?;
-    let out = child.wait_with_output().context("nft did not finish")?;
+        .map_err(AgentError::NftSpawn)?;
+    // A write error means nft exited early; its status and stderr say why.
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(script.as_bytes());
+    }
+    let out = child.wait_with_output().map_err(AgentError::NftSpawn)?;
     if !out.status.success() {
-        bail!(
-            "nft failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+        return Err(AgentError::Nft {
+            status: out.status.code(),
+            stderr: String::from_utf8_lossy(&out.stderr)
                 .trim()
-                .replace('\n', "; ")
-        );
+                .replace('\n', "; "),
+        });
     }
     Ok(())
 }
@@ -66,7 +66,7 @@ fn nft(script: &str) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// When `nft` is missing or refuses the rules.
-pub fn apply(network: Ipv4Network, subnet: Ipv4Network) -> anyhow::Result<()> {
+pub fn apply(network: Ipv4Network, subnet: Ipv4Network) -> Result<(), AgentError> {
     nft(&ruleset(network, subnet))
 }
 
@@ -74,7 +74,7 @@ pub fn apply(network: Ipv4Network, subnet: Ipv4Network) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// When `nft` is missing or fails.
-pub fn remove() -> anyhow::Result<()> {
+pub fn remove() -> Result<(), AgentError> {
     nft(&format!("table ip {TABLE} {{}}\ndelete table ip {TABLE}\n"))
 }
 

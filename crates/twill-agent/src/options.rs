@@ -1,0 +1,265 @@
+//! What an agent is told: the host side of the picture (the network config
+//! comes from the registry).
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use twill_backend::UnderlayInterface;
+use twill_model::Ipv4Network;
+
+use crate::{host, subnet_file, AgentError, AgentOption};
+
+/// Shortest reconcile and retry interval: a zero interval would spin on
+/// etcd or the kernel, and anything under this is a typo.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// Shortest lease TTL: etcd grants whole seconds.
+pub const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
+
+/// The agent's options. Start from [`AgentOptions::new`] (flannel's
+/// defaults) and set what differs; [`AgentOptions::validate`] says what is
+/// wrong before anything is leased or programmed.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct AgentOptions {
+    /// The interface inter-host traffic uses (flannel's `-iface`).
+    pub underlay: UnderlayInterface,
+    /// The `PublicIP` to publish (default: the underlay's address).
+    pub public_ip: Ipv4Addr,
+    /// Where to write `FLANNEL_NETWORK`, `FLANNEL_SUBNET`, `FLANNEL_MTU`,
+    /// `FLANNEL_IPMASQ` (`None`: no file). Its subnet is asked for again at
+    /// the next start.
+    pub subnet_file: Option<PathBuf>,
+    /// TTL of our lease (flannel: 24 h). The one TTL knob: the registry
+    /// is told it with every lease it creates.
+    pub lease_ttl: Duration,
+    /// Renew this long before expiry (flannel: 1 h), at most a third of the
+    /// TTL.
+    pub renew_margin: Duration,
+    /// Reconcile the whole peer set with the kernel at least this often
+    /// (drift repair), besides every peer change.
+    pub reconcile_interval: Duration,
+    /// Wait between attempts while etcd, the config or a lease is not
+    /// there yet.
+    pub retry_interval: Duration,
+    /// Install flannel's masquerade rules (nftables table `ip twill`).
+    pub ip_masq: bool,
+    /// Delete our lease (and the masquerade rules) at shutdown, as
+    /// flannel's `--release-on-exit`; by default both are kept for the
+    /// next start.
+    pub release_on_exit: bool,
+    /// Keep the host's own networks out of the overlay (the underlay's
+    /// networks, gateways, the public IP, and [`Self::protected`]): no
+    /// subnet overlapping one is ever leased or programmed. On by default.
+    pub protect_host: bool,
+    /// More networks of this host to protect (the etcd endpoints'
+    /// addresses, which only the caller knows).
+    pub protected: Vec<Ipv4Network>,
+    /// Seed of the random subnet choice (tests); random when `None`.
+    pub rng_seed: Option<u64>,
+}
+
+impl AgentOptions {
+    /// flannel's defaults on `underlay`: its address as `PublicIP`, 24 h
+    /// leases renewed 1 h before expiry, a full reconcile every 10 s,
+    /// retries every second, `/run/flannel/subnet.env`, no masquerading,
+    /// the lease kept at exit.
+    #[must_use]
+    pub fn new(underlay: UnderlayInterface) -> Self {
+        AgentOptions {
+            public_ip: underlay.addr,
+            underlay,
+            subnet_file: Some(PathBuf::from(twill_model::DEFAULT_SUBNET_FILE)),
+            lease_ttl: Duration::from_secs(24 * 3600),
+            renew_margin: Duration::from_secs(3600),
+            reconcile_interval: Duration::from_secs(10),
+            retry_interval: Duration::from_secs(1),
+            ip_masq: false,
+            release_on_exit: false,
+            protect_host: true,
+            protected: Vec::new(),
+            rng_seed: None,
+        }
+    }
+
+    /// Checks everything that can be checked before touching the registry
+    /// or the kernel.
+    ///
+    /// # Errors
+    /// The first [`AgentError::InvalidOption`], naming the option, its value
+    /// and what is wrong.
+    pub fn validate(&self) -> Result<(), AgentError> {
+        for (option, value, min) in [
+            (
+                AgentOption::ReconcileInterval,
+                self.reconcile_interval,
+                MIN_INTERVAL,
+            ),
+            (
+                AgentOption::RetryInterval,
+                self.retry_interval,
+                MIN_INTERVAL,
+            ),
+            (AgentOption::LeaseTtl, self.lease_ttl, MIN_LEASE_TTL),
+        ] {
+            if value < min {
+                return Err(AgentError::option(
+                    option,
+                    format!("{value:?}"),
+                    format!("is too short: it must be at least {min:?}"),
+                ));
+            }
+        }
+        check_public_ip(self.public_ip).map_err(|reason| {
+            AgentError::option(
+                AgentOption::PublicIp,
+                self.public_ip,
+                format!("{reason}: give a unicast address other hosts reach this one at"),
+            )
+        })?;
+        if host::is_overlay_device(&self.underlay.name) {
+            return Err(AgentError::option(
+                AgentOption::Underlay,
+                format!("{} ({})", self.underlay.name, self.underlay.addr),
+                "is an overlay device, not an underlay: give the interface that reaches the other hosts (e.g. eth0)",
+            ));
+        }
+        if let Some(path) = &self.subnet_file {
+            subnet_file::check_path(path)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why `ip` cannot be a `PublicIP`, if it cannot: peers send to it, so
+/// the unspecified, a multicast, broadcast or loopback address would make
+/// every peer program a tunnel to nowhere (or to itself).
+///
+/// # Errors
+/// The reason, reading after the address (`is a loopback address, ...`).
+pub fn check_public_ip(ip: Ipv4Addr) -> Result<(), &'static str> {
+    let reason = if ip.is_unspecified() {
+        "is the unspecified address"
+    } else if ip.is_loopback() {
+        "is a loopback address, which other hosts cannot reach"
+    } else if ip.is_multicast() {
+        "is a multicast address"
+    } else if ip.is_broadcast() || ip.octets()[0] >= 240 {
+        "is a broadcast or reserved (240.0.0.0/4) address"
+    } else {
+        return Ok(());
+    };
+    Err(reason)
+}
+
+/// Parses a duration as Go's flags do for flannel's options: `90` (seconds),
+/// `90s`, `500ms`, `10m`, `24h`, `1h30m`.
+///
+/// # Errors
+/// A message naming the value.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let err = || format!("invalid duration {s:?}: expected e.g. 500ms, 10s, 5m, 24h");
+    if s.is_empty() {
+        return Err(err());
+    }
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().map(Duration::from_secs).map_err(|_| err());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(err());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| err())?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(err)?),
+            "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(err)?),
+            _ => return Err(err()),
+        };
+        total = total.checked_add(d).ok_or_else(err)?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn underlay() -> UnderlayInterface {
+        UnderlayInterface {
+            name: "eth0".into(),
+            index: 2,
+            mtu: 1500,
+            addr: "10.0.0.2".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_name_the_option() {
+        let mut o = AgentOptions::new(underlay());
+        o.subnet_file = None;
+        o.validate().unwrap();
+        type Case = (fn(&mut AgentOptions), AgentOption, &'static str);
+        let cases: Vec<Case> = vec![
+            (
+                |o| o.reconcile_interval = Duration::ZERO,
+                AgentOption::ReconcileInterval,
+                "reconcile_interval 0ns is too short: it must be at least 100ms",
+            ),
+            (
+                |o| o.retry_interval = Duration::from_millis(5),
+                AgentOption::RetryInterval,
+                "at least 100ms",
+            ),
+            (
+                |o| o.lease_ttl = Duration::from_millis(500),
+                AgentOption::LeaseTtl,
+                "at least 1s",
+            ),
+            (
+                |o| o.public_ip = Ipv4Addr::LOCALHOST,
+                AgentOption::PublicIp,
+                "public_ip 127.0.0.1 is a loopback address",
+            ),
+            (
+                |o| o.public_ip = Ipv4Addr::new(224, 0, 0, 1),
+                AgentOption::PublicIp,
+                "multicast",
+            ),
+            (
+                |o| o.underlay.name = "flannel.1".into(),
+                AgentOption::Underlay,
+                "is an overlay device",
+            ),
+        ];
+        for (change, option, needle) in cases {
+            let mut o = AgentOptions::new(underlay());
+            o.subnet_file = None;
+            change(&mut o);
+            let err = o.validate().unwrap_err();
+            assert!(
+                matches!(&err, AgentError::InvalidOption { option: got, .. } if *got == option),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn durations_parse_as_flannels_flags() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        for bad in ["", "s", "10x", "-5s", "1.5s", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}
