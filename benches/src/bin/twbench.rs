@@ -1037,10 +1037,7 @@ fn report_window(label: &str, probes: &[Probe], from: Instant, to: Instant) -> V
     let slow = lat.iter().filter(|&&v| v >= 100.0).count();
     println!("{label}_window_ms: {:.1} ms", ms(to - from));
     println!("{label}_healthz_requests: {} n", lat.len());
-    println!(
-        "{label}_healthz_worst_ms: {:.2} ms",
-        percentile(&lat, 1.0)
-    );
+    println!("{label}_healthz_worst_ms: {:.2} ms", percentile(&lat, 1.0));
     println!("{label}_healthz_p99_ms: {:.2} ms", percentile(&lat, 0.99));
     println!("{label}_healthz_p50_ms: {:.2} ms", percentile(&lat, 0.5));
     println!("{label}_healthz_over_100ms: {slow} n");
@@ -1178,9 +1175,14 @@ async fn responsiveness(opts: &Opts) -> Result<()> {
         .await?;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut none = Programmed::new(&[]);
-        track_until(&mut nl, &mut extra, &mut none, put_idle, deadline, |e, _| {
-            e.done()
-        })
+        track_until(
+            &mut nl,
+            &mut extra,
+            &mut none,
+            put_idle,
+            deadline,
+            |e, _| e.done(),
+        )
         .await?;
         let idle_extra_at = extra.last.unwrap_or(put_idle);
         tokio::time::sleep(settle).await;
@@ -1194,9 +1196,14 @@ async fn responsiveness(opts: &Opts) -> Result<()> {
             bail!("ip link del {dev}: {status}");
         }
         let deadline = tokio::time::Instant::now() + timeout;
-        track_until(&mut nl, &mut tracker, &mut none, del_at, deadline, |t, _| {
-            t.done()
-        })
+        track_until(
+            &mut nl,
+            &mut tracker,
+            &mut none,
+            del_at,
+            deadline,
+            |t, _| t.done(),
+        )
         .await?;
         let back_first = tracker.first.unwrap_or(del_at);
         let back_end = tracker.last.unwrap_or(del_at);
@@ -1223,12 +1230,14 @@ async fn responsiveness(opts: &Opts) -> Result<()> {
         (idle_from, idle_to, put_idle, idle_extra_at),
         (del_at, back_first, back_end),
     ) = outcome?;
-    let probes = probes
-        .map_err(|_| anyhow::anyhow!("the /healthz poller panicked"))??;
+    let probes = probes.map_err(|_| anyhow::anyhow!("the /healthz poller panicked"))??;
 
     let refused = probes.iter().filter(|p| p.end.is_none()).count();
     println!("responsiveness_{n}_peers: {n} n");
-    println!("responsiveness_{n}_cold_programmed_ms: {:.1} ms", ms(cold_end - t0));
+    println!(
+        "responsiveness_{n}_cold_programmed_ms: {:.1} ms",
+        ms(cold_end - t0)
+    );
     println!("responsiveness_{n}_cold_healthz_refused: {refused} n");
     let cold = report_window(&format!("responsiveness_{n}_cold"), &probes, t0, cold_end);
     let idle_lat = report_window(
