@@ -2,7 +2,7 @@
 #
 #   . "$(dirname "$0")/lib.sh"
 #   tw_init dataplane          # state dir, namespace prefix twbench-<pid>-, trap EXIT
-#   tw_build                   # twilld + twbench ($PROFILE: release, or debug)
+#   tw_build                   # twilld + twbench ($PROFILE: release, or debug; $TWILLD: use that binary)
 #   tw_ns a                    # namespace twbench-<pid>-a, lo up; $(tw_n a) is its name
 #   tw_etcd a 127.0.0.1        # etcd in namespace a, listening on that address
 #   tw_bg a NAME cmd...        # any process in a namespace, killed on exit
@@ -57,12 +57,20 @@ tw_cleanup() {
 
 # Builds twilld and the twbench helper; sets $TWILLD and $TWBENCH.
 # PROFILE=debug reuses the debug build the tests made (the CI smoke run).
+# TWILLD=/path/to/twilld measures that binary instead (only twbench is built),
+# e.g. an older build kept for a before/after comparison.
 tw_build() {
-    local profile="${PROFILE:-release}" flag=--release
+    local profile="${PROFILE:-release}" flag=--release given="${TWILLD:-}"
     [[ "$profile" == debug ]] && flag=
-    (cd "$TW_ROOT" && cargo build $flag -q -p twilld -p twill-benches --bin twilld --bin twbench)
     local dir="${CARGO_TARGET_DIR:-$TW_ROOT/target}/$profile"
-    TWILLD="$dir/twilld"
+    if [[ -n "$given" ]]; then
+        [[ -x "$given" ]] || { echo "TWILLD=$given: not an executable" >&2; exit 1; }
+        (cd "$TW_ROOT" && cargo build $flag -q -p twill-benches --bin twbench)
+        TWILLD="$(cd "$(dirname "$given")" && pwd)/$(basename "$given")"
+    else
+        (cd "$TW_ROOT" && cargo build $flag -q -p twilld -p twill-benches --bin twilld --bin twbench)
+        TWILLD="$dir/twilld"
+    fi
     TWBENCH="$dir/twbench"
 }
 

@@ -28,7 +28,7 @@ unset TINY
     echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo "loadavg_at_start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$OUTDIR/machine.txt"
-for s in allocation program_peers convergence startup memory dataplane; do
+for s in allocation program_peers convergence startup memory responsiveness dataplane; do
     echo "=== $s ($(date +%T), load $(cut -d' ' -f1 /proc/loadavg))" >&2
     bash "benches/scripts/$s.sh"
 done

@@ -13,6 +13,9 @@
 //!   the gRPC requests etcd served meanwhile (from etcd's `/metrics`).
 //! * `memory`: twilld's VmRSS with 0, 1,000 and N peers and after cycles of
 //!   removing and re-adding N peers.
+//! * `responsiveness`: starts twilld with N leases in etcd and polls
+//!   `/healthz` back to back during the cold start, on the idle daemon and
+//!   while the deleted VXLAN device is re-created and reprogrammed.
 //!
 //! Peer `i` is subnet `10.(128 + i/256).(i%256).0/24`, public IP
 //! `10.1.0.0 + i + 1`, VTEP MAC `0e:00:00:ii:ii:ii` (as `program_peers`).
@@ -55,7 +58,7 @@ const ALL_ENTRIES: u8 = ENTRY_NEIGH | ENTRY_FDB | ENTRY_ROUTE;
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = args.split_first() else {
-        bail!("usage: twbench converge|storm|populate|startup|memory [--flag value]... (see the file's docs)");
+        bail!("usage: twbench converge|storm|populate|startup|memory|responsiveness [--flag value]... (see the file's docs)");
     };
     let opts = Opts::parse(rest)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -69,6 +72,7 @@ fn main() -> Result<()> {
             "populate" => populate(&opts).await,
             "startup" => startup(&opts).await,
             "memory" => memory(&opts).await,
+            "responsiveness" => responsiveness(&opts).await,
             other => bail!("unknown command {other:?}"),
         }
     })
@@ -689,7 +693,7 @@ fn grpc_started(metrics_url: &str) -> Result<HashMap<String, f64>> {
     Ok(out)
 }
 
-fn stop(child: &mut Child) {
+fn stop_child(child: &mut Child) {
     if let Ok(pid) = i32::try_from(child.id()) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
@@ -752,7 +756,7 @@ async fn startup(opts: &Opts) -> Result<()> {
         // Requests still in flight at readiness (keepalive stream, watch) count too.
         std::thread::sleep(Duration::from_millis(200));
         let after = grpc_started(&metrics)?;
-        stop(&mut child);
+        stop_child(&mut child);
         let Some(ready) = ready else {
             bail!("not ready within {timeout:?}");
         };
@@ -907,6 +911,389 @@ async fn memory(opts: &Opts) -> Result<()> {
         let mut text = format!("0 {rss0}\n{mid} {rss_mid}\n{n} {rss_n}\n");
         for (c, r) in per_cycle.iter().enumerate() {
             text.push_str(&format!("cycle{} {r}\n", c + 1));
+        }
+        std::fs::write(path, text)?;
+    }
+    Ok(())
+}
+
+/// Which of a known set of peers have all three entries in the kernel, from
+/// the monitor's changes (additions only: a run starts from an empty kernel
+/// or from a deleted device, and a deleted device takes every entry with it).
+struct Programmed {
+    by_gw: HashMap<Ipv4Addr, usize>,
+    by_mac: HashMap<[u8; 6], usize>,
+    masks: Vec<u8>,
+    complete: usize,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Programmed {
+    fn new(peers: &[Peer]) -> Self {
+        let mut by_gw = HashMap::new();
+        let mut by_mac = HashMap::new();
+        for (idx, p) in peers.iter().enumerate() {
+            by_gw.insert(p.gw, idx);
+            by_mac.insert(p.mac, idx);
+        }
+        Self {
+            by_gw,
+            by_mac,
+            masks: vec![0; peers.len()],
+            complete: 0,
+            first: None,
+            last: None,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.masks.iter_mut().for_each(|m| *m = 0);
+        self.complete = 0;
+        self.first = None;
+        self.last = None;
+    }
+
+    fn done(&self) -> bool {
+        self.complete == self.masks.len()
+    }
+
+    fn apply(&mut self, seen: &Seen) -> Result<()> {
+        let (idx, bit) = match seen.change {
+            Change::Overrun => bail!("netlink monitor overrun"),
+            Change::Neigh(a) => (self.by_gw.get(&a), ENTRY_NEIGH),
+            Change::Route(a, 24) => (self.by_gw.get(&a), ENTRY_ROUTE),
+            Change::Route(..) => (None, 0),
+            Change::Fdb(m) => (self.by_mac.get(&m), ENTRY_FDB),
+        };
+        let Some(&idx) = idx else {
+            return Ok(());
+        };
+        if !seen.added || self.masks[idx] == ALL_ENTRIES {
+            return Ok(());
+        }
+        self.first.get_or_insert(seen.at);
+        self.masks[idx] |= bit;
+        if self.masks[idx] == ALL_ENTRIES {
+            self.complete += 1;
+            self.last = Some(seen.at);
+        }
+        Ok(())
+    }
+}
+
+/// One `/healthz` request: when it was started (before connect) and when
+/// the whole answer had arrived; `None` if the connection was refused (the
+/// daemon not listening yet).
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    start: Instant,
+    end: Option<Instant>,
+}
+
+/// Polls `url` back to back (a new connection each, `pause` between) from a
+/// thread of its own, so the measuring side never waits on this process's
+/// runtime, until `stop` is set.
+fn poll_healthz(
+    url: String,
+    pause: Duration,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Result<Vec<Probe>>> {
+    std::thread::spawn(move || {
+        let mut probes = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let start = Instant::now();
+            match http_get(&url) {
+                Ok((200, _)) => probes.push(Probe {
+                    start,
+                    end: Some(Instant::now()),
+                }),
+                Ok((status, _)) => bail!("{url} answered {status}"),
+                Err(e)
+                    if e.downcast_ref::<std::io::Error>().map(std::io::Error::kind)
+                        == Some(std::io::ErrorKind::ConnectionRefused) =>
+                {
+                    probes.push(Probe { start, end: None });
+                }
+                Err(e) => return Err(e.context(format!("GET {url}"))),
+            }
+            std::thread::sleep(pause);
+        }
+        Ok(probes)
+    })
+}
+
+/// Latency figures of the answered probes whose interval overlaps
+/// `[from, to]`: a request stalled across a window's edge belongs to it.
+fn report_window(label: &str, probes: &[Probe], from: Instant, to: Instant) -> Vec<f64> {
+    let lat = sorted(
+        probes
+            .iter()
+            .filter_map(|p| Some((p.start, p.end?)))
+            .filter(|(s, e)| *e >= from && *s <= to)
+            .map(|(s, e)| ms(e - s))
+            .collect(),
+    );
+    let slow = lat.iter().filter(|&&v| v >= 100.0).count();
+    println!("{label}_window_ms: {:.1} ms", ms(to - from));
+    println!("{label}_healthz_requests: {} n", lat.len());
+    println!("{label}_healthz_worst_ms: {:.2} ms", percentile(&lat, 1.0));
+    println!("{label}_healthz_p99_ms: {:.2} ms", percentile(&lat, 0.99));
+    println!("{label}_healthz_p50_ms: {:.2} ms", percentile(&lat, 0.5));
+    println!("{label}_healthz_over_100ms: {slow} n");
+    lat
+}
+
+/// Feeds monitor changes to `tracker` (those seen before `since` are ignored)
+/// until `until(tracker)` holds; returns the changes it did not need to look at.
+async fn track_until(
+    nl: &mut mpsc::UnboundedReceiver<Seen>,
+    tracker: &mut Programmed,
+    extra: &mut Programmed,
+    since: Instant,
+    deadline: tokio::time::Instant,
+    mut until: impl FnMut(&Programmed, &Programmed) -> bool,
+) -> Result<()> {
+    while !until(tracker, extra) {
+        let seen = tokio::time::timeout_at(deadline, nl.recv())
+            .await
+            .with_context(|| {
+                format!(
+                    "{} of {} peers programmed, then the deadline passed",
+                    tracker.complete,
+                    tracker.masks.len()
+                )
+            })?
+            .context("netlink monitor stopped")?;
+        if seen.at < since {
+            continue;
+        }
+        tracker.apply(&seen)?;
+        extra.apply(&seen)?;
+    }
+    Ok(())
+}
+
+/// `responsiveness [--healthz URL] [--pause-ms 5] [--idle-s 12] [--settle-ms 1000]
+/// [--dev flannel.1] [--samples FILE] -- twilld ARGS`: with the leases
+/// already in etcd (as `populate` writes them, into a fresh etcd), starts
+/// twilld and polls `/healthz` throughout three windows: the cold start
+/// (until every listed peer has its ARP, FDB and route entries), the idle
+/// daemon with every peer programmed (the anchor; long enough to hold one
+/// periodic reconcile at twilld's default 10 s), and the re-creation of the
+/// VXLAN device after `ip link del` (until every peer is back). One extra
+/// lease is put when the cold start's first entry appears (the listing is
+/// done) and one on the idle daemon: put → programmed, the timing a joining
+/// peer sees.
+async fn responsiveness(opts: &Opts) -> Result<()> {
+    let healthz = opts.str("healthz", "http://127.0.0.1:8471/healthz");
+    let pause = Duration::from_millis(opts.num("pause-ms", 5)?);
+    let idle = Duration::from_secs(opts.num("idle-s", 12)?);
+    let settle = Duration::from_millis(opts.num("settle-ms", 1000)?);
+    let dev = opts.str("dev", "flannel.1");
+    let timeout = Duration::from_secs(opts.num("timeout-s", 120)?);
+    let log = opts.named.get("log");
+    let Some((prog, args)) = opts.command.split_first() else {
+        bail!("responsiveness: give the twilld command line after --");
+    };
+    let prefix = opts.prefix();
+    let mut client = connect(opts).await?;
+    // The peers to wait for: every generated lease already in etcd.
+    let peers: Vec<Peer> = client
+        .get(
+            prefix.as_str(),
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await?
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let subnet = kv.key_str().ok()?.strip_prefix(prefix.as_str())?;
+            let gw: Ipv4Addr = subnet.strip_suffix("-24")?.parse().ok()?;
+            let i = u32::from(gw).checked_sub(0x0a80_0000)? >> 8;
+            (Peer::new(i).gw == gw).then(|| Peer::new(i))
+        })
+        .collect();
+    let n = peers.len();
+    if n == 0 {
+        bail!("responsiveness: no generated leases under {prefix} (run populate first)");
+    }
+    let extra_lease = client.lease_grant(3600, None).await?.id();
+    let extras = free_peers(&mut client, &prefix, opts.num("from", 20_000)?, 2).await?;
+    let (cold_extra, idle_extra) = (extras[0], extras[1]);
+    let mut kv = client.kv_client();
+    let mut tracker = Programmed::new(&peers);
+    let mut nl = monitor()?;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let t0 = Instant::now();
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(
+            log.and_then(|l| std::fs::File::create(l).ok())
+                .map_or_else(std::process::Stdio::null, Into::into),
+        )
+        .spawn()
+        .with_context(|| format!("cannot start {prog}"))?;
+    let poller = poll_healthz(healthz, pause, stop.clone());
+    let run = async {
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Phase 1: the cold start. The first entry in the kernel means the
+        // listing is done; a lease put now reaches twilld through its watch.
+        let mut extra = Programmed::new(&[cold_extra.1]);
+        track_until(&mut nl, &mut tracker, &mut extra, t0, deadline, |t, _| {
+            t.first.is_some()
+        })
+        .await?;
+        let put_cold = Instant::now();
+        kv.put(
+            cold_extra.1.key(&prefix),
+            cold_extra.1.value(cold_extra.0),
+            Some(PutOptions::new().with_lease(extra_lease)),
+        )
+        .await?;
+        track_until(&mut nl, &mut tracker, &mut extra, t0, deadline, |t, e| {
+            t.done() && e.done()
+        })
+        .await?;
+        let cold_end = tracker.last.unwrap_or(t0);
+        let cold_extra_at = extra.last.unwrap_or(put_cold);
+
+        // The anchor: the same daemon, every peer programmed, nothing to do.
+        tokio::time::sleep(settle).await;
+        let idle_from = Instant::now();
+        tokio::time::sleep(idle).await;
+        let idle_to = Instant::now();
+        let mut extra = Programmed::new(&[idle_extra.1]);
+        let put_idle = Instant::now();
+        kv.put(
+            idle_extra.1.key(&prefix),
+            idle_extra.1.value(idle_extra.0),
+            Some(PutOptions::new().with_lease(extra_lease)),
+        )
+        .await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut none = Programmed::new(&[]);
+        track_until(
+            &mut nl,
+            &mut extra,
+            &mut none,
+            put_idle,
+            deadline,
+            |e, _| e.done(),
+        )
+        .await?;
+        let idle_extra_at = extra.last.unwrap_or(put_idle);
+        tokio::time::sleep(settle).await;
+
+        // Phase 2: the device deleted, with every entry on it; twilld's
+        // periodic reconcile finds it missing and programs everything again.
+        tracker.reset();
+        let del_at = Instant::now();
+        let status = Command::new("ip").args(["link", "del", &dev]).status()?;
+        if !status.success() {
+            bail!("ip link del {dev}: {status}");
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        track_until(
+            &mut nl,
+            &mut tracker,
+            &mut none,
+            del_at,
+            deadline,
+            |t, _| t.done(),
+        )
+        .await?;
+        let back_first = tracker.first.unwrap_or(del_at);
+        let back_end = tracker.last.unwrap_or(del_at);
+        // A last stretch after the re-creation, so a stall just after the
+        // last entry (the reconcile's own end) is still seen.
+        tokio::time::sleep(settle).await;
+        Ok::<_, anyhow::Error>((
+            (cold_end, put_cold, cold_extra_at),
+            (idle_from, idle_to, put_idle, idle_extra_at),
+            (del_at, back_first, back_end),
+        ))
+    };
+    let outcome = run.await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let probes = poller.join();
+    let exited = child.try_wait()?;
+    stop_child(&mut child);
+    client.lease_revoke(extra_lease).await?;
+    if let Some(status) = exited {
+        bail!("{prog} exited during the run: {status}");
+    }
+    let (
+        (cold_end, put_cold, cold_extra_at),
+        (idle_from, idle_to, put_idle, idle_extra_at),
+        (del_at, back_first, back_end),
+    ) = outcome?;
+    let probes = probes.map_err(|_| anyhow::anyhow!("the /healthz poller panicked"))??;
+
+    let refused = probes.iter().filter(|p| p.end.is_none()).count();
+    println!("responsiveness_{n}_peers: {n} n");
+    println!(
+        "responsiveness_{n}_cold_programmed_ms: {:.1} ms",
+        ms(cold_end - t0)
+    );
+    println!("responsiveness_{n}_cold_healthz_refused: {refused} n");
+    let cold = report_window(&format!("responsiveness_{n}_cold"), &probes, t0, cold_end);
+    let idle_lat = report_window(
+        &format!("responsiveness_{n}_idle"),
+        &probes,
+        idle_from,
+        idle_to,
+    );
+    let recreate = report_window(
+        &format!("responsiveness_{n}_recreate"),
+        &probes,
+        del_at,
+        back_end,
+    );
+    println!(
+        "responsiveness_{n}_recreate_detect_ms: {:.1} ms",
+        ms(back_first - del_at)
+    );
+    println!(
+        "responsiveness_{n}_recreate_program_ms: {:.1} ms",
+        ms(back_end - back_first)
+    );
+    let idle_p50 = percentile(&idle_lat, 0.5);
+    for (label, lat) in [("cold", &cold), ("recreate", &recreate)] {
+        println!(
+            "responsiveness_{n}_{label}_worst_ratio_vs_idle_p50: {:.1} x",
+            percentile(lat, 1.0) / idle_p50
+        );
+    }
+    let cold_join = ms(cold_extra_at - put_cold);
+    let idle_join = ms(idle_extra_at - put_idle);
+    println!("responsiveness_{n}_cold_join_put_to_programmed_ms: {cold_join:.1} ms");
+    println!(
+        "responsiveness_{n}_cold_join_after_last_peer_ms: {:.1} ms",
+        ms(cold_extra_at.saturating_duration_since(cold_end))
+    );
+    println!("responsiveness_{n}_idle_join_put_to_programmed_ms: {idle_join:.1} ms");
+    println!(
+        "responsiveness_{n}_cold_join_ratio_vs_idle: {:.1} x",
+        cold_join / idle_join
+    );
+    if let Some(path) = opts.named.get("samples") {
+        // phase, start (ms since twilld's start), latency (ms; -1: refused).
+        let mut text = String::new();
+        for p in &probes {
+            let phase = if p.start <= cold_end {
+                "cold"
+            } else if p.start >= idle_from && p.start <= idle_to {
+                "idle"
+            } else if p.start >= del_at && p.start <= back_end {
+                "recreate"
+            } else {
+                "between"
+            };
+            let lat = p.end.map_or(-1.0, |e| ms(e - p.start));
+            text.push_str(&format!("{phase} {:.3} {lat:.3}\n", ms(p.start - t0)));
         }
         std::fs::write(path, text)?;
     }
