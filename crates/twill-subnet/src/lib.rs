@@ -43,6 +43,7 @@
 //! ```
 
 mod allocator;
+mod backoff;
 mod error;
 pub mod manager;
 mod memory;

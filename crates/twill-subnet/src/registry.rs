@@ -38,10 +38,13 @@ pub enum RegistryError {
         key: SubnetKey,
     },
     /// The store is unreachable or answered with an error; retry later.
-    #[error("registry unavailable: {reason}")]
+    #[error("registry unavailable: {source}")]
     Unavailable {
-        /// The transport's or server's message.
-        reason: String,
+        /// The transport's or server's error, as its own type (for etcd a
+        /// `twill_etcd::EtcdError` keeping the gRPC status): downcast it to
+        /// branch on the cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// Our lease value could not be encoded, so nothing was written.
     #[error("cannot write the lease for {key}: {source}")]
@@ -58,6 +61,14 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
+    /// [`RegistryError::Unavailable`] caused by `source` (an error, or a
+    /// message for registries that have nothing more).
+    pub fn unavailable(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        RegistryError::Unavailable {
+            source: source.into(),
+        }
+    }
+
     /// Whether retrying later may succeed (transport errors).
     #[must_use]
     pub fn is_transient(&self) -> bool {

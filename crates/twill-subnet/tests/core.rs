@@ -288,9 +288,7 @@ fn renew_schedule_and_retries() {
     );
     core.handle_input(
         t1,
-        Input::Renewed(Err(RegistryError::Unavailable {
-            reason: "down".into(),
-        })),
+        Input::Renewed(Err(RegistryError::unavailable("down"))),
     );
     let retry = core.poll_timeout().unwrap();
     assert!(retry > t1 && retry < t0 + TTL, "retried before expiry");
@@ -454,7 +452,7 @@ fn malformed_foreign_and_impostor_leases_are_skipped_once() {
     let skipped: Vec<String> = events(&mut core)
         .into_iter()
         .filter_map(|e| match e {
-            LeaseEvent::Skipped { key, reason } => Some(format!("{key}: {reason}")),
+            LeaseEvent::Skipped { key, reason, .. } => Some(format!("{key}: {reason}")),
             _ => None,
         })
         .collect();
@@ -551,9 +549,7 @@ fn renewal_retries_stay_within_a_quarter_of_the_ttl() {
         assert!(matches!(action(&mut core), Action::Renew { .. }));
         core.handle_input(
             now,
-            Input::Renewed(Err(RegistryError::Unavailable {
-                reason: "down".into(),
-            })),
+            Input::Renewed(Err(RegistryError::unavailable("down"))),
         );
         let next = core.poll_timeout().unwrap();
         assert!(
@@ -646,7 +642,7 @@ fn subnets_overlapping_the_hosts_networks_are_never_used() {
     let skipped: Vec<_> = events(&mut core)
         .into_iter()
         .filter_map(|e| match e {
-            LeaseEvent::Skipped { key, reason } => Some((key, reason)),
+            LeaseEvent::Skipped { key, reason, .. } => Some((key, reason)),
             _ => None,
         })
         .collect();

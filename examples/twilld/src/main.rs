@@ -161,8 +161,7 @@ fn check_flags(flags: &Flags) -> anyhow::Result<EtcdConfig> {
     subnet_file::check_path(&flags.subnet_file)?;
 
     let mut config = EtcdConfig::new(flags.etcd_endpoints.clone())
-        .with_prefix(&flags.etcd_prefix)
-        .with_lease_ttl(flags.lease_ttl);
+        .with_prefix(&flags.etcd_prefix);
     if flags.etcd_cafile.is_some() || flags.etcd_certfile.is_some() || flags.etcd_keyfile.is_some()
     {
         config = config.with_tls(EtcdTls {
@@ -623,7 +622,7 @@ fn log_event(ev: &LeaseEvent, status: &Status) {
             info!(peer = %key, "peer removed");
         }
         // Logged once per key and reason by the lease manager itself.
-        LeaseEvent::Skipped { key, reason } => debug!(%key, "lease skipped: {reason}"),
+        LeaseEvent::Skipped { key, reason, .. } => debug!(%key, "lease skipped: {reason}"),
         LeaseEvent::Resynced { peers } => info!(peers, "resynced with a full listing"),
         LeaseEvent::Released { key } => {
             info!(subnet = ?key.map(|k| k.to_string()), "lease released");

@@ -119,8 +119,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     info!(iface = %underlay.name, %public_ip, "using {} for inter-host traffic", underlay.name);
 
     let etcd = EtcdConfig::new(flags.etcd_endpoints.clone())
-        .with_prefix(&flags.etcd_prefix)
-        .with_lease_ttl(flags.lease_ttl);
+        .with_prefix(&flags.etcd_prefix);
     let registry = Arc::new(loop {
         match EtcdRegistry::connect(etcd.clone()).await {
             Ok(r) => break r,
@@ -199,7 +198,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
                 match ev {
                     Ok(LeaseEvent::PeerAdded(k)) => info!(peer = %k, "peer added"),
                     Ok(LeaseEvent::PeerRemoved(k)) => info!(peer = %k, "peer removed"),
-                    Ok(LeaseEvent::Skipped { key, reason }) => warn!(%key, "lease skipped: {reason}"),
+                    Ok(LeaseEvent::Skipped { key, reason, .. }) => warn!(%key, "lease skipped: {reason}"),
                     Ok(other) => debug!(?other, "lease event"),
                     Err(RecvError::Lagged(n)) => debug!("{n} lease events not logged"),
                     Err(RecvError::Closed) => bail!("the lease manager stopped"),
