@@ -560,11 +560,17 @@ impl EtcdRegistry {
 
     /// The keeper for a lease we did not create in this process (e.g. after
     /// a restart): adopt the etcd lease the key holds if it holds our value.
-    async fn adopt(&self, held: &HeldLease, ttl: Duration) -> Result<Option<Keeper>, RegistryError> {
+    async fn adopt(
+        &self,
+        held: &HeldLease,
+        ttl: Duration,
+    ) -> Result<Option<Keeper>, RegistryError> {
         let key = &held.lease.key;
         let value = encode(key, &held.lease.attrs)?;
         match self.get_kv(&self.shared.lease_key(key)).await? {
-            Some(kv) if !holds(&kv, &held.lease.attrs) => Err(RegistryError::Conflict { key: *key }),
+            Some(kv) if !holds(&kv, &held.lease.attrs) => {
+                Err(RegistryError::Conflict { key: *key })
+            }
             Some(kv) if kv.lease() == 0 => Ok(None),
             Some(kv) => Ok(Some(Keeper {
                 lease_id: kv.lease(),
@@ -621,6 +627,11 @@ impl EtcdRegistry {
             }
         };
         let mut k = entry.lock().await;
+        // The etcd lease we keep alive carries other attributes (the key was
+        // deleted and created again by someone else through this registry).
+        if k.attrs != held.lease.attrs {
+            return Err(RegistryError::Conflict { key });
+        }
         let mut revision = held.lease.revision;
         let outcome = if k.lease_id == 0 {
             KeepAlive::Gone

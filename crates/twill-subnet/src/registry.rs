@@ -181,6 +181,19 @@ impl HeldLease {
 /// cancel-safe with respect to the store: a dropped future leaves either the
 /// old or the new state.
 ///
+/// **Whose is a key.** A stored value is ours when it *parses* to
+/// attributes equal to ours ([`LeaseAttrs`]' `==`), whatever its bytes: the
+/// same attributes written by flanneld, by an older twill or by hand (other
+/// key order, spacing) are ours; an unparsable value is nobody's. Create,
+/// renew (when re-creating), update and restore all decide by this rule, and
+/// write our own encoding. Whether a renewal notices a value overwritten in
+/// place while the store-side TTL lives is not specified (etcd's keepalive
+/// does not read the value): the watch reports it, and
+/// [`Registry::restore_lease`] answers it.
+///
+/// [`crate::contract`] checks an implementation against this contract; run
+/// it from the implementation's tests.
+///
 /// [`twill-etcd`]: https://docs.rs/twill-etcd
 #[async_trait]
 pub trait Registry: Send + Sync {

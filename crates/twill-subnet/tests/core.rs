@@ -286,10 +286,7 @@ fn renew_schedule_and_retries() {
         None,
         "no timer while a request is outstanding"
     );
-    core.handle_input(
-        t1,
-        Input::Renewed(Err(RegistryError::unavailable("down"))),
-    );
+    core.handle_input(t1, Input::Renewed(Err(RegistryError::unavailable("down"))));
     let retry = core.poll_timeout().unwrap();
     assert!(retry > t1 && retry < t0 + TTL, "retried before expiry");
     assert!(events(&mut core)
@@ -547,10 +544,7 @@ fn renewal_retries_stay_within_a_quarter_of_the_ttl() {
     for _ in 0..30 {
         core.handle_timeout(now);
         assert!(matches!(action(&mut core), Action::Renew { .. }));
-        core.handle_input(
-            now,
-            Input::Renewed(Err(RegistryError::unavailable("down"))),
-        );
+        core.handle_input(now, Input::Renewed(Err(RegistryError::unavailable("down"))));
         let next = core.poll_timeout().unwrap();
         assert!(
             next > now && next - now <= ttl / 4,

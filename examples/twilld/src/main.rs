@@ -160,8 +160,7 @@ fn check_flags(flags: &Flags) -> anyhow::Result<EtcdConfig> {
     }
     subnet_file::check_path(&flags.subnet_file)?;
 
-    let mut config = EtcdConfig::new(flags.etcd_endpoints.clone())
-        .with_prefix(&flags.etcd_prefix);
+    let mut config = EtcdConfig::new(flags.etcd_endpoints.clone()).with_prefix(&flags.etcd_prefix);
     if flags.etcd_cafile.is_some() || flags.etcd_certfile.is_some() || flags.etcd_keyfile.is_some()
     {
         config = config.with_tls(EtcdTls {

@@ -118,8 +118,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let public_ip = flags.public_ip.unwrap_or(underlay.addr);
     info!(iface = %underlay.name, %public_ip, "using {} for inter-host traffic", underlay.name);
 
-    let etcd = EtcdConfig::new(flags.etcd_endpoints.clone())
-        .with_prefix(&flags.etcd_prefix);
+    let etcd = EtcdConfig::new(flags.etcd_endpoints.clone()).with_prefix(&flags.etcd_prefix);
     let registry = Arc::new(loop {
         match EtcdRegistry::connect(etcd.clone()).await {
             Ok(r) => break r,
