@@ -3,10 +3,10 @@
 //! Each check is an async function taking a [`ContractFixture`] around a
 //! *fresh* registry (an empty key space), exercising one part of the
 //! contract and returning a [`ContractViolation`] that says what differed.
-//! [`MemoryRegistry`](crate::MemoryRegistry) runs them in twill-subnet's
+//! [`MemoryRegistry`] runs them in twill-subnet's
 //! tests and `EtcdRegistry` on a real etcd in twill-etcd's, so the two
 //! implementations cannot drift apart; a third registry runs the same.
-//! [`registry_contract_tests!`](crate::registry_contract_tests) writes one
+//! [`registry_contract_tests!`](crate::registry_contract_tests!) writes one
 //! test per check:
 //!
 //! ```
