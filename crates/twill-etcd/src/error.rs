@@ -156,3 +156,61 @@ pub(crate) fn describe(e: &etcd_client::Error) -> String {
     }
     parts.join(": ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: tonic::Code) -> EtcdError {
+        EtcdError::Request {
+            op: "range",
+            source: etcd_client::Error::GRpcStatus(tonic::Status::new(
+                code,
+                "etcdserver: whatever",
+            )),
+        }
+    }
+
+    #[test]
+    fn the_grpc_code_is_kept_through_connect_and_registry_errors() {
+        assert_eq!(
+            status(tonic::Code::NotFound).grpc_code(),
+            Some(tonic::Code::NotFound)
+        );
+        let connect = EtcdError::Connect {
+            endpoints: "https://127.0.0.1:2379".into(),
+            source: Box::new(status(tonic::Code::Unavailable)),
+            hint: Some(TLS_HINT),
+        };
+        assert_eq!(connect.grpc_code(), Some(tonic::Code::Unavailable));
+        assert!(connect.to_string().ends_with(TLS_HINT), "{connect}");
+        // A registry user gets the EtcdError back, code and all.
+        let reg = RegistryError::from(status(tonic::Code::OutOfRange));
+        assert!(reg.is_transient());
+        let source = std::error::Error::source(&reg).and_then(|s| s.downcast_ref::<EtcdError>());
+        assert_eq!(
+            source.and_then(EtcdError::grpc_code),
+            Some(tonic::Code::OutOfRange)
+        );
+    }
+
+    #[test]
+    fn unreachable_is_decided_by_kind_not_text() {
+        assert!(status(tonic::Code::Unavailable).is_unreachable());
+        assert!(EtcdError::Timeout {
+            op: "range",
+            after: Duration::from_secs(1)
+        }
+        .is_unreachable());
+        // A message mentioning certificates does not make it one.
+        let e = EtcdError::Request {
+            op: "range",
+            source: etcd_client::Error::GRpcStatus(tonic::Status::new(
+                tonic::Code::PermissionDenied,
+                "certificate tls handshake",
+            )),
+        };
+        assert!(!e.is_unreachable());
+        assert_eq!(e.grpc_code(), Some(tonic::Code::PermissionDenied));
+    }
+}

@@ -751,6 +751,21 @@ fn skip_warnings_are_rate_limited_with_a_count() {
     let evs = events(&mut core);
     assert_eq!(skips_of(&evs, ""), 1000);
     assert_eq!(summaries(&evs), vec![1000 - limit]);
+    // The core logs nothing: each event says whether it is one to warn about.
+    let to_warn = |evs: &[LeaseEvent]| {
+        evs.iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    LeaseEvent::Skipped {
+                        within_log_budget: true,
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    assert_eq!(to_warn(&evs), usize::try_from(limit).unwrap());
 
     // More junk by watch in the same window: nothing logged one by one, one
     // summary when the window ends (the core asks to be woken for it).
@@ -763,6 +778,7 @@ fn skip_warnings_are_rate_limited_with_a_count() {
     }
     let evs = events(&mut core);
     assert_eq!(skips_of(&evs, ""), 30);
+    assert_eq!(to_warn(&evs), 0);
     assert!(summaries(&evs).is_empty());
     // (The renewal may be due earlier; the summary is due at the window's end.)
     let due = t0 + twill_subnet::SKIP_LOG_WINDOW;
@@ -778,6 +794,7 @@ fn skip_warnings_are_rate_limited_with_a_count() {
     );
     let evs = events(&mut core);
     assert_eq!(skips_of(&evs, "late"), 1);
+    assert_eq!(to_warn(&evs), 1);
     assert!(summaries(&evs).is_empty());
 }
 
