@@ -691,7 +691,7 @@ impl<R: Registry + ?Sized + 'static> Running<'_, R> {
                 Some(AgentEvent::PeerRemoved(*key))
             }
             // Logged once per key and reason by the lease manager itself.
-            LeaseEvent::Skipped { key, reason } => {
+            LeaseEvent::Skipped { key, reason, .. } => {
                 debug!(%key, "lease skipped: {reason}");
                 None
             }

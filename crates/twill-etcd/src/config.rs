@@ -10,8 +10,6 @@ use crate::EtcdError;
 pub use twill_model::DEFAULT_PREFIX;
 /// flannel's default endpoint.
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
-/// flannel's lease TTL: 24 hours.
-pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// TLS files, as flanneld's `-etcd-cafile`, `-etcd-certfile`, `-etcd-keyfile`.
 ///
@@ -36,7 +34,7 @@ pub struct EtcdTls {
 /// use twill_etcd::EtcdConfig;
 /// let cfg = EtcdConfig::new(["http://10.0.0.1:2379", "http://10.0.0.2:2379"])
 ///     .with_prefix("/coreos.com/network")
-///     .with_lease_ttl(Duration::from_secs(3600));
+///     .with_timeouts(Duration::from_secs(5), Duration::from_secs(10));
 /// assert_eq!(cfg.config_key(), "/coreos.com/network/config");
 /// assert_eq!(cfg.subnets_prefix(), "/coreos.com/network/subnets/");
 /// ```
@@ -57,8 +55,6 @@ pub struct EtcdConfig {
     pub username: Option<String>,
     /// Password for etcd authentication (`-etcd-password`).
     pub password: Option<String>,
-    /// TTL of the subnet leases we create (flannel: 24 h).
-    pub lease_ttl: Duration,
 }
 
 impl Default for EtcdConfig {
@@ -71,7 +67,6 @@ impl Default for EtcdConfig {
             tls: None,
             username: None,
             password: None,
-            lease_ttl: DEFAULT_LEASE_TTL,
         }
     }
 }
@@ -86,7 +81,6 @@ impl fmt::Debug for EtcdConfig {
             .field("tls", &self.tls)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("lease_ttl", &self.lease_ttl)
             .finish()
     }
 }
@@ -105,13 +99,6 @@ impl EtcdConfig {
     #[must_use]
     pub fn with_prefix(mut self, prefix: &str) -> Self {
         self.prefix = prefix.trim_end_matches('/').to_string();
-        self
-    }
-
-    /// Sets the TTL of created leases.
-    #[must_use]
-    pub fn with_lease_ttl(mut self, ttl: Duration) -> Self {
-        self.lease_ttl = ttl;
         self
     }
 
@@ -152,7 +139,7 @@ impl EtcdConfig {
 
     /// Checks the settings without connecting: endpoints that parse as
     /// [`EtcdEndpoint`]s, a prefix starting with `/`, user and password
-    /// together, a certificate with its key, a TTL of at least a second.
+    /// together, a certificate with its key.
     /// [`crate::EtcdRegistry::connect`] calls it first; a daemon calls it to
     /// refuse bad flags before it does anything else.
     ///
@@ -183,11 +170,6 @@ impl EtcdConfig {
                     reason: "a client certificate needs its key file and vice versa".into(),
                 });
             }
-        }
-        if self.lease_ttl < Duration::from_secs(1) {
-            return Err(EtcdError::InvalidSettings {
-                reason: format!("lease TTL {:?} is under one second", self.lease_ttl),
-            });
         }
         Ok(())
     }

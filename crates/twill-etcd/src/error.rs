@@ -1,14 +1,18 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use twill_model::{ModelError, SubnetKey};
 use twill_subnet::RegistryError;
 
-/// Everything [`crate::EtcdRegistry`] can fail with.
+/// What is etcd-specific in [`crate::EtcdRegistry`]'s failures: settings,
+/// connecting, and requests that failed or timed out. What a [`twill_subnet::Registry`]
+/// can fail with whatever the store (a missing config, a lost race, a lease
+/// not found...) is a [`RegistryError`]; an `EtcdError` reaches a registry
+/// user as the source of [`RegistryError::Unavailable`].
 ///
-/// Messages name the endpoint, key or file involved and, for transport
-/// errors, the whole chain of causes (`invalid peer certificate: UnknownIssuer`),
-/// never a password or key material.
+/// Messages name the endpoint, key or file involved and the etcd client's
+/// message (`invalid peer certificate: UnknownIssuer`), never a password or
+/// key material. The client's error is kept as the source, with its gRPC
+/// status: see [`EtcdError::grpc_code`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EtcdError {
@@ -39,19 +43,35 @@ pub enum EtcdError {
         source: std::io::Error,
     },
     /// Connecting (or the first request after connecting) failed.
-    #[error("cannot connect to etcd at {endpoints}: {reason}")]
+    #[error("cannot connect to etcd at {endpoints}: {source}{hint}", hint = hint.unwrap_or(""))]
     Connect {
         /// The endpoints, comma-separated.
         endpoints: String,
-        /// The chain of causes, with a hint for certificate problems.
-        reason: String,
+        /// What failed: a [`EtcdError::Request`] or [`EtcdError::Timeout`].
+        #[source]
+        source: Box<EtcdError>,
+        /// What to check, for a TLS connection the server refused or did not
+        /// answer (the client reports a bad certificate as an unavailable
+        /// endpoint, not as a type of its own).
+        hint: Option<&'static str>,
     },
     /// An etcd request failed.
-    #[error("etcd {op} failed: {reason}")]
+    #[error("etcd {op} failed: {}", describe(source))]
     Request {
         /// The operation (`range`, `txn`, `lease grant`, ...).
         op: &'static str,
-        /// The chain of causes.
+        /// The etcd client's error; its gRPC status, if any, is
+        /// [`EtcdError::grpc_code`].
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// etcd answered a request with an error in the response body (a lease
+    /// grant's `error` field) rather than a gRPC status.
+    #[error("etcd {op} failed: {reason}")]
+    Refused {
+        /// The operation.
+        op: &'static str,
+        /// etcd's message, the only thing the response carries.
         reason: String,
     },
     /// An etcd request did not complete within the request timeout.
@@ -62,43 +82,11 @@ pub enum EtcdError {
         /// The timeout.
         after: Duration,
     },
-    /// `<prefix>/config` does not exist.
-    #[error("no network config at {key}")]
-    ConfigNotFound {
-        /// The key read.
-        key: String,
-    },
-    /// `<prefix>/config` exists but is invalid.
-    #[error("invalid network config at {key}: {source}")]
-    InvalidConfig {
-        /// The key read.
-        key: String,
-        /// What is wrong with it.
-        #[source]
-        source: ModelError,
-    },
-    /// Create-if-absent lost: the key exists.
-    #[error("subnet {key} is already leased")]
-    Conflict {
-        /// The contested subnet.
-        key: SubnetKey,
-    },
-    /// The lease is not (or no longer) in etcd, or not ours.
-    #[error("lease {key} not found")]
-    LeaseNotFound {
-        /// The subnet.
-        key: SubnetKey,
-    },
-    /// Our lease value could not be encoded, so nothing was written.
-    #[error("cannot write the lease for {key}: {source}")]
-    Encode {
-        /// The subnet.
-        key: SubnetKey,
-        /// The encoder's error.
-        #[source]
-        source: ModelError,
-    },
 }
+
+/// The hint [`EtcdError::Connect`] adds for TLS connections.
+pub(crate) const TLS_HINT: &str =
+    " (check the etcd CA, client certificate and key, and that the endpoints use https://)";
 
 impl EtcdError {
     /// Whether retrying later may succeed (transport errors and timeouts).
@@ -106,33 +94,59 @@ impl EtcdError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            EtcdError::Connect { .. } | EtcdError::Request { .. } | EtcdError::Timeout { .. }
+            EtcdError::Connect { .. }
+                | EtcdError::Request { .. }
+                | EtcdError::Refused { .. }
+                | EtcdError::Timeout { .. }
         )
+    }
+
+    /// The gRPC status code etcd answered with, when the failure was one
+    /// (`NotFound` for an unknown etcd lease, `OutOfRange` for a compacted
+    /// revision, `Unavailable` for an endpoint that does not answer...).
+    #[must_use]
+    pub fn grpc_code(&self) -> Option<tonic::Code> {
+        match self {
+            EtcdError::Request {
+                source: etcd_client::Error::GRpcStatus(status),
+                ..
+            } => Some(status.code()),
+            EtcdError::Connect { source, .. } => source.grpc_code(),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection failed below gRPC (refused, reset, TLS
+    /// handshake) or etcd said it is unavailable: the cases where a TLS
+    /// setup problem shows.
+    pub(crate) fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            EtcdError::Request {
+                source: etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_),
+                ..
+            } | EtcdError::Timeout { .. }
+        ) || self.grpc_code() == Some(tonic::Code::Unavailable)
     }
 }
 
 impl From<EtcdError> for RegistryError {
     fn from(e: EtcdError) -> Self {
-        match e {
-            EtcdError::ConfigNotFound { key } => RegistryError::ConfigNotFound { key },
-            EtcdError::InvalidConfig { key, source } => {
-                RegistryError::InvalidConfig { key, source }
-            }
-            EtcdError::Conflict { key } => RegistryError::Conflict { key },
-            EtcdError::LeaseNotFound { key } => RegistryError::LeaseNotFound { key },
-            EtcdError::Encode { key, source } => RegistryError::Encode { key, source },
-            other => RegistryError::Unavailable {
-                reason: other.to_string(),
-            },
-        }
+        RegistryError::unavailable(e)
     }
 }
 
-/// The error and all its sources, `: `-separated, without repeats (tonic
-/// nests the same message at several levels).
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+/// The client error's message with its sources, `: `-separated, without
+/// repeats (tonic nests the same message at several levels). The chain is
+/// for people; code branches on [`EtcdError::grpc_code`].
+pub(crate) fn describe(e: &etcd_client::Error) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    // etcd_client::Error has no source(); its gRPC status does.
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = match e {
+        etcd_client::Error::GRpcStatus(s) => std::error::Error::source(s),
+        etcd_client::Error::TransportError(t) => std::error::Error::source(t),
+        _ => None,
+    };
     while let Some(err) = cur {
         let msg = err.to_string();
         if !parts.iter().any(|p| p.contains(&msg)) {
@@ -140,12 +154,63 @@ pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         }
         cur = err.source();
     }
-    let mut s = parts.join(": ");
-    let lower = s.to_ascii_lowercase();
-    if lower.contains("certificate") || lower.contains("handshake") || lower.contains("tls") {
-        s.push_str(
-            " (check the etcd CA, client certificate and key, and that the endpoints use https://)",
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: tonic::Code) -> EtcdError {
+        EtcdError::Request {
+            op: "range",
+            source: etcd_client::Error::GRpcStatus(tonic::Status::new(
+                code,
+                "etcdserver: whatever",
+            )),
+        }
+    }
+
+    #[test]
+    fn the_grpc_code_is_kept_through_connect_and_registry_errors() {
+        assert_eq!(
+            status(tonic::Code::NotFound).grpc_code(),
+            Some(tonic::Code::NotFound)
+        );
+        let connect = EtcdError::Connect {
+            endpoints: "https://127.0.0.1:2379".into(),
+            source: Box::new(status(tonic::Code::Unavailable)),
+            hint: Some(TLS_HINT),
+        };
+        assert_eq!(connect.grpc_code(), Some(tonic::Code::Unavailable));
+        assert!(connect.to_string().ends_with(TLS_HINT), "{connect}");
+        // A registry user gets the EtcdError back, code and all.
+        let reg = RegistryError::from(status(tonic::Code::OutOfRange));
+        assert!(reg.is_transient());
+        let source = std::error::Error::source(&reg).and_then(|s| s.downcast_ref::<EtcdError>());
+        assert_eq!(
+            source.and_then(EtcdError::grpc_code),
+            Some(tonic::Code::OutOfRange)
         );
     }
-    s
+
+    #[test]
+    fn unreachable_is_decided_by_kind_not_text() {
+        assert!(status(tonic::Code::Unavailable).is_unreachable());
+        assert!(EtcdError::Timeout {
+            op: "range",
+            after: Duration::from_secs(1)
+        }
+        .is_unreachable());
+        // A message mentioning certificates does not make it one.
+        let e = EtcdError::Request {
+            op: "range",
+            source: etcd_client::Error::GRpcStatus(tonic::Status::new(
+                tonic::Code::PermissionDenied,
+                "certificate tls handshake",
+            )),
+        };
+        assert!(!e.is_unreachable());
+        assert_eq!(e.grpc_code(), Some(tonic::Code::PermissionDenied));
+    }
 }

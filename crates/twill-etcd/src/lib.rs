@@ -6,7 +6,8 @@
 //!   (prefix default `/coreos.com/network`).
 //! * `<prefix>/subnets/192.168.4.0-24` holds a lease, the JSON of
 //!   [`twill_model::LeaseAttrs`], attached to an etcd lease with the TTL
-//!   (24 h by default). A key without an etcd lease is a reservation.
+//!   the caller creates it with (the lease manager's
+//!   `LeaseManagerConfig::ttl`, 24 h by default). A key without an etcd lease is a reservation.
 //!
 //! What it does: create-if-absent in one transaction, one etcd lease per
 //! subnet lease renewed over a KeepAlive stream (re-created only if the key is
@@ -49,8 +50,7 @@ mod registry;
 mod watch;
 
 pub use config::{
-    EndpointHost, EtcdConfig, EtcdEndpoint, EtcdTls, DEFAULT_ENDPOINT, DEFAULT_LEASE_TTL,
-    DEFAULT_PREFIX,
+    EndpointHost, EtcdConfig, EtcdEndpoint, EtcdTls, DEFAULT_ENDPOINT, DEFAULT_PREFIX,
 };
 pub use error::EtcdError;
 pub use registry::EtcdRegistry;

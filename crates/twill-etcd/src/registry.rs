@@ -14,7 +14,7 @@ use twill_model::{LeaseAttrs, LeaseKind, NetworkConfig, SubnetKey, SubnetLease};
 use twill_subnet::{HeldLease, LeaseListing, LeaseWatch, MalformedLease, Registry, RegistryError};
 
 use crate::config::read_tls_file;
-use crate::error::chain;
+use crate::error::TLS_HINT;
 use crate::{watch, EtcdConfig, EtcdError};
 
 /// Largest response we accept: a listing of 100,000 leases fits.
@@ -48,10 +48,7 @@ impl Shared {
                 op,
                 after: self.request_timeout,
             }),
-            Ok(Err(e)) => Err(EtcdError::Request {
-                op,
-                reason: chain(&e),
-            }),
+            Ok(Err(source)) => Err(EtcdError::Request { op, source }),
             Ok(Ok(v)) => Ok(v),
         }
     }
@@ -141,6 +138,9 @@ fn kind_of(kv: &KeyValue) -> LeaseKind {
 struct Keeper {
     lease_id: i64,
     ttl: Duration,
+    /// Our attributes, to tell whether the key is still ours.
+    attrs: LeaseAttrs,
+    /// Their encoding, the value we write.
     value: String,
     stream: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
 }
@@ -177,10 +177,17 @@ impl std::fmt::Debug for EtcdRegistry {
 }
 
 /// The value to store for `attrs`, or the typed error (never an empty value).
-fn encode(key: &SubnetKey, attrs: &LeaseAttrs) -> Result<String, EtcdError> {
+fn encode(key: &SubnetKey, attrs: &LeaseAttrs) -> Result<String, RegistryError> {
     attrs
         .to_json()
-        .map_err(|source| EtcdError::Encode { key: *key, source })
+        .map_err(|source| RegistryError::Encode { key: *key, source })
+}
+
+/// Whether the stored value is ours: it parses to our attributes, whatever
+/// its bytes (the rule of [`Registry`]: flanneld and older versions of us
+/// encode the same attributes differently).
+fn holds(kv: &KeyValue, attrs: &LeaseAttrs) -> bool {
+    LeaseAttrs::from_slice(kv.value()).is_ok_and(|stored| stored == *attrs)
 }
 
 fn ttl_secs(ttl: Duration) -> i64 {
@@ -196,9 +203,10 @@ impl EtcdRegistry {
     /// `<prefix>/config`, plus authentication when a user is configured).
     ///
     /// # Errors
-    /// [`EtcdError::InvalidSettings`], [`EtcdError::TlsFile`] naming an
-    /// unreadable file, or [`EtcdError::Connect`] with the cause (a wrong
-    /// CA shows as `invalid peer certificate: UnknownIssuer`).
+    /// [`EtcdError::InvalidSettings`], [`EtcdError::InvalidEndpoint`],
+    /// [`EtcdError::TlsFile`] naming an unreadable file, or
+    /// [`EtcdError::Connect`] with the cause (a wrong CA shows as
+    /// `invalid peer certificate: UnknownIssuer`).
     pub async fn connect(config: EtcdConfig) -> Result<Self, EtcdError> {
         config.validate()?;
         let mut opts = ConnectOptions::new()
@@ -222,9 +230,12 @@ impl EtcdRegistry {
             opts = opts.with_user(user.clone(), pass.clone());
         }
         let endpoints = config.endpoints.join(",");
-        let connect_err = |reason: String| EtcdError::Connect {
+        let uses_tls =
+            config.tls.is_some() || config.endpoints.iter().any(|e| e.starts_with("https://"));
+        let connect_err = |source: EtcdError| EtcdError::Connect {
             endpoints: endpoints.clone(),
-            reason,
+            hint: (uses_tls && source.is_unreachable()).then_some(TLS_HINT),
+            source: Box::new(source),
         };
         let requests = Arc::new(AtomicU64::new(0));
         if config.username.is_some() {
@@ -237,12 +248,17 @@ impl EtcdRegistry {
         .await
         {
             Err(_) => {
-                return Err(connect_err(format!(
-                    "timed out after {:?}",
-                    config.dial_timeout
-                )))
+                return Err(connect_err(EtcdError::Timeout {
+                    op: "connect",
+                    after: config.dial_timeout,
+                }))
             }
-            Ok(Err(e)) => return Err(connect_err(chain(&e))),
+            Ok(Err(source)) => {
+                return Err(connect_err(EtcdError::Request {
+                    op: "connect",
+                    source,
+                }))
+            }
             Ok(Ok(c)) => c,
         };
         let shared = Shared {
@@ -263,12 +279,7 @@ impl EtcdRegistry {
                 kv.get(probe, Some(GetOptions::new().with_count_only())),
             )
             .await
-            .map_err(|e| {
-                connect_err(match e {
-                    EtcdError::Request { reason, .. } => reason,
-                    other => other.to_string(),
-                })
-            })?;
+            .map_err(connect_err)?;
         tracing::info!(endpoints = %endpoints, prefix = %config.prefix, "connected to etcd");
         Ok(EtcdRegistry {
             shared,
@@ -299,10 +310,10 @@ impl EtcdRegistry {
     /// Writes `<prefix>/config` after validating it.
     ///
     /// # Errors
-    /// [`EtcdError::InvalidConfig`] when `json` is not a valid flannel
-    /// config, or a transport error.
-    pub async fn put_config(&self, json: &str) -> Result<(), EtcdError> {
-        NetworkConfig::parse(json).map_err(|source| EtcdError::InvalidConfig {
+    /// [`RegistryError::InvalidConfig`] when `json` is not a valid flannel
+    /// config, or [`RegistryError::Unavailable`].
+    pub async fn put_config(&self, json: &str) -> Result<(), RegistryError> {
+        NetworkConfig::parse(json).map_err(|source| RegistryError::InvalidConfig {
             key: self.shared.config_key.clone(),
             source,
         })?;
@@ -316,9 +327,9 @@ impl EtcdRegistry {
     /// Reads and validates `<prefix>/config`.
     ///
     /// # Errors
-    /// [`EtcdError::ConfigNotFound`], [`EtcdError::InvalidConfig`], or a
-    /// transport error.
-    pub async fn read_config(&self) -> Result<NetworkConfig, EtcdError> {
+    /// [`RegistryError::ConfigNotFound`], [`RegistryError::InvalidConfig`],
+    /// or [`RegistryError::Unavailable`].
+    pub async fn read_config(&self) -> Result<NetworkConfig, RegistryError> {
         let key = &self.shared.config_key;
         let mut kv = self.shared.kv();
         let resp = self
@@ -326,9 +337,9 @@ impl EtcdRegistry {
             .call("range", kv.get(key.as_bytes(), None))
             .await?;
         let Some(kv) = resp.kvs().first() else {
-            return Err(EtcdError::ConfigNotFound { key: key.clone() });
+            return Err(RegistryError::ConfigNotFound { key: key.clone() });
         };
-        NetworkConfig::parse_slice(kv.value()).map_err(|source| EtcdError::InvalidConfig {
+        NetworkConfig::parse_slice(kv.value()).map_err(|source| RegistryError::InvalidConfig {
             key: key.clone(),
             source,
         })
@@ -337,9 +348,9 @@ impl EtcdRegistry {
     /// Lists every lease in one range request.
     ///
     /// # Errors
-    /// A transport error.
-    pub async fn list(&self) -> Result<LeaseListing, EtcdError> {
-        self.shared.list().await
+    /// [`RegistryError::Unavailable`].
+    pub async fn list(&self) -> Result<LeaseListing, RegistryError> {
+        Ok(self.shared.list().await?)
     }
 
     async fn grant(&self, ttl: Duration) -> Result<(i64, Duration), EtcdError> {
@@ -349,7 +360,7 @@ impl EtcdRegistry {
             .call("lease grant", lc.grant(ttl_secs(ttl), None))
             .await?;
         if !resp.error().is_empty() {
-            return Err(EtcdError::Request {
+            return Err(EtcdError::Refused {
                 op: "lease grant",
                 reason: resp.error().to_string(),
             });
@@ -387,13 +398,14 @@ impl EtcdRegistry {
     /// Creates a lease; see [`Registry::create_lease`].
     ///
     /// # Errors
-    /// [`EtcdError::Conflict`] when the key exists, or a transport error.
+    /// [`RegistryError::Conflict`] when the key exists, or
+    /// [`RegistryError::Unavailable`].
     pub async fn create(
         &self,
         key: &SubnetKey,
         attrs: &LeaseAttrs,
         ttl: Option<Duration>,
-    ) -> Result<HeldLease, EtcdError> {
+    ) -> Result<HeldLease, RegistryError> {
         let path = self.shared.lease_key(key);
         let value = encode(key, attrs)?;
         let (lease_id, granted) = match ttl {
@@ -409,20 +421,21 @@ impl EtcdRegistry {
                 if lease_id != 0 {
                     self.revoke_quietly(lease_id).await;
                 }
-                return Err(e);
+                return Err(e.into());
             }
         };
         let Some(revision) = written else {
             if lease_id != 0 {
                 self.revoke_quietly(lease_id).await;
             }
-            return Err(EtcdError::Conflict { key: *key });
+            return Err(RegistryError::Conflict { key: *key });
         };
         tracing::info!(subnet = %key, lease_id, ttl = ?granted, "created lease");
         if let Some(ttl) = granted {
             let keeper = Keeper {
                 lease_id,
                 ttl,
+                attrs: attrs.clone(),
                 value,
                 stream: None,
             };
@@ -460,7 +473,7 @@ impl EtcdRegistry {
                 Ok(Ok(Some(_))) => return Ok(KeepAlive::Gone),
                 Ok(Ok(None)) => tracing::debug!(lease_id = k.lease_id, "keepalive stream ended"),
                 Ok(Err(e)) => {
-                    tracing::debug!(lease_id = k.lease_id, error = %chain(&e), "keepalive stream failed");
+                    tracing::debug!(lease_id = k.lease_id, error = %crate::error::describe(&e), "keepalive stream failed");
                 }
                 Err(_) => tracing::debug!(lease_id = k.lease_id, "keepalive timed out"),
             }
@@ -479,51 +492,63 @@ impl EtcdRegistry {
                 // its TTL was positive: the lease was renewed for its TTL.
                 Ok(KeepAlive::Renewed(ttl_secs(k.ttl)))
             }
-            Err(EtcdError::Request { reason, .. }) if reason.contains("lease not found") => {
-                Ok(KeepAlive::Gone)
-            }
+            // The client turns etcd's answer for an unknown lease (a
+            // keepalive response with TTL 0, no gRPC error) into this
+            // variant, with nothing but a message; the variant's only other
+            // source, a send on the request channel it just created, cannot
+            // fail. So the variant, not its text, says "gone".
+            Err(EtcdError::Request {
+                source: etcd_client::Error::LeaseKeepAliveError(_),
+                ..
+            }) => Ok(KeepAlive::Gone),
+            Err(e) if e.grpc_code() == Some(tonic::Code::NotFound) => Ok(KeepAlive::Gone),
             Err(e) => Err(e),
         }
     }
 
     /// The etcd lease is gone: grant a new one and re-attach our key, only
-    /// if it is absent or still holds our value.
-    async fn recreate(&self, key: &SubnetKey, k: &mut Keeper) -> Result<i64, EtcdError> {
+    /// if it is absent or still holds our attributes (unchanged since we
+    /// read it).
+    async fn recreate(&self, key: &SubnetKey, k: &mut Keeper) -> Result<i64, RegistryError> {
         let path = self.shared.lease_key(key);
+        let current = self.get_kv(&path).await?;
+        if current.as_ref().is_some_and(|kv| !holds(kv, &k.attrs)) {
+            return Err(RegistryError::Conflict { key: *key });
+        }
         let (lease_id, granted) = self.grant(k.ttl).await?;
-        let txn = Txn::new()
-            .when([Compare::value(
-                path.as_str(),
-                CompareOp::Equal,
-                k.value.as_str(),
-            )])
-            .and_then([TxnOp::put(
-                path.as_str(),
-                k.value.as_str(),
-                Some(PutOptions::new().with_lease(lease_id)),
-            )]);
-        let mut kv = self.shared.kv();
-        let resp = match self.shared.call("txn", kv.txn(txn)).await {
-            Ok(r) => r,
+        let written = match &current {
+            Some(kv) => {
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(
+                        path.as_str(),
+                        CompareOp::Equal,
+                        kv.mod_revision(),
+                    )])
+                    .and_then([TxnOp::put(
+                        path.as_str(),
+                        k.value.as_str(),
+                        Some(PutOptions::new().with_lease(lease_id)),
+                    )]);
+                let mut kvc = self.shared.kv();
+                self.shared.call("txn", kvc.txn(txn)).await.map(|resp| {
+                    resp.succeeded().then(|| {
+                        resp.header()
+                            .map_or(0, etcd_client::ResponseHeader::revision)
+                    })
+                })
+            }
+            None => self.put_if_absent(&path, &k.value, lease_id).await,
+        };
+        let revision = match written {
+            Ok(Some(rev)) => rev,
+            // Changed since we read it: someone else's now.
+            Ok(None) => {
+                self.revoke_quietly(lease_id).await;
+                return Err(RegistryError::Conflict { key: *key });
+            }
             Err(e) => {
                 self.revoke_quietly(lease_id).await;
-                return Err(e);
-            }
-        };
-        let revision = if resp.succeeded() {
-            resp.header()
-                .map_or(0, etcd_client::ResponseHeader::revision)
-        } else {
-            match self.put_if_absent(&path, &k.value, lease_id).await {
-                Ok(Some(rev)) => rev,
-                Ok(None) => {
-                    self.revoke_quietly(lease_id).await;
-                    return Err(EtcdError::Conflict { key: *key });
-                }
-                Err(e) => {
-                    self.revoke_quietly(lease_id).await;
-                    return Err(e);
-                }
+                return Err(e.into());
             }
         };
         tracing::warn!(subnet = %key, old = k.lease_id, new = lease_id, "etcd lease was lost; re-created it");
@@ -535,16 +560,22 @@ impl EtcdRegistry {
 
     /// The keeper for a lease we did not create in this process (e.g. after
     /// a restart): adopt the etcd lease the key holds if it holds our value.
-    async fn adopt(&self, held: &HeldLease) -> Result<Option<Keeper>, EtcdError> {
+    async fn adopt(
+        &self,
+        held: &HeldLease,
+        ttl: Duration,
+    ) -> Result<Option<Keeper>, RegistryError> {
         let key = &held.lease.key;
         let value = encode(key, &held.lease.attrs)?;
-        let ttl = held.ttl.unwrap_or(self.config.lease_ttl);
         match self.get_kv(&self.shared.lease_key(key)).await? {
-            Some(kv) if kv.value() != value.as_bytes() => Err(EtcdError::Conflict { key: *key }),
+            Some(kv) if !holds(&kv, &held.lease.attrs) => {
+                Err(RegistryError::Conflict { key: *key })
+            }
             Some(kv) if kv.lease() == 0 => Ok(None),
             Some(kv) => Ok(Some(Keeper {
                 lease_id: kv.lease(),
                 ttl,
+                attrs: held.lease.attrs.clone(),
                 value,
                 stream: None,
             })),
@@ -552,6 +583,7 @@ impl EtcdRegistry {
             None => Ok(Some(Keeper {
                 lease_id: 0,
                 ttl,
+                attrs: held.lease.attrs.clone(),
                 value,
                 stream: None,
             })),
@@ -561,22 +593,23 @@ impl EtcdRegistry {
     /// Renews a lease; see [`Registry::renew_lease`].
     ///
     /// # Errors
-    /// [`EtcdError::Conflict`] when another value took the key,
-    /// [`EtcdError::LeaseNotFound`] for a vanished reservation, or a
-    /// transport error.
-    pub async fn renew(&self, held: &HeldLease) -> Result<HeldLease, EtcdError> {
+    /// [`RegistryError::Conflict`] when another value took the key,
+    /// [`RegistryError::LeaseNotFound`] for a vanished reservation, or
+    /// [`RegistryError::Unavailable`].
+    pub async fn renew(&self, held: &HeldLease) -> Result<HeldLease, RegistryError> {
         let key = held.lease.key;
         let existing = self.keepers_lock().get(&key).cloned();
         let entry = match existing {
             Some(e) => e,
             None => {
-                if held.lease.kind == LeaseKind::Reservation && held.ttl.is_none() {
+                // No TTL: a reservation, nothing to keep alive.
+                let Some(ttl) = held.ttl else {
                     return match self.get_kv(&self.shared.lease_key(&key)).await? {
                         Some(_) => Ok(held.clone()),
-                        None => Err(EtcdError::LeaseNotFound { key }),
+                        None => Err(RegistryError::LeaseNotFound { key }),
                     };
-                }
-                match self.adopt(held).await? {
+                };
+                match self.adopt(held, ttl).await? {
                     None => {
                         let mut h = held.clone();
                         h.lease.kind = LeaseKind::Reservation;
@@ -594,6 +627,11 @@ impl EtcdRegistry {
             }
         };
         let mut k = entry.lock().await;
+        // The etcd lease we keep alive carries other attributes (the key was
+        // deleted and created again by someone else through this registry).
+        if k.attrs != held.lease.attrs {
+            return Err(RegistryError::Conflict { key });
+        }
         let mut revision = held.lease.revision;
         let outcome = if k.lease_id == 0 {
             KeepAlive::Gone
@@ -619,23 +657,28 @@ impl EtcdRegistry {
     /// [`Registry::update_lease`].
     ///
     /// # Errors
-    /// [`EtcdError::LeaseNotFound`] when the key is gone,
-    /// [`EtcdError::Conflict`] when it holds another value, or a transport
-    /// error.
+    /// [`RegistryError::LeaseNotFound`] when the key is gone,
+    /// [`RegistryError::Conflict`] when it holds other attributes, or
+    /// [`RegistryError::Unavailable`].
     pub async fn update(
         &self,
         held: &HeldLease,
         attrs: &LeaseAttrs,
-    ) -> Result<HeldLease, EtcdError> {
+    ) -> Result<HeldLease, RegistryError> {
         let key = held.lease.key;
         let path = self.shared.lease_key(&key);
-        let old = encode(&key, &held.lease.attrs)?;
         let new = encode(&key, attrs)?;
+        let Some(current) = self.get_kv(&path).await? else {
+            return Err(RegistryError::LeaseNotFound { key });
+        };
+        if !holds(&current, &held.lease.attrs) {
+            return Err(RegistryError::Conflict { key });
+        }
         let txn = Txn::new()
-            .when([Compare::value(
+            .when([Compare::mod_revision(
                 path.as_str(),
                 CompareOp::Equal,
-                old.as_str(),
+                current.mod_revision(),
             )])
             .and_then([TxnOp::put(
                 path.as_str(),
@@ -646,19 +689,22 @@ impl EtcdRegistry {
         let mut kv = self.shared.kv();
         let resp = self.shared.call("txn", kv.txn(txn)).await?;
         if !resp.succeeded() {
+            // Changed between the read and the write.
             let exists = resp.op_responses().iter().any(|r| match r {
                 TxnOpResponse::Get(g) => !g.kvs().is_empty(),
                 _ => false,
             });
             return Err(if exists {
-                EtcdError::Conflict { key }
+                RegistryError::Conflict { key }
             } else {
-                EtcdError::LeaseNotFound { key }
+                RegistryError::LeaseNotFound { key }
             });
         }
         let existing = self.keepers_lock().get(&key).cloned();
         if let Some(entry) = existing {
-            entry.lock().await.value.clone_from(&new);
+            let mut k = entry.lock().await;
+            k.value.clone_from(&new);
+            k.attrs = attrs.clone();
         }
         let mut h = held.clone();
         h.lease.attrs = attrs.clone();
@@ -675,17 +721,21 @@ impl EtcdRegistry {
     /// plain put, or a delete and a put, does not).
     ///
     /// # Errors
-    /// [`EtcdError::Conflict`] when the key is not ours any more (or we hold
-    /// no etcd lease for it), or a transport error.
-    pub async fn restore(&self, held: &HeldLease, revision: i64) -> Result<HeldLease, EtcdError> {
+    /// [`RegistryError::Conflict`] when the key is not ours any more (or we
+    /// hold no etcd lease for it), or [`RegistryError::Unavailable`].
+    pub async fn restore(
+        &self,
+        held: &HeldLease,
+        revision: i64,
+    ) -> Result<HeldLease, RegistryError> {
         let key = held.lease.key;
         let existing = self.keepers_lock().get(&key).cloned();
         let Some(entry) = existing else {
-            return Err(EtcdError::Conflict { key });
+            return Err(RegistryError::Conflict { key });
         };
         let k = entry.lock().await;
         if k.lease_id == 0 {
-            return Err(EtcdError::Conflict { key });
+            return Err(RegistryError::Conflict { key });
         }
         let path = self.shared.lease_key(&key);
         let txn = Txn::new()
@@ -701,7 +751,7 @@ impl EtcdRegistry {
         let mut kv = self.shared.kv();
         let resp = self.shared.call("txn", kv.txn(txn)).await?;
         if !resp.succeeded() {
-            return Err(EtcdError::Conflict { key });
+            return Err(RegistryError::Conflict { key });
         }
         let mut h = held.clone();
         h.lease.revision = resp
@@ -713,9 +763,9 @@ impl EtcdRegistry {
     /// Deletes a lease and revokes its etcd lease if we hold it.
     ///
     /// # Errors
-    /// [`EtcdError::LeaseNotFound`] when there was nothing to delete, or a
-    /// transport error.
-    pub async fn delete(&self, key: &SubnetKey) -> Result<(), EtcdError> {
+    /// [`RegistryError::LeaseNotFound`] when there was nothing to delete, or
+    /// [`RegistryError::Unavailable`].
+    pub async fn delete(&self, key: &SubnetKey) -> Result<(), RegistryError> {
         let path = self.shared.lease_key(key);
         let mut kv = self.shared.kv();
         let resp = self.shared.call("delete", kv.delete(path, None)).await?;
@@ -727,7 +777,7 @@ impl EtcdRegistry {
             }
         }
         if resp.deleted() == 0 {
-            return Err(EtcdError::LeaseNotFound { key: *key });
+            return Err(RegistryError::LeaseNotFound { key: *key });
         }
         tracing::info!(subnet = %key, "deleted lease");
         Ok(())

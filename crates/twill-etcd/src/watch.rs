@@ -15,44 +15,42 @@ use etcd_client::{EventType, WatchOptions, WatchResponse};
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 use twill_model::SubnetKey;
-use twill_subnet::RegistryEvent;
+use twill_subnet::{RegistryEvent, RetryPolicy};
 
-use crate::error::chain;
 use crate::registry::Shared;
+use crate::EtcdError;
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Reconnect delays: 100 ms doubling to 5 s.
+pub(crate) const RECONNECT: RetryPolicy =
+    RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(5));
 /// A connection that lasted this long resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(5);
 
-/// Jittered exponential backoff.
-pub(crate) struct Backoff {
-    next: Duration,
+/// [`RECONNECT`]'s attempts and jitter for one watch task.
+struct Backoff {
+    failures: u32,
     rng: rand::rngs::SmallRng,
 }
 
 impl Backoff {
-    pub(crate) fn new() -> Self {
+    fn new() -> Self {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::from(d.subsec_nanos()) ^ d.as_secs())
             ^ u64::from(std::process::id());
         Backoff {
-            next: BACKOFF_MIN,
+            failures: 0,
             rng: rand::rngs::SmallRng::seed_from_u64(seed),
         }
     }
 
-    /// The delay before the next attempt: the current step scaled by a
-    /// random factor in [0.5, 1.0]; the step then doubles up to 5 s.
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let d = self.next.mul_f64(self.rng.random_range(0.5..=1.0));
-        self.next = (self.next * 2).min(BACKOFF_MAX);
-        d
+    fn next_delay(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        RECONNECT.delay(self.failures, self.rng.random())
     }
 
-    pub(crate) fn reset(&mut self) {
-        self.next = BACKOFF_MIN;
+    fn reset(&mut self) {
+        self.failures = 0;
     }
 }
 
@@ -66,8 +64,11 @@ enum End {
     Compacted,
 }
 
-fn is_compacted(reason: &str) -> bool {
-    reason.contains("compacted")
+/// etcd answers a request for a compacted revision with gRPC `OutOfRange`
+/// (`ErrGRPCCompacted`); a watch on one is canceled with `compact_revision`
+/// set instead, see [`watch_once`].
+fn is_compacted(e: &EtcdError) -> bool {
+    e.grpc_code() == Some(tonic::Code::OutOfRange)
 }
 
 pub(crate) async fn run(shared: Shared, from_revision: i64, tx: mpsc::Sender<RegistryEvent>) {
@@ -158,12 +159,15 @@ async fn watch_once(shared: &Shared, next_rev: &mut i64, tx: &mpsc::Sender<Regis
             );
             return End::Disconnected;
         }
-        Ok(Err(e)) => {
-            let reason = chain(&e);
-            if is_compacted(&reason) {
+        Ok(Err(source)) => {
+            let e = EtcdError::Request {
+                op: "watch",
+                source,
+            };
+            if is_compacted(&e) {
                 return End::Compacted;
             }
-            tracing::warn!(revision = *next_rev, error = %reason, "creating the lease watch failed; retrying");
+            tracing::warn!(revision = *next_rev, error = %e, "creating the lease watch failed; retrying");
             return End::Disconnected;
         }
         Ok(Ok(s)) => s,
@@ -173,7 +177,9 @@ async fn watch_once(shared: &Shared, next_rev: &mut i64, tx: &mpsc::Sender<Regis
         match stream.message().await {
             Ok(Some(resp)) => {
                 if resp.canceled() {
-                    if resp.compact_revision() != 0 || is_compacted(resp.cancel_reason()) {
+                    // etcd sets compact_revision (the oldest revision it
+                    // still has) exactly when the start revision is gone.
+                    if resp.compact_revision() != 0 {
                         tracing::warn!(
                             revision = *next_rev,
                             compact_revision = resp.compact_revision(),
@@ -195,12 +201,15 @@ async fn watch_once(shared: &Shared, next_rev: &mut i64, tx: &mpsc::Sender<Regis
                 tracing::warn!("lease watch stream ended; reconnecting");
                 return End::Disconnected;
             }
-            Err(e) => {
-                let reason = chain(&e);
-                if is_compacted(&reason) {
+            Err(source) => {
+                let e = EtcdError::Request {
+                    op: "watch",
+                    source,
+                };
+                if is_compacted(&e) {
                     return End::Compacted;
                 }
-                tracing::warn!(error = %reason, "lease watch failed; reconnecting");
+                tracing::warn!(error = %e, "lease watch failed; reconnecting");
                 return End::Disconnected;
             }
         }
@@ -252,13 +261,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_to_five_seconds_with_jitter() {
+    fn reconnects_back_off_from_100_ms_to_5_s_and_reset() {
         let mut b = Backoff::new();
         let delays: Vec<Duration> = (0..10).map(|_| b.next_delay()).collect();
-        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= BACKOFF_MIN);
-        assert!(delays.iter().all(|d| *d <= BACKOFF_MAX));
-        assert!(delays[9] >= BACKOFF_MAX / 2, "{delays:?}");
+        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= RECONNECT.initial);
+        assert!(delays.iter().all(|d| *d <= RECONNECT.max));
+        assert!(delays[9] >= RECONNECT.max / 2, "{delays:?}");
         b.reset();
-        assert!(b.next_delay() <= BACKOFF_MIN);
+        assert!(b.next_delay() <= RECONNECT.initial);
     }
 }

@@ -160,7 +160,10 @@ async fn config_errors_are_typed() {
     }
     // put_config validates before writing.
     let err = reg.put_config(r#"{"Network":"nope"}"#).await.unwrap_err();
-    assert!(matches!(err, EtcdError::InvalidConfig { .. }), "{err:?}");
+    assert!(
+        matches!(err, RegistryError::InvalidConfig { .. }),
+        "{err:?}"
+    );
     reg.put_config(SEED_CONFIG).await.unwrap();
     assert_eq!(reg.get_config().await.unwrap().subnet_len, 24);
 }

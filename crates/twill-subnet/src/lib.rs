@@ -3,7 +3,8 @@
 //! * [`SubnetAllocator`]: a random free subnet in `[SubnetMin, SubnetMax]`
 //!   in O(log N), whatever the fill (flannel scans linearly).
 //! * [`Registry`]: the lease store's contract (etcd in `twill-etcd`), and
-//!   [`MemoryRegistry`], an in-process implementation on tokio's clock.
+//!   [`MemoryRegistry`], an in-process implementation on tokio's clock;
+//!   [`contract`], the same contract as checks any implementation runs.
 //! * [`LeaseCore`]: the lease manager's decisions as a sans-IO state machine
 //!   (takes `now` and registry results, returns [`Action`]s; never reads the
 //!   clock), and [`LeaseManager`], the tokio driver that executes them:
@@ -11,6 +12,8 @@
 //!   subnet, else a random one; lost races retried with jittered backoff),
 //!   renew, re-acquire a lost lease, and turn watch events into a
 //!   [`PeerSet`].
+//! * [`RetryPolicy`]: the one backoff of twill (lease core, manager, etcd
+//!   watch), a pure function of the attempt count.
 //!
 //! This crate does no networking of its own and programs nothing: the
 //! backend turns the peer set into routes and FDB entries.
@@ -43,6 +46,8 @@
 //! ```
 
 mod allocator;
+mod backoff;
+pub mod contract;
 mod error;
 pub mod manager;
 mod memory;

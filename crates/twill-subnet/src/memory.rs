@@ -25,6 +25,10 @@ struct Entry {
     value: Vec<u8>,
     /// `None` for a reservation (no TTL).
     expires: Option<Instant>,
+    /// The store-side TTL the key is attached to, as an etcd lease ID:
+    /// `None` for a reservation. Kept by writes in place (update, restore,
+    /// [`MemoryRegistry::overwrite_in_place`]).
+    ttl_id: Option<u64>,
     mod_revision: i64,
 }
 
@@ -50,6 +54,13 @@ struct State {
     history: Vec<(i64, Change)>,
     /// The oldest revision a watch can start from without a resync.
     first_retained: i64,
+    /// The last TTL ID handed out.
+    last_ttl_id: u64,
+    /// By key, the TTL ID that create (or a renewal re-creating the key)
+    /// attached: "the store-side TTL we hold" of [`Registry::restore_lease`].
+    /// Everyone using this registry shares it, as the clones of one
+    /// `EtcdRegistry` share their etcd leases.
+    granted: BTreeMap<String, u64>,
     closed: bool,
 }
 
@@ -205,7 +216,20 @@ impl State {
         self.revision
     }
 
-    fn put(&mut self, name: String, value: Vec<u8>, expires: Option<Instant>) -> i64 {
+    /// A new TTL ID for `name`, recorded as the one we hold.
+    fn grant(&mut self, name: &str) -> u64 {
+        self.last_ttl_id += 1;
+        self.granted.insert(name.to_string(), self.last_ttl_id);
+        self.last_ttl_id
+    }
+
+    fn put(
+        &mut self,
+        name: String,
+        value: Vec<u8>,
+        expires: Option<Instant>,
+        ttl_id: Option<u64>,
+    ) -> i64 {
         let rev = self.record(Change::Put {
             name: name.clone(),
             value: value.clone(),
@@ -216,6 +240,7 @@ impl State {
             Entry {
                 value,
                 expires,
+                ttl_id,
                 mod_revision: rev,
             },
         );
@@ -223,6 +248,7 @@ impl State {
     }
 
     fn delete(&mut self, name: &str) -> bool {
+        self.granted.remove(name);
         if self.entries.remove(name).is_some() {
             self.record(Change::Delete {
                 name: name.to_string(),
@@ -293,8 +319,23 @@ impl MemoryRegistry {
     /// without validation: operator reservations, or garbage for tests.
     pub fn put_raw(&self, name: &str, value: &[u8]) {
         self.shared.with(|st| {
-            st.put(name.to_string(), value.to_vec(), None);
+            st.put(name.to_string(), value.to_vec(), None, None);
         });
+    }
+
+    /// Replaces the value under `<prefix>/subnets/<name>` keeping its TTL,
+    /// as `etcdctl put --ignore-lease` does: a host writing over someone
+    /// else's lease. Returns whether the key existed (nothing is written
+    /// otherwise).
+    pub fn overwrite_in_place(&self, name: &str, value: &[u8]) -> bool {
+        self.shared.with(|st| {
+            let Some(entry) = st.entries.get(name) else {
+                return false;
+            };
+            let (expires, ttl_id) = (entry.expires, entry.ttl_id);
+            st.put(name.to_string(), value.to_vec(), expires, ttl_id);
+            true
+        })
     }
 
     /// Writes (or overwrites) a reservation: a lease without a TTL, which the
@@ -428,7 +469,8 @@ impl Registry for MemoryRegistry {
                 return Err(RegistryError::Conflict { key: *key });
             }
             let expires = ttl.map(|t| Instant::now() + t);
-            let rev = st.put(name, value, expires);
+            let ttl_id = ttl.map(|_| st.grant(&name));
+            let rev = st.put(name, value, expires, ttl_id);
             Ok(held(key, attrs, ttl, rev))
         })
     }
@@ -443,7 +485,9 @@ impl Registry for MemoryRegistry {
                     None => Err(RegistryError::LeaseNotFound { key }),
                     Some(ttl) => {
                         // Lost by the store: re-create it, the key being absent.
-                        let rev = st.put(name, encode(&key, attrs)?, Some(Instant::now() + ttl));
+                        let value = encode(&key, attrs)?;
+                        let ttl_id = st.grant(&name);
+                        let rev = st.put(name, value, Some(Instant::now() + ttl), Some(ttl_id));
                         Ok(held(&key, attrs, Some(ttl), rev))
                     }
                 };
@@ -478,10 +522,35 @@ impl Registry for MemoryRegistry {
             if LeaseAttrs::from_slice(&entry.value).ok().as_ref() != Some(&held_lease.lease.attrs) {
                 return Err(RegistryError::Conflict { key });
             }
-            let expires = entry.expires;
-            let rev = st.put(name, value, expires);
+            let (expires, ttl_id) = (entry.expires, entry.ttl_id);
+            let rev = st.put(name, value, expires, ttl_id);
             let ttl = expires.map(|_| held_lease.ttl.unwrap_or_default());
             Ok(held(&key, attrs, ttl, rev))
+        })
+    }
+
+    async fn restore_lease(
+        &self,
+        held_lease: &HeldLease,
+        revision: i64,
+    ) -> Result<HeldLease, RegistryError> {
+        let key = held_lease.lease.key;
+        let name = key.to_string();
+        let value = encode(&key, &held_lease.lease.attrs)?;
+        self.shared.with(|st| {
+            let ours = st.entries.get(&name).is_some_and(|e| {
+                e.mod_revision == revision
+                    && e.ttl_id.is_some()
+                    && e.ttl_id == st.granted.get(&name).copied()
+            });
+            let Some(entry) = st.entries.get(&name).filter(|_| ours) else {
+                return Err(RegistryError::Conflict { key });
+            };
+            let (expires, ttl_id) = (entry.expires, entry.ttl_id);
+            let rev = st.put(name, value, expires, ttl_id);
+            let mut restored = held_lease.clone();
+            restored.lease.revision = rev;
+            Ok(restored)
         })
     }
 

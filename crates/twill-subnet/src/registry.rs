@@ -38,10 +38,13 @@ pub enum RegistryError {
         key: SubnetKey,
     },
     /// The store is unreachable or answered with an error; retry later.
-    #[error("registry unavailable: {reason}")]
+    #[error("registry unavailable: {source}")]
     Unavailable {
-        /// The transport's or server's message.
-        reason: String,
+        /// The transport's or server's error, as its own type (for etcd a
+        /// `twill_etcd::EtcdError` keeping the gRPC status): downcast it to
+        /// branch on the cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// Our lease value could not be encoded, so nothing was written.
     #[error("cannot write the lease for {key}: {source}")]
@@ -58,6 +61,14 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
+    /// [`RegistryError::Unavailable`] caused by `source` (an error, or a
+    /// message for registries that have nothing more).
+    pub fn unavailable(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        RegistryError::Unavailable {
+            source: source.into(),
+        }
+    }
+
     /// Whether retrying later may succeed (transport errors).
     #[must_use]
     pub fn is_transient(&self) -> bool {
@@ -169,6 +180,19 @@ impl HeldLease {
 /// Implementations keep keys and values in flannel's format. All methods are
 /// cancel-safe with respect to the store: a dropped future leaves either the
 /// old or the new state.
+///
+/// **Whose is a key.** A stored value is ours when it *parses* to
+/// attributes equal to ours ([`LeaseAttrs`]' `==`), whatever its bytes: the
+/// same attributes written by flanneld, by an older twill or by hand (other
+/// key order, spacing) are ours; an unparsable value is nobody's. Create,
+/// renew (when re-creating), update and restore all decide by this rule, and
+/// write our own encoding. Whether a renewal notices a value overwritten in
+/// place while the store-side TTL lives is not specified (etcd's keepalive
+/// does not read the value): the watch reports it, and
+/// [`Registry::restore_lease`] answers it.
+///
+/// [`crate::contract`] checks an implementation against this contract; run
+/// it from the implementation's tests.
 ///
 /// [`twill-etcd`]: https://docs.rs/twill-etcd
 #[async_trait]

@@ -286,12 +286,7 @@ fn renew_schedule_and_retries() {
         None,
         "no timer while a request is outstanding"
     );
-    core.handle_input(
-        t1,
-        Input::Renewed(Err(RegistryError::Unavailable {
-            reason: "down".into(),
-        })),
-    );
+    core.handle_input(t1, Input::Renewed(Err(RegistryError::unavailable("down"))));
     let retry = core.poll_timeout().unwrap();
     assert!(retry > t1 && retry < t0 + TTL, "retried before expiry");
     assert!(events(&mut core)
@@ -454,7 +449,7 @@ fn malformed_foreign_and_impostor_leases_are_skipped_once() {
     let skipped: Vec<String> = events(&mut core)
         .into_iter()
         .filter_map(|e| match e {
-            LeaseEvent::Skipped { key, reason } => Some(format!("{key}: {reason}")),
+            LeaseEvent::Skipped { key, reason, .. } => Some(format!("{key}: {reason}")),
             _ => None,
         })
         .collect();
@@ -549,12 +544,7 @@ fn renewal_retries_stay_within_a_quarter_of_the_ttl() {
     for _ in 0..30 {
         core.handle_timeout(now);
         assert!(matches!(action(&mut core), Action::Renew { .. }));
-        core.handle_input(
-            now,
-            Input::Renewed(Err(RegistryError::Unavailable {
-                reason: "down".into(),
-            })),
-        );
+        core.handle_input(now, Input::Renewed(Err(RegistryError::unavailable("down"))));
         let next = core.poll_timeout().unwrap();
         assert!(
             next > now && next - now <= ttl / 4,
@@ -646,7 +636,7 @@ fn subnets_overlapping_the_hosts_networks_are_never_used() {
     let skipped: Vec<_> = events(&mut core)
         .into_iter()
         .filter_map(|e| match e {
-            LeaseEvent::Skipped { key, reason } => Some((key, reason)),
+            LeaseEvent::Skipped { key, reason, .. } => Some((key, reason)),
             _ => None,
         })
         .collect();
@@ -761,6 +751,21 @@ fn skip_warnings_are_rate_limited_with_a_count() {
     let evs = events(&mut core);
     assert_eq!(skips_of(&evs, ""), 1000);
     assert_eq!(summaries(&evs), vec![1000 - limit]);
+    // The core logs nothing: each event says whether it is one to warn about.
+    let to_warn = |evs: &[LeaseEvent]| {
+        evs.iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    LeaseEvent::Skipped {
+                        within_log_budget: true,
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    assert_eq!(to_warn(&evs), usize::try_from(limit).unwrap());
 
     // More junk by watch in the same window: nothing logged one by one, one
     // summary when the window ends (the core asks to be woken for it).
@@ -773,6 +778,7 @@ fn skip_warnings_are_rate_limited_with_a_count() {
     }
     let evs = events(&mut core);
     assert_eq!(skips_of(&evs, ""), 30);
+    assert_eq!(to_warn(&evs), 0);
     assert!(summaries(&evs).is_empty());
     // (The renewal may be due earlier; the summary is due at the window's end.)
     let due = t0 + twill_subnet::SKIP_LOG_WINDOW;
@@ -788,6 +794,7 @@ fn skip_warnings_are_rate_limited_with_a_count() {
     );
     let evs = events(&mut core);
     assert_eq!(skips_of(&evs, "late"), 1);
+    assert_eq!(to_warn(&evs), 1);
     assert!(summaries(&evs).is_empty());
 }
 
@@ -903,7 +910,7 @@ fn peers_with_a_non_unicast_ip_or_overlapping_our_subnet_are_skipped_with_a_type
     let skipped: Vec<(String, SkipReason)> = events(&mut core)
         .into_iter()
         .filter_map(|e| match e {
-            LeaseEvent::Skipped { key, reason } => Some((key, reason)),
+            LeaseEvent::Skipped { key, reason, .. } => Some((key, reason)),
             _ => None,
         })
         .collect();

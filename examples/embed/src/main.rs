@@ -31,7 +31,8 @@ impl Backend for PrintBackend {
         })
     }
     async fn activate(&mut self, own: &SubnetLease) -> Result<(), BackendError> {
-        Ok(println!("our subnet: {}", own.key))
+        println!("our subnet: {}", own.key);
+        Ok(())
     }
     async fn reconcile(&mut self, peers: &[&SubnetLease]) -> Result<ReconcileReport, BackendError> {
         let want: BTreeSet<String> = peers

@@ -98,36 +98,7 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// flannel's renew margin: renew an hour before expiry.
 pub const DEFAULT_RENEW_MARGIN: Duration = Duration::from_secs(3600);
 
-/// How long to wait between retries: exponential from `initial` to `max`,
-/// each delay jittered uniformly within `[delay / 2, delay]` so agents that
-/// collided do not collide again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// The first delay.
-    pub initial: Duration,
-    /// The largest delay.
-    pub max: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            initial: Duration::from_millis(50),
-            max: Duration::from_secs(10),
-        }
-    }
-}
-
-impl RetryPolicy {
-    fn delay(&self, attempt: u32, rng: &mut SmallRng) -> Duration {
-        let exp = self
-            .initial
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-        let d = exp.min(self.max).max(Duration::from_millis(1));
-        let half = d / 2;
-        half + rng.random_range(Duration::ZERO..=half)
-    }
-}
+pub use crate::backoff::RetryPolicy;
 
 /// What the core needs to know about us.
 #[derive(Debug, Clone, PartialEq)]
@@ -325,10 +296,14 @@ pub enum LeaseEvent {
         key: String,
         /// Why.
         reason: SkipReason,
+        /// Within the [`SKIP_LOG_LIMIT`] of its window: log it as a warning.
+        /// When `false`, log it at most at debug: it is counted in the next
+        /// [`LeaseEvent::SkipsSuppressed`].
+        within_log_budget: bool,
     },
     /// This many [`LeaseEvent::Skipped`] were not logged individually
-    /// (beyond [`SKIP_LOG_LIMIT`] in a [`SKIP_LOG_WINDOW`]); one summary line
-    /// was logged instead.
+    /// (beyond [`SKIP_LOG_LIMIT`] in a [`SKIP_LOG_WINDOW`]): log one summary
+    /// line for them.
     SkipsSuppressed {
         /// How many.
         count: u64,
@@ -731,7 +706,7 @@ impl LeaseCore {
     }
 
     fn backoff(&mut self, now: Instant, attempt: u32) -> Instant {
-        now + self.cfg.retry.delay(attempt, &mut self.rng)
+        now + self.cfg.retry.delay(attempt, self.rng.random())
     }
 
     /// After a failed attempt: retry from a fresh listing after a backoff.
@@ -747,10 +722,6 @@ impl LeaseCore {
             not_before: Some(at),
             lost,
         };
-        tracing::debug!(
-            attempts = self.attempts,
-            "acquiring a lease failed, retrying: {reason}"
-        );
         self.events.push_back(LeaseEvent::AcquireRetry {
             attempts: self.attempts,
             reason,
@@ -1213,22 +1184,18 @@ impl LeaseCore {
             }
             None => true,
         };
-        if admitted {
-            tracing::warn!(%key, "skipping lease: {reason}");
-        } else {
-            tracing::debug!(%key, "skipping lease: {reason}");
-        }
-        self.events.push_back(LeaseEvent::Skipped { key, reason });
+        self.events.push_back(LeaseEvent::Skipped {
+            key,
+            reason,
+            within_log_budget: admitted,
+        });
         self.peers.skipped = self.skipped.len();
     }
 
-    /// Logs one line for the skips not logged individually, if any.
+    /// Reports the skips not to be logged individually, if any, for one
+    /// summary line.
     fn summarize_skips(&mut self) {
         if let Some(count) = self.skip_log.take_suppressed() {
-            tracing::warn!(
-                count,
-                "... and {count} more leases skipped (see twill_leases_skipped and the debug log)"
-            );
             self.events.push_back(LeaseEvent::SkipsSuppressed { count });
         }
     }

@@ -102,6 +102,16 @@ fn random_seed() -> u64 {
     h.finish()
 }
 
+/// A jitter for [`RetryPolicy::delay`]: uniform in `[0, 1)`, from std's
+/// per-process random hash keys (the core has its own seeded generator; these
+/// waits happen before there is a core).
+fn jitter() -> f64 {
+    let bits = random_seed() >> 11;
+    #[allow(clippy::cast_precision_loss)]
+    let unit = bits as f64 / (1u64 << 53) as f64;
+    unit
+}
+
 fn now() -> std::time::Instant {
     Instant::now().into_std()
 }
@@ -168,13 +178,9 @@ impl<R: Registry + ?Sized + 'static> LeaseManager<R> {
                 match self.registry.get_config().await {
                     Ok(c) => break c,
                     Err(e) if e.is_transient() => {
-                        failures += 1;
+                        failures = failures.saturating_add(1);
                         tracing::warn!("reading the network config: {e}; retrying");
-                        let d = self
-                            .config
-                            .retry
-                            .max
-                            .min(self.config.retry.initial * failures.min(100));
+                        let d = self.config.retry.delay(failures, jitter());
                         tokio::time::sleep(d).await;
                     }
                     Err(e) => return Err(e.into()),
@@ -240,12 +246,14 @@ impl<R: Registry + ?Sized + 'static> LeaseManager<R> {
                 Some(c) => c,
                 None => {
                     // Wait for a config, then acquire in the background.
+                    let mut failures = 0u32;
                     let network = loop {
                         match registry.get_config().await {
                             Ok(c) => break c,
                             Err(e) => {
+                                failures = failures.saturating_add(1);
                                 tracing::warn!("reading the network config: {e}; retrying");
-                                tokio::time::sleep(config.retry.max).await;
+                                tokio::time::sleep(config.retry.delay(failures, jitter())).await;
                             }
                         }
                     };
@@ -419,7 +427,8 @@ impl<R: Registry + ?Sized> Driver<R> {
 
 /// Events are the API: the embedder subscribes to [`LeaseHandle::events`]
 /// and logs them at the level it wants (twilld logs each at info/warn). The
-/// library only traces them at debug, so nothing is logged twice.
+/// core logs nothing; the driver traces events at debug, so nothing is
+/// logged twice, except skipped leases (see below).
 fn log_event(ev: &LeaseEvent) {
     match ev {
         LeaseEvent::Acquired { lease, attempts } => tracing::debug!(
@@ -437,7 +446,7 @@ fn log_event(ev: &LeaseEvent) {
         }
         LeaseEvent::Lost { key, reason } => tracing::debug!(subnet = %key, "lost lease: {reason}"),
         LeaseEvent::AcquireRetry { attempts, reason } => {
-            tracing::debug!(attempts, "acquiring a lease: {reason}; retrying");
+            tracing::debug!(attempts, "acquiring a lease failed, retrying: {reason}");
         }
         LeaseEvent::AcquireFailed { reason } => {
             tracing::debug!("acquiring a lease failed: {reason}");
@@ -445,8 +454,21 @@ fn log_event(ev: &LeaseEvent) {
         LeaseEvent::PeerAdded(key) => tracing::debug!(subnet = %key, "peer added"),
         LeaseEvent::PeerUpdated(key) => tracing::debug!(subnet = %key, "peer updated"),
         LeaseEvent::PeerRemoved(key) => tracing::debug!(subnet = %key, "peer removed"),
-        // Logged once by the core when first seen.
-        LeaseEvent::Skipped { .. } | LeaseEvent::SkipsSuppressed { .. } => {}
+        // The exception: a junk key in the store is the operator's to fix,
+        // so the manager warns itself, within the core's log budget (the
+        // embedder sees the same events, for metrics).
+        LeaseEvent::Skipped {
+            key,
+            reason,
+            within_log_budget: true,
+        } => tracing::warn!(%key, "skipping lease: {reason}"),
+        LeaseEvent::Skipped { key, reason, .. } => {
+            tracing::debug!(%key, "skipping lease: {reason}");
+        }
+        LeaseEvent::SkipsSuppressed { count } => tracing::warn!(
+            count,
+            "... and {count} more leases skipped (see twill_leases_skipped and the debug log)"
+        ),
         LeaseEvent::Resynced { peers } => tracing::debug!(peers, "peer set resynced"),
         LeaseEvent::Released { key } => tracing::debug!(subnet = ?key, "released lease"),
     }
