@@ -2,6 +2,8 @@
 //! the loop stays responsive while the backend blocks, passes coalesce,
 //! config problems are waited on, and shutdown works in every phase.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -229,24 +231,26 @@ async fn a_blocked_backend_does_not_stall_the_agent() {
 async fn config_problems_are_waited_on_and_reported_once() {
     let registry = Arc::new(MemoryRegistry::new());
     let mut h = start(registry.clone(), options());
-    next(&mut h.events, |e| match e {
+    let key = next(&mut h.events, |e| match e {
         AgentEvent::ConfigInvalid {
             problem: ConfigProblem::Missing,
             key,
-        } => Some(assert_eq!(key, "/coreos.com/network/config")),
+        } => Some(key.clone()),
         _ => None,
     })
     .await;
+    assert_eq!(key, "/coreos.com/network/config");
     registry.set_config(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"nope"}}"#);
-    next(&mut h.events, |e| match e {
+    let err = next(&mut h.events, |e| match e {
         AgentEvent::ConfigInvalid {
             problem: ConfigProblem::Backend(err),
             ..
-        } => Some(assert!(err.to_string().contains("nope"), "{err}")),
+        } => Some(err.to_string()),
         AgentEvent::ConfigInvalid { problem, .. } => panic!("reported again: {problem}"),
         _ => None,
     })
     .await;
+    assert!(err.contains("nope"), "{err}");
     registry.set_config(CONFIG);
     let mtu = next(&mut h.events, |e| match e {
         AgentEvent::ConfigRead { mtu, .. } => Some(*mtu),
