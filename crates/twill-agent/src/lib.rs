@@ -77,5 +77,11 @@ pub use error::{AgentError, AgentOption};
 pub use event::{AgentEvent, ConfigDrift, ConfigProblem, ReconcileOutcome};
 pub use options::{check_public_ip, parse_duration, AgentOptions, MIN_INTERVAL, MIN_LEASE_TTL};
 pub use status::{AgentStatus, StatusSnapshot};
-pub use twill_backend::{BackendRegistry, UnderlayInterface};
-pub use twill_subnet::Registry;
+// The types of other crates this API exposes, so an embedder needs no
+// direct dependency to name them.
+pub use twill_backend::{
+    Backend, BackendError, BackendRegistry, NetlinkError, ReconcileReport, Route, SkipReason,
+    UnderlayInterface,
+};
+pub use twill_model::{NetworkConfig, SubnetKey, SubnetLease};
+pub use twill_subnet::{LeaseEvent, Registry, RegistryError, SubnetError};
