@@ -105,27 +105,11 @@ if exists twill-netlink && direct twill-netlink | grep -qx twill-model; then
                                         if (l ~ ("(^|[^A-Za-z0-9_])" m "([^A-Za-z0-9_]|$)")) print }')
 fi
 
-# twill-wireguard-backend is one package holding the backend library and the twill-wg-agent
-# binary, and Cargo cannot scope a dependency to one target: twill-etcd is in its Cargo.toml
-# for the binary. The rule holds for the library when no file of it names twill-etcd; any
-# other route to twill-etcd (another crate bringing it) is a violation as for any backend.
+# A backend never reaches the registry: the agent that embeds it chooses one
+# (twill-wg-agent is a package of its own for that reason).
 for backend in twill-backend twill-wireguard-backend; do
     exists "$backend" || continue
-    if direct "$backend" | grep -qx twill-etcd \
-        && [ "$(jq -r --arg p "$backend" '.packages[] | select(.name == $p)
-                  | [.targets[] | select(.kind | index("bin"))] | length' <<<"$meta")" -gt 0 ]; then
-        etcd=$(lib_name "$backend" twill-etcd)
-        while IFS= read -r hit; do
-            violation "$backend" "$hit" "$backend's library names $etcd: ${hit#"$root"/}"
-        done < <(grep -rnw --include='*.rs' --exclude-dir=bin "$etcd" "$(lib_dir "$backend")" || true)
-        for d in $(direct "$backend"); do
-            if [ "$d" != twill-etcd ] && reach "$d" | grep -qx twill-etcd; then
-                violation "$backend" twill-etcd "$backend reaches twill-etcd through $d"
-            fi
-        done
-    else
-        never "$backend" twill-etcd
-    fi
+    never "$backend" twill-etcd
 done
 
 only twill-agent twill-model twill-subnet twill-netlink twill-backend

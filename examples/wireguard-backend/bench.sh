@@ -43,10 +43,10 @@ say() { echo "# $*" >&2; }
 result() { echo "$1: $2 $3"; }
 
 if [[ "$PROFILE" == release ]]; then
-    (cd "$ROOT" && cargo build --release -q -p twill-wireguard-backend -p twilld) >&2
+    (cd "$ROOT" && cargo build --release -q -p twill-wg-agent -p twilld) >&2
     BIN="$ROOT/target/release"
 else
-    (cd "$ROOT" && cargo build -q -p twill-wireguard-backend -p twilld) >&2
+    (cd "$ROOT" && cargo build -q -p twill-wg-agent -p twilld) >&2
     BIN="$ROOT/target/debug"
 fi
 

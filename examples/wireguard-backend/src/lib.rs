@@ -9,7 +9,8 @@
 //! * [`pump`] is the data path: boringtun's `Tunn` per peer between the TUN
 //!   device and one UDP socket (port 51820), so WireGuard works on kernels
 //!   without the `wireguard` module;
-//! * `twill-wg-agent` (in `src/bin`) embeds it with the lease manager and
+//! * `twill-wg-agent` (`examples/wg-agent`, a package of its own so that
+//!   this library never depends on twill-etcd) runs it on twill-agent with
 //!   the etcd registry, without twilld.
 //!
 //! ```no_run
