@@ -12,9 +12,11 @@
 //! with nothing changed plans zero ops. Peers with invalid data are skipped
 //! with a reason ([`ReconcileReport::skipped`]), never programmed.
 //!
-//! IO: netlink syscalls only (short, blocking, on the calling task). No
-//! clocks, no threads. The netlink socket lives in the network namespace of
-//! the thread that created the backend.
+//! IO: netlink syscalls only, blocking, on the calling task: a 10,000-peer
+//! pass takes about two seconds, so call a backend off your async runtime
+//! (twill-agent gives it a thread of its own). No clocks, no threads. The
+//! netlink socket lives in the network namespace of the thread that created
+//! the backend.
 //!
 //! ```no_run
 //! use twill_backend::{BackendRegistry, HostContext, UnderlayInterface};
