@@ -237,3 +237,17 @@ tw_report() {
 }
 
 tw_log() { printf '== %s\n' "$*" >&2; }
+
+# The single-host benchmarks' set-up: host namespace `a` with eth0 10.0.0.2/24
+# (a veth whose peer stays unattached), etcd on its loopback, Network
+# 10.128.0.0/9. Sets $ns to the namespace's name.
+tw_single_host() {
+    tw_ns a
+    ns=$(tw_n a)
+    ip -n "$ns" link add eth0 type veth peer name eth0p
+    ip -n "$ns" link set eth0p up
+    ip -n "$ns" addr add 10.0.0.2/24 dev eth0
+    ip -n "$ns" link set eth0 up
+    tw_etcd a 127.0.0.1
+    tw_config a 10.128.0.0/9
+}

@@ -26,14 +26,7 @@ else
 fi
 
 tw_build
-tw_ns a
-ns=$(tw_n a)
-ip -n "$ns" link add eth0 type veth peer name eth0p
-ip -n "$ns" link set eth0p up
-ip -n "$ns" addr add 10.0.0.2/24 dev eth0
-ip -n "$ns" link set eth0 up
-tw_etcd a 127.0.0.1
-tw_config a 10.128.0.0/9
+tw_single_host
 
 tw_log "writing $LEASES leases"
 out=$(ip netns exec "$ns" "$TWBENCH" populate --n "$LEASES")
