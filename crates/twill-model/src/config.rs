@@ -510,7 +510,10 @@ impl NetworkConfig {
         // dotted IPv4 form, so its keys and subnet.env would not even name
         // an IPv6 subnet; every interface routes fe80::/64 itself.
         for (range, what) in [
-            ("::/8", "reserved (::/8: unspecified, loopback, IPv4-mapped)"),
+            (
+                "::/8",
+                "reserved (::/8: unspecified, loopback, IPv4-mapped)",
+            ),
             ("fe80::/10", "link-local (fe80::/10)"),
             ("ff00::/8", "multicast (ff00::/8)"),
         ] {
@@ -728,7 +731,11 @@ impl NetworkConfig {
         } else {
             index.checked_shl(shift).filter(|v| v >> shift == index)?
         };
-        Ipv6Network::new(Ipv6Addr::from(min.checked_add(offset)?), self.ipv6_subnet_len).ok()
+        Ipv6Network::new(
+            Ipv6Addr::from(min.checked_add(offset)?),
+            self.ipv6_subnet_len,
+        )
+        .ok()
     }
 
     /// The allocation index of `subnet` if it is one of the allocatable IPv6

@@ -52,8 +52,7 @@ impl SubnetEnv {
     #[must_use]
     pub fn new(config: &NetworkConfig, own: &SubnetKey, mtu: u32, ip_masq: bool) -> Self {
         let (network, subnet) = if config.enable_ipv4 {
-            let subnet =
-                Ipv4Network::new(own.first_host(), own.ipv4.prefix()).unwrap_or(own.ipv4);
+            let subnet = Ipv4Network::new(own.first_host(), own.ipv4.prefix()).unwrap_or(own.ipv4);
             (config.network, subnet)
         } else {
             (EMPTY_V4, EMPTY_V4)
@@ -195,9 +194,7 @@ impl SubnetEnv {
         // IPv4 ones are required (the file of every IPv4-only flanneld).
         let (network, subnet) = match (network, subnet) {
             (Some(n), Some(s)) => (n, s),
-            (None, None) if ipv6_network.is_some() || ipv6_subnet.is_some() => {
-                (EMPTY_V4, EMPTY_V4)
-            }
+            (None, None) if ipv6_network.is_some() || ipv6_subnet.is_some() => (EMPTY_V4, EMPTY_V4),
             (Some(_), None) => return Err(missing("FLANNEL_SUBNET")),
             (None, _) => return Err(missing("FLANNEL_NETWORK")),
         };
@@ -318,9 +315,14 @@ mod tests {
                 other => panic!("{text:?}: {other:?}"),
             }
         }
-        let e = SubnetEnv::parse("FLANNEL_IPV6_NETWORK=fd00::/56\nFLANNEL_IPV6_SUBNET=10.1.2.1/24\n")
-            .unwrap_err();
-        assert!(e.to_string().contains("FLANNEL_IPV6_SUBNET \"10.1.2.1/24\""), "{e}");
+        let e =
+            SubnetEnv::parse("FLANNEL_IPV6_NETWORK=fd00::/56\nFLANNEL_IPV6_SUBNET=10.1.2.1/24\n")
+                .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("FLANNEL_IPV6_SUBNET \"10.1.2.1/24\""),
+            "{e}"
+        );
     }
 
     #[test]
@@ -382,7 +384,12 @@ mod tests {
         // A dual-stack lease under an IPv4-only config: flannel writes the
         // IPv4 lines only.
         let cfg = NetworkConfig::parse(r#"{"Network":"10.5.0.0/16"}"#).unwrap();
-        let env = SubnetEnv::new(&cfg, &"10.5.7.0-24&fd00:10:0:7::-64".parse().unwrap(), 1450, false);
+        let env = SubnetEnv::new(
+            &cfg,
+            &"10.5.7.0-24&fd00:10:0:7::-64".parse().unwrap(),
+            1450,
+            false,
+        );
         assert_eq!(env.ipv6_subnet, None);
     }
 
