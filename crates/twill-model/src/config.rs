@@ -74,8 +74,13 @@ impl BackendConfig {
 ///
 /// Keys are matched as Go's `encoding/json` matches them, as flanneld does:
 /// exact name, else case-insensitively; the last key naming a field wins;
-/// `null` is absent; unknown fields are ignored. A config asking for IPv6
-/// (`EnableIPv6` true) is refused: IPv6 overlays are not built yet.
+/// `null` is absent; unknown fields are ignored.
+///
+/// Both address families are parsed and validated as flannel does
+/// (`EnableIPv4` true by default, `EnableIPv6` false; dual stack and
+/// IPv6-only configs parse). Whether twill can *program* what a config asks
+/// for is a separate question, answered by [`NetworkConfig::check_supported`]
+/// where a config is read for use (the registries' `get_config`).
 ///
 /// ```
 /// use twill_model::NetworkConfig;
@@ -85,15 +90,27 @@ impl BackendConfig {
 /// assert_eq!(cfg.subnet_max.to_string(), "10.5.255.0");
 /// let err = NetworkConfig::parse(r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.0.5"}"#).unwrap_err();
 /// assert_eq!(err.to_string(), "SubnetMin 10.5.0.5 is not aligned to SubnetLen 24");
+///
+/// // Dual stack: flannel's IPv6 defaults (a /64 per host, the first skipped).
+/// let cfg = NetworkConfig::parse(
+///     r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10::/56"}"#,
+/// ).unwrap();
+/// assert_eq!(cfg.ipv6_subnet_len, 64);
+/// assert_eq!(cfg.ipv6_subnet_min.unwrap().to_string(), "fd00:10:0:1::");
+/// assert_eq!(cfg.ipv6_subnet_max.unwrap().to_string(), "fd00:10:0:ff::");
+/// assert_eq!(cfg.ipv6_subnet_count(), 255);
+/// // ... which twill parses but cannot program yet.
+/// assert!(cfg.check_supported().is_err());
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetworkConfig {
     /// `EnableIPv4` (default true).
     pub enable_ipv4: bool,
-    /// `EnableIPv6` (default false). Always false in a config that parsed:
-    /// IPv6 overlays are not built yet, so a config asking for one is refused.
+    /// `EnableIPv6` (default false).
     pub enable_ipv6: bool,
-    /// `Network`: the cluster network every subnet comes from.
+    /// `Network`: the cluster network every subnet comes from. `0.0.0.0/0`,
+    /// flannel's empty network, when `EnableIPv4` is false (and then it and
+    /// the other IPv4 fields are neither checked nor used).
     pub network: Ipv4Network,
     /// `SubnetLen`: prefix length of each host's subnet.
     pub subnet_len: u8,
@@ -101,14 +118,20 @@ pub struct NetworkConfig {
     pub subnet_min: Ipv4Addr,
     /// `SubnetMax`: the last allocatable subnet's address.
     pub subnet_max: Ipv4Addr,
-    /// `IPv6Network`. Read (and checked when `EnableIPv6` is true, before
-    /// such a config is refused) but never used: IPv6 is not supported yet.
+    /// `IPv6Network`: the cluster's IPv6 network. Always `Some` when
+    /// `EnableIPv6` is true; read but neither checked nor used otherwise
+    /// (flannel ignores it then too).
     pub ipv6_network: Option<Ipv6Network>,
-    /// `IPv6SubnetLen`.
+    /// `IPv6SubnetLen`: prefix length of each host's IPv6 subnet (flannel's
+    /// default: 64, or the network's prefix + 2 when that is longer).
     pub ipv6_subnet_len: u8,
-    /// `IPv6SubnetMin`.
+    /// `IPv6SubnetMin`: the first allocatable IPv6 subnet's address
+    /// (default: the network's second subnet). Always `Some` when
+    /// `EnableIPv6` is true.
     pub ipv6_subnet_min: Option<Ipv6Addr>,
-    /// `IPv6SubnetMax`.
+    /// `IPv6SubnetMax`: the last allocatable IPv6 subnet's address
+    /// (default: the network's last subnet). Always `Some` when
+    /// `EnableIPv6` is true.
     pub ipv6_subnet_max: Option<Ipv6Addr>,
     /// `Backend`.
     pub backend: BackendConfig,
@@ -309,7 +332,7 @@ impl NetworkConfig {
         let mut cfg = NetworkConfig {
             enable_ipv4,
             enable_ipv6,
-            network: network.unwrap_or_else(|| Ipv4Network::from(Ipv4Addr::UNSPECIFIED)),
+            network: network.unwrap_or(crate::key::EMPTY_V4),
             subnet_len: get_len(obj, "SubnetLen")?,
             subnet_min: get_v4(obj, "SubnetMin")?.unwrap_or(Ipv4Addr::UNSPECIFIED),
             subnet_max: get_v4(obj, "SubnetMax")?.unwrap_or(Ipv4Addr::UNSPECIFIED),
@@ -336,18 +359,35 @@ impl NetworkConfig {
             ));
         }
         if enable_ipv6 {
-            // Validate first, so a malformed IPv6 side gets its precise
-            // error; then refuse: an IPv6-only config would run with an
-            // all-zero IPv4 side (a 0.0.0.0/0 lease) and a dual-stack one
-            // would silently lose its IPv6 half.
             cfg.validate_v6()?;
+        }
+        Ok(cfg)
+    }
+
+    /// Refuses what twill parses but cannot program yet: `EnableIPv6` true
+    /// (dual stack and IPv6-only overlays). Called where a config is read
+    /// for use (the etcd and in-memory registries' `get_config`, the etcd
+    /// registry's `put_config`), so a daemon or agent waits on it as on any
+    /// invalid config, with this one-line error, instead of running an
+    /// IPv6-only config with an all-zero IPv4 side (a `0.0.0.0-0` lease) or
+    /// a dual-stack one without its IPv6 half.
+    ///
+    /// Kept apart from [`NetworkConfig::parse`] so that the IPv6 fields are
+    /// parsed and validated in full (and tested) before they are programmed;
+    /// the day the backends program IPv6, this check goes and nothing else
+    /// changes.
+    ///
+    /// # Errors
+    /// [`ModelError::Unsupported`] naming `EnableIPv6`.
+    pub fn check_supported(&self) -> Result<(), ModelError> {
+        if self.enable_ipv6 {
             return Err(ModelError::Unsupported {
                 field: "EnableIPv6",
                 value: "true".into(),
                 reason: "IPv6 overlays are not supported yet (dual-stack and IPv6-only are planned); set EnableIPv6 false".into(),
             });
         }
-        Ok(cfg)
+        Ok(())
     }
 
     /// flannel's `CheckNetworkConfig` for IPv4, with typed errors, plus
@@ -439,13 +479,16 @@ impl NetworkConfig {
                 return Err(ModelError::NotAligned {
                     field,
                     addr: IpAddr::V4(addr),
+                    len_field: "SubnetLen",
                     len: self.subnet_len,
                 });
             }
         }
         if self.subnet_min > self.subnet_max {
             return Err(ModelError::MinAboveMax {
+                min_field: "SubnetMin",
                 min: IpAddr::V4(self.subnet_min),
+                max_field: "SubnetMax",
                 max: IpAddr::V4(self.subnet_max),
             });
         }
@@ -461,6 +504,30 @@ impl NetworkConfig {
         };
         let prefix = network.prefix();
         let net_str = network.to_string();
+        // As for IPv4 (beyond flannel's checks): ranges no overlay can use.
+        // ::/8 holds the unspecified and loopback addresses and the
+        // IPv4-mapped and -compatible ones, which Go's flannel writes in
+        // dotted IPv4 form, so its keys and subnet.env would not even name
+        // an IPv6 subnet; every interface routes fe80::/64 itself.
+        for (range, what) in [
+            (
+                "::/8",
+                "reserved (::/8: unspecified, loopback, IPv4-mapped)",
+            ),
+            ("fe80::/10", "link-local (fe80::/10)"),
+            ("ff00::/8", "multicast (ff00::/8)"),
+        ] {
+            let range: Ipv6Network = range
+                .parse()
+                .map_err(|_| invalid("IPv6Network", range, "bad built-in range"))?;
+            if range.contains(network.network()) || network.contains(range.network()) {
+                return Err(invalid(
+                    "IPv6Network",
+                    &net_str,
+                    &format!("overlaps {what}, which cannot carry an overlay: choose a unique local range such as fd00:10:244::/56"),
+                ));
+            }
+        }
         if self.ipv6_subnet_len > 0 {
             if self.ipv6_subnet_len > 126 {
                 return Err(ModelError::SubnetLenTooLong {
@@ -500,7 +567,8 @@ impl NetworkConfig {
             })?;
         let net = u128::from(network.network());
         let last = net | u128::MAX.checked_shr(u32::from(prefix)).unwrap_or(0);
-        let min = match self.ipv6_subnet_min {
+        // flannel's ip.IsEmpty: "::" is the same as no value.
+        let min = match self.ipv6_subnet_min.filter(|a| !a.is_unspecified()) {
             None => Ipv6Addr::from(net + size),
             Some(a) if !network.contains(a) => {
                 return Err(ModelError::OutsideNetwork {
@@ -511,7 +579,7 @@ impl NetworkConfig {
             }
             Some(a) => a,
         };
-        let max = match self.ipv6_subnet_max {
+        let max = match self.ipv6_subnet_max.filter(|a| !a.is_unspecified()) {
             None => Ipv6Addr::from(last - (size - 1)),
             Some(a) if !network.contains(a) => {
                 return Err(ModelError::OutsideNetwork {
@@ -527,13 +595,16 @@ impl NetworkConfig {
                 return Err(ModelError::NotAligned {
                     field,
                     addr: IpAddr::V6(addr),
+                    len_field: "IPv6SubnetLen",
                     len: self.ipv6_subnet_len,
                 });
             }
         }
         if min > max {
             return Err(ModelError::MinAboveMax {
+                min_field: "IPv6SubnetMin",
                 min: IpAddr::V6(min),
+                max_field: "IPv6SubnetMax",
                 max: IpAddr::V6(max),
             });
         }
@@ -543,8 +614,8 @@ impl NetworkConfig {
     }
 
     /// How many subnets lie in `[SubnetMin, SubnetMax]`: 0 for a config
-    /// that does not describe any (SubnetMin above SubnetMax, SubnetLen over
-    /// 32), saturating at `u32::MAX` (all 2^32 /32s).
+    /// that does not describe any (`EnableIPv4` false, SubnetMin above
+    /// SubnetMax, SubnetLen over 32), saturating at `u32::MAX` (all 2^32 /32s).
     ///
     /// The fields are public, so this and [`NetworkConfig::subnet_at`] /
     /// [`NetworkConfig::subnet_index`] never overflow whatever they hold;
@@ -553,6 +624,9 @@ impl NetworkConfig {
     pub fn subnet_count(&self) -> u32 {
         let (min, max) = (u32::from(self.subnet_min), u32::from(self.subnet_max));
         match subnet_shift_v4(self.subnet_len) {
+            // Without IPv4 the fields are flannel's zeros: one 0.0.0.0/0
+            // "subnet" that must never be handed out.
+            Some(_) if !self.enable_ipv4 => 0,
             Some(shift) if min <= max => shr(max - min, shift).saturating_add(1),
             _ => 0,
         }
@@ -573,7 +647,7 @@ impl NetworkConfig {
     /// subnets (right length, aligned, within `[SubnetMin, SubnetMax]`).
     #[must_use]
     pub fn subnet_index(&self, subnet: Ipv4Network) -> Option<u32> {
-        if subnet.prefix() != self.subnet_len {
+        if !self.enable_ipv4 || subnet.prefix() != self.subnet_len {
             return None;
         }
         let addr = u32::from(subnet.network());
@@ -584,22 +658,118 @@ impl NetworkConfig {
         Some(shr(addr - min, subnet_shift_v4(self.subnet_len)?))
     }
 
-    /// Checks that a lease's subnet may be programmed: it lies entirely inside
-    /// `Network`. (A lease with another length, left from an older config, is
-    /// still routable; the allocator never hands such subnets out.)
+    /// Checks that a lease's subnet may be programmed: for each enabled
+    /// family, its subnet lies entirely inside `Network` / `IPv6Network`. In
+    /// a dual-stack config a lease without an IPv6 part passes (its IPv4
+    /// side is routable, as flannel routes it); in an IPv6-only config it
+    /// does not. (A lease with another length, left from an older config,
+    /// is still routable; the allocator never hands such subnets out.)
     ///
     /// # Errors
     /// [`ModelError::SubnetOutsideNetwork`].
     pub fn check_subnet(&self, key: &SubnetKey) -> Result<(), ModelError> {
-        let sn = key.ipv4;
-        if sn.prefix() < self.network.prefix() || !self.network.contains(sn.network()) {
-            return Err(ModelError::SubnetOutsideNetwork {
-                subnet: sn.to_string(),
-                network: self.network.to_string(),
-            });
+        if self.enable_ipv4 {
+            let sn = key.ipv4;
+            if sn.prefix() < self.network.prefix() || !self.network.contains(sn.network()) {
+                return Err(ModelError::SubnetOutsideNetwork {
+                    subnet: sn.to_string(),
+                    network: self.network.to_string(),
+                });
+            }
+        }
+        if self.enable_ipv6 {
+            match (key.ipv6, self.ipv6_network) {
+                (Some(sn), Some(net)) => {
+                    if sn.prefix() < net.prefix() || !net.contains(sn.network()) {
+                        return Err(ModelError::SubnetOutsideNetwork {
+                            subnet: sn.to_string(),
+                            network: net.to_string(),
+                        });
+                    }
+                }
+                // A dual-stack cluster may hold IPv4-only leases (flannel
+                // programs their IPv4 side); an IPv6-only one may not.
+                (None, _) if self.enable_ipv4 => {}
+                (None, net) => {
+                    return Err(ModelError::SubnetOutsideNetwork {
+                        subnet: key.to_string(),
+                        network: net.map_or_else(String::new, |n| n.to_string()),
+                    })
+                }
+                (Some(sn), None) => {
+                    return Err(ModelError::SubnetOutsideNetwork {
+                        subnet: sn.to_string(),
+                        network: String::new(),
+                    })
+                }
+            }
         }
         Ok(())
     }
+
+    /// How many IPv6 subnets lie in `[IPv6SubnetMin, IPv6SubnetMax]`: 0
+    /// when `EnableIPv6` is false or the fields describe none, saturating
+    /// at `u128::MAX`. Never overflows whatever the public fields hold.
+    #[must_use]
+    pub fn ipv6_subnet_count(&self) -> u128 {
+        let Some((min, max, shift)) = self.ipv6_range() else {
+            return 0;
+        };
+        shr128(max - min, shift).saturating_add(1)
+    }
+
+    /// The `index`-th allocatable IPv6 subnet (0 is `IPv6SubnetMin`), if in
+    /// range.
+    #[must_use]
+    pub fn ipv6_subnet_at(&self, index: u128) -> Option<Ipv6Network> {
+        if index >= self.ipv6_subnet_count() {
+            return None;
+        }
+        let (min, _, shift) = self.ipv6_range()?;
+        let offset = if index == 0 {
+            0
+        } else {
+            index.checked_shl(shift).filter(|v| v >> shift == index)?
+        };
+        Ipv6Network::new(
+            Ipv6Addr::from(min.checked_add(offset)?),
+            self.ipv6_subnet_len,
+        )
+        .ok()
+    }
+
+    /// The allocation index of `subnet` if it is one of the allocatable IPv6
+    /// subnets (right length, aligned, within `[IPv6SubnetMin,
+    /// IPv6SubnetMax]`).
+    #[must_use]
+    pub fn ipv6_subnet_index(&self, subnet: Ipv6Network) -> Option<u128> {
+        if subnet.prefix() != self.ipv6_subnet_len {
+            return None;
+        }
+        let (min, max, shift) = self.ipv6_range()?;
+        let addr = u128::from(subnet.network());
+        if addr < min || addr > max {
+            return None;
+        }
+        Some(shr128(addr - min, shift))
+    }
+
+    /// `(IPv6SubnetMin, IPv6SubnetMax, 128 - IPv6SubnetLen)` when IPv6 is
+    /// enabled and they describe at least one subnet.
+    fn ipv6_range(&self) -> Option<(u128, u128, u32)> {
+        if !self.enable_ipv6 {
+            return None;
+        }
+        let min = u128::from(self.ipv6_subnet_min?);
+        let max = u128::from(self.ipv6_subnet_max?);
+        let shift = 128u32.checked_sub(u32::from(self.ipv6_subnet_len))?;
+        (min <= max).then_some((min, max, shift))
+    }
+}
+
+/// `x >> shift`, 0 for a shift by the full width (IPv6SubnetLen 0).
+fn shr128(x: u128, shift: u32) -> u128 {
+    x.checked_shr(shift).unwrap_or(0)
 }
 
 /// How far a subnet index is shifted to become an address offset

@@ -97,20 +97,28 @@ pub enum ModelError {
         network: String,
     },
     /// An address is not on a subnet boundary.
-    #[error("{field} {addr} is not aligned to SubnetLen {len}")]
+    #[error("{field} {addr} is not aligned to {len_field} {len}")]
     NotAligned {
-        /// `SubnetMin`, `SubnetMax`, ...
+        /// `SubnetMin`, `SubnetMax`, `IPv6SubnetMin`, `IPv6SubnetMax`.
         field: &'static str,
         /// The address.
         addr: IpAddr,
+        /// The length field it must be aligned to: `SubnetLen` or
+        /// `IPv6SubnetLen`.
+        len_field: &'static str,
         /// The subnet length it must be aligned to.
         len: u8,
     },
-    /// `SubnetMin` is above `SubnetMax`.
-    #[error("SubnetMin {min} is above SubnetMax {max}")]
+    /// `SubnetMin` is above `SubnetMax` (or `IPv6SubnetMin` above
+    /// `IPv6SubnetMax`).
+    #[error("{min_field} {min} is above {max_field} {max}")]
     MinAboveMax {
+        /// `SubnetMin` or `IPv6SubnetMin`.
+        min_field: &'static str,
         /// The lower bound.
         min: IpAddr,
+        /// `SubnetMax` or `IPv6SubnetMax`.
+        max_field: &'static str,
         /// The upper bound.
         max: IpAddr,
     },

@@ -7,7 +7,10 @@ use ipnetwork::{Ipv4Network, Ipv6Network};
 use crate::ModelError;
 
 /// The name of a subnet lease in the store, in flannel's form:
-/// `192.168.4.0-24`, or `10.1.2.0-24&fd00:1:2::-64` for a dual-stack lease.
+/// `192.168.4.0-24`, `10.1.2.0-24&fd00:1:2::-64` for a dual-stack lease,
+/// and `0.0.0.0-0&fd00:1:2::-64` for an IPv6-only one (flannel's
+/// `MakeSubnetKey` writes its empty IPv4 network as `0.0.0.0-0`; here that
+/// is `ipv4 == 0.0.0.0/0`, see [`SubnetKey::ipv4_subnet`]).
 ///
 /// Parsing is strict: the address must be the subnet's network address, the
 /// whole string must match (flannel's regular expression is unanchored and
@@ -23,10 +26,18 @@ use crate::ModelError;
 /// assert_eq!(key.to_string(), "192.168.4.0-24");
 /// assert!("192.168.4.1-24".parse::<SubnetKey>().is_err());
 /// assert!("192.168.4.0-024".parse::<SubnetKey>().is_err());
+///
+/// let v6: SubnetKey = "0.0.0.0-0&fd00:1:2::-64".parse().unwrap();
+/// assert_eq!(v6.ipv4_subnet(), None);
+/// assert_eq!(v6.ipv6.unwrap().to_string(), "fd00:1:2::/64");
+/// assert_eq!(v6, SubnetKey::v6_only("fd00:1:2::/64".parse().unwrap()));
+/// // The empty IPv4 network alone names no subnet.
+/// assert!("0.0.0.0-0".parse::<SubnetKey>().is_err());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SubnetKey {
-    /// The IPv4 subnet.
+    /// The IPv4 subnet; `0.0.0.0/0`, flannel's empty network, in an
+    /// IPv6-only lease (then `ipv6` is `Some`).
     pub ipv4: Ipv4Network,
     /// The IPv6 subnet of a dual-stack lease.
     pub ipv6: Option<Ipv6Network>,
@@ -37,6 +48,45 @@ impl SubnetKey {
     #[must_use]
     pub fn v4(ipv4: Ipv4Network) -> Self {
         SubnetKey { ipv4, ipv6: None }
+    }
+
+    /// A key for a dual-stack lease (`10.1.2.0-24&fd00:1:2::-64`).
+    #[must_use]
+    pub fn dual(ipv4: Ipv4Network, ipv6: Ipv6Network) -> Self {
+        SubnetKey {
+            ipv4,
+            ipv6: Some(ipv6),
+        }
+    }
+
+    /// A key for an IPv6-only lease, as flannel writes it
+    /// (`0.0.0.0-0&fd00:1:2::-64`).
+    #[must_use]
+    pub fn v6_only(ipv6: Ipv6Network) -> Self {
+        SubnetKey {
+            ipv4: EMPTY_V4,
+            ipv6: Some(ipv6),
+        }
+    }
+
+    /// The IPv4 subnet, `None` in an IPv6-only lease.
+    #[must_use]
+    pub fn ipv4_subnet(&self) -> Option<Ipv4Network> {
+        (self.ipv4 != EMPTY_V4).then_some(self.ipv4)
+    }
+
+    /// Whether this lease has no IPv4 subnet.
+    #[must_use]
+    pub fn is_ipv6_only(&self) -> bool {
+        self.ipv4 == EMPTY_V4
+    }
+
+    /// The first usable IPv6 address (`fd00:1:2::1`), the bridge address in
+    /// subnet.env's `FLANNEL_IPV6_SUBNET`.
+    #[must_use]
+    pub fn first_ipv6_host(&self) -> Option<Ipv6Addr> {
+        self.ipv6
+            .map(|n| Ipv6Addr::from(u128::from(n.network()).wrapping_add(1)))
     }
 
     /// The IPv4 subnet's network address (`192.168.4.0` for `192.168.4.0/24`):
@@ -61,6 +111,22 @@ impl fmt::Display for SubnetKey {
         }
         Ok(())
     }
+}
+
+/// flannel's empty `IP4Net`, the IPv4 part of an IPv6-only key.
+pub(crate) const EMPTY_V4: Ipv4Network = match Ipv4Network::new_checked(Ipv4Addr::UNSPECIFIED, 0) {
+    Some(n) => n,
+    // A /0 is always a valid prefix; checked at compile time.
+    None => panic!("0.0.0.0/0 is a valid network"),
+};
+
+/// Whether Go's `net.IP.String` (through flannel's big-integer `IP6`) writes
+/// `addr` in dotted IPv4 form: IPv4-mapped addresses, and those whose value
+/// takes exactly four bytes (`::100:0` to `::ffff:ffff`). Such a key part
+/// would not read back in flannel, so it names no subnet.
+fn go_writes_as_ipv4(addr: Ipv6Addr) -> bool {
+    let v = u128::from(addr);
+    v >> 32 == 0xffff || (1 << 24..1 << 32).contains(&v)
 }
 
 fn key_err(key: &str, reason: impl Into<String>) -> ModelError {
@@ -107,6 +173,12 @@ fn parse_v6(key: &str, part: &str) -> Result<Ipv6Network, ModelError> {
     let ip: Ipv6Addr = addr
         .parse()
         .map_err(|_| key_err(key, format!("{addr:?} is not an IPv6 address")))?;
+    if go_writes_as_ipv4(ip) {
+        return Err(key_err(
+            key,
+            format!("{ip} is an IPv6 address flannel writes as IPv4"),
+        ));
+    }
     let net = Ipv6Network::new(ip, len)
         .map_err(|_| key_err(key, format!("prefix length {len} is over 128")))?;
     if net.network() != ip {
@@ -133,6 +205,10 @@ impl FromStr for SubnetKey {
             ipv4: parse_v4(s, v4)?,
             ipv6: v6.map(|p| parse_v6(s, p)).transpose()?,
         };
+        if key.ipv6.is_none() && key.is_ipv6_only() {
+            // flannel would read it as a lease of 0.0.0.0/0: everything.
+            return Err(key_err(s, "0.0.0.0-0 names no subnet without an IPv6 part"));
+        }
         // One subnet, one key: anything but the form we (and flannel) write
         // back, e.g. a zero-padded length or a non-RFC 5952 IPv6 address, is an alias.
         let canonical = key.to_string();

@@ -11,9 +11,15 @@ pub const MAX_LEASE_BYTES: usize = 16 * 1024;
 /// What a host publishes about itself in its lease: the JSON value stored at
 /// `<prefix>/subnets/<key>`, field for field as flannel's `LeaseAttrs`.
 ///
-/// Serialization is byte-identical to flannel's: the same field names and
-/// order, `PublicIPv6`, `BackendData` and `BackendV6Data` omitted when absent.
-/// `BackendData` stays opaque JSON; each backend parses its own.
+/// Serialization follows flannel's: the same field names and order,
+/// `BackendData` and `BackendV6Data` omitted when absent, as flannel's
+/// `omitempty` does. One difference: flannel v0.28 writes a missing
+/// `PublicIPv6` as `"PublicIPv6":null` (its field has no `omitempty`),
+/// twill omits it, as flannel releases without IPv6 did; each reads the other's value
+/// as the same attributes, which is what lease ownership compares.
+/// `BackendData` and `BackendV6Data` stay opaque JSON; each backend parses
+/// its own. An IPv6-only lease, as flannel writes it, has
+/// `"PublicIP":"0.0.0.0"`, a `PublicIPv6` and a `BackendV6Data` only.
 ///
 /// Parsing matches keys as flanneld (Go's `encoding/json`) does:
 /// `"publicip"` is `PublicIP`, the last of duplicate keys wins, `null` is
@@ -134,6 +140,37 @@ impl LeaseAttrs {
         })?;
         crate::gojson::from_value(data).map_err(|e| ModelError::InvalidData {
             what: "BackendData",
+            reason: e.to_string(),
+        })
+    }
+}
+
+impl LeaseAttrs {
+    /// Parses `BackendV6Data` (the backend's data for its IPv6 device, e.g.
+    /// vxlan's `flannel-v6.<VNI>` `VtepMAC`) as the backend's own type, by
+    /// the rules of [`LeaseAttrs::backend_data_as`].
+    ///
+    /// ```
+    /// use twill_model::LeaseAttrs;
+    /// #[derive(serde::Deserialize)]
+    /// struct Vxlan { #[serde(rename = "VtepMAC")] vtep_mac: String }
+    /// let json = r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd00::3","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"6e:af:8f:41:72:27"}}"#;
+    /// let attrs = LeaseAttrs::from_json(json).unwrap();
+    /// assert_eq!(attrs.backend_v6_data_as::<Vxlan>().unwrap().vtep_mac, "6e:af:8f:41:72:27");
+    /// assert!(attrs.backend_data_as::<Vxlan>().is_err());
+    /// assert_eq!(attrs.to_json().unwrap(), json);
+    /// ```
+    ///
+    /// # Errors
+    /// [`ModelError::Missing`] when there is none, [`ModelError::InvalidData`]
+    /// when it does not have the expected shape.
+    pub fn backend_v6_data_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, ModelError> {
+        let data = self.backend_v6_data.as_ref().ok_or(ModelError::Missing {
+            field: "BackendV6Data",
+            hint: "",
+        })?;
+        crate::gojson::from_value(data).map_err(|e| ModelError::InvalidData {
+            what: "BackendV6Data",
             reason: e.to_string(),
         })
     }

@@ -172,8 +172,16 @@ fn v6_fields() -> impl Strategy<Value = String> {
 
 /// What every accepted config must satisfy.
 fn check_config(cfg: &NetworkConfig) -> Result<(), TestCaseError> {
-    // IPv6 is refused until it is built: nothing accepted asks for it.
-    prop_assert!(!cfg.enable_ipv6);
+    prop_assert!(cfg.enable_ipv4 || cfg.enable_ipv6);
+    // What twill cannot program is refused by the one separate check.
+    prop_assert_eq!(cfg.check_supported().is_ok(), !cfg.enable_ipv6);
+    if cfg.enable_ipv6 {
+        check_v6_side(cfg)?;
+    }
+    if !cfg.enable_ipv4 {
+        prop_assert_eq!(cfg.subnet_count(), 0);
+        return Ok(());
+    }
     let n = cfg.network;
     prop_assert!(cfg.subnet_len >= n.prefix() && cfg.subnet_len <= 32);
     prop_assert!(n.contains(cfg.subnet_min) && n.contains(cfg.subnet_max));
@@ -183,10 +191,37 @@ fn check_config(cfg: &NetworkConfig) -> Result<(), TestCaseError> {
     for i in [0, count / 2, count - 1] {
         let sn = cfg.subnet_at(i).unwrap();
         prop_assert_eq!(sn.prefix(), cfg.subnet_len);
-        prop_assert!(cfg.check_subnet(&SubnetKey::v4(sn)).is_ok());
+        if !cfg.enable_ipv6 {
+            prop_assert!(cfg.check_subnet(&SubnetKey::v4(sn)).is_ok());
+        }
         prop_assert_eq!(cfg.subnet_index(sn), Some(i));
     }
     prop_assert!(cfg.subnet_at(count).is_none());
+    Ok(())
+}
+
+/// The IPv6 side of an accepted config with `EnableIPv6`: flannel's checks
+/// hold and the subnet arithmetic is consistent.
+fn check_v6_side(cfg: &NetworkConfig) -> Result<(), TestCaseError> {
+    let n = cfg.ipv6_network.unwrap();
+    let (min, max) = (cfg.ipv6_subnet_min.unwrap(), cfg.ipv6_subnet_max.unwrap());
+    prop_assert!(cfg.ipv6_subnet_len >= n.prefix() + 2 && cfg.ipv6_subnet_len <= 126);
+    prop_assert!(n.contains(min) && n.contains(max) && min <= max);
+    let count = cfg.ipv6_subnet_count();
+    prop_assert!(count >= 1);
+    for i in [0, count / 2, count - 1] {
+        let sn = cfg.ipv6_subnet_at(i).unwrap();
+        prop_assert_eq!(sn.prefix(), cfg.ipv6_subnet_len);
+        prop_assert_eq!(cfg.ipv6_subnet_index(sn), Some(i));
+        let key = if cfg.enable_ipv4 {
+            SubnetKey::dual(cfg.subnet_at(0).unwrap(), sn)
+        } else {
+            SubnetKey::v6_only(sn)
+        };
+        prop_assert!(cfg.check_subnet(&key).is_ok(), "{}", key);
+        prop_assert_eq!(key.to_string().parse::<SubnetKey>().unwrap(), key);
+    }
+    prop_assert!(cfg.ipv6_subnet_at(count).is_none());
     Ok(())
 }
 
@@ -261,13 +296,17 @@ proptest! {
         }
     }
 
-    /// Issue 12: valid IPv6 sides (IPv6-only or dual stack) pass
-    /// validation, so the only error is the refusal naming `EnableIPv6`.
+    /// Valid IPv6 sides (IPv6-only or dual stack) parse, and the only
+    /// refusal is the separate check naming `EnableIPv6` (issue 12).
     #[test]
-    fn valid_ipv6_configs_are_refused_as_unsupported(v6 in v6_fields(), v4 in any::<bool>(), backend in prop_oneof![Just("vxlan"), Just("host-gw")]) {
+    fn valid_ipv6_configs_parse_and_are_refused_as_unsupported(v6 in v6_fields(), v4 in any::<bool>(), backend in prop_oneof![Just("vxlan"), Just("host-gw")]) {
         let v4 = if v4 { r#""Network":"10.5.0.0/16""# } else { r#""EnableIPv4":false"# };
         let json = format!(r#"{{{v4},"EnableIPv6":true,{v6},"Backend":{{"Type":"{backend}"}}}}"#);
-        match NetworkConfig::parse(&json) {
+        let cfg = NetworkConfig::parse(&json);
+        prop_assert!(cfg.is_ok(), "{}: {:?}", json, cfg);
+        let cfg = cfg.unwrap();
+        check_config(&cfg)?;
+        match cfg.check_supported() {
             Err(e @ ModelError::Unsupported { field: "EnableIPv6", .. }) => check_error(&e)?,
             other => prop_assert!(false, "{json}: {other:?}"),
         }

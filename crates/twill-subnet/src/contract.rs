@@ -193,7 +193,8 @@ async fn next_event(
 }
 
 /// `get_config`: [`RegistryError::ConfigNotFound`] naming `<prefix>/config`
-/// while there is none, [`RegistryError::InvalidConfig`] for an invalid one,
+/// while there is none, [`RegistryError::InvalidConfig`] for an invalid one
+/// and for one [`twill_model::NetworkConfig::check_supported`] refuses,
 /// the parsed config for a valid one.
 pub async fn config_get(fx: &dyn ContractFixture) -> CheckResult {
     const C: &str = "config_get";
@@ -226,6 +227,28 @@ pub async fn config_get(fx: &dyn ContractFixture) -> CheckResult {
         C,
         matches!(got, Err(RegistryError::InvalidConfig { .. })),
         "not JSON: expected InvalidConfig, got {got:?}"
+    );
+    // Valid, but not programmable yet: refused through the one check.
+    ok(
+        C,
+        "writing the config",
+        fx.put_config(r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48"}"#)
+            .await,
+    )?;
+    let got = reg.get_config().await;
+    ensure!(
+        C,
+        matches!(
+            &got,
+            Err(RegistryError::InvalidConfig {
+                source: twill_model::ModelError::Unsupported {
+                    field: "EnableIPv6",
+                    ..
+                },
+                ..
+            })
+        ),
+        "EnableIPv6: expected InvalidConfig(Unsupported), got {got:?}"
     );
     ok(
         C,

@@ -14,6 +14,15 @@ pub enum SubnetError {
         /// Of which taken.
         taken: u32,
     },
+    /// Every IPv6 subnet in `[IPv6SubnetMin, IPv6SubnetMax]` is taken (or
+    /// the config has no IPv6 side: `total` 0).
+    #[error("no free IPv6 subnet: all {taken} of {total} subnets in [IPv6SubnetMin, IPv6SubnetMax] are taken")]
+    Ipv6Exhausted {
+        /// Subnets in `[IPv6SubnetMin, IPv6SubnetMax]`.
+        total: u128,
+        /// Of which taken.
+        taken: u128,
+    },
     /// The registry failed in a way retrying will not fix (e.g. no config yet).
     #[error(transparent)]
     Registry(#[from] RegistryError),

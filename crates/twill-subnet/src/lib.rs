@@ -46,6 +46,7 @@
 //! ```
 
 mod allocator;
+mod allocator_v6;
 mod backoff;
 pub mod contract;
 mod error;
@@ -54,6 +55,7 @@ mod memory;
 pub mod registry;
 
 pub use allocator::SubnetAllocator;
+pub use allocator_v6::Ipv6SubnetAllocator;
 pub use error::SubnetError;
 pub use manager::core::{
     Action, CoreConfig, Input, LeaseCore, LeaseEvent, LogBudget, PeerSet, RetryPolicy,

@@ -448,6 +448,7 @@ impl Registry for MemoryRegistry {
         match raw {
             None => Err(RegistryError::ConfigNotFound { key }),
             Some(bytes) => NetworkConfig::parse_slice(&bytes)
+                .and_then(|cfg| cfg.check_supported().map(|()| cfg))
                 .map_err(|source| RegistryError::InvalidConfig { key, source }),
         }
     }
