@@ -263,6 +263,7 @@ impl VxlanBackend {
             name: self.opts.device_name(),
             vni: self.opts.vni,
             local: Some(r.underlay.addr),
+            local6: None,
             port: (self.opts.port != 0).then_some(self.opts.port),
             learning: self.opts.learning,
             gbp: self.opts.gbp,
@@ -827,6 +828,7 @@ mod tests {
             vxlan: (kind == Some("vxlan")).then(|| VxlanInfo {
                 vni,
                 local: l.parse().ok(),
+                local6: None,
                 port: 8472,
                 learning: false,
                 gbp: false,

@@ -14,8 +14,11 @@ use nix::sys::socket::{
 };
 
 use crate::parse;
-use crate::request::{encode_dump, encode_get_link, Request, AF_BRIDGE, AF_INET};
-use crate::types::{Address, FdbEntry, Link, LinkChange, LinkKind, Neighbour, Route, VxlanSpec};
+use crate::request::{encode_dump, encode_get_link, Request, AF_BRIDGE, AF_INET, AF_INET6};
+use crate::types::{
+    Address, Address6, FdbEntry, FdbEntry6, Link, LinkChange, LinkKind, Neighbour, Neighbour6,
+    Route, Route6, VxlanSpec,
+};
 use crate::NetlinkError;
 
 #[allow(clippy::cast_possible_truncation)] // 2 fits
@@ -568,6 +571,35 @@ impl AddressHandle<'_> {
             .filter(|a| index.is_none_or(|i| a.index == i))
             .collect())
     }
+
+    /// `ip -6 addr add ADDR dev INDEX nodad` (`EEXIST` if present).
+    ///
+    /// # Errors
+    /// The kernel's refusal or a socket failure.
+    pub fn add6(&mut self, addr: Address6) -> Result<(), NetlinkError> {
+        self.0.execute_one(&Request::AddressAdd6(addr))
+    }
+
+    /// `ip -6 addr del`.
+    ///
+    /// # Errors
+    /// The kernel's refusal (`EADDRNOTAVAIL` if absent) or a socket failure.
+    pub fn delete6(&mut self, addr: Address6) -> Result<(), NetlinkError> {
+        self.0.execute_one(&Request::AddressDelete6(addr))
+    }
+
+    /// Lists IPv6 addresses (link-local ones included), of one device when
+    /// `index` is given.
+    ///
+    /// # Errors
+    /// Socket failures.
+    pub fn list6(&mut self, index: Option<u32>) -> Result<Vec<Address6>, NetlinkError> {
+        let p = self.0.dump(Rtm::Getaddr, AF_INET6, "ip -6 addr show")?;
+        Ok(p.iter()
+            .filter_map(|p| parse::address6(p))
+            .filter(|a| index.is_none_or(|i| a.index == i))
+            .collect())
+    }
 }
 
 /// `ip neigh`: IPv4 neighbour (ARP) entries.
@@ -599,6 +631,34 @@ impl NeighbourHandle<'_> {
         let p = self.0.dump(Rtm::Getneigh, AF_INET, "ip -4 neigh show")?;
         Ok(p.iter()
             .filter_map(|p| parse::neighbour(p))
+            .filter(|n| index.is_none_or(|i| n.index == i))
+            .collect())
+    }
+
+    /// `ip -6 neigh replace IP lladdr MAC dev INDEX nud permanent`.
+    ///
+    /// # Errors
+    /// The kernel's refusal or a socket failure.
+    pub fn replace6(&mut self, n: Neighbour6) -> Result<(), NetlinkError> {
+        self.0.execute_one(&Request::NeighbourReplace6(n))
+    }
+
+    /// `ip -6 neigh del IP dev INDEX`.
+    ///
+    /// # Errors
+    /// The kernel's refusal (`ENOENT` if absent) or a socket failure.
+    pub fn delete6(&mut self, n: Neighbour6) -> Result<(), NetlinkError> {
+        self.0.execute_one(&Request::NeighbourDelete6(n))
+    }
+
+    /// Dumps IPv6 neighbours (NDP), of one device when `index` is given.
+    ///
+    /// # Errors
+    /// Socket failures.
+    pub fn list6(&mut self, index: Option<u32>) -> Result<Vec<Neighbour6>, NetlinkError> {
+        let p = self.0.dump(Rtm::Getneigh, AF_INET6, "ip -6 neigh show")?;
+        Ok(p.iter()
+            .filter_map(|p| parse::neighbour6(p))
             .filter(|n| index.is_none_or(|i| n.index == i))
             .collect())
     }
@@ -644,6 +704,43 @@ impl FdbHandle<'_> {
             .filter(|e| index.is_none_or(|i| e.index == i))
             .collect())
     }
+
+    /// `bridge fdb append MAC dev INDEX dst IP6 self permanent`.
+    ///
+    /// # Errors
+    /// The kernel's refusal or a socket failure.
+    pub fn append6(&mut self, e: FdbEntry6) -> Result<(), NetlinkError> {
+        self.0.execute_one(&Request::FdbAppend6(e))
+    }
+
+    /// `bridge fdb replace MAC dev INDEX dst IP6 self permanent`.
+    ///
+    /// # Errors
+    /// The kernel's refusal or a socket failure.
+    pub fn replace6(&mut self, e: FdbEntry6) -> Result<(), NetlinkError> {
+        self.0.execute_one(&Request::FdbReplace6(e))
+    }
+
+    /// `bridge fdb del MAC dev INDEX [dst IP6] self`.
+    ///
+    /// # Errors
+    /// The kernel's refusal (`ENOENT` if absent) or a socket failure.
+    pub fn delete6(&mut self, e: FdbEntry6) -> Result<(), NetlinkError> {
+        self.0.execute_one(&Request::FdbDelete6(e))
+    }
+
+    /// Dumps `self` FDB entries with an IPv6 remote, of one device when
+    /// `index` is given.
+    ///
+    /// # Errors
+    /// Socket failures.
+    pub fn list6(&mut self, index: Option<u32>) -> Result<Vec<FdbEntry6>, NetlinkError> {
+        let p = self.0.dump(Rtm::Getneigh, AF_BRIDGE, "bridge fdb show")?;
+        Ok(p.iter()
+            .filter_map(|p| parse::fdb6(p))
+            .filter(|e| index.is_none_or(|i| e.index == i))
+            .collect())
+    }
 }
 
 /// `ip route`: IPv4 unicast routes.
@@ -675,6 +772,34 @@ impl RouteHandle<'_> {
         let p = self.0.dump(Rtm::Getroute, AF_INET, "ip route show")?;
         Ok(p.iter()
             .filter_map(|p| parse::route(p))
+            .filter(|r| table.is_none_or(|t| r.table == t))
+            .collect())
+    }
+
+    /// `ip -6 route replace ...`.
+    ///
+    /// # Errors
+    /// The kernel's refusal or a socket failure.
+    pub fn replace6(&mut self, r: Route6) -> Result<(), NetlinkError> {
+        self.0.execute_one(&Request::RouteReplace6(r))
+    }
+
+    /// `ip -6 route del ...`.
+    ///
+    /// # Errors
+    /// The kernel's refusal (`ESRCH` if absent) or a socket failure.
+    pub fn delete6(&mut self, r: Route6) -> Result<(), NetlinkError> {
+        self.0.execute_one(&Request::RouteDelete6(r))
+    }
+
+    /// Dumps IPv6 unicast routes of `table` (all tables when `None`).
+    ///
+    /// # Errors
+    /// Socket failures.
+    pub fn list6(&mut self, table: Option<u32>) -> Result<Vec<Route6>, NetlinkError> {
+        let p = self.0.dump(Rtm::Getroute, AF_INET6, "ip -6 route show")?;
+        Ok(p.iter()
+            .filter_map(|p| parse::route6(p))
             .filter(|r| table.is_none_or(|t| r.table == t))
             .collect())
     }

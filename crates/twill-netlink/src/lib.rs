@@ -12,6 +12,11 @@
 //! | [`NetlinkHandle::fdb`] | `bridge fdb append/replace/del/show ... self` |
 //! | [`NetlinkHandle::route`] | `ip route replace/del/show` (gateway, onlink, table, protocol) |
 //!
+//! Each IPv4 operation has an IPv6 twin with a `6` suffix on separate types
+//! ([`Address6`], [`Neighbour6`], [`FdbEntry6`] (IPv6 remote), [`Route6`]),
+//! batched by the same [`NetlinkHandle::execute`]; a VXLAN device
+//! encapsulates in IPv6 when its [`VxlanSpec::local6`] is set.
+//!
 //! Many writes go through [`NetlinkHandle::execute`]: up to
 //! [`NetlinkHandle::batch_size`] requests are serialised into one buffer per
 //! `send(2)`, each with `NLM_F_ACK` and its own sequence number; every ACK is
@@ -52,7 +57,7 @@
 //!
 //! Taken from `linux-raw-sys` (or, where even that lacks it, written here with
 //! the header it comes from):
-//! - all `IFLA_VXLAN_*` attributes (`ID`, `LOCAL`, `PORT`, `LEARNING`, `GBP`, `LINK`),
+//! - all `IFLA_VXLAN_*` attributes (`ID`, `LOCAL`, `LOCAL6`, `PORT`, `LEARNING`, `GBP`, `LINK`),
 //!   `IFLA_INFO_DATA` nesting for them;
 //! - `RTNH_F_ONLINK` (neli's `RtmF` has no `ONLINK`);
 //! - `AF_BRIDGE` (neli's `RtAddrFamily` has no `Bridge`);
@@ -75,6 +80,7 @@ pub use handle::{
 };
 pub use request::Request;
 pub use types::{
-    Address, FdbEntry, Link, LinkChange, LinkKind, MacAddr, Neighbour, Route, VxlanInfo, VxlanSpec,
-    LINUX_VXLAN_DEFAULT_PORT, MAIN_TABLE, TWILL_RTPROT,
+    Address, Address6, FdbEntry, FdbEntry6, Link, LinkChange, LinkKind, MacAddr, Neighbour,
+    Neighbour6, Route, Route6, VxlanInfo, VxlanSpec, LINUX_VXLAN_DEFAULT_PORT, MAIN_TABLE,
+    TWILL_RTPROT,
 };

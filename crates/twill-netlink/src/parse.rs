@@ -1,9 +1,9 @@
 //! Decoding dump answers (neli messages) into our typed values.
 
 use std::io::Cursor;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use linux_raw_sys::netlink as k;
 use neli::consts::rtnl::{Iff, Ifla, Nda, Ntf, Nud, Rta, RtaType};
 use neli::rtnl::{Ifaddrmsg, Ifinfomsg, Ndmsg, Rtattr, Rtmsg};
@@ -11,7 +11,10 @@ use neli::types::Buffer;
 use neli::{FromBytesWithInput, Header};
 
 use crate::request::{c16, c8};
-use crate::types::{Address, FdbEntry, Link, MacAddr, Neighbour, Route, VxlanInfo};
+use crate::types::{
+    Address, Address6, FdbEntry, FdbEntry6, Link, MacAddr, Neighbour, Neighbour6, Route, Route6,
+    VxlanInfo,
+};
 
 fn decode<T: FromBytesWithInput<Input = usize> + Header>(payload: &[u8]) -> Option<T> {
     T::from_bytes_with_input(&mut Cursor::new(payload), payload.len()).ok()
@@ -24,6 +27,17 @@ fn u32_of(b: &[u8]) -> Option<u32> {
 fn ipv4_of(b: &[u8]) -> Option<Ipv4Addr> {
     let o: [u8; 4] = b.get(..4)?.try_into().ok()?;
     Some(Ipv4Addr::from(o))
+}
+
+fn ipv6_of(b: &[u8]) -> Option<Ipv6Addr> {
+    let o: [u8; 16] = b.get(..16)?.try_into().ok()?;
+    Some(Ipv6Addr::from(o))
+}
+
+/// An IPv6 address only from an attribute of exactly 16 bytes (dumps of
+/// `AF_BRIDGE` hold IPv4 and IPv6 remotes side by side).
+fn exact_ipv6(b: &[u8]) -> Option<Ipv6Addr> {
+    (b.len() == 16).then(|| ipv6_of(b)).flatten()
 }
 
 fn mac_of(b: &[u8]) -> Option<MacAddr> {
@@ -79,6 +93,7 @@ pub(crate) fn link(payload: &[u8]) -> Option<Link> {
                 vxlan = Some(VxlanInfo {
                     vni: get(k::IFLA_VXLAN_ID as u32).and_then(u32_of).unwrap_or(0),
                     local: get(k::IFLA_VXLAN_LOCAL as u32).and_then(ipv4_of),
+                    local6: get(k::IFLA_VXLAN_LOCAL6 as u32).and_then(exact_ipv6),
                     port: get(k::IFLA_VXLAN_PORT as u32)
                         .and_then(|b| Some(u16::from_be_bytes(b.get(..2)?.try_into().ok()?)))
                         .unwrap_or(0),
@@ -158,6 +173,80 @@ pub(crate) fn route(payload: &[u8]) -> Option<Route> {
     Some(Route {
         dst: Ipv4Network::new(dst_ip, *msg.rtm_dst_len()).ok()?,
         gateway: find(attrs, Rta::Gateway).and_then(ipv4_of),
+        oif: find(attrs, Rta::Oif).and_then(u32_of),
+        onlink: msg.rtm_flags().bits() & k::RTNH_F_ONLINK != 0,
+        table,
+        protocol: u8::from(*msg.rtm_protocol()),
+    })
+}
+
+fn is_family(
+    family: neli::consts::rtnl::RtAddrFamily,
+    want: neli::consts::rtnl::RtAddrFamily,
+) -> bool {
+    u8::from(family) == u8::from(want)
+}
+
+pub(crate) fn address6(payload: &[u8]) -> Option<Address6> {
+    let msg: Ifaddrmsg = decode(payload)?;
+    if !is_family(*msg.ifa_family(), neli::consts::rtnl::RtAddrFamily::Inet6) {
+        return None;
+    }
+    let attrs = msg.rtattrs().as_ref();
+    let ip = find(attrs, neli::consts::rtnl::Ifa::Address)
+        .or_else(|| find(attrs, neli::consts::rtnl::Ifa::Local))
+        .and_then(exact_ipv6)?;
+    Some(Address6 {
+        index: *msg.ifa_index(),
+        addr: Ipv6Network::new(ip, *msg.ifa_prefixlen()).ok()?,
+    })
+}
+
+pub(crate) fn neighbour6(payload: &[u8]) -> Option<Neighbour6> {
+    let msg: Ndmsg = decode(payload)?;
+    let attrs = msg.rtattrs().as_ref();
+    let ip = find(attrs, Nda::Dst).and_then(exact_ipv6)?;
+    Some(Neighbour6 {
+        index: u32::try_from(*msg.ndm_index()).ok()?,
+        ip,
+        mac: find(attrs, Nda::Lladdr).and_then(mac_of),
+        permanent: msg.ndm_state().contains(Nud::PERMANENT),
+    })
+}
+
+pub(crate) fn fdb6(payload: &[u8]) -> Option<FdbEntry6> {
+    let msg: Ndmsg = decode(payload)?;
+    if !msg.ndm_flags().contains(Ntf::SELF) {
+        return None;
+    }
+    let attrs = msg.rtattrs().as_ref();
+    Some(FdbEntry6 {
+        index: u32::try_from(*msg.ndm_index()).ok()?,
+        mac: find(attrs, Nda::Lladdr).and_then(mac_of)?,
+        // Entries with an IPv4 remote are FdbEntry's; one without a remote
+        // belongs to neither family's list.
+        dst: Some(find(attrs, Nda::Dst).and_then(exact_ipv6)?),
+        permanent: msg.ndm_state().contains(Nud::PERMANENT),
+    })
+}
+
+pub(crate) fn route6(payload: &[u8]) -> Option<Route6> {
+    let msg: Rtmsg = decode(payload)?;
+    if u8::from(*msg.rtm_type()) != c8(k::RTN_UNICAST as u32)
+        || !is_family(*msg.rtm_family(), neli::consts::rtnl::RtAddrFamily::Inet6)
+    {
+        return None;
+    }
+    let attrs = msg.rtattrs().as_ref();
+    let dst_ip = find(attrs, Rta::Dst)
+        .and_then(exact_ipv6)
+        .unwrap_or(Ipv6Addr::UNSPECIFIED);
+    let table = find(attrs, Rta::Table)
+        .and_then(u32_of)
+        .unwrap_or_else(|| u32::from(u8::from(*msg.rtm_table())));
+    Some(Route6 {
+        dst: Ipv6Network::new(dst_ip, *msg.rtm_dst_len()).ok()?,
+        gateway: find(attrs, Rta::Gateway).and_then(exact_ipv6),
         oif: find(attrs, Rta::Oif).and_then(u32_of),
         onlink: msg.rtm_flags().bits() & k::RTNH_F_ONLINK != 0,
         table,

@@ -17,7 +17,10 @@ use neli::rtnl::{
 use neli::types::{Buffer, RtBuffer};
 use neli::{Size, ToBytes};
 
-use crate::types::{Address, FdbEntry, LinkChange, LinkKind, Neighbour, Route, VxlanSpec};
+use crate::types::{
+    Address, Address6, FdbEntry, FdbEntry6, LinkChange, LinkKind, Neighbour, Neighbour6, Route,
+    Route6, VxlanSpec,
+};
 use crate::NetlinkError;
 
 /// `AF_BRIDGE`: neli's `RtAddrFamily` has no variant for it.
@@ -26,6 +29,9 @@ pub(crate) const AF_BRIDGE: u8 = linux_raw_sys::net::AF_BRIDGE as u8;
 /// `AF_INET` as the `u8` family field.
 #[allow(clippy::cast_possible_truncation)] // 2 fits
 pub(crate) const AF_INET: u8 = linux_raw_sys::net::AF_INET as u8;
+/// `AF_INET6` as the `u8` family field.
+#[allow(clippy::cast_possible_truncation)] // 10 fits
+pub(crate) const AF_INET6: u8 = linux_raw_sys::net::AF_INET6 as u8;
 /// `VETH_INFO_PEER` from `<linux/veth.h>`: in neither neli nor linux-raw-sys.
 const VETH_INFO_PEER: u16 = 1;
 /// Longest interface name (`IFNAMSIZ - 1`).
@@ -67,6 +73,24 @@ pub enum Request {
     RouteReplace(Route),
     /// `ip route del`.
     RouteDelete(Route),
+    /// `ip -6 addr add ... nodad` (`EEXIST` if present).
+    AddressAdd6(Address6),
+    /// `ip -6 addr del`.
+    AddressDelete6(Address6),
+    /// `ip -6 neigh replace ... nud permanent`.
+    NeighbourReplace6(Neighbour6),
+    /// `ip -6 neigh del`.
+    NeighbourDelete6(Neighbour6),
+    /// `bridge fdb append ... dst IP6 self permanent`.
+    FdbAppend6(FdbEntry6),
+    /// `bridge fdb replace ... dst IP6 self permanent`.
+    FdbReplace6(FdbEntry6),
+    /// `bridge fdb del ... dst IP6 self`.
+    FdbDelete6(FdbEntry6),
+    /// `ip -6 route replace`.
+    RouteReplace6(Route6),
+    /// `ip -6 route del`.
+    RouteDelete6(Route6),
 }
 
 impl fmt::Display for Request {
@@ -81,6 +105,9 @@ impl fmt::Display for Request {
                 LinkKind::Vxlan(v) => {
                     write!(f, "ip link add {name} type vxlan id {}", v.vni)?;
                     if let Some(l) = v.local {
+                        write!(f, " local {l}")?;
+                    }
+                    if let Some(l) = v.local6 {
                         write!(f, " local {l}")?;
                     }
                     if let Some(p) = v.port {
@@ -140,6 +167,31 @@ impl fmt::Display for Request {
             }
             Self::RouteReplace(r) => write!(f, "ip route replace {r}"),
             Self::RouteDelete(r) => write!(f, "ip route del {r}"),
+            Self::AddressAdd6(a) => write!(f, "ip -6 addr add {} dev #{} nodad", a.addr, a.index),
+            Self::AddressDelete6(a) => write!(f, "ip -6 addr del {} dev #{}", a.addr, a.index),
+            Self::NeighbourReplace6(n) => {
+                write!(f, "ip -6 neigh replace {} lladdr ", n.ip)?;
+                match n.mac {
+                    Some(m) => write!(f, "{m}")?,
+                    None => f.write_str("?")?,
+                }
+                write!(f, " dev #{} nud permanent", n.index)
+            }
+            Self::NeighbourDelete6(n) => write!(f, "ip -6 neigh del {} dev #{}", n.ip, n.index),
+            Self::FdbAppend6(e) | Self::FdbReplace6(e) | Self::FdbDelete6(e) => {
+                let verb = match self {
+                    Self::FdbAppend6(_) => "append",
+                    Self::FdbReplace6(_) => "replace",
+                    _ => "del",
+                };
+                write!(f, "bridge fdb {verb} {} dev #{}", e.mac, e.index)?;
+                if let Some(d) = e.dst {
+                    write!(f, " dst {d}")?;
+                }
+                f.write_str(" self permanent")
+            }
+            Self::RouteReplace6(r) => write!(f, "ip -6 route replace {r}"),
+            Self::RouteDelete6(r) => write!(f, "ip -6 route del {r}"),
         }
     }
 }
@@ -249,8 +301,16 @@ fn vxlan_data(req: &Request, v: &VxlanSpec) -> Result<Rtattr<u16, Buffer>, Netli
         &v.vni.to_ne_bytes(),
     )?)
     .map_err(e)?;
+    if v.local.is_some() && v.local6.is_some() {
+        return Err(NetlinkError::Invalid(format!(
+            "{req}: a VXLAN device has one local address, IPv4 or IPv6"
+        )));
+    }
     if let Some(local) = v.local {
         add(raw_attr(c16(k::IFLA_VXLAN_LOCAL as u32), &local.octets())?).map_err(e)?;
+    }
+    if let Some(local) = v.local6 {
+        add(raw_attr(c16(k::IFLA_VXLAN_LOCAL6 as u32), &local.octets())?).map_err(e)?;
     }
     if let Some(port) = v.port {
         // IFLA_VXLAN_PORT is __be16.
@@ -309,10 +369,22 @@ fn linkinfo(req: &Request, kind: &LinkKind) -> Result<Rtattr<Ifla, Buffer>, Netl
     Ok(info)
 }
 
-fn route_msg(req: &Request, r: &Route) -> Result<Rtmsg, NetlinkError> {
-    let mut attrs = vec![typed_attr(Rta::Dst, &r.dst.network().octets())?];
+/// The family-independent parts of a route message.
+struct RouteParts<'a> {
+    family: RtAddrFamily,
+    dst: &'a [u8],
+    dst_len: u8,
+    gateway: Option<&'a [u8]>,
+    oif: Option<u32>,
+    onlink: bool,
+    table: u32,
+    protocol: u8,
+}
+
+fn route_parts_msg(req: &Request, r: &RouteParts<'_>) -> Result<Rtmsg, NetlinkError> {
+    let mut attrs = vec![typed_attr(Rta::Dst, r.dst)?];
     if let Some(gw) = r.gateway {
-        attrs.push(typed_attr(Rta::Gateway, &gw.octets())?);
+        attrs.push(typed_attr(Rta::Gateway, gw)?);
     }
     if let Some(oif) = r.oif {
         attrs.push(typed_attr(Rta::Oif, &oif.to_ne_bytes())?);
@@ -329,8 +401,8 @@ fn route_msg(req: &Request, r: &Route) -> Result<Rtmsg, NetlinkError> {
         RtmF::empty()
     };
     RtmsgBuilder::default()
-        .rtm_family(RtAddrFamily::Inet)
-        .rtm_dst_len(r.dst.prefix())
+        .rtm_family(r.family)
+        .rtm_dst_len(r.dst_len)
         .rtm_src_len(0)
         .rtm_tos(0)
         .rtm_table(RtTable::from(u8::try_from(r.table).unwrap_or(0)))
@@ -341,6 +413,40 @@ fn route_msg(req: &Request, r: &Route) -> Result<Rtmsg, NetlinkError> {
         .rtattrs(attrs.into_iter().collect::<RtBuffer<Rta, Buffer>>())
         .build()
         .map_err(|e| enc_err(req, e))
+}
+
+fn route_msg(req: &Request, r: &Route) -> Result<Rtmsg, NetlinkError> {
+    let gw = r.gateway.map(|g| g.octets());
+    route_parts_msg(
+        req,
+        &RouteParts {
+            family: RtAddrFamily::Inet,
+            dst: &r.dst.network().octets(),
+            dst_len: r.dst.prefix(),
+            gateway: gw.as_ref().map(|g| g.as_slice()),
+            oif: r.oif,
+            onlink: r.onlink,
+            table: r.table,
+            protocol: r.protocol,
+        },
+    )
+}
+
+fn route6_msg(req: &Request, r: &Route6) -> Result<Rtmsg, NetlinkError> {
+    let gw = r.gateway.map(|g| g.octets());
+    route_parts_msg(
+        req,
+        &RouteParts {
+            family: RtAddrFamily::Inet6,
+            dst: &r.dst.network().octets(),
+            dst_len: r.dst.prefix(),
+            gateway: gw.as_ref().map(|g| g.as_slice()),
+            oif: r.oif,
+            onlink: r.onlink,
+            table: r.table,
+            protocol: r.protocol,
+        },
+    )
 }
 
 fn nd_msg(
@@ -371,6 +477,24 @@ fn addr_msg(req: &Request, a: &Address) -> Result<Ifaddrmsg, NetlinkError> {
         .ifa_index(a.index)
         .rtattrs(
             [typed_attr(Ifa::Local, &ip)?, typed_attr(Ifa::Address, &ip)?]
+                .into_iter()
+                .collect::<RtBuffer<Ifa, Buffer>>(),
+        )
+        .build()
+        .map_err(|e| enc_err(req, e))
+}
+
+fn addr6_msg(req: &Request, a: &Address6) -> Result<Ifaddrmsg, NetlinkError> {
+    IfaddrmsgBuilder::default()
+        .ifa_family(RtAddrFamily::Inet6)
+        .ifa_prefixlen(a.addr.prefix())
+        .ifa_flags(IfaF::PERMANENT | IfaF::NODAD)
+        .ifa_scope(RtScope::Universe)
+        .ifa_index(a.index)
+        .rtattrs(
+            // IPv6 takes the address in IFA_ADDRESS alone (an IFA_LOCAL
+            // that differs would make it a peer address).
+            [typed_attr(Ifa::Address, &a.addr.ip().octets())?]
                 .into_iter()
                 .collect::<RtBuffer<Ifa, Buffer>>(),
         )
@@ -466,6 +590,48 @@ impl Request {
                 push_msg(out, Rtm::Newroute, create_replace, seq, route_msg(self, r)?)
             }
             Self::RouteDelete(r) => push_msg(out, Rtm::Delroute, req, seq, route_msg(self, r)?),
+            Self::AddressAdd6(a) => {
+                push_msg(out, Rtm::Newaddr, create_excl, seq, addr6_msg(self, a)?)
+            }
+            Self::AddressDelete6(a) => push_msg(out, Rtm::Deladdr, req, seq, addr6_msg(self, a)?),
+            Self::NeighbourReplace6(n) => {
+                let mac = n
+                    .mac
+                    .ok_or_else(|| NetlinkError::Invalid(format!("{self}: no lladdr")))?;
+                let attrs = vec![
+                    typed_attr(Nda::Dst, &n.ip.octets())?,
+                    typed_attr(Nda::Lladdr, &mac.0)?,
+                ];
+                let msg = nd_msg(self, RtAddrFamily::Inet6, n.index, Ntf::empty(), attrs)?;
+                push_msg(out, Rtm::Newneigh, create_replace, seq, msg)
+            }
+            Self::NeighbourDelete6(n) => {
+                let attrs = vec![typed_attr(Nda::Dst, &n.ip.octets())?];
+                let msg = nd_msg(self, RtAddrFamily::Inet6, n.index, Ntf::empty(), attrs)?;
+                push_msg(out, Rtm::Delneigh, req, seq, msg)
+            }
+            Self::FdbAppend6(e) | Self::FdbReplace6(e) | Self::FdbDelete6(e) => {
+                let mut attrs = vec![typed_attr(Nda::Lladdr, &e.mac.0)?];
+                if let Some(dst) = e.dst {
+                    attrs.push(typed_attr(Nda::Dst, &dst.octets())?);
+                }
+                let family = RtAddrFamily::from(AF_BRIDGE);
+                let msg = nd_msg(self, family, e.index, Ntf::SELF, attrs)?;
+                let (ty, flags) = match self {
+                    Self::FdbAppend6(_) => (Rtm::Newneigh, req | NlmF::CREATE | NlmF::APPEND),
+                    Self::FdbReplace6(_) => (Rtm::Newneigh, create_replace),
+                    _ => (Rtm::Delneigh, req),
+                };
+                push_msg(out, ty, flags, seq, msg)
+            }
+            Self::RouteReplace6(r) => push_msg(
+                out,
+                Rtm::Newroute,
+                create_replace,
+                seq,
+                route6_msg(self, r)?,
+            ),
+            Self::RouteDelete6(r) => push_msg(out, Rtm::Delroute, req, seq, route6_msg(self, r)?),
         }
     }
 }
@@ -570,6 +736,33 @@ mod tests {
             f.to_string(),
             "bridge fdb append 0e:00:00:00:00:01 dev #4 dst 10.0.0.3 self permanent"
         );
+    }
+
+    #[test]
+    fn ipv6_requests_describe_themselves_like_ip_commands() {
+        let r = Request::RouteReplace6(
+            Route6::new("fd10:1:2::/64".parse().expect("net"))
+                .via("fd10:1:2::".parse().expect("ip"))
+                .dev(4)
+                .onlink(),
+        );
+        assert_eq!(
+            r.to_string(),
+            "ip -6 route replace fd10:1:2::/64 via fd10:1:2:: dev #4 onlink proto 241"
+        );
+        let f = Request::FdbReplace6(FdbEntry6::permanent(
+            4,
+            MacAddr([0x0e, 0, 0, 0, 0, 1]),
+            "fd00::3".parse().expect("ip"),
+        ));
+        assert_eq!(
+            f.to_string(),
+            "bridge fdb replace 0e:00:00:00:00:01 dev #4 dst fd00::3 self permanent"
+        );
+        let mut out = Vec::new();
+        r.encode(5, &mut out).expect("encode");
+        // rtmsg follows the 16-byte header; its first byte is the family.
+        assert_eq!(out[16], AF_INET6);
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Typed values: what we ask the kernel for and what its dumps give back.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 pub use twill_model::MacAddr;
 
@@ -28,6 +28,9 @@ pub struct VxlanInfo {
     pub vni: u32,
     /// Local (source) underlay address.
     pub local: Option<Ipv4Addr>,
+    /// Local (source) IPv6 underlay address (`IFLA_VXLAN_LOCAL6`): the
+    /// device encapsulates in IPv6 (flannel's `flannel-v6.<VNI>`).
+    pub local6: Option<Ipv6Addr>,
     /// UDP destination port (host order here; big-endian on the wire).
     pub port: u16,
     /// Whether source-MAC learning is on.
@@ -47,6 +50,9 @@ pub struct VxlanSpec {
     pub vni: u32,
     /// Local (source) underlay address.
     pub local: Option<Ipv4Addr>,
+    /// Local (source) IPv6 underlay address; set this instead of `local`
+    /// for a device that encapsulates in IPv6 (the kernel takes one family).
+    pub local6: Option<Ipv6Addr>,
     /// UDP destination port; `None` lets the kernel pick its default (8472).
     pub port: Option<u16>,
     /// Source-MAC learning (flannel: off).
@@ -69,6 +75,7 @@ impl VxlanSpec {
             name: name.into(),
             vni,
             local: None,
+            local6: None,
             port: None,
             learning: false,
             gbp: false,
@@ -262,6 +269,161 @@ impl Route {
 }
 
 impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.dst)?;
+        if let Some(gw) = self.gateway {
+            write!(f, " via {gw}")?;
+        }
+        if let Some(oif) = self.oif {
+            write!(f, " dev #{oif}")?;
+        }
+        if self.onlink {
+            f.write_str(" onlink")?;
+        }
+        if self.table != MAIN_TABLE {
+            write!(f, " table {}", self.table)?;
+        }
+        write!(f, " proto {}", self.protocol)
+    }
+}
+
+/// An IPv6 address on a device: `ip -6 addr add ADDR/LEN dev INDEX nodad`.
+///
+/// Added with `IFA_F_NODAD`: an overlay address is unique by allocation, and
+/// duplicate address detection would leave it unusable ("tentative") for a
+/// second after every add.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Address6 {
+    /// Interface index.
+    pub index: u32,
+    /// Address and prefix length (host bits kept: `fd00::2/64`).
+    pub addr: Ipv6Network,
+}
+
+/// An IPv6 neighbour (NDP) entry: `ip -6 neigh replace IP lladdr MAC dev INDEX nud permanent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Neighbour6 {
+    /// Interface index.
+    pub index: u32,
+    /// The IPv6 address.
+    pub ip: Ipv6Addr,
+    /// Its link-layer address (`None` in dumps for incomplete entries; required to add).
+    pub mac: Option<MacAddr>,
+    /// Whether the entry is `NUD_PERMANENT` (always true for entries we add).
+    pub permanent: bool,
+}
+
+impl Neighbour6 {
+    /// A permanent entry `ip` → `mac` on `index`.
+    #[must_use]
+    pub fn permanent(index: u32, ip: Ipv6Addr, mac: MacAddr) -> Self {
+        Self {
+            index,
+            ip,
+            mac: Some(mac),
+            permanent: true,
+        }
+    }
+}
+
+/// A bridge forwarding database entry on a VXLAN device whose remote is an
+/// IPv6 underlay address: `bridge fdb append MAC dev INDEX dst IP6 self permanent`.
+///
+/// [`FdbEntry`] lists the same `self` entries with IPv4 remotes; a dump of
+/// either kind skips the entries of the other family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FdbEntry6 {
+    /// Interface index (the VXLAN device).
+    pub index: u32,
+    /// The MAC address.
+    pub mac: MacAddr,
+    /// Remote IPv6 underlay address (`dst`).
+    pub dst: Option<Ipv6Addr>,
+    /// `NUD_PERMANENT` (always true for entries we add).
+    pub permanent: bool,
+}
+
+impl FdbEntry6 {
+    /// A permanent entry `mac` → `dst` on `index`.
+    #[must_use]
+    pub fn permanent(index: u32, mac: MacAddr, dst: Ipv6Addr) -> Self {
+        Self {
+            index,
+            mac,
+            dst: Some(dst),
+            permanent: true,
+        }
+    }
+}
+
+/// An IPv6 unicast route: `ip -6 route replace DST [via GW] [dev OIF] [onlink] [table T] [proto P]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Route6 {
+    /// Destination prefix.
+    pub dst: Ipv6Network,
+    /// Next hop.
+    pub gateway: Option<Ipv6Addr>,
+    /// Output device index.
+    pub oif: Option<u32>,
+    /// `RTNH_F_ONLINK`: the gateway is on link even if no prefix says so.
+    pub onlink: bool,
+    /// Routing table (default [`MAIN_TABLE`]).
+    pub table: u32,
+    /// Route protocol (`rtm_protocol`); [`TWILL_RTPROT`] for ours.
+    pub protocol: u8,
+}
+
+impl Route6 {
+    /// A route to `dst` in the main table with protocol [`TWILL_RTPROT`].
+    #[must_use]
+    pub fn new(dst: Ipv6Network) -> Self {
+        Self {
+            dst,
+            gateway: None,
+            oif: None,
+            onlink: false,
+            table: MAIN_TABLE,
+            protocol: TWILL_RTPROT,
+        }
+    }
+
+    /// Sets the gateway.
+    #[must_use]
+    pub fn via(mut self, gateway: Ipv6Addr) -> Self {
+        self.gateway = Some(gateway);
+        self
+    }
+
+    /// Sets the output device.
+    #[must_use]
+    pub fn dev(mut self, index: u32) -> Self {
+        self.oif = Some(index);
+        self
+    }
+
+    /// Sets the onlink flag.
+    #[must_use]
+    pub fn onlink(mut self) -> Self {
+        self.onlink = true;
+        self
+    }
+
+    /// Sets the table.
+    #[must_use]
+    pub fn table(mut self, table: u32) -> Self {
+        self.table = table;
+        self
+    }
+
+    /// Sets the protocol.
+    #[must_use]
+    pub fn protocol(mut self, protocol: u8) -> Self {
+        self.protocol = protocol;
+        self
+    }
+}
+
+impl fmt::Display for Route6 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.dst)?;
         if let Some(gw) = self.gateway {
