@@ -45,6 +45,7 @@ use twill_model::{BackendConfig, LeaseAttrs, NetworkConfig, SubnetKey, SubnetLea
 mod hostgw;
 mod peers;
 pub mod plan;
+pub mod plan6;
 mod vxlan;
 
 /// Backends implement [`Backend`] with this attribute macro.
@@ -52,6 +53,7 @@ pub use async_trait::async_trait;
 pub use hostgw::HostGwBackend;
 pub use peers::{select_peers, PeerContext, PeerSelection};
 pub use plan::{plan, DataplaneState, Op, Owner};
+pub use plan6::{plan6, DataplaneState6, Op6};
 pub use vxlan::{converge, derived_vtep_mac, VxlanBackend, VxlanOptions, VXLAN_OVERHEAD};
 
 // The twill-netlink types this crate's API takes and returns, so that a
