@@ -74,6 +74,9 @@ impl BackendWorker {
                                 config: &config,
                                 public_ip,
                                 underlay: &underlay,
+                                // The daemon refuses EnableIPv6 for now
+                                // (NetworkConfig::check_supported).
+                                ipv6: None,
                             };
                             let _ = reply.send(runtime.block_on(backend.setup(&host)));
                         }

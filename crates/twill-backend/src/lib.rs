@@ -26,7 +26,7 @@
 //! let config = NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#)?;
 //! let mut backend = BackendRegistry::with_builtins().create(&config.backend)?;
 //! let underlay = UnderlayInterface { name: "eth0".into(), index: 2, mtu: 1500, addr: "10.0.0.2".parse()? };
-//! let host = HostContext { config: &config, public_ip: underlay.addr, underlay: &underlay };
+//! let host = HostContext { config: &config, public_ip: underlay.addr, underlay: &underlay, ipv6: None };
 //! let local = backend.setup(&host).await?;       // creates flannel.1, says what to publish
 //! println!("FLANNEL_MTU={}", local.mtu);
 //! backend.activate(&own).await?;                 // 10.244.x.0/32 on flannel.1
@@ -37,7 +37,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use twill_model::{BackendConfig, LeaseAttrs, NetworkConfig, SubnetKey, SubnetLease};
@@ -53,8 +53,11 @@ pub use async_trait::async_trait;
 pub use hostgw::HostGwBackend;
 pub use peers::{select_peers, PeerContext, PeerSelection};
 pub use plan::{plan, DataplaneState, Op, Owner};
-pub use plan6::{plan6, DataplaneState6, Op6};
-pub use vxlan::{converge, derived_vtep_mac, VxlanBackend, VxlanOptions, VXLAN_OVERHEAD};
+pub use plan6::{hostgw_peer6, plan6, vxlan_peer6, DataplaneState6, Op6};
+pub use vxlan::{
+    converge, converge6, derived_vtep_mac, derived_vtep_mac6, VxlanBackend, VxlanOptions,
+    VXLAN6_OVERHEAD, VXLAN_OVERHEAD,
+};
 
 // The twill-netlink types this crate's API takes and returns, so that a
 // backend written on it needs no twill-netlink dependency of its own.
@@ -125,6 +128,20 @@ pub struct HostContext<'a> {
     pub public_ip: Ipv4Addr,
     /// The underlay interface.
     pub underlay: &'a UnderlayInterface,
+    /// The host's IPv6 underlay, required when the config has
+    /// `EnableIPv6` (the backends then program the IPv6 half of each
+    /// dual-stack lease) and ignored otherwise.
+    pub ipv6: Option<Ipv6Underlay>,
+}
+
+/// The host's IPv6 side of the underlay interface: flannel's `IfaceV6Addr`
+/// and `ExtV6Addr` (`-public-ipv6`), on the same interface as the IPv4 one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Underlay {
+    /// The interface's IPv6 address: the `local` of the IPv6 VXLAN device.
+    pub addr: Ipv6Addr,
+    /// The `PublicIPv6` this host publishes (usually `addr`).
+    pub public_ip: Ipv6Addr,
 }
 
 /// What [`Backend::setup`] returns: what to publish and the overlay MTU.

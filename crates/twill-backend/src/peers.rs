@@ -1,9 +1,9 @@
 //! Peer validation shared by the backends.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use twill_model::{NetworkConfig, PeerVerdict, SkipReason, SubnetKey, SubnetLease};
 
 /// The checks on a peer lease common to all backends: the host-level rules
@@ -75,6 +75,91 @@ pub(crate) fn dedupe(claimed: &mut Claimed, key: SubnetKey) -> Result<(), SkipRe
     }
     claimed.0.insert(first, (last, key));
     Ok(())
+}
+
+/// [`Claimed`] for IPv6 subnets.
+#[derive(Debug, Default)]
+pub(crate) struct Claimed6(BTreeMap<u128, (u128, SubnetKey)>);
+
+/// [`dedupe`] for the IPv6 subnet of `key` (which has one).
+pub(crate) fn dedupe6(
+    claimed: &mut Claimed6,
+    key: SubnetKey,
+    subnet: Ipv6Network,
+) -> Result<(), SkipReason> {
+    let first = u128::from(subnet.network());
+    let last = u128::from(subnet.broadcast());
+    let before = claimed
+        .0
+        .range(..=first)
+        .next_back()
+        .filter(|(_, (end, _))| *end >= first);
+    let inside = || claimed.0.range(first..=last).next();
+    if let Some((_, (_, k))) = before.or_else(inside) {
+        return Err(SkipReason::OverlapsPeer(*k));
+    }
+    claimed.0.insert(first, (last, key));
+    Ok(())
+}
+
+/// Whether a peer can be reached at `ip` over an IPv6 underlay: not
+/// unspecified, loopback, multicast, link-local (it needs a scope no lease
+/// carries) or IPv4-mapped.
+pub(crate) fn is_usable_public_ipv6(ip: Ipv6Addr) -> bool {
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || ip.is_unicast_link_local()
+        || u128::from(ip) >> 32 == 0xffff)
+}
+
+/// The host rules for the IPv6 half of a peer that passed
+/// [`check_common`]: `Ok(None)` when it has no IPv6 subnet (an IPv4-only
+/// lease in a dual-stack network is programmed on its IPv4 side only), else
+/// its IPv6 subnet and `PublicIPv6`, or why its IPv6 half is skipped.
+///
+/// The IPv6 reasons travel as [`SkipReason::Malformed`] until the model has
+/// typed IPv6 variants; their text names the field.
+pub(crate) fn check_ipv6(
+    peer: &SubnetLease,
+    own: Option<&SubnetKey>,
+    our_public_ipv6: Ipv6Addr,
+    config: &NetworkConfig,
+) -> Result<Option<(Ipv6Network, Ipv6Addr)>, SkipReason> {
+    let Some(subnet) = peer.key.ipv6 else {
+        return Ok(None);
+    };
+    let skip = |reason: String| Err(SkipReason::Malformed { reason });
+    match config.ipv6_network {
+        Some(net) if subnet.prefix() >= net.prefix() && net.contains(subnet.network()) => {}
+        Some(net) => {
+            return skip(format!(
+                "IPv6 subnet {subnet} is not inside IPv6Network {net}"
+            ))
+        }
+        None => {
+            return skip(format!(
+                "IPv6 subnet {subnet} but no IPv6Network is configured"
+            ))
+        }
+    }
+    if let Some(own6) = own.and_then(|k| k.ipv6) {
+        if own6.contains(subnet.network()) || subnet.contains(own6.network()) {
+            return skip(format!("IPv6 subnet overlaps our own {own6}"));
+        }
+    }
+    let Some(public) = peer.attrs.public_ipv6 else {
+        return skip(format!("IPv6 subnet {subnet} but no PublicIPv6"));
+    };
+    if !is_usable_public_ipv6(public) {
+        return skip(format!(
+            "PublicIPv6 {public} is not a global or unique local unicast address"
+        ));
+    }
+    if public == our_public_ipv6 {
+        return skip(format!("it claims our PublicIPv6 {public}"));
+    }
+    Ok(Some((subnet, public)))
 }
 
 /// What [`select_peers`] needs to know about this host.

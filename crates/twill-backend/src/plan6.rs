@@ -11,6 +11,9 @@
 //! this pass names the IPv6 device.
 
 use std::collections::BTreeMap;
+use std::net::Ipv6Addr;
+
+use ipnetwork::Ipv6Network;
 
 use twill_netlink::{FdbEntry6, MacAddr, Neighbour6, NetlinkError, Request, Route6};
 
@@ -390,6 +393,33 @@ pub fn simulate6(state: &DataplaneState6, ops: &[Op6]) -> DataplaneState6 {
     s
 }
 
+/// What flannel programs on `flannel-v6.<VNI>` (`dev`) for a peer's IPv6
+/// `subnet` with IPv6 VTEP MAC `mac` at `public` (its `PublicIPv6`): the
+/// subnet's first address as the peer's gateway, its NDP entry to the MAC,
+/// the MAC's FDB entry to the underlay address, the onlink route.
+#[must_use]
+pub fn vxlan_peer6(
+    dev: u32,
+    subnet: Ipv6Network,
+    mac: MacAddr,
+    public: Ipv6Addr,
+) -> (Neighbour6, FdbEntry6, Route6) {
+    let gw = subnet.network();
+    (
+        Neighbour6::permanent(dev, gw, mac),
+        FdbEntry6::permanent(dev, mac, public),
+        Route6::new(subnet).via(gw).dev(dev).onlink(),
+    )
+}
+
+/// What host-gw programs for a peer's IPv6 `subnet` at `public` (its
+/// `PublicIPv6`) through the underlay device `underlay`: flannel's IPv6
+/// route `ip -6 route replace <subnet> via <PublicIPv6> dev <underlay>`.
+#[must_use]
+pub fn hostgw_peer6(subnet: Ipv6Network, public: Ipv6Addr, underlay: u32) -> Route6 {
+    Route6::new(subnet).via(public).dev(underlay)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -574,7 +604,11 @@ mod tests {
             Op6::ReplaceFdb(f),
             Op6::ReplaceRoute(r),
         ];
-        let dels = [Op6::DeleteNeighbour(n), Op6::DeleteFdb(f), Op6::DeleteRoute(r)];
+        let dels = [
+            Op6::DeleteNeighbour(n),
+            Op6::DeleteFdb(f),
+            Op6::DeleteRoute(r),
+        ];
         for errno in [linux::ENOENT, linux::ESRCH, linux::ENODEV] {
             assert!(adds.iter().all(|op| !op.is_done_despite(&err(errno))));
             assert!(dels.iter().all(|op| op.is_done_despite(&err(errno))));

@@ -16,6 +16,21 @@
 //! `BackendData` is `{"VNI":N,"VtepMAC":"..."}` as flannel writes it; leases
 //! with only `VtepMAC` (older flannel) are read too.
 //!
+//! With `EnableIPv6`, the IPv6 half of each dual-stack lease goes over a
+//! second device as flannel lays it out: `flannel-v6.<VNI>` (`local` = our
+//! IPv6 underlay address, its own MAC, MTU = underlay MTU − 70 unless `MTU`
+//! is configured), our IPv6 subnet's first address as a `/128` on it, and
+//! per peer with an IPv6 subnet:
+//!
+//! ```text
+//! ip -6 neigh replace <v6 subnet>:: lladdr <v6 VtepMAC> dev flannel-v6.N nud permanent
+//! bridge fdb replace <v6 VtepMAC> dev flannel-v6.N dst <PublicIPv6> self permanent
+//! ip -6 route replace <v6 subnet> via <v6 subnet>:: dev flannel-v6.N onlink proto 241
+//! ```
+//!
+//! `BackendV6Data` is `{"VNI":N,"VtepMAC":"..."}` with the IPv6 device's MAC.
+//! Without `EnableIPv6` nothing of this exists and no IPv6 state is read.
+//!
 //! Beyond flannel: the VTEP MAC is stable across restarts (an existing
 //! device's MAC is reused, else one is derived from VNI and public IP), a
 //! deleted or downed device is repaired at the next reconcile, a device whose
@@ -23,26 +38,35 @@
 //! stale routes of ours are garbage-collected.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::Deserialize;
 use twill_model::{
     BackendConfig, LeaseAttrs, MacAddr, NetworkConfig, SkipReason, SubnetKey, SubnetLease,
 };
 use twill_netlink::{
-    Address, FdbEntry, Link, LinkChange, Neighbour, NetlinkError, NetlinkHandle, Request, Route,
-    VxlanSpec, LINUX_VXLAN_DEFAULT_PORT, MAIN_TABLE, TWILL_RTPROT,
+    Address, Address6, FdbEntry, FdbEntry6, Link, LinkChange, Neighbour, Neighbour6, NetlinkError,
+    NetlinkHandle, Request, Route, Route6, VxlanSpec, LINUX_VXLAN_DEFAULT_PORT, MAIN_TABLE,
+    TWILL_RTPROT,
 };
 
-use crate::peers::{check_common, claim_order, dedupe, on_segment, Claimed};
+use crate::peers::{
+    check_common, check_ipv6, claim_order, dedupe, dedupe6, on_segment, Claimed, Claimed6,
+};
 use crate::plan::{plan, route_conflicts, DataplaneState, Op, Owner};
+use crate::plan6::{plan6, route_conflicts6, vxlan_peer6, DataplaneState6, Op6};
 use crate::{
-    Backend, BackendError, FailedOp, HostContext, LocalSetup, ReconcileReport, UnderlayInterface,
+    Backend, BackendError, FailedOp, HostContext, Ipv6Underlay, LocalSetup, ReconcileReport,
+    UnderlayInterface,
 };
 
 /// VXLAN encapsulation overhead flannel subtracts from the underlay MTU.
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// VXLAN encapsulation overhead over an IPv6 underlay (the kernel's
+/// `VXLAN6_HEADROOM`: the IPv6 header is 20 bytes longer than IPv4's), the
+/// MTU the kernel and flannel give `flannel-v6.<VNI>`.
+pub const VXLAN6_OVERHEAD: u32 = 70;
 
 /// The `Backend` object of a `vxlan` network, with flannel's field names.
 /// Keys are matched as flanneld (Go) matches them, by
@@ -183,6 +207,12 @@ impl VxlanOptions {
     pub fn device_name(&self) -> String {
         format!("flannel.{}", self.vni)
     }
+
+    /// The IPv6 device's name, `flannel-v6.<VNI>` as flannel names it.
+    #[must_use]
+    pub fn device_name6(&self) -> String {
+        format!("flannel-v6.{}", self.vni)
+    }
 }
 
 /// `BackendData` of a vxlan lease (keys matched as Go does, by
@@ -205,6 +235,24 @@ pub fn derived_vtep_mac(vni: u32, public_ip: Ipv4Addr) -> MacAddr {
     MacAddr([0x0e, v[1] ^ v[2] ^ v[3], o[0], o[1], o[2], o[3]])
 }
 
+/// [`derived_vtep_mac`] for the IPv6 device: from the VNI and the low 32
+/// bits of the public IPv6 address, first octet `0x1e` (locally
+/// administered, unicast) so it never equals the IPv4 device's.
+#[must_use]
+pub fn derived_vtep_mac6(vni: u32, public_ipv6: Ipv6Addr) -> MacAddr {
+    let v = vni.to_be_bytes();
+    let o = public_ipv6.octets();
+    MacAddr([0x1e, v[1] ^ v[2] ^ v[3], o[12], o[13], o[14], o[15]])
+}
+
+/// The IPv6 half once set up (`EnableIPv6`).
+#[derive(Debug, Clone)]
+struct Ready6 {
+    underlay: Ipv6Underlay,
+    mac: MacAddr,
+    mtu: u32,
+}
+
 #[derive(Debug, Clone)]
 struct Ready {
     config: NetworkConfig,
@@ -220,6 +268,7 @@ pub struct VxlanBackend {
     opts: VxlanOptions,
     nl: NetlinkHandle,
     ready: Option<Ready>,
+    ready6: Option<Ready6>,
     own: Option<SubnetKey>,
     /// The handle is in this thread's namespace, so its `/proc/sys` is ours
     /// to set (not known for a handle given to [`Self::with_handle`]).
@@ -247,6 +296,7 @@ impl VxlanBackend {
             opts,
             nl,
             ready: None,
+            ready6: None,
             own: None,
             sysctls: false,
         }
@@ -274,6 +324,18 @@ impl VxlanBackend {
     }
 
     fn compatible(&self, r: &Ready, link: &Link) -> bool {
+        self.compatible_with(link, Some(r.underlay.addr), None, r.underlay.index)
+    }
+
+    /// Whether `link` is the VXLAN device our options ask for with these
+    /// local addresses on underlay `underlay`.
+    fn compatible_with(
+        &self,
+        link: &Link,
+        local: Option<Ipv4Addr>,
+        local6: Option<Ipv6Addr>,
+        underlay: u32,
+    ) -> bool {
         let want_port = if self.opts.port == 0 {
             LINUX_VXLAN_DEFAULT_PORT
         } else {
@@ -282,9 +344,10 @@ impl VxlanBackend {
         link.kind.as_deref() == Some("vxlan")
             && link.vxlan.as_ref().is_some_and(|v| {
                 v.vni == self.opts.vni
-                    && v.local == Some(r.underlay.addr)
+                    && v.local == local
+                    && v.local6 == local6
                     && v.port == want_port
-                    && v.underlay == Some(r.underlay.index)
+                    && v.underlay == Some(underlay)
                     && v.gbp == self.opts.gbp
                     && v.learning == self.opts.learning
             })
@@ -304,38 +367,59 @@ impl VxlanBackend {
             .ready
             .clone()
             .ok_or(BackendError::NotReady("reconcile", "setup"))?;
-        let name = self.opts.device_name();
+        let found = self.nl.link().find(&self.opts.device_name())?;
+        let compatible = found.as_ref().filter(|l| self.compatible(&r, l)).cloned();
+        let spec = self.spec(&r);
+        let (index, mut repaired) = self.ensure_link(found, compatible, &spec, failed)?;
+        if let Some(own) = self.own {
+            repaired |= self.ensure_address(index, own)?;
+        }
+        Ok((index, repaired))
+    }
+
+    /// Makes sure the device of `spec` exists as `compatible` (the link
+    /// `found` under its name if its attributes match), is up and has the
+    /// spec's MAC and MTU; the device-independent part of
+    /// [`Self::ensure_device`] and [`Self::ensure_device6`].
+    fn ensure_link(
+        &mut self,
+        found: Option<Link>,
+        compatible: Option<Link>,
+        spec: &VxlanSpec,
+        failed: &mut Vec<(Request, NetlinkError)>,
+    ) -> Result<(u32, bool), BackendError> {
+        let name = &spec.name;
         let mut repaired = false;
-        let link = match self.nl.link().find(&name)? {
-            Some(l) if self.compatible(&r, &l) => l,
-            found => {
+        let link = match compatible {
+            Some(l) => l,
+            None => {
                 if let Some(old) = found {
                     tracing::info!(device = %name, "re-creating VXLAN device whose attributes no longer match");
                     self.nl.link().delete(old.index)?;
                 }
                 repaired = true;
-                let spec = self.spec(&r);
-                let link = self.nl.link().add_vxlan(&spec)?;
+                let link = self.nl.link().add_vxlan(spec)?;
                 if self.sysctls {
-                    disable_accept_ra(&name);
+                    disable_accept_ra(name);
                 }
                 link
             }
         };
+        let (want_mac, want_mtu) = (spec.mac, spec.mtu.unwrap_or(link.mtu));
         let change = LinkChange {
             index: link.index,
             ..LinkChange::default()
         };
         let mut repairs = Vec::new();
-        if link.mac != Some(r.mac) {
+        if want_mac.is_some() && link.mac != want_mac {
             repairs.push(LinkChange {
-                mac: Some(r.mac),
+                mac: want_mac,
                 ..change
             });
         }
-        if link.mtu != r.mtu {
+        if link.mtu != want_mtu {
             repairs.push(LinkChange {
-                mtu: Some(r.mtu),
+                mtu: Some(want_mtu),
                 ..change
             });
         }
@@ -353,10 +437,64 @@ impl VxlanBackend {
             }
             repaired = true;
         }
-        if let Some(own) = self.own {
-            repaired |= self.ensure_address(link.index, own)?;
-        }
         Ok((link.index, repaired))
+    }
+
+    fn spec6(&self, r: &Ready6, underlay: u32) -> VxlanSpec {
+        VxlanSpec {
+            name: self.opts.device_name6(),
+            vni: self.opts.vni,
+            local: None,
+            local6: Some(r.underlay.addr),
+            port: (self.opts.port != 0).then_some(self.opts.port),
+            learning: self.opts.learning,
+            gbp: self.opts.gbp,
+            mtu: Some(r.mtu),
+            mac: Some(r.mac),
+            underlay: Some(underlay),
+        }
+    }
+
+    /// [`Self::ensure_device`] for `flannel-v6.<VNI>`, with our IPv6
+    /// subnet's first address as its only `/128` once activated.
+    fn ensure_device6(
+        &mut self,
+        failed: &mut Vec<(Request, NetlinkError)>,
+    ) -> Result<(u32, bool), BackendError> {
+        let (r, r6) = match (self.ready.clone(), self.ready6.clone()) {
+            (Some(r), Some(r6)) => (r, r6),
+            _ => return Err(BackendError::NotReady("reconcile", "setup")),
+        };
+        let spec = self.spec6(&r6, r.underlay.index);
+        let found = self.nl.link().find(&spec.name)?;
+        let compatible = found
+            .as_ref()
+            .filter(|l| self.compatible_with(l, None, Some(r6.underlay.addr), r.underlay.index))
+            .cloned();
+        let (index, mut repaired) = self.ensure_link(found, compatible, &spec, failed)?;
+        if let Some(own6) = self.own.and_then(|k| k.ipv6) {
+            let want = Address6 {
+                index,
+                addr: Ipv6Network::new(own6.network(), 128).map_err(|e| {
+                    BackendError::OwnLease {
+                        key: self.own.unwrap_or(SubnetKey::v6_only(own6)),
+                        reason: e.to_string(),
+                    }
+                })?,
+            };
+            repaired |= self.nl.address().set_only6(want)?;
+        }
+        Ok((index, repaired))
+    }
+
+    /// [`Self::ensure_device6`] where the first refusal is the error.
+    fn ensure_device6_or_fail(&mut self) -> Result<(u32, bool), BackendError> {
+        let mut failed = Vec::new();
+        let device = self.ensure_device6(&mut failed)?;
+        match failed.into_iter().next() {
+            Some((_, e)) => Err(e.into()),
+            None => Ok(device),
+        }
     }
 
     /// [`Self::ensure_device`] where there is no report to put a refused
@@ -375,9 +513,13 @@ impl VxlanBackend {
     /// the way of ours (reported as routes twill did not create) and keep
     /// traffic on the old VNI. The kernel removes routes, neighbours and FDB
     /// entries through a deleted device with it.
-    fn remove_stale_devices(&mut self, local: Ipv4Addr) -> Result<(), BackendError> {
+    fn remove_stale_devices(
+        &mut self,
+        local: Ipv4Addr,
+        local6: Option<Ipv6Addr>,
+    ) -> Result<(), BackendError> {
         let links = self.nl.link().list()?;
-        for link in stale_devices(&links, self.opts.vni, local) {
+        for link in stale_devices(&links, self.opts.vni, local, local6) {
             tracing::info!(device = %link.name, vni = self.opts.vni, "deleting VXLAN device of a previous config (another VNI)");
             match self.nl.link().delete(link.index) {
                 // Gone meanwhile (deleted by hand): what we wanted.
@@ -497,24 +639,130 @@ impl VxlanBackend {
     }
 }
 
+impl VxlanBackend {
+    /// The desired IPv6 kernel state for `peers` (their IPv6 halves), and
+    /// the peers whose IPv6 half is skipped with why. A peer the IPv4 pass
+    /// skips ([`check_common`]) is left out here too, unreported (its reason
+    /// is in the IPv4 pass's list).
+    fn desired6(
+        &self,
+        r: &Ready,
+        r6: &Ready6,
+        dev: u32,
+        peers: &[&SubnetLease],
+    ) -> (DataplaneState6, Vec<(SubnetKey, SkipReason)>) {
+        let mut sorted = claim_order(peers.iter().copied(), &r.config);
+        // IPv6 subnets claim in the same way by their own prefix length.
+        sorted.sort_by_key(|p| {
+            (
+                p.key.ipv6.map(|n| n.prefix()) != Some(r.config.ipv6_subnet_len),
+                p.revision,
+                p.key,
+            )
+        });
+        let mut state = DataplaneState6::default();
+        let mut skipped = Vec::new();
+        let mut accepted = Claimed6::default();
+        let mut macs = BTreeMap::new();
+        for peer in sorted {
+            if !matches!(
+                check_common(peer, self.own.as_ref(), r.public_ip, &r.config, "vxlan"),
+                Ok(true)
+            ) {
+                continue;
+            }
+            match self.peer_entries6(r, r6, dev, peer, &mut accepted, &mut macs) {
+                Ok(Some((neigh, fdb, route))) => {
+                    state.neighbours.push(neigh);
+                    state.fdb.push(fdb);
+                    state.routes.push(route);
+                }
+                Ok(None) => {}
+                Err(reason) => skipped.push((peer.key, reason)),
+            }
+        }
+        (state, skipped)
+    }
+
+    /// The IPv6 entries of one peer, `None` when it has no IPv6 subnet.
+    fn peer_entries6(
+        &self,
+        r: &Ready,
+        r6: &Ready6,
+        dev: u32,
+        peer: &SubnetLease,
+        accepted: &mut Claimed6,
+        macs: &mut BTreeMap<MacAddr, SubnetKey>,
+    ) -> Result<Option<(Neighbour6, FdbEntry6, Route6)>, SkipReason> {
+        let Some((subnet, public)) =
+            check_ipv6(peer, self.own.as_ref(), r6.underlay.public_ip, &r.config)?
+        else {
+            return Ok(None);
+        };
+        let data: VxlanLeaseData =
+            peer.attrs
+                .backend_v6_data_as()
+                .map_err(|e| SkipReason::BadBackendData {
+                    reason: e.to_string(),
+                })?;
+        let Ok(mac) = data.vtep_mac.parse::<MacAddr>() else {
+            return Err(SkipReason::BadVtepMac(data.vtep_mac));
+        };
+        if !mac.is_unicast() {
+            return Err(SkipReason::VtepMacNotUnicast(mac));
+        }
+        if mac == r6.mac {
+            return Err(SkipReason::VtepMacIsOurs(mac));
+        }
+        if let Some(vni) = data.vni.filter(|v| *v != self.opts.vni) {
+            return Err(SkipReason::OtherVni {
+                vni,
+                ours: self.opts.vni,
+            });
+        }
+        if let Some(first) = macs.get(&mac) {
+            return Err(SkipReason::VtepMacInUse { mac, peer: *first });
+        }
+        dedupe6(accepted, peer.key, subnet)?;
+        macs.insert(mac, peer.key);
+        Ok(Some(vxlan_peer6(dev, subnet, mac, public)))
+    }
+}
+
 /// The devices among `links` that are ours by flannel's convention but not
 /// the one of `vni`: kind `vxlan`, named `flannel.<N>` (N in canonical
 /// decimal, as we name them) with N != `vni`, and whose `local` is our
 /// underlay address. Anything else (a bridge named `flannel.7`, a VXLAN
 /// device of another name or another local address) is not ours.
-fn stale_devices(links: &[Link], vni: u32, local: Ipv4Addr) -> Vec<&Link> {
+///
+/// The same for `flannel-v6.<N>` devices whose `local` is `local6`, our
+/// IPv6 underlay address (when we have one).
+fn stale_devices(
+    links: &[Link],
+    vni: u32,
+    local: Ipv4Addr,
+    local6: Option<Ipv6Addr>,
+) -> Vec<&Link> {
+    let other_vni = |n: &str| {
+        n.parse::<u32>()
+            .is_ok_and(|n2| n2 != vni && n2.to_string() == n)
+    };
     links
         .iter()
         .filter(|l| {
-            let Some(n) = l.name.strip_prefix("flannel.") else {
+            let Some(v) = l
+                .vxlan
+                .as_ref()
+                .filter(|_| l.kind.as_deref() == Some("vxlan"))
+            else {
                 return false;
             };
-            let ours_by_name = n
-                .parse::<u32>()
-                .is_ok_and(|n2| n2 != vni && n2.to_string() == n);
-            ours_by_name
-                && l.kind.as_deref() == Some("vxlan")
-                && l.vxlan.as_ref().is_some_and(|v| v.local == Some(local))
+            if let Some(n) = l.name.strip_prefix("flannel-v6.") {
+                return other_vni(n) && local6.is_some() && v.local6 == local6;
+            }
+            l.name
+                .strip_prefix("flannel.")
+                .is_some_and(|n| other_vni(n) && v.local == Some(local))
         })
         .collect()
 }
@@ -589,6 +837,58 @@ pub fn converge(
     Ok(())
 }
 
+/// [`converge`] for the IPv6 half: dumps `owner`'s IPv6 neighbours, FDB
+/// entries with an IPv6 remote and IPv6 routes, reports foreign IPv6 routes
+/// in the way, applies [`plan6`]'s ops in one batch, and adds its counts to
+/// `report` (so a dual-stack pass reports both halves together).
+///
+/// # Errors
+/// Only when the kernel cannot be dumped or the batch cannot be sent.
+pub fn converge6(
+    nl: &mut NetlinkHandle,
+    desired: &DataplaneState6,
+    owner: &Owner,
+    report: &mut ReconcileReport,
+) -> Result<(), BackendError> {
+    let observed = DataplaneState6 {
+        neighbours: match owner.device {
+            Some(d) => nl.neighbour().list6(Some(d))?,
+            None => Vec::new(),
+        },
+        fdb: match owner.device {
+            Some(d) => nl.fdb().list6(Some(d))?,
+            None => Vec::new(),
+        },
+        routes: nl.route().list6(Some(owner.table))?,
+    };
+    for r in route_conflicts6(desired, &observed, owner) {
+        report.skipped.push((
+            SubnetKey::v6_only(r.dst),
+            SkipReason::Malformed {
+                reason: format!(
+                    "a route to {} that twill did not create is in the way",
+                    r.dst
+                ),
+            },
+        ));
+    }
+    let ops = plan6(desired, &observed, owner);
+    report.planned += ops.len();
+    if ops.is_empty() {
+        return Ok(());
+    }
+    let requests: Vec<_> = ops.iter().map(Op6::to_request).collect();
+    let outcome = nl.execute(&requests)?;
+    for ((op, request), r) in ops.iter().zip(requests).zip(outcome.results) {
+        match r {
+            Ok(()) => report.applied += 1,
+            Err(e) if op.is_done_despite(&e) => report.applied += 1,
+            Err(e) => report.failed.push(FailedOp::new(request, &e)),
+        }
+    }
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl Backend for VxlanBackend {
     fn backend_type(&self) -> &str {
@@ -608,7 +908,28 @@ impl Backend for VxlanBackend {
                 underlay_mtu: host.underlay.mtu,
             });
         }
-        self.remove_stale_devices(host.underlay.addr)?;
+        let max_mtu6 = host.underlay.mtu.saturating_sub(VXLAN6_OVERHEAD);
+        let v6 = match (host.config.enable_ipv6, host.ipv6) {
+            (false, _) => None,
+            (true, None) => {
+                return Err(BackendError::Config {
+                    backend: "vxlan",
+                    reason: "EnableIPv6 is set but the host has no IPv6 underlay address".into(),
+                })
+            }
+            (true, Some(u)) => {
+                if let Some(mtu) = self.opts.mtu.filter(|m| *m > max_mtu6) {
+                    return Err(BackendError::MtuAboveUnderlay {
+                        mtu,
+                        max: max_mtu6,
+                        underlay: host.underlay.name.clone(),
+                        underlay_mtu: host.underlay.mtu,
+                    });
+                }
+                Some(u)
+            }
+        };
+        self.remove_stale_devices(host.underlay.addr, v6.map(|u| u.addr))?;
         let name = self.opts.device_name();
         // Reuse the MAC of an existing device so peers' FDB/ARP stay valid.
         let existing = self.nl.link().find(&name)?;
@@ -632,6 +953,24 @@ impl Backend for VxlanBackend {
         let mut attrs = LeaseAttrs::new(host.public_ip, "vxlan");
         attrs.backend_data =
             Some(serde_json::json!({ "VNI": self.opts.vni, "VtepMAC": mac.to_string() }));
+        self.ready6 = None;
+        if let Some(u) = v6 {
+            let existing = self.nl.link().find(&self.opts.device_name6())?;
+            let mac6 = existing
+                .as_ref()
+                .and_then(|l| l.mac)
+                .filter(|m| m.is_unicast() && *m != mac)
+                .unwrap_or_else(|| derived_vtep_mac6(self.opts.vni, u.public_ip));
+            self.ready6 = Some(Ready6 {
+                underlay: u,
+                mac: mac6,
+                mtu: self.opts.mtu.unwrap_or(max_mtu6),
+            });
+            self.ensure_device6_or_fail()?;
+            attrs.public_ipv6 = Some(u.public_ip);
+            attrs.backend_v6_data =
+                Some(serde_json::json!({ "VNI": self.opts.vni, "VtepMAC": mac6.to_string() }));
+        }
         Ok(LocalSetup { attrs, mtu })
     }
 
@@ -643,6 +982,9 @@ impl Backend for VxlanBackend {
         BackendError::check_own_lease(&r.config, own)?;
         self.own = Some(own.key);
         self.ensure_device_or_fail()?;
+        if self.ready6.is_some() {
+            self.ensure_device6_or_fail()?;
+        }
         Ok(())
     }
 
@@ -671,6 +1013,27 @@ impl Backend for VxlanBackend {
             route_oifs: vec![dev, r.underlay.index],
         };
         converge(&mut self.nl, &desired, &owner, &mut report)?;
+        if let Some(r6) = self.ready6.clone() {
+            let mut repairs_failed = Vec::new();
+            let (dev6, repaired) = self.ensure_device6(&mut repairs_failed)?;
+            report.failed.extend(
+                repairs_failed
+                    .into_iter()
+                    .map(|(request, e)| FailedOp::new(request, &e)),
+            );
+            if repaired {
+                tracing::info!(device = %self.opts.device_name6(), "repaired IPv6 VXLAN device");
+            }
+            let (desired6, skipped6) = self.desired6(&r, &r6, dev6, peers);
+            report.skipped.extend(skipped6);
+            let owner6 = Owner {
+                device: Some(dev6),
+                protocol: TWILL_RTPROT,
+                table: MAIN_TABLE,
+                route_oifs: vec![dev6, r.underlay.index],
+            };
+            converge6(&mut self.nl, &desired6, &owner6, &mut report)?;
+        }
         Ok(report)
     }
 }
@@ -847,7 +1210,7 @@ mod tests {
             link("vx100", Some("vxlan"), 100, "10.0.0.2"),
             link("flannel.1", None, 0, ""),
         ];
-        let stale: Vec<&str> = stale_devices(&links, 200, local)
+        let stale: Vec<&str> = stale_devices(&links, 200, local, None)
             .into_iter()
             .map(|l| l.name.as_str())
             .collect();

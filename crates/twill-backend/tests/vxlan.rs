@@ -279,6 +279,7 @@ async fn reconcile_repairs_collects_garbage_and_keeps_foreign_entries() {
         config: &cfg,
         public_ip: h.addr,
         underlay: &ul,
+        ipv6: None,
     };
     let local2 = b2.setup(&ctx).await.expect("setup with new port");
     assert_eq!(

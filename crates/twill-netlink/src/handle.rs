@@ -588,6 +588,31 @@ impl AddressHandle<'_> {
         self.0.execute_one(&Request::AddressDelete6(addr))
     }
 
+    /// Makes `addr` the only IPv6 address of its device besides the
+    /// kernel's link-local ones (`fe80::/10`, which NDP needs): flannel's
+    /// `EnsureV6AddressOnLink`. Returns whether anything changed.
+    ///
+    /// # Errors
+    /// The kernel's refusal or a socket failure.
+    pub fn set_only6(&mut self, addr: Address6) -> Result<bool, NetlinkError> {
+        let have = self.list6(Some(addr.index))?;
+        let mut changed = false;
+        for a in have
+            .iter()
+            .filter(|a| **a != addr && !a.addr.ip().is_unicast_link_local())
+        {
+            self.delete6(*a)?;
+            changed = true;
+        }
+        if !have.contains(&addr) {
+            match self.add6(addr) {
+                Err(e) if !e.is_exists() => return Err(e),
+                _ => changed = true,
+            }
+        }
+        Ok(changed)
+    }
+
     /// Lists IPv6 addresses (link-local ones included), of one device when
     /// `index` is given.
     ///

@@ -46,6 +46,7 @@ pub async fn bring_up(
         config: cfg,
         public_ip: host.addr,
         underlay: &ul,
+        ipv6: None,
     };
     let local = backend.setup(&ctx).await.expect("setup");
     let own = lease(&format!("10.244.{n}.0/24"), local.attrs.clone());
