@@ -1,22 +1,33 @@
 //! The host-gw backend: `ip route replace <peer subnet> via <peer PublicIP>
-//! dev <underlay> proto 241` for every peer on our L2 segment.
+//! dev <underlay> proto 241` for every peer on our L2 segment; with
+//! `EnableIPv6`, also `ip -6 route replace <peer IPv6 subnet> via <peer
+//! PublicIPv6> dev <underlay> proto 241` for each peer whose `PublicIPv6` is
+//! on an IPv6 prefix of the underlay.
 
 use std::net::Ipv4Addr;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use twill_model::{BackendConfig, LeaseAttrs, NetworkConfig, SkipReason, SubnetKey, SubnetLease};
 use twill_netlink::{NetlinkHandle, Route, MAIN_TABLE, TWILL_RTPROT};
 
-use crate::peers::{check_common, claim_order, dedupe, on_segment, Claimed};
+use crate::peers::{
+    check_common, check_ipv6, claim_order, dedupe, dedupe6, on_segment, Claimed, Claimed6,
+};
 use crate::plan::{DataplaneState, Owner};
-use crate::vxlan::converge;
-use crate::{Backend, BackendError, HostContext, LocalSetup, ReconcileReport, UnderlayInterface};
+use crate::plan6::{hostgw_peer6, DataplaneState6};
+use crate::vxlan::{converge, converge6};
+use crate::{
+    Backend, BackendError, HostContext, Ipv6Underlay, LocalSetup, ReconcileReport,
+    UnderlayInterface,
+};
 
 #[derive(Debug, Clone)]
 struct Ready {
     config: NetworkConfig,
     public_ip: Ipv4Addr,
     underlay: UnderlayInterface,
+    /// With `EnableIPv6`.
+    ipv6: Option<Ipv6Underlay>,
 }
 
 /// flannel's `host-gw` backend: plain routes via peers' public IPs.
@@ -59,13 +70,26 @@ impl Backend for HostGwBackend {
     }
 
     async fn setup(&mut self, host: &HostContext<'_>) -> Result<LocalSetup, BackendError> {
+        let ipv6 = match (host.config.enable_ipv6, host.ipv6) {
+            (false, _) => None,
+            (true, None) => {
+                return Err(BackendError::Config {
+                    backend: "host-gw",
+                    reason: "EnableIPv6 is set but the host has no IPv6 underlay address".into(),
+                })
+            }
+            (true, Some(u)) => Some(u),
+        };
         self.ready = Some(Ready {
             config: host.config.clone(),
             public_ip: host.public_ip,
             underlay: host.underlay.clone(),
+            ipv6,
         });
+        let mut attrs = LeaseAttrs::new(host.public_ip, "host-gw");
+        attrs.public_ipv6 = ipv6.map(|u| u.public_ip);
         Ok(LocalSetup {
-            attrs: LeaseAttrs::new(host.public_ip, "host-gw"),
+            attrs,
             mtu: host.underlay.mtu,
         })
     }
@@ -129,6 +153,77 @@ impl Backend for HostGwBackend {
             route_oifs: vec![r.underlay.index],
         };
         converge(&mut self.nl, &desired, &owner, &mut report)?;
+        if let Some(u) = r.ipv6 {
+            let desired6 = self.desired6(&r, u, peers, &mut report)?;
+            converge6(&mut self.nl, &desired6, &owner, &mut report)?;
+        }
         Ok(report)
+    }
+}
+
+impl HostGwBackend {
+    /// The IPv6 routes for `peers`; IPv6 halves that cannot be routed are
+    /// put in `report.skipped` (peers the IPv4 pass skipped are left out
+    /// silently: their reason is there already).
+    fn desired6(
+        &mut self,
+        r: &Ready,
+        u: Ipv6Underlay,
+        peers: &[&SubnetLease],
+        report: &mut ReconcileReport,
+    ) -> Result<DataplaneState6, BackendError> {
+        let connected: Vec<Ipv6Network> = self
+            .nl
+            .address()
+            .list6(Some(r.underlay.index))?
+            .into_iter()
+            .map(|a| a.addr)
+            .filter(|n| !n.ip().is_unicast_link_local() && n.prefix() < 128)
+            .collect();
+        let mut sorted = claim_order(peers.iter().copied(), &r.config);
+        sorted.sort_by_key(|p| {
+            (
+                p.key.ipv6.map(|n| n.prefix()) != Some(r.config.ipv6_subnet_len),
+                p.revision,
+                p.key,
+            )
+        });
+        let mut desired = DataplaneState6::default();
+        let mut accepted = Claimed6::default();
+        for peer in sorted {
+            if !matches!(
+                check_common(peer, self.own.as_ref(), r.public_ip, &r.config, "host-gw"),
+                Ok(true)
+            ) {
+                continue;
+            }
+            let verdict = check_ipv6(peer, self.own.as_ref(), u.public_ip, &r.config).and_then(
+                |half| {
+                    let Some((subnet, public)) = half else {
+                        return Ok(None);
+                    };
+                    if !connected.iter().any(|n| n.contains(public)) {
+                        return Err(SkipReason::Malformed {
+                            reason: format!(
+                                "PublicIPv6 {public} is not on our L2 segment ({} has no IPv6 prefix holding it)",
+                                r.underlay.name
+                            ),
+                        });
+                    }
+                    dedupe6(&mut accepted, peer.key, subnet)?;
+                    Ok(Some((subnet, public)))
+                },
+            );
+            match verdict {
+                Ok(Some((subnet, public))) => {
+                    desired
+                        .routes
+                        .push(hostgw_peer6(subnet, public, r.underlay.index))
+                }
+                Ok(None) => {}
+                Err(reason) => report.skipped.push((peer.key, reason)),
+            }
+        }
+        Ok(desired)
     }
 }

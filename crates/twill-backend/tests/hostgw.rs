@@ -85,3 +85,88 @@ fn registry_knows_builtins_and_names_unknown_types() {
         .expect("vxlan");
     assert_eq!(ok.backend_type(), "vxlan");
 }
+
+#[tokio::test]
+async fn host_gw_routes_ipv6_subnets_via_peer_public_ipv6_and_pings6() {
+    twill_testbed::require_root!();
+    let lan = Lan::new(2).expect("lan");
+    let cfg = twill_model::NetworkConfig::parse(
+        r#"{"Network":"10.244.0.0/16","SubnetLen":24,"EnableIPv6":true,
+            "IPv6Network":"fd10:244::/56","IPv6SubnetLen":64,"Backend":{"Type":"host-gw"}}"#,
+    )
+    .expect("config");
+    let v6 = |i: usize| -> std::net::Ipv6Addr { format!("fd00::{}", i + 2).parse().expect("ip6") };
+    let mut leases = Vec::new();
+    let mut backends = Vec::new();
+    for (i, h) in lan.hosts.iter().enumerate() {
+        h.ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", v6(i)),
+            "dev",
+            "eth0",
+            "nodad",
+        ])
+        .expect("underlay v6");
+        // The overlay address the peer pings, on loopback.
+        let n = i + 1;
+        h.ns.ip(&["link", "set", "lo", "up"]).expect("lo up");
+        h.ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("fd10:244:0:{n}::1/128"),
+            "dev",
+            "lo",
+        ])
+        .expect("overlay v6");
+        let mut b = HostGwBackend::with_handle(h.ns.netlink().expect("nl"));
+        let ul = common::underlay(h);
+        let local = b
+            .setup(&twill_backend::HostContext {
+                config: &cfg,
+                public_ip: h.addr,
+                underlay: &ul,
+                ipv6: Some(twill_backend::Ipv6Underlay {
+                    addr: v6(i),
+                    public_ip: v6(i),
+                }),
+            })
+            .await
+            .expect("setup");
+        assert_eq!(local.attrs.public_ipv6, Some(v6(i)));
+        let own = twill_model::SubnetLease {
+            key: twill_model::SubnetKey::dual(
+                format!("10.244.{n}.0/24").parse().expect("v4"),
+                format!("fd10:244:0:{n}::/64").parse().expect("v6"),
+            ),
+            attrs: local.attrs,
+            kind: twill_model::LeaseKind::Expiring,
+            revision: 0,
+        };
+        b.activate(&own).await.expect("activate");
+        leases.push(own);
+        backends.push(b);
+    }
+    for b in &mut backends {
+        let r = b.reconcile(&refs(&leases)).await.expect("reconcile");
+        assert_eq!((r.planned, r.applied), (2, 2), "{r:?}");
+        assert!(r.skipped.is_empty() && r.failed.is_empty(), "{r:?}");
+        assert_eq!(b.reconcile(&refs(&leases)).await.expect("again").planned, 0);
+    }
+    let h1 = &lan.hosts[0].ns;
+    let routes = h1
+        .ip(&["-6", "route", "show", "proto", "241"])
+        .expect("routes");
+    assert!(
+        routes
+            .trim()
+            .starts_with("fd10:244:0:2::/64 via fd00::3 dev eth0"),
+        "{routes}"
+    );
+    let ping = h1
+        .exec("ping", &["-6", "-c1", "-W2", "fd10:244:0:2::1"])
+        .expect("ping6 via host-gw");
+    assert!(ping.contains("1 received"), "{ping}");
+}
