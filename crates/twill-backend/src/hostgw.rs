@@ -218,7 +218,7 @@ impl HostGwBackend {
                 Ok(Some((subnet, public))) => {
                     desired
                         .routes
-                        .push(hostgw_peer6(subnet, public, r.underlay.index))
+                        .push(hostgw_peer6(subnet, public, r.underlay.index));
                 }
                 Ok(None) => {}
                 Err(reason) => report.skipped.push((peer.key, reason)),

@@ -1,4 +1,4 @@
-//! The IPv6 twin of [`crate::plan`]: `plan6(desired, observed, owner) -> Vec<Op6>`
+//! The IPv6 twin of [`mod@crate::plan`]: `plan6(desired, observed, owner) -> Vec<Op6>`
 //! for the IPv6 half of a dual-stack overlay (flannel's `flannel-v6.<VNI>`
 //! device and its IPv6 routes).
 //!
@@ -726,7 +726,7 @@ mod tests {
             .prop_map(|(mac, dst, dev, permanent)| FdbEntry6 {
                 index: dev,
                 mac,
-                dst: dst.map(|d| underlay(d)),
+                dst: dst.map(underlay),
                 permanent,
             })
     }
