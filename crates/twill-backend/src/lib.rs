@@ -12,6 +12,11 @@
 //! with nothing changed plans zero ops. Peers with invalid data are skipped
 //! with a reason ([`ReconcileReport::skipped`]), never programmed.
 //!
+//! With `EnableIPv6` and the host's [`Ipv6Underlay`] in [`HostContext`],
+//! both backends also program the IPv6 half of each dual-stack lease, planned
+//! by [`plan6()`] in a pass of its own ([`converge6`]); without it they read
+//! and write no IPv6 state at all.
+//!
 //! IO: netlink syscalls only, blocking, on the calling task: a 10,000-peer
 //! pass takes about two seconds, so call a backend off your async runtime
 //! (twill-agent gives it a thread of its own). No clocks, no threads. The

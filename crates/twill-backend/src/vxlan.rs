@@ -1217,6 +1217,56 @@ mod tests {
         assert_eq!(stale, ["flannel.100"]);
     }
 
+    /// Issue 15: `flannel-v6.<N>` devices of another VNI on our IPv6
+    /// underlay address are stale too; without an IPv6 underlay none is.
+    #[test]
+    fn ipv6_devices_of_another_vni_are_stale_only_with_our_local6() {
+        let local6: Ipv6Addr = "fd00::2".parse().unwrap();
+        let link = |name: &str, l6: &str| Link {
+            index: 1,
+            name: name.into(),
+            kind: Some("vxlan".into()),
+            mtu: 1430,
+            mac: None,
+            up: true,
+            master: None,
+            vxlan: Some(VxlanInfo {
+                vni: 0,
+                local: None,
+                local6: l6.parse().ok(),
+                port: 8472,
+                learning: false,
+                gbp: false,
+                underlay: Some(2),
+            }),
+        };
+        let links = [
+            link("flannel-v6.100", "fd00::2"),
+            link("flannel-v6.200", "fd00::2"),
+            link("flannel-v6.101", "fd00::9"),
+            link("flannel-v6.102", ""),
+            link("flannel-v6.0100", "fd00::2"),
+        ];
+        let stale: Vec<&str> =
+            stale_devices(&links, 200, "10.0.0.2".parse().unwrap(), Some(local6))
+                .into_iter()
+                .map(|l| l.name.as_str())
+                .collect();
+        assert_eq!(stale, ["flannel-v6.100"]);
+        assert!(stale_devices(&links, 200, "10.0.0.2".parse().unwrap(), None).is_empty());
+    }
+
+    #[test]
+    fn ipv6_vtep_mac_is_stable_unicast_and_not_the_ipv4_one() {
+        let v6: Ipv6Addr = "fd00::a:3".parse().unwrap();
+        let m = derived_vtep_mac6(1, v6);
+        assert!(m.is_unicast());
+        assert_eq!(m.0[0] & 0x02, 0x02, "locally administered");
+        assert_eq!(m, derived_vtep_mac6(1, v6));
+        assert_ne!(m, derived_vtep_mac6(2, v6));
+        assert_ne!(m, derived_vtep_mac(1, "0.10.0.3".parse().unwrap()));
+    }
+
     /// Issue 12: a lease whose `BackendData` says `VTEPMAC` (Go reads it)
     /// used to be rejected.
     #[test]
