@@ -353,9 +353,7 @@ impl Ipv6SubnetAllocator {
         if node == NONE {
             0
         } else {
-            self.nodes
-                .get(node as usize)
-                .map_or(0, |n| n.taken)
+            self.nodes.get(node as usize).map_or(0, |n| n.taken)
         }
     }
 
@@ -562,14 +560,20 @@ mod tests {
         assert_eq!(a.free(), total - ((1u128 << 47) - 1) - 1);
         assert_eq!(a.first_free().unwrap().to_string(), "fd00:8000::/64");
         assert_eq!(a.nth_free(5).unwrap().to_string(), "fd00:8000:0:6::/64");
-        for n in ["fd00:0:0:1::/64", "fd00:7fff:ffff:ffff::/64", "fd00:8000:0:5::/64"] {
+        for n in [
+            "fd00:0:0:1::/64",
+            "fd00:7fff:ffff:ffff::/64",
+            "fd00:8000:0:5::/64",
+        ] {
             let n: Ipv6Network = n.parse().unwrap();
             assert!(!a.is_free(n), "{n}");
             assert!(!a.release(n), "{n}");
             assert!(!a.mark_taken(n), "{n}");
             assert!(a.excluded_overlap(n).is_some(), "{n}");
         }
-        assert!(a.excluded_overlap("fd00:8000:0:6::/64".parse().unwrap()).is_none());
+        assert!(a
+            .excluded_overlap("fd00:8000:0:6::/64".parse().unwrap())
+            .is_none());
         let mut rng = SmallRng::seed_from_u64(9);
         for _ in 0..1000 {
             let n = a.allocate(&mut rng).unwrap();
