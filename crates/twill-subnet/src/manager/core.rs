@@ -868,7 +868,8 @@ impl LeaseCore {
                 (Some(n), _) => n,
                 (None, Some(v4)) => {
                     let seed = u64::from(u32::from(v4.network())) << 8 | u64::from(v4.prefix());
-                    self.allocator_v6.choose(&mut SmallRng::seed_from_u64(seed))?
+                    self.allocator_v6
+                        .choose(&mut SmallRng::seed_from_u64(seed))?
                 }
                 (None, None) => self.allocator_v6.choose(&mut self.rng)?,
             })
