@@ -544,3 +544,58 @@ fn our_ipv6_only_key_overwritten_in_place_is_restored() {
     assert!(c.is_held());
     assert!(c.poll_action().is_none());
 }
+
+proptest::proptest! {
+    /// Whatever the store holds (dual-stack, IPv4-only and IPv6-only leases
+    /// of others, some over the protected networks), the key asked for is
+    /// a dual-stack one whose halves are both allocatable, free, and clear
+    /// of the host's networks.
+    #[test]
+    fn dual_stack_choice_is_free_and_clear(
+        taken in proptest::collection::vec((1u8..=20, 0u16..256, 0u8..3), 0..30),
+        seed in proptest::prelude::any::<u64>(),
+    ) {
+        let t0 = Instant::now();
+        let net = NetworkConfig::parse(DUAL).unwrap();
+        let mut cfg = config(DUAL);
+        cfg.protected = vec!["10.5.4.0/23".parse().unwrap()];
+        cfg.protected_v6 = vec![net6("fd00:5:0:80::/57"), net6("fd00:5:0:3::/64")];
+        let others: Vec<SubnetLease> = taken
+            .iter()
+            .enumerate()
+            .map(|(n, &(v4, v6, form))| {
+                // Built, not parsed: `fd00:5:0:0::` is written `fd00:5::`.
+                let v6 = net6(&format!("fd00:5:0:{v6:x}::/64"));
+                let v4 = format!("10.5.{v4}.0/24").parse().unwrap();
+                let key = match form {
+                    0 => SubnetKey::dual(v4, v6),
+                    1 => SubnetKey::v4(v4),
+                    _ => SubnetKey::v6_only(v6),
+                };
+                let mut l = lease("10.5.1.0-24", &format!("10.0.2.{n}"), Some(&format!("fd00::2:{n}")), 1);
+                l.key = key;
+                l
+            })
+            .collect();
+        let mut c = core(DUAL, cfg.clone(), seed);
+        c.start(t0);
+        proptest::prop_assert_eq!(action(&mut c), Action::List);
+        c.handle_input(t0, Input::Listed(Ok(listing(others.clone(), 10))));
+        let Some(Action::Create { key, .. }) = c.poll_action() else {
+            // Only when a family is exhausted.
+            proptest::prop_assert!(c.take_error().is_some());
+            return Ok(());
+        };
+        let v6 = key.ipv6.unwrap();
+        proptest::prop_assert!(net.subnet_index(key.ipv4).is_some());
+        proptest::prop_assert!(net.ipv6_subnet_index(v6).is_some());
+        for l in &others {
+            proptest::prop_assert!(l.key.ipv4 != key.ipv4, "{} taken by {}", key, l.key);
+            proptest::prop_assert!(l.key.ipv6 != Some(v6), "{} taken by {}", key, l.key);
+        }
+        proptest::prop_assert!(!cfg.protected[0].contains(key.ipv4.network()));
+        for p in &cfg.protected_v6 {
+            proptest::prop_assert!(!p.contains(v6.network()), "{v6} in {p}");
+        }
+    }
+}
