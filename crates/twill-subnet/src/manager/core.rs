@@ -274,7 +274,9 @@ pub enum LeaseEvent {
     Overwritten {
         /// Our key.
         key: SubnetKey,
-        /// The `PublicIP` the writer put there.
+        /// The `PublicIP` the writer put there (`0.0.0.0` in an IPv6-only
+        /// network: the `Lost` reason, if it comes to that, names its
+        /// `PublicIPv6`).
         by: std::net::Ipv4Addr,
     },
     /// Our lease is gone (expired, deleted or taken); re-acquiring.
@@ -449,7 +451,7 @@ pub struct LeaseCore {
     /// a change would hand a live host's traffic to whoever wrote it.
     pinned: HashMap<SubnetKey, Arc<SubnetLease>>,
     /// Who overwrote our key, while its restoring is outstanding.
-    overwritten_by: Option<std::net::Ipv4Addr>,
+    overwritten_by: Option<String>,
     /// Leases with our `PublicIP` we failed to reuse (someone else's).
     rejected: BTreeSet<SubnetKey>,
     revision: i64,
@@ -1102,7 +1104,7 @@ impl LeaseCore {
             }
             Err(e) => {
                 let key = self.own_key();
-                let by = by.map_or_else(|| "someone".to_string(), |ip| ip.to_string());
+                let by = by.unwrap_or_else(|| "someone".to_string());
                 let reason = match key {
                     Some(k) => format!("{k} was overwritten by {by} ({e})"),
                     None => format!("overwritten by {by} ({e})"),
@@ -1178,7 +1180,7 @@ impl LeaseCore {
                                 revision: lease.revision,
                             };
                             self.events.push_back(LeaseEvent::Overwritten { key, by });
-                            self.overwritten_by = Some(by);
+                            self.overwritten_by = Some(writer(&lease.attrs));
                             self.pending = Some(Pending::Restore);
                             self.actions.push_back(restore);
                             // The writer's value is neither a peer nor ours.
@@ -1186,7 +1188,7 @@ impl LeaseCore {
                             return;
                         } else {
                             let reason =
-                                format!("{key} was overwritten by {}", lease.attrs.public_ip);
+                                format!("{key} was overwritten by {}", writer(&lease.attrs));
                             self.insert_known(lease);
                             self.lose(reason, Phase::NeedList);
                             return;
@@ -1470,6 +1472,15 @@ fn new_allocator(network: &NetworkConfig, protected: &[Ipv4Network]) -> SubnetAl
         a.exclude(*net);
     }
     a
+}
+
+/// Who wrote `attrs`, for a log line: its `PublicIP`, or its `PublicIPv6`
+/// when that is all it has (an IPv6-only lease's `PublicIP` is `0.0.0.0`).
+fn writer(attrs: &LeaseAttrs) -> String {
+    match attrs.public_ipv6 {
+        Some(ip6) if attrs.public_ip.is_unspecified() => ip6.to_string(),
+        _ => attrs.public_ip.to_string(),
+    }
 }
 
 /// The IPv6 side's allocator, with the host's `protected` IPv6 networks
