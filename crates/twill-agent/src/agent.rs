@@ -9,7 +9,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, oneshot, watch};
 use tracing::{debug, error, info, warn};
 use twill_backend::{BackendRegistry, LocalSetup};
-use twill_model::{Ipv4Network, NetworkConfig, SkipReason, SubnetEnv, SubnetKey};
+use twill_model::{Ipv4Network, LeaseAttrs, NetworkConfig, SkipReason, SubnetEnv, SubnetKey};
 use twill_subnet::{
     HeldLease, LeaseEvent, LeaseHandle, LeaseManager, LeaseManagerConfig, LogBudget, PeerSet,
     Registry, RegistryError, SKIP_LOG_LIMIT, SKIP_LOG_WINDOW,
@@ -17,7 +17,9 @@ use twill_subnet::{
 
 use crate::event::{ConfigDrift, ConfigProblem, ReconcileOutcome};
 use crate::worker::{BackendWorker, Reconciled};
-use crate::{host, masq, subnet_file, AgentError, AgentEvent, AgentOptions, AgentStatus};
+use crate::{
+    host, masq, subnet_file, AgentError, AgentEvent, AgentOption, AgentOptions, AgentStatus,
+};
 
 /// Events kept for a slow [`Agent::events`] subscriber before it lags.
 const EVENT_BUFFER: usize = 4096;
@@ -136,8 +138,19 @@ impl<R: Registry + ?Sized + 'static> Agent<R> {
             config: config.clone(),
             mtu: local.mtu,
         });
+        // The IPv6 side is the lease's too: without our PublicIPv6 there is
+        // no lease of ours to find, nor an address to publish.
+        if config.enable_ipv6 && self.options.public_ipv6.is_none() {
+            worker.stop().await;
+            return Err(AgentError::option(
+                AgentOption::PublicIpv6,
+                "(none)",
+                "is required: the network config has EnableIPv6 true; give this host's IPv6 underlay address",
+            ));
+        }
         for net in protected.iter().filter(|n| {
-            n.contains(config.network.network()) || config.network.contains(n.network())
+            config.enable_ipv4
+                && (n.contains(config.network.network()) || config.network.contains(n.network()))
         }) {
             warn!(
                 "Network {} overlaps this host's own network {net} (underlay {}, its gateway or etcd): subnets overlapping it are never used; choose a Network apart from the hosts' own",
@@ -147,7 +160,7 @@ impl<R: Registry + ?Sized + 'static> Agent<R> {
 
         let mut manager = LeaseManager::new(
             self.registry.clone(),
-            self.manager_config(&local, protected).await,
+            self.manager_config(&config, &local, protected).await,
         );
         let mut lease_events = manager.events();
         let held = loop {
@@ -313,13 +326,15 @@ impl<R: Registry + ?Sized + 'static> Agent<R> {
 
     async fn manager_config(
         &self,
+        config: &NetworkConfig,
         local: &LocalSetup,
         protected: Vec<Ipv4Network>,
     ) -> LeaseManagerConfig {
-        let mut c = LeaseManagerConfig::new(local.attrs.clone());
+        let mut c = LeaseManagerConfig::new(lease_attrs(config, local, &self.options));
         c.ttl = self.options.lease_ttl;
         c.renew_margin = self.options.renew_margin;
         c.protected = protected;
+        c.protected_v6 = self.options.protected_v6.clone();
         c.rng_seed = self.options.rng_seed;
         if let Some(path) = self.options.subnet_file.clone() {
             c.previous = blocking(move || Ok::<_, AgentError>(subnet_file::previous_subnet(&path)))
@@ -471,7 +486,9 @@ impl<R: Registry + ?Sized + 'static> Running<'_, R> {
                 subnet: held.lease.key,
             });
         }
-        if options.ip_masq {
+        // The masquerade rules are IPv4 (table `ip twill`): an IPv6-only
+        // lease's 0.0.0.0/0 must not become a rule.
+        if options.ip_masq && self.config.enable_ipv4 {
             let (network, subnet) = (self.config.network, held.lease.key.ipv4);
             blocking(move || masq::apply(network, subnet)).await?;
             info!("masquerade rules installed (nft table ip {})", masq::TABLE);
@@ -710,4 +727,19 @@ impl<R: Registry + ?Sized + 'static> Running<'_, R> {
         };
         agent.emit(forwarded.unwrap_or(AgentEvent::Lease(ev)));
     }
+}
+
+/// The attributes to publish: the backend's, with the `PublicIPv6` of the
+/// options when the network has IPv6 on (unless the backend set one), and
+/// flannel's `PublicIP` `0.0.0.0` when it has IPv4 off, as flannel writes an
+/// IPv6-only lease.
+fn lease_attrs(config: &NetworkConfig, local: &LocalSetup, options: &AgentOptions) -> LeaseAttrs {
+    let mut attrs = local.attrs.clone();
+    if config.enable_ipv6 && attrs.public_ipv6.is_none() {
+        attrs.public_ipv6 = options.public_ipv6;
+    }
+    if !config.enable_ipv4 {
+        attrs.public_ip = std::net::Ipv4Addr::UNSPECIFIED;
+    }
+    attrs
 }

@@ -12,6 +12,8 @@ use twill_subnet::SubnetError;
 pub enum AgentOption {
     /// [`crate::AgentOptions::public_ip`].
     PublicIp,
+    /// [`crate::AgentOptions::public_ipv6`].
+    PublicIpv6,
     /// [`crate::AgentOptions::underlay`].
     Underlay,
     /// [`crate::AgentOptions::subnet_file`].
@@ -30,6 +32,7 @@ impl fmt::Display for AgentOption {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             AgentOption::PublicIp => "public_ip",
+            AgentOption::PublicIpv6 => "public_ipv6",
             AgentOption::Underlay => "underlay",
             AgentOption::SubnetFile => "subnet_file",
             AgentOption::LeaseTtl => "lease_ttl",

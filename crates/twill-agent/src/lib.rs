@@ -75,7 +75,9 @@ mod worker;
 pub use agent::{Agent, ShutdownHandle};
 pub use error::{AgentError, AgentOption};
 pub use event::{AgentEvent, ConfigDrift, ConfigProblem, ReconcileOutcome};
-pub use options::{check_public_ip, parse_duration, AgentOptions, MIN_INTERVAL, MIN_LEASE_TTL};
+pub use options::{
+    check_public_ip, check_public_ipv6, parse_duration, AgentOptions, MIN_INTERVAL, MIN_LEASE_TTL,
+};
 pub use status::{AgentStatus, StatusSnapshot};
 // The types of other crates this API exposes, so an embedder needs no
 // direct dependency to name them.

@@ -1,12 +1,12 @@
 //! What an agent is told: the host side of the picture (the network config
 //! comes from the registry).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use twill_backend::UnderlayInterface;
-use twill_model::Ipv4Network;
+use twill_model::{Ipv4Network, Ipv6Network};
 
 use crate::{host, subnet_file, AgentError, AgentOption};
 
@@ -26,6 +26,11 @@ pub struct AgentOptions {
     pub underlay: UnderlayInterface,
     /// The `PublicIP` to publish (default: the underlay's address).
     pub public_ip: Ipv4Addr,
+    /// The `PublicIPv6` to publish (flannel's `-public-ipv6`): required when
+    /// the network config has `EnableIPv6`, where it identifies our lease
+    /// and carries the IPv6 side's traffic. `None` by default: the
+    /// underlay's IPv6 address is not looked up yet.
+    pub public_ipv6: Option<Ipv6Addr>,
     /// Where to write `FLANNEL_NETWORK`, `FLANNEL_SUBNET`, `FLANNEL_MTU`,
     /// `FLANNEL_IPMASQ` (`None`: no file). Its subnet is asked for again at
     /// the next start.
@@ -55,6 +60,11 @@ pub struct AgentOptions {
     /// More networks of this host to protect (the etcd endpoints'
     /// addresses, which only the caller knows).
     pub protected: Vec<Ipv4Network>,
+    /// This host's own IPv6 networks (IPv6 etcd endpoints, the underlay's
+    /// IPv6 networks): no IPv6 subnet overlapping one is ever leased or
+    /// accepted as a peer's. Not discovered from the kernel yet, so give
+    /// them here.
+    pub protected_v6: Vec<Ipv6Network>,
     /// Seed of the random subnet choice (tests); random when `None`.
     pub rng_seed: Option<u64>,
 }
@@ -68,6 +78,7 @@ impl AgentOptions {
     pub fn new(underlay: UnderlayInterface) -> Self {
         AgentOptions {
             public_ip: underlay.addr,
+            public_ipv6: None,
             underlay,
             subnet_file: Some(PathBuf::from(twill_model::DEFAULT_SUBNET_FILE)),
             lease_ttl: Duration::from_secs(24 * 3600),
@@ -78,6 +89,7 @@ impl AgentOptions {
             release_on_exit: false,
             protect_host: true,
             protected: Vec::new(),
+            protected_v6: Vec::new(),
             rng_seed: None,
         }
     }
@@ -117,6 +129,15 @@ impl AgentOptions {
                 format!("{reason}: give a unicast address other hosts reach this one at"),
             )
         })?;
+        if let Some(ip) = self.public_ipv6 {
+            check_public_ipv6(ip).map_err(|reason| {
+                AgentError::option(
+                    AgentOption::PublicIpv6,
+                    ip,
+                    format!("{reason}: give a unicast address other hosts reach this one at"),
+                )
+            })?;
+        }
         if host::is_overlay_device(&self.underlay.name) {
             return Err(AgentError::option(
                 AgentOption::Underlay,
@@ -129,6 +150,31 @@ impl AgentOptions {
         }
         Ok(())
     }
+}
+
+/// Why `ip` cannot be a `PublicIPv6`, if it cannot: as for
+/// [`check_public_ip`], the unspecified, loopback and multicast addresses,
+/// and link-local ones (a peer would need our interface's scope) and
+/// IPv4-mapped ones (an IPv4 address, which is `PublicIP`'s job). The same
+/// rule peers' `PublicIPv6` pass ([`twill_model::is_usable_public_ipv6`]).
+///
+/// # Errors
+/// The reason, reading after the address.
+pub fn check_public_ipv6(ip: Ipv6Addr) -> Result<(), &'static str> {
+    if twill_model::is_usable_public_ipv6(ip) {
+        return Ok(());
+    }
+    Err(if ip.is_unspecified() {
+        "is the unspecified address"
+    } else if ip.is_loopback() {
+        "is a loopback address"
+    } else if ip.is_multicast() {
+        "is a multicast address"
+    } else if ip.is_unicast_link_local() {
+        "is a link-local address"
+    } else {
+        "is an IPv4-mapped address"
+    })
 }
 
 /// Why `ip` cannot be a `PublicIP`, if it cannot: peers send to it, so
@@ -207,6 +253,8 @@ mod tests {
         let mut o = AgentOptions::new(underlay());
         o.subnet_file = None;
         o.validate().unwrap();
+        o.public_ipv6 = "fd00::2".parse().ok();
+        o.validate().unwrap();
         type Case = (fn(&mut AgentOptions), AgentOption, &'static str);
         let cases: Vec<Case> = vec![
             (
@@ -233,6 +281,31 @@ mod tests {
                 |o| o.public_ip = Ipv4Addr::new(224, 0, 0, 1),
                 AgentOption::PublicIp,
                 "multicast",
+            ),
+            (
+                |o| o.public_ipv6 = Some(Ipv6Addr::LOCALHOST),
+                AgentOption::PublicIpv6,
+                "public_ipv6 ::1 is a loopback address",
+            ),
+            (
+                |o| o.public_ipv6 = "fe80::1".parse().ok(),
+                AgentOption::PublicIpv6,
+                "public_ipv6 fe80::1 is a link-local address",
+            ),
+            (
+                |o| o.public_ipv6 = "ff02::1".parse().ok(),
+                AgentOption::PublicIpv6,
+                "is a multicast address",
+            ),
+            (
+                |o| o.public_ipv6 = Some(Ipv6Addr::UNSPECIFIED),
+                AgentOption::PublicIpv6,
+                "public_ipv6 :: is the unspecified address",
+            ),
+            (
+                |o| o.public_ipv6 = "::ffff:10.0.0.2".parse().ok(),
+                AgentOption::PublicIpv6,
+                "is an IPv4-mapped address",
             ),
             (
                 |o| o.underlay.name = "flannel.1".into(),

@@ -38,6 +38,6 @@ pub use error::ModelError;
 pub use key::SubnetKey;
 pub use lease::{LeaseAttrs, LeaseKind, SubnetLease, MAX_LEASE_BYTES};
 pub use mac::MacAddr;
-pub use peer::{PeerVerdict, SkipReason};
+pub use peer::{is_usable_public_ipv6, PeerVerdict, SkipReason};
 
 pub use ipnetwork::{Ipv4Network, Ipv6Network};

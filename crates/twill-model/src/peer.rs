@@ -2,9 +2,9 @@
 //! by the lease core (which leases make the peer set) and by every backend
 //! (which never programs a lease an embedder hands it directly unchecked).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use crate::{MacAddr, NetworkConfig, SubnetKey, SubnetLease};
 
@@ -117,6 +117,49 @@ pub enum SkipReason {
     /// way; the lease is programmed once it is gone.
     #[error("a route to {0} that twill did not create is in the way")]
     ForeignRoute(Ipv4Network),
+    /// The IPv6 subnet is not inside `IPv6Network`.
+    #[error("IPv6 subnet {subnet} is not inside IPv6Network {network}")]
+    OutsideIpv6Network {
+        /// The lease's IPv6 subnet.
+        subnet: Ipv6Network,
+        /// The configured `IPv6Network`.
+        network: Ipv6Network,
+    },
+    /// An IPv4-only lease in an IPv6-only network: nothing of it can be
+    /// programmed.
+    #[error("it has no IPv6 subnet and the network is IPv6-only")]
+    NoIpv6Subnet,
+    /// The IPv6 subnet overlaps a network this host needs to reach outside
+    /// the overlay (underlay, gateway or etcd).
+    #[error("{subnet} overlaps this host's own network {network} (underlay, gateway or etcd): routing it into the overlay would cut the host off")]
+    OverlapsHostIpv6Network {
+        /// The lease's IPv6 subnet.
+        subnet: Ipv6Network,
+        /// The host network it overlaps.
+        network: Ipv6Network,
+    },
+    /// The lease carries this host's `PublicIPv6` under another subnet.
+    #[error("it claims our PublicIPv6 {0}")]
+    ClaimsOurPublicIpv6(Ipv6Addr),
+    /// The lease has an IPv6 subnet but no `PublicIPv6` to reach it by.
+    #[error("it has an IPv6 subnet but no PublicIPv6")]
+    NoPublicIpv6,
+    /// The `PublicIPv6` is unspecified, loopback, multicast, link-local or
+    /// IPv4-mapped: no address a peer can tunnel or route to.
+    #[error("PublicIPv6 {0} is not a global or unique local unicast address")]
+    PublicIpv6NotUnicast(Ipv6Addr),
+    /// The IPv6 subnet overlaps this host's own IPv6 subnet.
+    #[error("IPv6 subnet overlaps our own {0}")]
+    OverlapsOwnIpv6Subnet(Ipv6Network),
+    /// The lease's `PublicIPv6` was changed in place; the original is kept
+    /// programmed until the lease is given up.
+    #[error("PublicIPv6 changed in place from {} to {}: kept the former until the lease is given up", or_none(.from), or_none(.to))]
+    PublicIpv6Changed {
+        /// The `PublicIPv6` still programmed.
+        from: Option<Ipv6Addr>,
+        /// The `PublicIPv6` the lease now says.
+        to: Option<Ipv6Addr>,
+    },
     /// A reason of a backend outside these crates (a bad WireGuard key...).
     #[error("{reason}")]
     Backend {
@@ -125,6 +168,27 @@ pub enum SkipReason {
         /// What is wrong with the lease, for this backend.
         reason: String,
     },
+}
+
+fn or_none(ip: &Option<Ipv6Addr>) -> String {
+    ip.map_or_else(|| "none".into(), |ip| ip.to_string())
+}
+
+/// Whether a peer can be reached at `ip`: not unspecified, loopback,
+/// multicast, link-local (needs a scope no lease carries) or IPv4-mapped
+/// (an IPv4 address in disguise, already covered by `PublicIP`).
+#[must_use]
+pub fn is_usable_public_ipv6(ip: Ipv6Addr) -> bool {
+    let v = u128::from(ip);
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || ip.is_unicast_link_local()
+        || v >> 32 == 0xffff)
+}
+
+fn overlaps6(a: Ipv6Network, b: Ipv6Network) -> bool {
+    a.contains(b.network()) || b.contains(a.network())
 }
 
 fn joined(nets: &[Ipv4Network]) -> String {
@@ -152,6 +216,10 @@ impl NetworkConfig {
     /// overlapping ours. The host-level rules, the same for every backend;
     /// backends add their own (`BackendType`, `BackendData`, overlaps
     /// between peers).
+    ///
+    /// The IPv4 host's form of [`NetworkConfig::check_peer_dual`] (no
+    /// `PublicIPv6` of ours to compare): the same rules for each enabled
+    /// family, except [`SkipReason::ClaimsOurPublicIpv6`].
     #[must_use]
     pub fn check_peer(
         &self,
@@ -159,26 +227,100 @@ impl NetworkConfig {
         own: Option<&SubnetKey>,
         public_ip: Ipv4Addr,
     ) -> PeerVerdict {
-        if own.is_some_and(|k| k.ipv4 == lease.key.ipv4) {
+        self.check_peer_dual(lease, own, public_ip, None)
+    }
+
+    /// [`NetworkConfig::check_peer`] for every address family the config
+    /// enables, for a host publishing `public_ip` and `public_ipv6` (flannel's
+    /// `0.0.0.0` and `Some` on an IPv6-only host). In order:
+    ///
+    /// * our own key (the whole key) is [`PeerVerdict::Own`];
+    /// * with IPv4 on: the IPv4 subnet inside `Network`; with IPv6 on, the
+    ///   IPv6 subnet inside `IPv6Network`, and present when IPv4 is off (a
+    ///   dual-stack network may hold IPv4-only leases, which flannel
+    ///   programs on their IPv4 side);
+    /// * the lease claims neither our `PublicIP` (IPv4 on) nor our
+    ///   `PublicIPv6`;
+    /// * with IPv4 on, a unicast `PublicIP`; with an IPv6 subnet, a usable
+    ///   `PublicIPv6` ([`is_usable_public_ipv6`]);
+    /// * neither subnet overlaps ours of its family.
+    #[must_use]
+    pub fn check_peer_dual(
+        &self,
+        lease: &SubnetLease,
+        own: Option<&SubnetKey>,
+        public_ip: Ipv4Addr,
+        public_ipv6: Option<Ipv6Addr>,
+    ) -> PeerVerdict {
+        if own.is_some_and(|k| *k == lease.key) {
             return PeerVerdict::Own;
         }
-        let subnet = lease.key.ipv4;
-        if self.check_subnet(&lease.key).is_err() {
-            return PeerVerdict::Skip(SkipReason::OutsideNetwork {
-                subnet,
-                network: self.network,
-            });
+        let key = &lease.key;
+        if self.enable_ipv4 {
+            let subnet = key.ipv4;
+            if subnet.prefix() < self.network.prefix() || !self.network.contains(subnet.network()) {
+                return PeerVerdict::Skip(SkipReason::OutsideNetwork {
+                    subnet,
+                    network: self.network,
+                });
+            }
+        }
+        let v6 = if self.enable_ipv6 { key.ipv6 } else { None };
+        if self.enable_ipv6 {
+            match (key.ipv6, self.ipv6_network) {
+                (Some(sn), Some(net))
+                    if sn.prefix() >= net.prefix() && net.contains(sn.network()) => {}
+                (Some(subnet), Some(network)) => {
+                    return PeerVerdict::Skip(SkipReason::OutsideIpv6Network { subnet, network })
+                }
+                // A parsed config with IPv6 on always has an IPv6Network;
+                // a hand-built one without it has no IPv6 subnet to accept.
+                (Some(subnet), None) => {
+                    return PeerVerdict::Skip(SkipReason::OutsideIpv6Network {
+                        subnet,
+                        network: subnet,
+                    })
+                }
+                (None, _) if !self.enable_ipv4 => {
+                    return PeerVerdict::Skip(SkipReason::NoIpv6Subnet)
+                }
+                (None, _) => {}
+            }
         }
         let ip = lease.attrs.public_ip;
-        if ip == public_ip {
+        if self.enable_ipv4 && ip == public_ip {
             return PeerVerdict::Skip(SkipReason::ClaimsOurPublicIp(ip));
         }
-        if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
+        if let (Some(theirs), Some(ours)) = (lease.attrs.public_ipv6, public_ipv6) {
+            if theirs == ours {
+                return PeerVerdict::Skip(SkipReason::ClaimsOurPublicIpv6(theirs));
+            }
+        }
+        if self.enable_ipv4
+            && (ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast())
+        {
             return PeerVerdict::Skip(SkipReason::PublicIpNotUnicast(ip));
         }
+        if v6.is_some() {
+            match lease.attrs.public_ipv6 {
+                None => return PeerVerdict::Skip(SkipReason::NoPublicIpv6),
+                Some(ip6) if !is_usable_public_ipv6(ip6) => {
+                    return PeerVerdict::Skip(SkipReason::PublicIpv6NotUnicast(ip6))
+                }
+                Some(_) => {}
+            }
+        }
         if let Some(k) = own {
-            if k.ipv4.contains(subnet.network()) || subnet.contains(k.ipv4.network()) {
-                return PeerVerdict::Skip(SkipReason::OverlapsOwnSubnet(k.ipv4));
+            if self.enable_ipv4 {
+                let subnet = key.ipv4;
+                if k.ipv4.contains(subnet.network()) || subnet.contains(k.ipv4.network()) {
+                    return PeerVerdict::Skip(SkipReason::OverlapsOwnSubnet(k.ipv4));
+                }
+            }
+            if let (Some(theirs), Some(ours)) = (v6, k.ipv6) {
+                if overlaps6(theirs, ours) {
+                    return PeerVerdict::Skip(SkipReason::OverlapsOwnIpv6Subnet(ours));
+                }
             }
         }
         PeerVerdict::Peer
@@ -251,6 +393,173 @@ mod tests {
             config.check_peer(&lease("10.244.1.0-24", "10.0.0.5"), None, ours),
             PeerVerdict::Peer
         );
+    }
+
+    fn lease6(key: &str, ip: &str, ip6: Option<&str>) -> SubnetLease {
+        let mut l = lease(key, ip);
+        l.attrs.public_ipv6 = ip6.map(|s| s.parse().unwrap());
+        l
+    }
+
+    #[test]
+    fn dual_stack_rules_check_both_families() {
+        let config = NetworkConfig::parse(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10::/48"}"#,
+        )
+        .unwrap();
+        let own: SubnetKey = "10.244.1.0-24&fd00:10:0:1::-64".parse().unwrap();
+        let (ip, ip6) = ("10.0.0.2".parse().unwrap(), "fd00::2".parse().ok());
+        let check = |key: &str, pip: &str, pip6: Option<&str>| {
+            config.check_peer_dual(&lease6(key, pip, pip6), Some(&own), ip, ip6)
+        };
+        assert_eq!(
+            check(
+                "10.244.1.0-24&fd00:10:0:1::-64",
+                "10.0.0.2",
+                Some("fd00::2")
+            ),
+            PeerVerdict::Own
+        );
+        assert_eq!(
+            check(
+                "10.244.2.0-24&fd00:10:0:2::-64",
+                "10.0.0.3",
+                Some("fd00::3")
+            ),
+            PeerVerdict::Peer
+        );
+        // flannel programs an IPv4-only lease of a dual-stack network on its IPv4 side.
+        assert_eq!(check("10.244.3.0-24", "10.0.0.4", None), PeerVerdict::Peer);
+        for (key, pip, pip6, want) in [
+            (
+                "10.244.2.0-24&fd00:11::-64",
+                "10.0.0.3",
+                Some("fd00::3"),
+                "IPv6 subnet fd00:11::/64 is not inside IPv6Network fd00:10::/48",
+            ),
+            (
+                "10.244.2.0-24&fd00:10::-40",
+                "10.0.0.3",
+                Some("fd00::3"),
+                "IPv6 subnet fd00:10::/40 is not inside IPv6Network fd00:10::/48",
+            ),
+            (
+                "0.0.0.0-0&fd00:10:0:2::-64",
+                "0.0.0.0",
+                Some("fd00::3"),
+                "subnet 0.0.0.0/0 is not inside Network 10.244.0.0/16",
+            ),
+            (
+                "10.244.2.0-24&fd00:10:0:2::-64",
+                "10.0.0.3",
+                Some("fd00::2"),
+                "it claims our PublicIPv6 fd00::2",
+            ),
+            (
+                "10.244.2.0-24&fd00:10:0:2::-64",
+                "10.0.0.3",
+                None,
+                "it has an IPv6 subnet but no PublicIPv6",
+            ),
+            (
+                "10.244.2.0-24&fd00:10:0:2::-64",
+                "10.0.0.3",
+                Some("fe80::1"),
+                "PublicIPv6 fe80::1 is not a global or unique local unicast address",
+            ),
+            (
+                "10.244.2.0-24&fd00:10:0:2::-64",
+                "10.0.0.3",
+                Some("::ffff:10.0.0.3"),
+                "PublicIPv6 ::ffff:10.0.0.3 is not a global or unique local unicast address",
+            ),
+            (
+                "10.244.2.0-24&fd00:10:0:2::-64",
+                "10.0.0.3",
+                Some("ff02::1"),
+                "PublicIPv6 ff02::1 is not a global or unique local unicast address",
+            ),
+            (
+                "10.244.2.0-24&fd00:10:0:1:8000::-65",
+                "10.0.0.3",
+                Some("fd00::3"),
+                "IPv6 subnet overlaps our own fd00:10:0:1::/64",
+            ),
+            (
+                "10.244.1.0-24&fd00:10:0:2::-64",
+                "10.0.0.3",
+                Some("fd00::3"),
+                "subnet overlaps our own 10.244.1.0/24",
+            ),
+        ] {
+            match check(key, pip, pip6) {
+                PeerVerdict::Skip(r) => assert_eq!(r.to_string(), want, "{key}"),
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn ipv6_only_rules_ignore_the_empty_ipv4_side() {
+        let config = NetworkConfig::parse(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10::/48"}"#,
+        )
+        .unwrap();
+        let own = SubnetKey::v6_only("fd00:10:0:1::/64".parse().unwrap());
+        let ip6 = "fd00::2".parse().ok();
+        let check = |key: &str, pip6: Option<&str>| {
+            config.check_peer_dual(
+                &lease6(key, "0.0.0.0", pip6),
+                Some(&own),
+                Ipv4Addr::UNSPECIFIED,
+                ip6,
+            )
+        };
+        assert_eq!(
+            check("0.0.0.0-0&fd00:10:0:1::-64", Some("fd00::2")),
+            PeerVerdict::Own
+        );
+        // Every IPv6-only lease has PublicIP 0.0.0.0 and IPv4 part 0.0.0.0/0: neither is ours.
+        assert_eq!(
+            check("0.0.0.0-0&fd00:10:0:2::-64", Some("fd00::3")),
+            PeerVerdict::Peer
+        );
+        assert_eq!(
+            config.check_peer_dual(
+                &lease6("0.0.0.0-0&fd00:10:0:2::-64", "0.0.0.0", Some("fd00::3")),
+                None,
+                Ipv4Addr::UNSPECIFIED,
+                ip6
+            ),
+            PeerVerdict::Peer
+        );
+        for (key, pip6, want) in [
+            (
+                "10.244.2.0-24",
+                None,
+                "it has no IPv6 subnet and the network is IPv6-only",
+            ),
+            (
+                "0.0.0.0-0&fd00:10:0:2::-64",
+                Some("fd00::2"),
+                "it claims our PublicIPv6 fd00::2",
+            ),
+            (
+                "0.0.0.0-0&fd00:10:0:2::-64",
+                Some("::1"),
+                "PublicIPv6 ::1 is not a global or unique local unicast address",
+            ),
+            (
+                "0.0.0.0-0&fd00:10::-63",
+                Some("fd00::3"),
+                "IPv6 subnet overlaps our own fd00:10:0:1::/64",
+            ),
+        ] {
+            match check(key, pip6) {
+                PeerVerdict::Skip(r) => assert_eq!(r.to_string(), want, "{key}"),
+                other => panic!("{key}: {other:?}"),
+            }
+        }
     }
 
     #[test]

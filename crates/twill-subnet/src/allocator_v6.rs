@@ -24,8 +24,13 @@ const MAX_SLOTS: u128 = 1 << 127;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Node {
-    /// Taken slots in this node's range (bounded by the marks made).
-    taken: u64,
+    /// Taken slots in this node's range: the marks made below it, or the
+    /// whole range for a node an exclusion covers.
+    taken: u128,
+    /// Every slot of the range is excluded ([`Ipv6SubnetAllocator::exclude`]):
+    /// taken for good, with no children; one node stands for any number of
+    /// slots, so excluding a huge range costs O(depth) nodes.
+    full: bool,
     /// Children in the arena (internal nodes only); [`NONE`] when absent.
     children: [u32; 2],
     /// Taken bitmap (leaves only).
@@ -59,6 +64,10 @@ pub struct Ipv6SubnetAllocator {
     /// Size of the root's range: a power of two, at least [`LEAF`].
     span: u128,
     nodes: Vec<Node>,
+    /// Networks given to [`Ipv6SubnetAllocator::exclude`].
+    excluded: Vec<Ipv6Network>,
+    /// Their allocation indices, inclusive ranges: never marked or released.
+    excluded_ranges: Vec<(u128, u128)>,
 }
 
 impl Ipv6SubnetAllocator {
@@ -75,6 +84,8 @@ impl Ipv6SubnetAllocator {
             count,
             span,
             nodes: vec![Node::default()],
+            excluded: Vec::new(),
+            excluded_ranges: Vec::new(),
         }
     }
 
@@ -107,7 +118,7 @@ impl Ipv6SubnetAllocator {
     /// How many of them are taken.
     #[must_use]
     pub fn taken(&self) -> u128 {
-        self.nodes.first().map_or(0, |n| u128::from(n.taken))
+        self.nodes.first().map_or(0, |n| n.taken)
     }
 
     /// How many of them are free.
@@ -129,17 +140,141 @@ impl Ipv6SubnetAllocator {
     /// if it was already taken or is not allocatable (ignored).
     pub fn mark_taken(&mut self, subnet: Ipv6Network) -> bool {
         match self.config.ipv6_subnet_index(subnet) {
-            Some(i) => self.set(i, true),
-            None => false,
+            Some(i) if !self.is_excluded_index(i) => self.set(i, true),
+            _ => false,
         }
     }
 
-    /// Marks `subnet` as free again. Returns whether anything changed.
+    /// Marks `subnet` as free again. Returns whether anything changed (an
+    /// excluded subnet stays taken).
     pub fn release(&mut self, subnet: Ipv6Network) -> bool {
         match self.config.ipv6_subnet_index(subnet) {
-            Some(i) => self.set(i, false),
-            None => false,
+            Some(i) if !self.is_excluded_index(i) => self.set(i, false),
+            _ => false,
         }
+    }
+
+    /// Never hands out a subnet that overlaps `net` (a network of the
+    /// host's own: its underlay, its gateway, its etcd endpoints): every
+    /// such subnet is taken for good, [`Ipv6SubnetAllocator::release`]
+    /// included. Unlike the IPv4 allocator's per-subnet marks, the range is
+    /// marked as whole subtrees, in O(log N) nodes: a protected /48 over
+    /// /64 subnets is 65,536 subnets, a /16 would be 2^48.
+    pub fn exclude(&mut self, net: Ipv6Network) {
+        self.excluded.push(net);
+        let Some((lo, hi)) = self.overlapping_indices(net) else {
+            return;
+        };
+        self.excluded_ranges.push((lo, hi));
+        self.fill(0, 0, self.span, lo, hi);
+    }
+
+    /// The first excluded network that `subnet` overlaps, if any.
+    #[must_use]
+    pub fn excluded_overlap(&self, subnet: Ipv6Network) -> Option<Ipv6Network> {
+        self.excluded
+            .iter()
+            .copied()
+            .find(|e| e.contains(subnet.network()) || subnet.contains(e.network()))
+    }
+
+    fn is_excluded_index(&self, i: u128) -> bool {
+        self.excluded_ranges
+            .iter()
+            .any(|&(lo, hi)| lo <= i && i <= hi)
+    }
+
+    /// The allocation indices of the allocatable subnets overlapping `net`.
+    fn overlapping_indices(&self, net: Ipv6Network) -> Option<(u128, u128)> {
+        if self.count == 0 {
+            return None;
+        }
+        let len = self.config.ipv6_subnet_len;
+        let shift = 128u32.checked_sub(u32::from(len))?;
+        let sub_mask = u128::MAX.checked_shl(shift).unwrap_or(0);
+        let first = u128::from(net.network()) & sub_mask;
+        let last = u128::from(net.broadcast()) & sub_mask;
+        let min = u128::from(self.config.ipv6_subnet_min?);
+        let max = u128::from(self.config.ipv6_subnet_max?);
+        if last < min || first > max {
+            return None;
+        }
+        let at = |addr: u128| {
+            Ipv6Network::new(addr.into(), len)
+                .ok()
+                .and_then(|n| self.config.ipv6_subnet_index(n))
+        };
+        let lo = at(first.max(min))?;
+        let hi = at(last.min(max))?.min(self.count - 1);
+        (lo <= hi).then_some((lo, hi))
+    }
+
+    /// Marks the slots `[a, b]` within node `node` (range `[lo, lo +
+    /// size)`) taken, turning each node wholly inside into a `full` one.
+    /// Returns how many slots became taken. Recursion depth is the tree's
+    /// (at most 122).
+    fn fill(&mut self, node: usize, lo: u128, size: u128, a: u128, b: u128) -> u128 {
+        let cap = self.cap(lo, size);
+        let Some(end) = lo.checked_add(cap.saturating_sub(1)) else {
+            return 0;
+        };
+        if cap == 0 || b < lo || a > end {
+            return 0;
+        }
+        let Some(n) = self.nodes.get(node).copied() else {
+            return 0;
+        };
+        if n.full {
+            return 0;
+        }
+        if a <= lo && end <= b {
+            let added = cap.saturating_sub(n.taken);
+            if let Some(m) = self.nodes.get_mut(node) {
+                *m = Node {
+                    taken: cap,
+                    full: true,
+                    children: [NONE; 2],
+                    bits: if size <= LEAF { mask(cap) } else { 0 },
+                };
+            }
+            return added;
+        }
+        if size <= LEAF {
+            let from = u32::try_from(a.max(lo) - lo).unwrap_or(0);
+            let to = u32::try_from(b.min(end) - lo).unwrap_or(0);
+            let range = mask(u128::from(to) + 1) & !mask(u128::from(from));
+            let bits = n.bits | range;
+            let added = u128::from((bits & !n.bits).count_ones());
+            if let Some(m) = self.nodes.get_mut(node) {
+                m.bits = bits;
+                m.taken = m.taken.saturating_add(added);
+            }
+            return added;
+        }
+        let half = size / 2;
+        let mut added = 0u128;
+        for side in 0..2 {
+            let child_lo = if side == 1 { lo + half } else { lo };
+            if self.cap(child_lo, half) == 0 {
+                continue;
+            }
+            let mut child = self.nodes.get(node).map_or(NONE, |n| n.children[side]);
+            if child == NONE {
+                if self.nodes.len() >= u32::MAX as usize {
+                    continue;
+                }
+                child = u32::try_from(self.nodes.len()).unwrap_or(NONE);
+                self.nodes.push(Node::default());
+                if let Some(parent) = self.nodes.get_mut(node) {
+                    parent.children[side] = child;
+                }
+            }
+            added = added.saturating_add(self.fill(child as usize, child_lo, half, a, b));
+        }
+        if let Some(m) = self.nodes.get_mut(node) {
+            m.taken = m.taken.saturating_add(added);
+        }
+        added
     }
 
     /// Picks a uniformly random free subnet without marking it taken.
@@ -218,9 +353,7 @@ impl Ipv6SubnetAllocator {
         if node == NONE {
             0
         } else {
-            self.nodes
-                .get(node as usize)
-                .map_or(0, |n| u128::from(n.taken))
+            self.nodes.get(node as usize).map_or(0, |n| n.taken)
         }
     }
 
@@ -233,6 +366,9 @@ impl Ipv6SubnetAllocator {
             let Some(n) = self.nodes.get(node as usize) else {
                 return false;
             };
+            if n.full {
+                return true;
+            }
             if size <= LEAF {
                 return index
                     .checked_sub(lo)
@@ -411,7 +547,95 @@ mod tests {
         assert_eq!(a.taken(), 101);
     }
 
+    #[test]
+    fn exclude_takes_huge_ranges_for_good_in_few_nodes() {
+        let c = cfg(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/16"}"#);
+        let mut a = Ipv6SubnetAllocator::new(&c);
+        let total = a.total();
+        assert_eq!(total, (1u128 << 48) - 1);
+        // A /17 is half the network: 2^47 subnets, one of them unallocatable.
+        a.exclude("fd00::/17".parse().unwrap());
+        a.exclude("fd00:8000:0:5::/64".parse().unwrap());
+        assert!(a.nodes.len() < 200, "{} nodes", a.nodes.len());
+        assert_eq!(a.free(), total - ((1u128 << 47) - 1) - 1);
+        assert_eq!(a.first_free().unwrap().to_string(), "fd00:8000::/64");
+        assert_eq!(a.nth_free(5).unwrap().to_string(), "fd00:8000:0:6::/64");
+        for n in [
+            "fd00:0:0:1::/64",
+            "fd00:7fff:ffff:ffff::/64",
+            "fd00:8000:0:5::/64",
+        ] {
+            let n: Ipv6Network = n.parse().unwrap();
+            assert!(!a.is_free(n), "{n}");
+            assert!(!a.release(n), "{n}");
+            assert!(!a.mark_taken(n), "{n}");
+            assert!(a.excluded_overlap(n).is_some(), "{n}");
+        }
+        assert!(a
+            .excluded_overlap("fd00:8000:0:6::/64".parse().unwrap())
+            .is_none());
+        let mut rng = SmallRng::seed_from_u64(9);
+        for _ in 0..1000 {
+            let n = a.allocate(&mut rng).unwrap();
+            assert!(a.excluded_overlap(n).is_none(), "{n}");
+        }
+        // Outside the network, or a config without IPv6: nothing to do.
+        a.exclude("2001:db8::/32".parse().unwrap());
+        let mut v4 = Ipv6SubnetAllocator::new(&cfg(r#"{"Network":"10.0.0.0/16"}"#));
+        v4.exclude("fd00::/8".parse().unwrap());
+        assert_eq!(v4.free(), 0);
+    }
+
     proptest! {
+        /// Excluded ranges and marks, in any order, agree with a set model.
+        #[test]
+        fn exclude_agrees_with_a_set(excl in proptest::collection::vec((any::<u16>(), 0u8..=8), 0..4), ops in proptest::collection::vec((any::<bool>(), any::<u16>()), 0..100), k in any::<u16>()) {
+            let c = cfg(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/52","IPv6SubnetMin":"fd00:0:0:3::","IPv6SubnetMax":"fd00:0:0:ffd::"}"#);
+            let mut a = Ipv6SubnetAllocator::new(&c);
+            let total = a.total();
+            let mut taken = BTreeSet::new();
+            let mut excluded = BTreeSet::new();
+            let (half, rest) = ops.split_at(ops.len() / 2);
+            let apply = |a: &mut Ipv6SubnetAllocator, taken: &mut BTreeSet<u128>, excluded: &BTreeSet<u128>, ops: &[(bool, u16)]| {
+                for &(take, i) in ops {
+                    let i = u128::from(i) % total;
+                    let net = c.ipv6_subnet_at(i).unwrap();
+                    if excluded.contains(&i) {
+                        assert!(!a.mark_taken(net) && !a.release(net));
+                    } else if take {
+                        assert_eq!(a.mark_taken(net), taken.insert(i));
+                    } else {
+                        assert_eq!(a.release(net), taken.remove(&i));
+                    }
+                }
+            };
+            apply(&mut a, &mut taken, &excluded, half);
+            for (at, bits) in excl {
+                // A network of 2^bits /64s starting near index `at`.
+                let base = (u128::from(at) % 4096) << 64;
+                let net = Ipv6Network::new((u128::from(0xfd00u16) << 112 | base).into(), 64 - bits).unwrap();
+                a.exclude(net);
+                for i in 0..total {
+                    if net.contains(c.ipv6_subnet_at(i).unwrap().network()) {
+                        excluded.insert(i);
+                        taken.remove(&i);
+                    }
+                }
+            }
+            apply(&mut a, &mut taken, &excluded, rest);
+            let used = (taken.len() + excluded.len()) as u128;
+            prop_assert_eq!(a.taken(), used);
+            let free = total - used;
+            if free > 0 {
+                let k = u128::from(k) % free;
+                let want = (0..total).filter(|i| !taken.contains(i) && !excluded.contains(i)).nth(k as usize);
+                let got = a.nth_free(k).unwrap();
+                prop_assert_eq!(c.ipv6_subnet_index(got), want);
+                prop_assert!(a.is_free(got));
+            }
+            prop_assert!(a.nth_free(free).is_none());
+        }
+
         /// The tree agrees with a set model under any sequence of marks and
         /// releases: counts, membership, and the k-th free subnet.
         #[test]

@@ -877,6 +877,93 @@ pub async fn ttl_expiry(fx: &dyn ContractFixture) -> CheckResult {
     Ok(())
 }
 
+/// Dual-stack and IPv6-only keys (`10.5.3.0-24&fd00:5:0:3::-64`,
+/// `0.0.0.0-0&fd00:5:0:4::-64`) are stored, listed and watched under
+/// exactly the key flannel writes, with `PublicIPv6` and `BackendV6Data`
+/// read back as written; create-if-absent holds for the combined key (a
+/// second create of it conflicts), and it is the whole key: another key
+/// sharing one half is another lease, which the lease core, not the
+/// registry, keeps from being handed out.
+pub async fn ipv6_keys(fx: &dyn ContractFixture) -> CheckResult {
+    const C: &str = "ipv6_keys";
+    let reg = fx.registry();
+    let parse = |s: &str| {
+        s.parse::<SubnetKey>().map_err(|e| ContractViolation {
+            check: C,
+            detail: format!("{s}: {e}"),
+        })
+    };
+    let dual = parse("10.5.3.0-24&fd00:5:0:3::-64")?;
+    let v6_only = parse("0.0.0.0-0&fd00:5:0:4::-64")?;
+    let same_v4 = parse("10.5.3.0-24&fd00:5:0:5::-64")?;
+    let attrs6 = |json: &str| {
+        LeaseAttrs::from_json(json).map_err(|e| ContractViolation {
+            check: C,
+            detail: format!("{json}: {e}"),
+        })
+    };
+    let da = attrs6(
+        r#"{"PublicIP":"192.0.2.3","PublicIPv6":"2001:db8::3","BackendType":"vxlan","BackendData":{"VtepMAC":"6e:af:8f:41:72:26"},"BackendV6Data":{"VtepMAC":"6e:af:8f:41:72:27"}}"#,
+    )?;
+    let va = attrs6(
+        r#"{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::4","BackendType":"vxlan","BackendV6Data":{"VtepMAC":"6e:af:8f:41:72:28"}}"#,
+    )?;
+    let start = ok(C, "list", reg.list_leases().await)?.revision;
+    let mut watch = ok(C, "watch", reg.watch_leases(start + 1).await)?;
+    let held = ok(
+        C,
+        "create dual",
+        reg.create_lease(&dual, &da, LONG_TTL).await,
+    )?;
+    ensure!(
+        C,
+        held.lease.key == dual && held.lease.attrs == da,
+        "held {held:?}"
+    );
+    ok(
+        C,
+        "create IPv6-only",
+        reg.create_lease(&v6_only, &va, LONG_TTL).await,
+    )?;
+    let again = reg.create_lease(&dual, &va, LONG_TTL).await;
+    ensure!(
+        C,
+        matches!(again, Err(RegistryError::Conflict { key }) if key == dual),
+        "second create of {dual}: {again:?}"
+    );
+    ok(
+        C,
+        "create one sharing the IPv4 half",
+        reg.create_lease(&same_v4, &va, LONG_TTL).await,
+    )?;
+    let listing = ok(C, "list", reg.list_leases().await)?;
+    for (k, a) in [(dual, &da), (v6_only, &va), (same_v4, &va)] {
+        let listed = listing.leases.iter().find(|l| l.key == k);
+        ensure!(
+            C,
+            listed.is_some_and(|l| l.attrs == *a && l.key.to_string() == k.to_string()),
+            "{k}: listed {listed:?}"
+        );
+    }
+    ensure!(
+        C,
+        listing.malformed.is_empty() && listing.leases.len() == 3,
+        "listing {listing:?}"
+    );
+    for want in [dual, v6_only, same_v4] {
+        match next_event(C, &mut watch, &format!("the creation of {want}")).await? {
+            RegistryEvent::Upserted(l) if l.key == want => {}
+            other => {
+                return Err(ContractViolation {
+                    check: C,
+                    detail: format!("expected {want} upserted, got {other:?}"),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Every check, by name, for [`crate::registry_contract_tests!`] and for a
 /// harness of one's own.
 pub const CHECKS: &[&str] = &[
@@ -891,6 +978,7 @@ pub const CHECKS: &[&str] = &[
     "watch_from_revision",
     "compaction_resync",
     "ttl_expiry",
+    "ipv6_keys",
 ];
 
 /// Writes one test per contract check. The first argument is an async
@@ -904,7 +992,7 @@ macro_rules! registry_contract_tests {
     ($fresh:path, $($test:tt)+) => {
         $crate::registry_contract_tests!(@each $fresh, [$($test)+],
             config_get create_if_absent duplicate_create renew update restore delete
-            list_with_revision watch_from_revision compaction_resync ttl_expiry);
+            list_with_revision watch_from_revision compaction_resync ttl_expiry ipv6_keys);
     };
     (@each $fresh:path, $test:tt, $($check:ident)+) => {
         $( $crate::registry_contract_tests!(@one $fresh, $test, $check); )+

@@ -18,11 +18,14 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use twill_model::{
-    Ipv4Network, LeaseAttrs, LeaseKind, NetworkConfig, PeerVerdict, SkipReason, SubnetKey,
-    SubnetLease,
+    Ipv4Network, Ipv6Network, LeaseAttrs, LeaseKind, NetworkConfig, PeerVerdict, SkipReason,
+    SubnetKey, SubnetLease,
 };
 
-use crate::{HeldLease, LeaseListing, RegistryError, RegistryEvent, SubnetAllocator, SubnetError};
+use crate::{
+    HeldLease, Ipv6SubnetAllocator, LeaseListing, RegistryError, RegistryEvent, SubnetAllocator,
+    SubnetError,
+};
 
 /// At most this many skipped leases are logged one by one per
 /// [`SKIP_LOG_WINDOW`]; the others are counted and summarised in one line
@@ -103,14 +106,19 @@ pub use crate::backoff::RetryPolicy;
 /// What the core needs to know about us.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CoreConfig {
-    /// The attributes we publish; `attrs.public_ip` identifies our leases
-    /// and reservations.
+    /// The attributes we publish. They identify our leases and reservations
+    /// as flannel's do: `attrs.public_ip` in an IPv4-only network,
+    /// `attrs.public_ipv6` in an IPv6-only one (where `public_ip` is
+    /// flannel's `0.0.0.0`), both in a dual-stack one. A host in a network
+    /// with IPv6 on must set `public_ipv6`.
     pub attrs: LeaseAttrs,
     /// TTL of the leases we create.
     pub ttl: Duration,
     /// Renew this long before expiry, but see [`CoreConfig::renew_after`].
     pub renew_margin: Duration,
-    /// The subnet we held before (from subnet.env), tried first if free.
+    /// The subnet we held before (from subnet.env), tried first if free:
+    /// each half (IPv4, IPv6) of an enabled family on its own, so a
+    /// dual-stack host whose IPv6 subnet was taken keeps its IPv4 one.
     pub previous: Option<SubnetKey>,
     /// Backoff for lost races and registry errors.
     pub retry: RetryPolicy,
@@ -119,6 +127,11 @@ pub struct CoreConfig {
     /// allocated, reused or accepted as a peer's: routing it into the overlay
     /// would cut the host off its LAN or etcd.
     pub protected: Vec<Ipv4Network>,
+    /// This host's own IPv6 networks, as [`CoreConfig::protected`] for the
+    /// IPv6 side: no IPv6 subnet overlapping one is ever allocated, reused
+    /// or accepted as a peer's. Excluded as ranges, so a short prefix costs
+    /// no more than a long one.
+    pub protected_v6: Vec<Ipv6Network>,
 }
 
 impl CoreConfig {
@@ -132,6 +145,7 @@ impl CoreConfig {
             previous: None,
             retry: RetryPolicy::default(),
             protected: Vec::new(),
+            protected_v6: Vec::new(),
         }
     }
 
@@ -260,7 +274,9 @@ pub enum LeaseEvent {
     Overwritten {
         /// Our key.
         key: SubnetKey,
-        /// The `PublicIP` the writer put there.
+        /// The `PublicIP` the writer put there (`0.0.0.0` in an IPv6-only
+        /// network: the `Lost` reason, if it comes to that, names its
+        /// `PublicIPv6`).
         by: std::net::Ipv4Addr,
     },
     /// Our lease is gone (expired, deleted or taken); re-acquiring.
@@ -416,6 +432,8 @@ pub struct LeaseCore {
     /// Every lease in the store as last seen, ours included.
     known: BTreeMap<SubnetKey, Arc<SubnetLease>>,
     allocator: SubnetAllocator,
+    /// The IPv6 side's; has no subnets unless `EnableIPv6`.
+    allocator_v6: Ipv6SubnetAllocator,
     peers: PeerSet,
     /// Keys currently skipped (by [`skip_id`]), with the reason: a key is
     /// reported when it enters a reason, and forgotten when it becomes a
@@ -433,7 +451,7 @@ pub struct LeaseCore {
     /// a change would hand a live host's traffic to whoever wrote it.
     pinned: HashMap<SubnetKey, Arc<SubnetLease>>,
     /// Who overwrote our key, while its restoring is outstanding.
-    overwritten_by: Option<std::net::Ipv4Addr>,
+    overwritten_by: Option<String>,
     /// Leases with our `PublicIP` we failed to reuse (someone else's).
     rejected: BTreeSet<SubnetKey>,
     revision: i64,
@@ -449,6 +467,7 @@ impl LeaseCore {
     pub fn new(cfg: CoreConfig, network: NetworkConfig, rng_seed: u64) -> Self {
         LeaseCore {
             allocator: new_allocator(&network, &cfg.protected),
+            allocator_v6: new_allocator_v6(&network, &cfg.protected_v6),
             cfg,
             network,
             rng: SmallRng::seed_from_u64(rng_seed),
@@ -770,17 +789,16 @@ impl LeaseCore {
 
     /// Chooses what to claim from the current knowledge of the store.
     fn decide(&mut self, now: Instant) {
-        let ours = self.cfg.attrs.public_ip;
         // flannel's rule (isSubnetConfigCompat): a lease carrying our IP is
         // reused only if the allocator could have handed it out, i.e. its
-        // length is SubnetLen and it lies in [SubnetMin, SubnetMax]; a
-        // planted 192.168.0.0-17 with our IP is not adopted. Nor is one that
-        // overlaps the host's own networks.
+        // length is SubnetLen and it lies in [SubnetMin, SubnetMax] (and
+        // the same for the IPv6 side); a planted 192.168.0.0-17 with our IP
+        // is not adopted. Nor is one that overlaps the host's own networks.
         let mine = |l: &&Arc<SubnetLease>| {
-            l.attrs.public_ip == ours
+            self.is_ours(&l.attrs)
                 && !self.rejected.contains(&l.key)
-                && self.network.subnet_index(l.key.ipv4).is_some()
-                && self.allocator.excluded_overlap(l.key.ipv4).is_none()
+                && self.allocatable(&l.key)
+                && self.host_overlap(&l.key).is_none()
         };
         let reuse = self
             .known
@@ -802,15 +820,9 @@ impl LeaseCore {
                 return;
             }
             Phase::Reuse { held, update }
-        } else if let Some(prev) = self
-            .cfg
-            .previous
-            .filter(|p| self.allocator.is_free(p.ipv4) && !self.known.contains_key(p))
-        {
-            Phase::Create(prev)
         } else {
-            match self.allocator.choose(&mut self.rng) {
-                Ok(net) => Phase::Create(SubnetKey::v4(net)),
+            match self.choose_key() {
+                Ok(key) => Phase::Create(key),
                 Err(e) => {
                     if self.initial {
                         self.fail(e);
@@ -828,6 +840,116 @@ impl LeaseCore {
         };
     }
 
+    /// The key to create: for each enabled family, the previous subnet's
+    /// half if it is free, else a random free subnet.
+    ///
+    /// In a dual-stack network the IPv6 half, when not the previous one, is
+    /// drawn from a generator seeded by the IPv4 half: two hosts racing for
+    /// the same IPv4 subnet from the same listing then ask for the same
+    /// combined key, and create-if-absent lets one of them through, as it
+    /// does for IPv4-only keys. (Independent draws would give two keys,
+    /// `10.1.2.0-24&a` and `10.1.2.0-24&b`, both created.)
+    fn choose_key(&mut self) -> Result<SubnetKey, SubnetError> {
+        let previous = self.cfg.previous.filter(|p| !self.known.contains_key(p));
+        let v4 = if self.network.enable_ipv4 {
+            let prev = previous
+                .and_then(|p| p.ipv4_subnet())
+                .filter(|n| self.allocator.is_free(*n));
+            Some(match prev {
+                Some(n) => n,
+                None => self.allocator.choose(&mut self.rng)?,
+            })
+        } else {
+            None
+        };
+        let v6 = if self.network.enable_ipv6 {
+            let prev = previous
+                .and_then(|p| p.ipv6)
+                .filter(|n| self.allocator_v6.is_free(*n));
+            Some(match (prev, v4) {
+                (Some(n), _) => n,
+                (None, Some(v4)) => {
+                    let seed = u64::from(u32::from(v4.network())) << 8 | u64::from(v4.prefix());
+                    self.allocator_v6
+                        .choose(&mut SmallRng::seed_from_u64(seed))?
+                }
+                (None, None) => self.allocator_v6.choose(&mut self.rng)?,
+            })
+        } else {
+            None
+        };
+        match (v4, v6) {
+            (Some(v4), Some(v6)) => Ok(SubnetKey::dual(v4, v6)),
+            (Some(v4), None) => Ok(SubnetKey::v4(v4)),
+            (None, Some(v6)) => Ok(SubnetKey::v6_only(v6)),
+            // A parsed config enables at least one family.
+            (None, None) => Err(SubnetError::Exhausted { total: 0, taken: 0 }),
+        }
+    }
+
+    /// Whether `attrs` are ours, by the addresses that identify a host in
+    /// this network (see [`CoreConfig::attrs`]).
+    fn is_ours(&self, attrs: &LeaseAttrs) -> bool {
+        let ours = &self.cfg.attrs;
+        let v4 = attrs.public_ip == ours.public_ip;
+        let v6 = attrs.public_ipv6.is_some() && attrs.public_ipv6 == ours.public_ipv6;
+        match (self.network.enable_ipv4, self.network.enable_ipv6) {
+            (true, true) => v4 && v6,
+            (false, true) => v6,
+            _ => v4,
+        }
+    }
+
+    /// Whether the allocator could have handed `key` out: each enabled
+    /// family's half allocatable, and no half of a family that is off.
+    fn allocatable(&self, key: &SubnetKey) -> bool {
+        let n = &self.network;
+        let v4 = if n.enable_ipv4 {
+            n.subnet_index(key.ipv4).is_some()
+        } else {
+            key.is_ipv6_only()
+        };
+        let v6 = match key.ipv6 {
+            Some(sn) => n.enable_ipv6 && n.ipv6_subnet_index(sn).is_some(),
+            None => !n.enable_ipv6,
+        };
+        v4 && v6
+    }
+
+    /// The host network a half of `key` overlaps, as a skip reason, if
+    /// any; only the halves of the enabled families count.
+    fn host_overlap(&self, key: &SubnetKey) -> Option<SkipReason> {
+        if self.network.enable_ipv4 {
+            if let Some(network) = key
+                .ipv4_subnet()
+                .and_then(|sn| self.allocator.excluded_overlap(sn))
+            {
+                return Some(SkipReason::OverlapsHostNetwork {
+                    subnet: key.ipv4,
+                    network,
+                });
+            }
+        }
+        if self.network.enable_ipv6 {
+            if let Some(subnet) = key.ipv6 {
+                if let Some(network) = self.allocator_v6.excluded_overlap(subnet) {
+                    return Some(SkipReason::OverlapsHostIpv6Network { subnet, network });
+                }
+            }
+        }
+        None
+    }
+
+    /// Marks both halves of `key` taken.
+    fn mark_taken(&mut self, key: &SubnetKey) {
+        if let Some(sn) = key.ipv4_subnet() {
+            self.allocator.mark_taken(sn);
+        }
+        if let Some(sn) = key.ipv6 {
+            self.allocator_v6.mark_taken(sn);
+        }
+    }
+
     fn become_held(&mut self, now: Instant, held: HeldLease) {
         let lost = match &self.state {
             LeaseState::Acquiring { lost, .. } => *lost,
@@ -837,7 +959,7 @@ impl LeaseCore {
         let renew_at = held.ttl.map(|ttl| now + self.cfg.renew_after(ttl));
         self.cfg.previous = Some(lease.key);
         self.known.insert(lease.key, Arc::new(lease.clone()));
-        self.allocator.mark_taken(lease.key.ipv4);
+        self.mark_taken(&lease.key);
         self.state = LeaseState::Held {
             held,
             renew_at,
@@ -879,7 +1001,7 @@ impl LeaseCore {
         match r {
             Ok(held) => self.become_held(now, held),
             Err(RegistryError::Conflict { .. }) => {
-                self.allocator.mark_taken(key.ipv4);
+                self.mark_taken(&key);
                 self.retry_acquire(now, format!("lost the race for {key}"));
             }
             Err(e)
@@ -982,7 +1104,7 @@ impl LeaseCore {
             }
             Err(e) => {
                 let key = self.own_key();
-                let by = by.map_or_else(|| "someone".to_string(), |ip| ip.to_string());
+                let by = by.unwrap_or_else(|| "someone".to_string());
                 let reason = match key {
                     Some(k) => format!("{k} was overwritten by {by} ({e})"),
                     None => format!("overwritten by {by} ({e})"),
@@ -1037,9 +1159,10 @@ impl LeaseCore {
             RegistryEvent::Upserted(lease) => {
                 self.revision = self.revision.max(lease.revision);
                 let key = lease.key;
+                let ours = self.is_ours(&lease.attrs);
                 if let LeaseState::Held { held, .. } = &mut self.state {
                     if held.lease.key == key && lease.revision >= held.lease.revision {
-                        if lease.attrs.public_ip == self.cfg.attrs.public_ip {
+                        if ours {
                             held.lease.revision = lease.revision;
                         } else if lease.kind == LeaseKind::Expiring
                             && held.ttl.is_some()
@@ -1057,7 +1180,7 @@ impl LeaseCore {
                                 revision: lease.revision,
                             };
                             self.events.push_back(LeaseEvent::Overwritten { key, by });
-                            self.overwritten_by = Some(by);
+                            self.overwritten_by = Some(writer(&lease.attrs));
                             self.pending = Some(Pending::Restore);
                             self.actions.push_back(restore);
                             // The writer's value is neither a peer nor ours.
@@ -1065,7 +1188,7 @@ impl LeaseCore {
                             return;
                         } else {
                             let reason =
-                                format!("{key} was overwritten by {}", lease.attrs.public_ip);
+                                format!("{key} was overwritten by {}", writer(&lease.attrs));
                             self.insert_known(lease);
                             self.lose(reason, Phase::NeedList);
                             return;
@@ -1109,7 +1232,8 @@ impl LeaseCore {
         let Some(current) = self.peers.leases.get(&new.key) else {
             return;
         };
-        if current.attrs.public_ip != new.attrs.public_ip
+        if (current.attrs.public_ip != new.attrs.public_ip
+            || current.attrs.public_ipv6 != new.attrs.public_ipv6)
             && current.kind == LeaseKind::Expiring
             && new.kind == LeaseKind::Expiring
         {
@@ -1123,7 +1247,7 @@ impl LeaseCore {
     }
 
     fn insert_known(&mut self, lease: SubnetLease) {
-        self.allocator.mark_taken(lease.key.ipv4);
+        self.mark_taken(&lease.key);
         self.known.insert(lease.key, Arc::new(lease));
     }
 
@@ -1135,13 +1259,23 @@ impl LeaseCore {
             .next()
             .is_some_and(|(k, _)| k.ipv4 == key.ipv4);
         if !same_v4 {
-            self.allocator.release(key.ipv4);
+            if let Some(sn) = key.ipv4_subnet() {
+                self.allocator.release(sn);
+            }
+        }
+        if let Some(v6) = key.ipv6 {
+            // Keys are ordered by their IPv4 half: a scan, paid only for
+            // IPv6 keys.
+            if !self.known.keys().any(|k| k.ipv6 == Some(v6)) {
+                self.allocator_v6.release(v6);
+            }
         }
     }
 
     fn apply_snapshot(&mut self, listing: LeaseListing) {
         self.revision = self.revision.max(listing.revision);
         self.allocator = new_allocator(&self.network, &self.cfg.protected);
+        self.allocator_v6 = new_allocator_v6(&self.network, &self.cfg.protected_v6);
         self.known.clear();
         self.pinned.clear();
         for lease in listing.leases {
@@ -1209,21 +1343,26 @@ impl LeaseCore {
     /// Why `lease` is not a peer, if it is not (`None` reason for our own).
     fn classify(&self, lease: &SubnetLease) -> Result<(), Option<SkipReason>> {
         let own = self.own_key();
-        let verdict = self
-            .network
-            .check_peer(lease, own.as_ref(), self.cfg.attrs.public_ip);
+        let verdict = self.network.check_peer_dual(
+            lease,
+            own.as_ref(),
+            self.cfg.attrs.public_ip,
+            self.cfg.attrs.public_ipv6,
+        );
         if !matches!(
             verdict,
-            PeerVerdict::Own | PeerVerdict::Skip(SkipReason::OutsideNetwork { .. })
+            PeerVerdict::Own
+                | PeerVerdict::Skip(
+                    SkipReason::OutsideNetwork { .. }
+                        | SkipReason::OutsideIpv6Network { .. }
+                        | SkipReason::NoIpv6Subnet
+                )
         ) {
             // Before the rules of a peer: reported even for a lease carrying
             // our PublicIP (silent before we hold a lease), as it would cut
             // this host off.
-            if let Some(network) = self.allocator.excluded_overlap(lease.key.ipv4) {
-                return Err(Some(SkipReason::OverlapsHostNetwork {
-                    subnet: lease.key.ipv4,
-                    network,
-                }));
+            if let Some(reason) = self.host_overlap(&lease.key) {
+                return Err(Some(reason));
             }
         }
         match verdict {
@@ -1231,11 +1370,9 @@ impl LeaseCore {
             PeerVerdict::Own => Err(None),
             // Before we hold a lease, one carrying our PublicIP is ours from a
             // previous run, about to be reused: not a peer, not worth a warning.
-            PeerVerdict::Skip(SkipReason::ClaimsOurPublicIp(_))
-                if !matches!(self.state, LeaseState::Held { .. }) =>
-            {
-                Err(None)
-            }
+            PeerVerdict::Skip(
+                SkipReason::ClaimsOurPublicIp(_) | SkipReason::ClaimsOurPublicIpv6(_),
+            ) if !matches!(self.state, LeaseState::Held { .. }) => Err(None),
             PeerVerdict::Skip(reason) => Err(Some(reason)),
         }
     }
@@ -1248,6 +1385,14 @@ impl LeaseCore {
                     let reason = SkipReason::PublicIpChanged {
                         from: original.attrs.public_ip,
                         to: l.attrs.public_ip,
+                    };
+                    self.report_skip(key.to_string(), reason);
+                    return;
+                }
+                Some(l) if l.attrs.public_ipv6 != original.attrs.public_ipv6 => {
+                    let reason = SkipReason::PublicIpv6Changed {
+                        from: original.attrs.public_ipv6,
+                        to: l.attrs.public_ipv6,
                     };
                     self.report_skip(key.to_string(), reason);
                     return;
@@ -1323,6 +1468,25 @@ fn skip_id(key: &str) -> String {
 /// host's `protected` networks.
 fn new_allocator(network: &NetworkConfig, protected: &[Ipv4Network]) -> SubnetAllocator {
     let mut a = SubnetAllocator::new(network);
+    for net in protected {
+        a.exclude(*net);
+    }
+    a
+}
+
+/// Who wrote `attrs`, for a log line: its `PublicIP`, or its `PublicIPv6`
+/// when that is all it has (an IPv6-only lease's `PublicIP` is `0.0.0.0`).
+fn writer(attrs: &LeaseAttrs) -> String {
+    match attrs.public_ipv6 {
+        Some(ip6) if attrs.public_ip.is_unspecified() => ip6.to_string(),
+        _ => attrs.public_ip.to_string(),
+    }
+}
+
+/// The IPv6 side's allocator, with the host's `protected` IPv6 networks
+/// excluded (as ranges).
+fn new_allocator_v6(network: &NetworkConfig, protected: &[Ipv6Network]) -> Ipv6SubnetAllocator {
+    let mut a = Ipv6SubnetAllocator::new(network);
     for net in protected {
         a.exclude(*net);
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use twill_model::{Ipv4Network, LeaseAttrs, SubnetKey};
+use twill_model::{Ipv4Network, Ipv6Network, LeaseAttrs, SubnetKey};
 
 use self::core::{Action, CoreConfig, Input, LeaseCore, LeaseEvent, PeerSet, RetryPolicy};
 use crate::{HeldLease, LeaseWatch, Registry, SubnetError};
@@ -22,8 +22,9 @@ const EVENT_BUFFER: usize = 1024;
 /// What a [`LeaseManager`] publishes and how it keeps its lease.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LeaseManagerConfig {
-    /// The attributes to publish; `attrs.public_ip` identifies our leases
-    /// and reservations.
+    /// The attributes to publish; they identify our leases and reservations
+    /// (`public_ip`, `public_ipv6` or both, by the network's families: see
+    /// [`CoreConfig::attrs`]). Set `public_ipv6` when the network has IPv6 on.
     pub attrs: LeaseAttrs,
     /// TTL of the leases we create (flannel: 24 h).
     pub ttl: Duration,
@@ -40,6 +41,9 @@ pub struct LeaseManagerConfig {
     /// endpoints): no subnet overlapping one is ever allocated, reused or
     /// accepted as a peer's. See [`CoreConfig::protected`].
     pub protected: Vec<Ipv4Network>,
+    /// This host's own IPv6 networks, as `protected` for the IPv6 side of
+    /// a dual-stack or IPv6-only network. See [`CoreConfig::protected_v6`].
+    pub protected_v6: Vec<Ipv6Network>,
 }
 
 impl LeaseManagerConfig {
@@ -55,6 +59,7 @@ impl LeaseManagerConfig {
             rng_seed: None,
             retry: c.retry,
             protected: Vec::new(),
+            protected_v6: Vec::new(),
         }
     }
 
@@ -66,6 +71,7 @@ impl LeaseManagerConfig {
             previous: self.previous,
             retry: self.retry,
             protected: self.protected.clone(),
+            protected_v6: self.protected_v6.clone(),
         }
     }
 }
