@@ -274,7 +274,17 @@ impl<R: Registry + ?Sized + 'static> Agent<R> {
                         Ok(backend) => {
                             let worker = BackendWorker::start(backend)?;
                             let o = &self.options;
-                            match worker.setup(&config, o.public_ip, &o.underlay).await? {
+                            // The underlay's IPv6 address is the published
+                            // one: the agent is told it (public_ipv6), it does
+                            // not look it up.
+                            let ipv6 = o.public_ipv6.map(|addr| twill_backend::Ipv6Underlay {
+                                addr,
+                                public_ip: addr,
+                            });
+                            match worker
+                                .setup(&config, o.public_ip, &o.underlay, ipv6)
+                                .await?
+                            {
                                 Ok(local) => return Ok(Some((config, worker, local))),
                                 Err(e) if e.is_config() => {
                                     worker.stop().await;

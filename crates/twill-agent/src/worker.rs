@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use twill_backend::{
-    Backend, BackendError, HostContext, LocalSetup, ReconcileReport, UnderlayInterface,
+    Backend, BackendError, HostContext, Ipv6Underlay, LocalSetup, ReconcileReport,
+    UnderlayInterface,
 };
 use twill_model::{NetworkConfig, SubnetLease};
 use twill_subnet::PeerSet;
@@ -31,6 +32,7 @@ enum Job {
         config: NetworkConfig,
         public_ip: std::net::Ipv4Addr,
         underlay: UnderlayInterface,
+        ipv6: Option<Ipv6Underlay>,
         reply: oneshot::Sender<Result<LocalSetup, BackendError>>,
     },
     Activate {
@@ -68,15 +70,14 @@ impl BackendWorker {
                             config,
                             public_ip,
                             underlay,
+                            ipv6,
                             reply,
                         } => {
                             let host = HostContext {
                                 config: &config,
                                 public_ip,
                                 underlay: &underlay,
-                                // The daemon refuses EnableIPv6 for now
-                                // (NetworkConfig::check_supported).
-                                ipv6: None,
+                                ipv6,
                             };
                             let _ = reply.send(runtime.block_on(backend.setup(&host)));
                         }
@@ -117,12 +118,14 @@ impl BackendWorker {
         config: &NetworkConfig,
         public_ip: std::net::Ipv4Addr,
         underlay: &UnderlayInterface,
+        ipv6: Option<Ipv6Underlay>,
     ) -> Result<Result<LocalSetup, BackendError>, AgentError> {
         let (reply, rx) = oneshot::channel();
         self.send(Job::Setup {
             config: config.clone(),
             public_ip,
             underlay: underlay.clone(),
+            ipv6,
             reply,
         })?;
         rx.await.map_err(|_| gone())
