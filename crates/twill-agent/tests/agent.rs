@@ -4,18 +4,20 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+use common::{next, underlay, DEADLINE};
 use tokio::sync::broadcast;
-use twill_agent::{Agent, AgentEvent, AgentOptions, ConfigProblem, UnderlayInterface};
+use twill_agent::{Agent, AgentEvent, AgentOptions, ConfigProblem};
 use twill_backend::{async_trait, Backend, BackendError, BackendRegistry, HostContext};
 use twill_backend::{LocalSetup, ReconcileReport};
 use twill_model::{LeaseAttrs, SubnetKey, SubnetLease};
 use twill_subnet::{MemoryRegistry, Registry};
 
-const DEADLINE: Duration = Duration::from_secs(30);
 const CONFIG: &str = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"gate"}}"#;
 
 /// What the backend shares with the test.
@@ -58,15 +60,6 @@ impl Backend for GateBackend {
         }
         self.shared.passes.lock().unwrap().push(peers.len());
         Ok(ReconcileReport::default())
-    }
-}
-
-fn underlay() -> UnderlayInterface {
-    UnderlayInterface {
-        name: "eth0".into(),
-        index: 0,
-        mtu: 1500,
-        addr: "192.0.2.1".parse().unwrap(),
     }
 }
 
@@ -113,28 +106,6 @@ fn start(registry: Arc<MemoryRegistry>, options: AgentOptions) -> Harness {
         status,
         running,
     }
-}
-
-/// The first event `pick` accepts, within [`DEADLINE`].
-async fn next<T>(
-    events: &mut broadcast::Receiver<AgentEvent>,
-    mut pick: impl FnMut(&AgentEvent) -> Option<T>,
-) -> T {
-    tokio::time::timeout(DEADLINE, async {
-        loop {
-            match events.recv().await {
-                Ok(ev) => {
-                    if let Some(t) = pick(&ev) {
-                        return t;
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(e) => panic!("events ended: {e}"),
-            }
-        }
-    })
-    .await
-    .expect("the event within the deadline")
 }
 
 async fn add_peer(registry: &MemoryRegistry, key: &str, ip: &str) -> SubnetKey {

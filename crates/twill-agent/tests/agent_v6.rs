@@ -6,18 +6,20 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::{next, underlay, DEADLINE};
 use tokio::sync::broadcast;
-use twill_agent::{Agent, AgentError, AgentEvent, AgentOption, AgentOptions, UnderlayInterface};
+use twill_agent::{Agent, AgentError, AgentEvent, AgentOption, AgentOptions};
 use twill_backend::{async_trait, Backend, BackendError, BackendRegistry, HostContext};
 use twill_backend::{LocalSetup, ReconcileReport};
 use twill_model::{LeaseAttrs, SubnetKey, SubnetLease};
 use twill_subnet::{MemoryRegistry, Registry};
 
-const DEADLINE: Duration = Duration::from_secs(30);
 const DUAL: &str = r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:5::/56","Backend":{"Type":"plain"}}"#;
 const V6_ONLY: &str = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:6::/56","Backend":{"Type":"plain"}}"#;
 const OUR_IP6: &str = "fd00::1";
@@ -51,12 +53,7 @@ impl Backend for PlainBackend {
 }
 
 fn options(subnet_file: &Path, seed: u64) -> AgentOptions {
-    let mut o = AgentOptions::new(UnderlayInterface {
-        name: "eth0".into(),
-        index: 0,
-        mtu: 1500,
-        addr: "192.0.2.1".parse().unwrap(),
-    });
+    let mut o = AgentOptions::new(underlay());
     o.public_ipv6 = OUR_IP6.parse().ok();
     o.subnet_file = Some(subnet_file.to_path_buf());
     o.protect_host = false;
@@ -88,27 +85,6 @@ fn start(registry: Arc<MemoryRegistry>, options: AgentOptions) -> Harness {
         stop,
         running,
     }
-}
-
-async fn next<T>(
-    events: &mut broadcast::Receiver<AgentEvent>,
-    mut pick: impl FnMut(&AgentEvent) -> Option<T>,
-) -> T {
-    tokio::time::timeout(DEADLINE, async {
-        loop {
-            match events.recv().await {
-                Ok(ev) => {
-                    if let Some(t) = pick(&ev) {
-                        return t;
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(e) => panic!("events ended: {e}"),
-            }
-        }
-    })
-    .await
-    .expect("the event within the deadline")
 }
 
 fn registry(config: &str) -> Arc<MemoryRegistry> {
