@@ -226,6 +226,30 @@ struct VxlanLeaseData {
     vtep_mac: String,
 }
 
+impl VxlanLeaseData {
+    /// The peer's VTEP MAC, if usable: a unicast MAC that is not `ours`,
+    /// for our `vni` (or none given). One rule for both families'
+    /// `BackendData`.
+    fn check(self, ours: MacAddr, vni: u32) -> Result<MacAddr, SkipReason> {
+        let Ok(mac) = self.vtep_mac.parse::<MacAddr>() else {
+            return Err(SkipReason::BadVtepMac(self.vtep_mac));
+        };
+        if !mac.is_unicast() {
+            return Err(SkipReason::VtepMacNotUnicast(mac));
+        }
+        if mac == ours {
+            return Err(SkipReason::VtepMacIsOurs(mac));
+        }
+        if let Some(other) = self.vni.filter(|v| *v != vni) {
+            return Err(SkipReason::OtherVni {
+                vni: other,
+                ours: vni,
+            });
+        }
+        Ok(mac)
+    }
+}
+
 /// A locally administered unicast MAC derived from the VNI and public IP:
 /// stable across restarts and distinct per host.
 #[must_use]
@@ -597,21 +621,7 @@ impl VxlanBackend {
                 .map_err(|e| SkipReason::BadBackendData {
                     reason: e.to_string(),
                 })?;
-        let Ok(mac) = data.vtep_mac.parse::<MacAddr>() else {
-            return Err(SkipReason::BadVtepMac(data.vtep_mac));
-        };
-        if !mac.is_unicast() {
-            return Err(SkipReason::VtepMacNotUnicast(mac));
-        }
-        if mac == r.mac {
-            return Err(SkipReason::VtepMacIsOurs(mac));
-        }
-        if let Some(vni) = data.vni.filter(|v| *v != self.opts.vni) {
-            return Err(SkipReason::OtherVni {
-                vni,
-                ours: self.opts.vni,
-            });
-        }
+        let mac = data.check(r.mac, self.opts.vni)?;
         let public = peer.attrs.public_ip;
         let direct = self.opts.direct_routing && on_segment(connected, public);
         // The device's FDB holds one dst per unicast MAC: a second peer with
@@ -705,21 +715,7 @@ impl VxlanBackend {
                 .map_err(|e| SkipReason::BadBackendData {
                     reason: e.to_string(),
                 })?;
-        let Ok(mac) = data.vtep_mac.parse::<MacAddr>() else {
-            return Err(SkipReason::BadVtepMac(data.vtep_mac));
-        };
-        if !mac.is_unicast() {
-            return Err(SkipReason::VtepMacNotUnicast(mac));
-        }
-        if mac == r6.mac {
-            return Err(SkipReason::VtepMacIsOurs(mac));
-        }
-        if let Some(vni) = data.vni.filter(|v| *v != self.opts.vni) {
-            return Err(SkipReason::OtherVni {
-                vni,
-                ours: self.opts.vni,
-            });
-        }
+        let mac = data.check(r6.mac, self.opts.vni)?;
         if let Some(first) = macs.get(&mac) {
             return Err(SkipReason::VtepMacInUse { mac, peer: *first });
         }
