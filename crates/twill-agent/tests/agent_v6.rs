@@ -163,7 +163,11 @@ async fn ipv6_only_writes_no_ipv4_lines_and_sees_ipv6_peers() {
         .await
         .unwrap();
 
-    let mut h = start(registry.clone(), options(&file, 1));
+    // An IPv6-only host: no IPv4 address on its underlay.
+    let mut o = options(&file, 1);
+    o.underlay.addr = None;
+    o.public_ip = None;
+    let mut h = start(registry.clone(), o);
     let lease = next(&mut h.events, |e| match e {
         AgentEvent::LeaseAcquired(l) => Some(l.clone()),
         _ => None,
@@ -224,4 +228,37 @@ async fn ipv6_network_without_public_ipv6_is_refused() {
             .contains("underlay eth0 has no global IPv6 address"),
         "{err}"
     );
+}
+
+/// An IPv6-only host (no IPv4 address) on a network with IPv4 on: an error
+/// naming the option and the underlay, before any lease is taken.
+#[tokio::test(flavor = "current_thread")]
+async fn ipv4_network_on_an_ipv6_only_host_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry(DUAL);
+    let mut o = options(&dir.path().join("subnet.env"), 1);
+    o.underlay.addr = None;
+    o.public_ip = None;
+    let h = start(registry.clone(), o);
+    let err = tokio::time::timeout(DEADLINE, h.running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AgentError::InvalidOption {
+                option: AgentOption::PublicIp,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("EnableIPv4 true and underlay eth0 has no IPv4 address"),
+        "{err}"
+    );
+    assert!(registry.list_leases().await.unwrap().leases.is_empty());
 }
