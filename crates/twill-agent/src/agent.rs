@@ -555,12 +555,10 @@ impl<R: Registry + ?Sized + 'static> Running<'_, R> {
                 subnet: held.lease.key,
             });
         }
-        // The masquerade rules are IPv4 (table `ip twill`): an IPv6-only
-        // lease's 0.0.0.0/0 must not become a rule.
-        if options.ip_masq && self.config.enable_ipv4 {
-            let (network, subnet) = (self.config.network, held.lease.key.ipv4);
-            blocking(move || masq::apply(network, subnet)).await?;
-            info!("masquerade rules installed (nft table ip {})", masq::TABLE);
+        if options.ip_masq {
+            let networks = masq::MasqNetworks::for_lease(&self.config, &held.lease.key);
+            blocking(move || masq::apply(&networks)).await?;
+            info!("masquerade rules installed (nft tables: {networks})");
         }
         // Queued behind a pass in flight, if any: the backend runs one job
         // at a time.

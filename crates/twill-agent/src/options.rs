@@ -49,7 +49,8 @@ pub struct AgentOptions {
     /// Wait between attempts while etcd, the config or a lease is not
     /// there yet.
     pub retry_interval: Duration,
-    /// Install flannel's masquerade rules (nftables table `ip twill`).
+    /// Install flannel's masquerade rules (nftables tables `ip twill` and
+    /// `ip6 twill`, for the families the network enables).
     pub ip_masq: bool,
     /// Delete our lease (and the masquerade rules) at shutdown, as
     /// flannel's `--release-on-exit`; by default both are kept for the
