@@ -951,8 +951,9 @@ impl Backend for VxlanBackend {
         let mut attrs = LeaseAttrs::new(host.public_ip, "vxlan");
         if local.is_some() {
             self.ensure_device_or_fail()?;
-            attrs.backend_data =
-                Some(serde_json::json!({ "VNI": self.opts.vni, "VtepMAC": mac.to_string() }));
+            attrs.backend_data = Some(
+                serde_json::json!({ "VNI": self.opts.vni, "VtepMAC": mac.to_string() }).into(),
+            );
         }
         self.ready6 = None;
         let mut mtu6 = None;
@@ -972,8 +973,9 @@ impl Backend for VxlanBackend {
             self.ready6 = Some(ready6);
             self.ensure_device6_or_fail()?;
             attrs.public_ipv6 = Some(u.public_ip);
-            attrs.backend_v6_data =
-                Some(serde_json::json!({ "VNI": self.opts.vni, "VtepMAC": mac6.to_string() }));
+            attrs.backend_v6_data = Some(
+                serde_json::json!({ "VNI": self.opts.vni, "VtepMAC": mac6.to_string() }).into(),
+            );
         }
         // FLANNEL_MTU is one MTU for the workloads' interfaces, whichever
         // family a packet is: the smaller device's, so that an IPv6 packet

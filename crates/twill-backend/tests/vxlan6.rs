@@ -72,14 +72,22 @@ async fn bring_up_dual(
 }
 
 fn v6_mac(l: &SubnetLease) -> String {
-    l.attrs.backend_v6_data.as_ref().expect("BackendV6Data")["VtepMAC"]
+    l.attrs
+        .backend_v6_data
+        .as_ref()
+        .expect("BackendV6Data")
+        .to_value()["VtepMAC"]
         .as_str()
         .expect("mac")
         .to_string()
 }
 
 fn v4_mac(l: &SubnetLease) -> String {
-    l.attrs.backend_data.as_ref().expect("BackendData")["VtepMAC"]
+    l.attrs
+        .backend_data
+        .as_ref()
+        .expect("BackendData")
+        .to_value()["VtepMAC"]
         .as_str()
         .expect("mac")
         .to_string()
@@ -102,7 +110,12 @@ async fn dual_stack_hosts_get_flannels_v6_layout_and_ping6() {
     // The IPv6 device has a MAC of its own, published as flannel does.
     assert_ne!(v6_mac(&leases[0]), v4_mac(&leases[0]));
     assert_eq!(
-        leases[0].attrs.backend_v6_data.as_ref().expect("data")["VNI"],
+        leases[0]
+            .attrs
+            .backend_v6_data
+            .as_ref()
+            .expect("data")
+            .to_value()["VNI"],
         1
     );
     for b in &mut backends {
@@ -246,11 +259,14 @@ async fn ipv6_half_repairs_gc_and_skips_like_the_ipv4_half() {
     };
     let attrs = |ip4: u8, ip6: Option<&str>, mac6: &str| {
         let mut a = LeaseAttrs::new(Ipv4Addr::new(10, 0, 0, ip4), "vxlan");
-        a.backend_data = Some(serde_json::json!({
-            "VNI": 1, "VtepMAC": format!("0e:00:00:00:00:{ip4:02x}")
-        }));
+        a.backend_data = Some(
+            serde_json::json!({
+                "VNI": 1, "VtepMAC": format!("0e:00:00:00:00:{ip4:02x}")
+            })
+            .into(),
+        );
         a.public_ipv6 = ip6.map(|s| s.parse().expect("ip6"));
-        a.backend_v6_data = Some(serde_json::json!({ "VNI": 1, "VtepMAC": mac6 }));
+        a.backend_v6_data = Some(serde_json::json!({ "VNI": 1, "VtepMAC": mac6 }).into());
         a
     };
     let mut all = leases.clone();
@@ -380,7 +396,12 @@ async fn ipv6_only_hosts_get_only_the_v6_device_and_ping6() {
             format!(
                 r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{}","BackendType":"vxlan","BackendV6Data":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
                 underlay6(i),
-                local.attrs.backend_v6_data.as_ref().expect("v6 data")["VtepMAC"]
+                local
+                    .attrs
+                    .backend_v6_data
+                    .as_ref()
+                    .expect("v6 data")
+                    .to_value()["VtepMAC"]
                     .as_str()
                     .expect("mac")
             ),
