@@ -4,7 +4,7 @@ use std::fmt;
 use std::io::Cursor;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::IpNetwork;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use linux_raw_sys::netlink as k;
 use neli::consts::nl::NlmF;
@@ -197,14 +197,30 @@ impl FdbWrite {
     }
 }
 
-/// What [`IpFamily`] takes from this module: which [`Request`] variant each
-/// write of a family is, and how `ip` and the kernel name the family.
-/// Public in a private module, so that [`IpFamily`] is sealed.
-pub trait FamilyRequests: Sized {
+/// What [`IpFamily`] takes from the crate's wire code: which [`Request`]
+/// variant each write of a family is, how `ip` and the kernel name the
+/// family, how dumps carry its addresses. Public in a private module, so
+/// that [`IpFamily`] is sealed.
+pub trait FamilyWire: Sized {
     /// `ip` or `ip -6`, as the family's requests print themselves.
     const IP_COMMAND: &'static str;
     /// `rtm_family` / `ndm_family` / `ifa_family`.
     const RT_FAMILY: RtAddrFamily;
+    /// An address of this family from an attribute of exactly its length
+    /// (dumps of `AF_BRIDGE` hold IPv4 and IPv6 remotes side by side).
+    fn from_attr(b: &[u8]) -> Option<Self>;
+    /// The remote of an FDB entry in this family's list, from the entry's
+    /// `NDA_DST` (if any); `None` when the entry is not in the list. The
+    /// IPv4 list has always held every `self` entry, those without an IPv4
+    /// remote with none; the IPv6 list holds only the entries with an IPv6
+    /// remote.
+    fn fdb_remote(dst: Option<&[u8]>) -> Option<Option<Self>>;
+    /// `0.0.0.0` / `::`, the destination of a route without `RTA_DST`.
+    const UNSPECIFIED: Self;
+    /// The prefix `addr/prefix`, `None` past the family's length.
+    fn network(addr: Self, prefix: u8) -> Option<<Self as IpFamily>::Network>
+    where
+        Self: IpFamily;
     /// The request variant carrying a neighbour write of this family.
     fn neighbour_request(n: IpNeighbour<Self>, write: Write) -> Request
     where
@@ -219,9 +235,22 @@ pub trait FamilyRequests: Sized {
         Self: IpFamily;
 }
 
-impl FamilyRequests for Ipv4Addr {
+impl FamilyWire for Ipv4Addr {
+    const UNSPECIFIED: Self = Ipv4Addr::UNSPECIFIED;
     const IP_COMMAND: &'static str = "ip";
     const RT_FAMILY: RtAddrFamily = RtAddrFamily::Inet;
+
+    fn from_attr(b: &[u8]) -> Option<Self> {
+        <[u8; 4]>::try_from(b).ok().map(Self::from)
+    }
+
+    fn fdb_remote(dst: Option<&[u8]>) -> Option<Option<Self>> {
+        Some(dst.and_then(Self::from_attr))
+    }
+
+    fn network(addr: Self, prefix: u8) -> Option<Ipv4Network> {
+        Ipv4Network::new(addr, prefix).ok()
+    }
 
     fn neighbour_request(n: Neighbour, write: Write) -> Request {
         match write {
@@ -246,9 +275,22 @@ impl FamilyRequests for Ipv4Addr {
     }
 }
 
-impl FamilyRequests for Ipv6Addr {
+impl FamilyWire for Ipv6Addr {
+    const UNSPECIFIED: Self = Ipv6Addr::UNSPECIFIED;
     const IP_COMMAND: &'static str = "ip -6";
     const RT_FAMILY: RtAddrFamily = RtAddrFamily::Inet6;
+
+    fn from_attr(b: &[u8]) -> Option<Self> {
+        <[u8; 16]>::try_from(b).ok().map(Self::from)
+    }
+
+    fn fdb_remote(dst: Option<&[u8]>) -> Option<Option<Self>> {
+        dst.and_then(Self::from_attr).map(Some)
+    }
+
+    fn network(addr: Self, prefix: u8) -> Option<Ipv6Network> {
+        Ipv6Network::new(addr, prefix).ok()
+    }
 
     fn neighbour_request(n: Neighbour6, write: Write) -> Request {
         match write {

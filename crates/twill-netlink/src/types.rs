@@ -159,7 +159,7 @@ pub struct Address {
 /// [`Route`]/[`Route6`] name the two instances. Sealed: the kernel knows
 /// these two families and [`Request`](crate::Request) a variant for each.
 pub trait IpFamily:
-    crate::request::FamilyRequests
+    crate::request::FamilyWire
     + Copy
     + Ord
     + Hash
