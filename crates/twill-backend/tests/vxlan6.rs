@@ -71,6 +71,23 @@ async fn bring_up_dual(
     own
 }
 
+/// Two hosts on a dual-stack underlay, each with a vxlan backend set up
+/// for [`dual_config`] and its lease (in host order).
+async fn dual_stack_lan() -> (Lan, Vec<VxlanBackend>, Vec<SubnetLease>) {
+    let lan = Lan::new(2).expect("lan");
+    let cfg = dual_config();
+    let mut backends = Vec::new();
+    let mut leases = Vec::new();
+    for (i, h) in lan.hosts.iter().enumerate() {
+        add_underlay6(h, i);
+        let mut b =
+            VxlanBackend::with_handle(VxlanOptions::default(), h.ns.netlink().expect("netlink"));
+        leases.push(bring_up_dual(&mut b, h, i, &cfg).await);
+        backends.push(b);
+    }
+    (lan, backends, leases)
+}
+
 fn v6_mac(l: &SubnetLease) -> String {
     l.attrs
         .backend_v6_data
@@ -96,17 +113,7 @@ fn v4_mac(l: &SubnetLease) -> String {
 #[tokio::test]
 async fn dual_stack_hosts_get_flannels_v6_layout_and_ping6() {
     twill_testbed::require_root!();
-    let lan = Lan::new(2).expect("lan");
-    let cfg = dual_config();
-    let mut backends = Vec::new();
-    let mut leases = Vec::new();
-    for (i, h) in lan.hosts.iter().enumerate() {
-        add_underlay6(h, i);
-        let mut b =
-            VxlanBackend::with_handle(VxlanOptions::default(), h.ns.netlink().expect("netlink"));
-        leases.push(bring_up_dual(&mut b, h, i, &cfg).await);
-        backends.push(b);
-    }
+    let (lan, mut backends, leases) = dual_stack_lan().await;
     // The IPv6 device has a MAC of its own, published as flannel does.
     assert_ne!(v6_mac(&leases[0]), v4_mac(&leases[0]));
     assert_eq!(
@@ -211,17 +218,7 @@ async fn dual_stack_hosts_get_flannels_v6_layout_and_ping6() {
 #[tokio::test]
 async fn ipv6_half_repairs_gc_and_skips_like_the_ipv4_half() {
     twill_testbed::require_root!();
-    let lan = Lan::new(2).expect("lan");
-    let cfg = dual_config();
-    let mut backends = Vec::new();
-    let mut leases = Vec::new();
-    for (i, h) in lan.hosts.iter().enumerate() {
-        add_underlay6(h, i);
-        let mut b =
-            VxlanBackend::with_handle(VxlanOptions::default(), h.ns.netlink().expect("netlink"));
-        leases.push(bring_up_dual(&mut b, h, i, &cfg).await);
-        backends.push(b);
-    }
+    let (lan, mut backends, leases) = dual_stack_lan().await;
     let b1 = &mut backends[0];
     let h1 = &lan.hosts[0].ns;
     let first = b1.reconcile(&refs(&leases)).await.expect("reconcile");
