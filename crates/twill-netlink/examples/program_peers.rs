@@ -85,11 +85,7 @@ fn peer_mac(i: u32) -> MacAddr {
     MacAddr([0x0e, 0, 0, a, b, c])
 }
 
-fn requests4(
-    n: u32,
-    dev: u32,
-    kinds: &Kinds,
-) -> Result<Vec<Request>, Box<dyn std::error::Error>> {
+fn requests4(n: u32, dev: u32, kinds: &Kinds) -> Result<Vec<Request>, Box<dyn std::error::Error>> {
     let mut reqs = Vec::with_capacity(3 * n as usize);
     for i in 0..n {
         let gw = Ipv4Addr::from(0x0a80_0000 + (i << 8));
@@ -115,11 +111,7 @@ fn requests4(
     Ok(reqs)
 }
 
-fn requests6(
-    n: u32,
-    dev: u32,
-    kinds: &Kinds,
-) -> Result<Vec<Request>, Box<dyn std::error::Error>> {
+fn requests6(n: u32, dev: u32, kinds: &Kinds) -> Result<Vec<Request>, Box<dyn std::error::Error>> {
     let mut reqs = Vec::with_capacity(3 * n as usize);
     for i in 0..n {
         let subnet = ipnetwork::Ipv6Network::new(
