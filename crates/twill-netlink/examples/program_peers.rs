@@ -13,7 +13,7 @@
 //! IPv6 (`-6`, on `flannel-v6.1`): peer `i` is subnet `fd80:0:I::/64` with
 //! `I` = `i` as 32 bits (`fd80:0:<i/65536>:<i%65536>::/64`), `PublicIPv6`
 //! `fd01::` + `i + 1`, VTEP MAC `0e:00:00:ii:ii:ii`, laid out exactly as the
-//! vxlan backend lays out an IPv6 peer (`twill_backend::plan6::vxlan_peer6`,
+//! vxlan backend lays out an IPv6 peer (`twill_backend::vxlan_peer` for IPv6,
 //! which this crate cannot depend on): NDP entry for the subnet's first
 //! address, `bridge fdb replace` with the IPv6 `dst` (the backend's op for a
 //! unicast MAC), `<subnet> via <subnet>:: dev flannel-v6.1 onlink`.
