@@ -647,7 +647,7 @@ impl LeaseCore {
                 if let Some(Pending::Yield(key)) = self.pending.take() {
                     match r {
                         Ok(()) | Err(RegistryError::LeaseNotFound { .. }) => {
-                            self.remove_known(&key)
+                            self.remove_known(&key);
                         }
                         // Not renewed any more, it expires with its TTL;
                         // the next listing tells.
