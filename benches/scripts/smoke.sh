@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 export TINY=1 PROFILE="${PROFILE:-debug}"
-SCRIPTS=(program_peers.sh convergence.sh startup.sh memory.sh responsiveness.sh dataplane.sh allocation.sh)
+SCRIPTS=(program_peers.sh convergence.sh startup.sh memory.sh responsiveness.sh dataplane.sh allocation.sh scale.sh)
 failed=()
 start=$(date +%s)
 for s in "${SCRIPTS[@]}"; do
