@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
 use tokio::task::JoinSet;
-use twill_etcd::{EtcdConfig, EtcdRegistry};
+use twill_etcd::{EtcdConfig, EtcdError, EtcdRegistry};
 use twill_model::{LeaseAttrs, NetworkConfig, SubnetKey};
 use twill_subnet::{
     HeldLease, LeaseHandle, LeaseListing, LeaseManager, LeaseManagerConfig, LeaseWatch, Registry,
@@ -124,7 +124,26 @@ impl Opts {
 struct Counters {
     creates: AtomicU64,
     lost_races: AtomicU64,
+    /// Every other failed registry call or connect, of which `timeouts`
+    /// did not answer within the request timeout.
     errors: AtomicU64,
+    timeouts: AtomicU64,
+}
+
+impl Counters {
+    /// Counts a failed call other than a lost race, telling timeouts apart
+    /// by the etcd error's variant.
+    fn error(&self, e: &RegistryError) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if let RegistryError::Unavailable { source } = e {
+            if matches!(
+                source.downcast_ref::<EtcdError>(),
+                Some(EtcdError::Timeout { .. })
+            ) {
+                self.timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// An [`EtcdRegistry`] that counts create attempts, lost races (a create
@@ -138,8 +157,8 @@ struct Counted {
 
 impl Counted {
     fn note<T>(&self, r: Result<T, RegistryError>) -> Result<T, RegistryError> {
-        if r.is_err() {
-            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = &r {
+            self.counters.error(e);
         }
         r
     }
@@ -171,9 +190,7 @@ impl Registry for Counted {
             Err(RegistryError::Conflict { .. }) => {
                 self.counters.lost_races.fetch_add(1, Ordering::Relaxed);
             }
-            Err(_) => {
-                self.counters.errors.fetch_add(1, Ordering::Relaxed);
-            }
+            Err(e) => self.counters.error(e),
             Ok(_) => {}
         }
         r
@@ -254,8 +271,13 @@ async fn start_agent(storm: Arc<Storm>, i: usize, previous: Option<SubnetKey>) -
         match EtcdRegistry::connect(config.clone()).await {
             Ok(r) => break r,
             // Counted, not logged: 1,000 agents would flood stderr.
-            Err(_) if Instant::now() < storm.deadline => {
+            Err(e) if Instant::now() < storm.deadline => {
                 storm.counters.errors.fetch_add(1, Ordering::Relaxed);
+                if let EtcdError::Connect { source, .. } = &e {
+                    if matches!(**source, EtcdError::Timeout { .. }) {
+                        storm.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => return Err(e).context(format!("agent {i}: connecting")),
@@ -707,6 +729,10 @@ async fn run(opts: Opts) -> Result<()> {
         "join_registry_errors: {} errors",
         counters.errors.load(Ordering::Relaxed)
     );
+    println!(
+        "join_registry_timeouts: {} errors",
+        counters.timeouts.load(Ordering::Relaxed)
+    );
     print_requests("join", &s0, &s1, None);
     println!(
         "join_flannel_model_min_requests: {:.0} requests",
@@ -855,6 +881,10 @@ async fn run(opts: Opts) -> Result<()> {
     println!(
         "failover_registry_errors: {} errors",
         counters.errors.load(Ordering::Relaxed)
+    );
+    println!(
+        "failover_registry_timeouts: {} errors",
+        counters.timeouts.load(Ordering::Relaxed)
     );
     print_requests("failover", &s6, &s7, at_kill.as_ref());
     print_usage("failover", &s6, &s7, at_kill.as_ref());
