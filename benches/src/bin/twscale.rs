@@ -46,7 +46,7 @@ use twill_subnet::{
 };
 use twill_testbed::etcd::EtcdCluster;
 
-/// Linux reports /proc/<pid>/stat times in USER_HZ, 100 on every arch we run.
+/// Linux reports `/proc/<pid>/stat` times in USER_HZ, 100 on every arch we run.
 const USER_HZ: f64 = 100.0;
 
 fn main() -> Result<()> {
