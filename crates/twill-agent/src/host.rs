@@ -5,8 +5,11 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use twill_backend::UnderlayInterface;
-use twill_model::{Ipv4Network, Ipv6Network};
-use twill_netlink::{NetlinkError, NetlinkHandle, Route, Route6, MAIN_TABLE, TWILL_RTPROT};
+use twill_model::{IpNetwork, Ipv4Network, Ipv6Network};
+use twill_netlink::{
+    IpFamily, IpRoute, NetlinkError, NetlinkHandle, Request, Route, Route6, MAIN_TABLE,
+    TWILL_RTPROT,
+};
 
 /// The devices twill (and flannel) make for the overlay: `flannel.<VNI>`,
 /// `flannel-v6.<VNI>`. Taking one as the underlay would re-create it
@@ -115,21 +118,31 @@ pub fn host_networks6(
 /// When netlink cannot be read or a deletion is refused.
 pub fn remove_our_routes_over6(protected: &[Ipv6Network]) -> Result<Vec<Route6>, NetlinkError> {
     let mut nl = NetlinkHandle::new()?;
-    let overlapping: Vec<Route6> = nl
-        .route()
-        .list6(Some(MAIN_TABLE))?
+    let routes = nl.route().list6(Some(MAIN_TABLE))?;
+    remove_ours_over(&mut nl, routes, protected)
+}
+
+/// Deletes and returns the routes among `routes` that are ours (protocol
+/// [`TWILL_RTPROT`]) and overlap one of `protected`, in either family.
+fn remove_ours_over<A: IpFamily>(
+    nl: &mut NetlinkHandle,
+    routes: Vec<IpRoute<A>>,
+    protected: &[A::Network],
+) -> Result<Vec<IpRoute<A>>, NetlinkError> {
+    let overlaps = |a: IpNetwork, b: IpNetwork| a.contains(b.network()) || b.contains(a.network());
+    let ours: Vec<IpRoute<A>> = routes
         .into_iter()
         .filter(|r| r.protocol == TWILL_RTPROT)
         .filter(|r| {
             protected
                 .iter()
-                .any(|p| p.contains(r.dst.network()) || r.dst.contains(p.network()))
+                .any(|p| overlaps((*p).into(), r.dst.into()))
         })
         .collect();
-    for r in &overlapping {
-        nl.route().delete6(*r)?;
+    for r in &ours {
+        nl.execute_one(&Request::route_delete(*r))?;
     }
-    Ok(overlapping)
+    Ok(ours)
 }
 
 /// Deletes the routes of ours (protocol [`TWILL_RTPROT`], main table) whose
@@ -142,21 +155,8 @@ pub fn remove_our_routes_over6(protected: &[Ipv6Network]) -> Result<Vec<Route6>,
 /// When netlink cannot be read or a deletion is refused.
 pub fn remove_our_routes_over(protected: &[Ipv4Network]) -> Result<Vec<Route>, NetlinkError> {
     let mut nl = NetlinkHandle::new()?;
-    let overlapping: Vec<Route> = nl
-        .route()
-        .list(Some(MAIN_TABLE))?
-        .into_iter()
-        .filter(|r| r.protocol == TWILL_RTPROT)
-        .filter(|r| {
-            protected
-                .iter()
-                .any(|p| p.contains(r.dst.network()) || r.dst.contains(p.network()))
-        })
-        .collect();
-    for r in &overlapping {
-        nl.route().delete(*r)?;
-    }
-    Ok(overlapping)
+    let routes = nl.route().list(Some(MAIN_TABLE))?;
+    remove_ours_over(&mut nl, routes, protected)
 }
 
 #[cfg(test)]

@@ -40,4 +40,4 @@ pub use lease::{BackendData, LeaseAttrs, LeaseKind, SubnetLease, MAX_LEASE_BYTES
 pub use mac::MacAddr;
 pub use peer::{is_usable_public_ipv6, PeerVerdict, SkipReason};
 
-pub use ipnetwork::{Ipv4Network, Ipv6Network};
+pub use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
