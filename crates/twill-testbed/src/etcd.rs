@@ -1146,4 +1146,40 @@ mod tests {
         assert!(etcd.pid().is_none());
         assert!(!etcd.is_healthy());
     }
+    #[test]
+    fn members_on_ipv6_addresses_form_a_cluster_reachable_at_bracketed_urls() {
+        if !have_etcd() {
+            return;
+        }
+        if let Err(reason) = crate::check_root() {
+            crate::skip_or_fail(&reason);
+            return;
+        }
+        let lan = crate::netns::Lan::with_underlay(2, crate::netns::Underlay::Ipv6Only).unwrap();
+        let opts: Vec<EtcdOptions> = lan
+            .hosts
+            .iter()
+            .map(|h| EtcdOptions::in_netns_v6(h.ns.name(), h.addr6.unwrap()))
+            .collect();
+        let c = EtcdCluster::start_with(opts).unwrap();
+        assert_eq!(
+            c.endpoints(),
+            vec!["http://[fd00:10::2]:2379", "http://[fd00:10::3]:2379"]
+        );
+        c.member(0).unwrap().etcdctl(&["put", "k", "v6"]).unwrap();
+        // From the other host, over IPv6 only.
+        let out = lan.hosts[1]
+            .ns
+            .exec(
+                "etcdctl",
+                &[
+                    "--endpoints=http://[fd00:10::2]:2379",
+                    "get",
+                    "k",
+                    "--print-value-only",
+                ],
+            )
+            .unwrap();
+        assert_eq!(out.trim(), "v6");
+    }
 }
