@@ -9,7 +9,9 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, oneshot, watch};
 use tracing::{debug, error, info, warn};
 use twill_backend::{BackendRegistry, LocalSetup};
-use twill_model::{Ipv4Network, LeaseAttrs, NetworkConfig, SkipReason, SubnetEnv, SubnetKey};
+use twill_model::{
+    Ipv4Network, Ipv6Network, LeaseAttrs, NetworkConfig, SkipReason, SubnetEnv, SubnetKey,
+};
 use twill_subnet::{
     HeldLease, LeaseEvent, LeaseHandle, LeaseManager, LeaseManagerConfig, LogBudget, PeerSet,
     Registry, RegistryError, SKIP_LOG_LIMIT, SKIP_LOG_WINDOW,
@@ -145,10 +147,13 @@ impl<R: Registry + ?Sized + 'static> Agent<R> {
             return Err(AgentError::option(
                 AgentOption::PublicIpv6,
                 "(none)",
-                "is required: the network config has EnableIPv6 true; give this host's IPv6 underlay address",
+                format!(
+                    "is required: the network config has EnableIPv6 true and underlay {} has no global IPv6 address; add one, or give the address to publish",
+                    self.options.underlay.name
+                ),
             ));
         }
-        for net in protected.iter().filter(|n| {
+        for net in protected.0.iter().filter(|n| {
             config.enable_ipv4
                 && (n.contains(config.network.network()) || config.network.contains(n.network()))
         }) {
@@ -156,6 +161,18 @@ impl<R: Registry + ?Sized + 'static> Agent<R> {
                 "Network {} overlaps this host's own network {net} (underlay {}, its gateway or etcd): subnets overlapping it are never used; choose a Network apart from the hosts' own",
                 config.network, self.options.underlay.name
             );
+        }
+        if let Some(v6) = config.ipv6_network.filter(|_| config.enable_ipv6) {
+            for net in protected
+                .1
+                .iter()
+                .filter(|n| n.contains(v6.network()) || v6.contains(n.network()))
+            {
+                warn!(
+                    "IPv6Network {v6} overlaps this host's own network {net} (underlay {}, its gateway or etcd): subnets overlapping it are never used; choose an IPv6Network apart from the hosts' own",
+                    self.options.underlay.name
+                );
+            }
         }
 
         let mut manager = LeaseManager::new(
@@ -237,24 +254,46 @@ impl<R: Registry + ?Sized + 'static> Agent<R> {
 
     /// The host's own networks, computed and cleared of routes of ours
     /// before anything is leased.
-    async fn protect_host(&self) -> Result<Vec<Ipv4Network>, AgentError> {
+    async fn protect_host(&self) -> Result<(Vec<Ipv4Network>, Vec<Ipv6Network>), AgentError> {
         let mut protected = self.options.protected.clone();
+        let mut protected_v6 = self.options.protected_v6.clone();
         if !self.options.protect_host {
-            return Ok(protected);
+            return Ok((protected, protected_v6));
         }
-        let (underlay, public_ip) = (self.options.underlay.clone(), self.options.public_ip);
-        let mut host_nets = blocking(move || host::host_networks(&underlay, public_ip)).await?;
-        protected.append(&mut host_nets);
+        let o = &self.options;
+        let (underlay, public_ip, public_ipv6) = (o.underlay.clone(), o.public_ip, o.public_ipv6);
+        let (mut nets, mut nets6) = blocking(move || {
+            Ok::<_, AgentError>((
+                host::host_networks(&underlay, public_ip)?,
+                host::host_networks6(&underlay, public_ipv6)?,
+            ))
+        })
+        .await?;
+        protected.append(&mut nets);
         protected.sort_unstable();
         protected.dedup();
-        let clear = protected.clone();
-        for route in blocking(move || host::remove_our_routes_over(&clear)).await? {
+        protected_v6.append(&mut nets6);
+        protected_v6.sort_unstable();
+        protected_v6.dedup();
+        let (clear, clear6) = (protected.clone(), protected_v6.clone());
+        let removed = blocking(move || {
+            let v4: Vec<String> = host::remove_our_routes_over(&clear)?
+                .iter()
+                .map(|r| format!("{} via {:?}", r.dst, r.gateway))
+                .collect();
+            let v6: Vec<String> = host::remove_our_routes_over6(&clear6)?
+                .iter()
+                .map(|r| format!("{} via {:?}", r.dst, r.gateway))
+                .collect();
+            Ok::<_, AgentError>([v4, v6].concat())
+        })
+        .await?;
+        for route in removed {
             warn!(
-                "removed a route of ours over this host's own network: {} via {:?} (it would cut the host off its LAN, gateway or etcd)",
-                route.dst, route.gateway
+                "removed a route of ours over this host's own network: {route} (it would cut the host off its LAN, gateway or etcd)"
             );
         }
-        Ok(protected)
+        Ok((protected, protected_v6))
     }
 
     /// Waits until the registry holds a valid config whose backend can be
@@ -274,12 +313,13 @@ impl<R: Registry + ?Sized + 'static> Agent<R> {
                         Ok(backend) => {
                             let worker = BackendWorker::start(backend)?;
                             let o = &self.options;
-                            // The underlay's IPv6 address is the published
-                            // one: the agent is told it (public_ipv6), it does
-                            // not look it up.
-                            let ipv6 = o.public_ipv6.map(|addr| twill_backend::Ipv6Underlay {
-                                addr,
-                                public_ip: addr,
+                            // The VXLAN `local` is the interface's own IPv6
+                            // address; a host that publishes one it does not
+                            // hold (1:1 NAT without a global address of its
+                            // own is rare) sends from the published one.
+                            let ipv6 = o.public_ipv6.map(|public_ip| twill_backend::Ipv6Underlay {
+                                addr: o.underlay.addr6.unwrap_or(public_ip),
+                                public_ip,
                             });
                             match worker
                                 .setup(&config, o.public_ip, &o.underlay, ipv6)
@@ -338,13 +378,13 @@ impl<R: Registry + ?Sized + 'static> Agent<R> {
         &self,
         config: &NetworkConfig,
         local: &LocalSetup,
-        protected: Vec<Ipv4Network>,
+        (protected, protected_v6): (Vec<Ipv4Network>, Vec<Ipv6Network>),
     ) -> LeaseManagerConfig {
         let mut c = LeaseManagerConfig::new(lease_attrs(config, local, &self.options));
         c.ttl = self.options.lease_ttl;
         c.renew_margin = self.options.renew_margin;
         c.protected = protected;
-        c.protected_v6 = self.options.protected_v6.clone();
+        c.protected_v6 = protected_v6;
         c.rng_seed = self.options.rng_seed;
         if let Some(path) = self.options.subnet_file.clone() {
             c.previous = blocking(move || Ok::<_, AgentError>(subnet_file::previous_subnet(&path)))

@@ -2,11 +2,11 @@
 //! overlay devices, which are never an underlay. Blocking netlink reads:
 //! the agent calls them off the runtime.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use twill_backend::UnderlayInterface;
-use twill_model::Ipv4Network;
-use twill_netlink::{NetlinkError, NetlinkHandle, Route, MAIN_TABLE, TWILL_RTPROT};
+use twill_model::{Ipv4Network, Ipv6Network};
+use twill_netlink::{NetlinkError, NetlinkHandle, Route, Route6, MAIN_TABLE, TWILL_RTPROT};
 
 /// The devices twill (and flannel) make for the overlay: `flannel.<VNI>`,
 /// `flannel-v6.<VNI>`. Taking one as the underlay would re-create it
@@ -43,13 +43,7 @@ pub fn host_networks(
     let routes = nl.route().list(Some(MAIN_TABLE))?;
     // Next hops through the overlay (ours, or flanneld's before a migration:
     // `10.244.2.0/24 via 10.244.2.0 dev flannel.1`) are peers, not the host's.
-    let overlay: Vec<u32> = nl
-        .link()
-        .list()?
-        .iter()
-        .filter(|l| is_overlay_device(&l.name))
-        .map(|l| l.index)
-        .collect();
+    let overlay = overlay_indexes(&mut nl)?;
     nets.extend(
         routes
             .iter()
@@ -62,6 +56,80 @@ pub fn host_networks(
     nets.sort_unstable();
     nets.dedup();
     Ok(nets)
+}
+
+/// The overlay devices' indexes: next hops through them are peers, not
+/// the host's own.
+fn overlay_indexes(nl: &mut NetlinkHandle) -> Result<Vec<u32>, NetlinkError> {
+    Ok(nl
+        .link()
+        .list()?
+        .iter()
+        .filter(|l| is_overlay_device(&l.name))
+        .map(|l| l.index)
+        .collect())
+}
+
+/// The IPv6 side of [`host_networks`]: the underlay's global IPv6 networks,
+/// the global next hops of the main table's IPv6 routes that twill did not
+/// make and that do not leave through the overlay, and the public IPv6
+/// address. Link-local ones (`fe80::/10`, the usual IPv6 gateway) need no
+/// protection: no `IPv6Network` may overlap them.
+///
+/// # Errors
+/// When netlink cannot be read.
+pub fn host_networks6(
+    underlay: &UnderlayInterface,
+    public_ipv6: Option<Ipv6Addr>,
+) -> Result<Vec<Ipv6Network>, NetlinkError> {
+    let global = |ip: &Ipv6Addr| twill_model::is_usable_public_ipv6(*ip);
+    let host = |ip: Ipv6Addr| Ipv6Network::new(ip, 128).ok();
+    let mut nl = NetlinkHandle::new()?;
+    let mut nets: Vec<Ipv6Network> = nl
+        .address()
+        .list6(Some(underlay.index))?
+        .iter()
+        .filter(|a| global(&a.addr.ip()))
+        .filter_map(|a| Ipv6Network::new(a.addr.network(), a.addr.prefix()).ok())
+        .collect();
+    let overlay = overlay_indexes(&mut nl)?;
+    nets.extend(
+        nl.route()
+            .list6(Some(MAIN_TABLE))?
+            .iter()
+            .filter(|r| r.protocol != TWILL_RTPROT)
+            .filter(|r| !r.oif.is_some_and(|i| overlay.contains(&i)))
+            .filter_map(|r| r.gateway)
+            .filter(global)
+            .filter_map(host),
+    );
+    nets.extend(public_ipv6.and_then(host));
+    nets.sort_unstable();
+    nets.dedup();
+    Ok(nets)
+}
+
+/// The IPv6 side of [`remove_our_routes_over`].
+///
+/// # Errors
+/// When netlink cannot be read or a deletion is refused.
+pub fn remove_our_routes_over6(protected: &[Ipv6Network]) -> Result<Vec<Route6>, NetlinkError> {
+    let mut nl = NetlinkHandle::new()?;
+    let overlapping: Vec<Route6> = nl
+        .route()
+        .list6(Some(MAIN_TABLE))?
+        .into_iter()
+        .filter(|r| r.protocol == TWILL_RTPROT)
+        .filter(|r| {
+            protected
+                .iter()
+                .any(|p| p.contains(r.dst.network()) || r.dst.contains(p.network()))
+        })
+        .collect();
+    for r in &overlapping {
+        nl.route().delete6(*r)?;
+    }
+    Ok(overlapping)
 }
 
 /// Deletes the routes of ours (protocol [`TWILL_RTPROT`], main table) whose

@@ -26,10 +26,10 @@ pub struct AgentOptions {
     pub underlay: UnderlayInterface,
     /// The `PublicIP` to publish (default: the underlay's address).
     pub public_ip: Ipv4Addr,
-    /// The `PublicIPv6` to publish (flannel's `-public-ipv6`): required when
-    /// the network config has `EnableIPv6`, where it identifies our lease
-    /// and carries the IPv6 side's traffic. `None` by default: the
-    /// underlay's IPv6 address is not looked up yet.
+    /// The `PublicIPv6` to publish (flannel's `-public-ipv6`; default: the
+    /// underlay's IPv6 address, [`UnderlayInterface::addr6`]). Required
+    /// when the network config has `EnableIPv6`, where it identifies our
+    /// lease and carries the IPv6 side's traffic; unused otherwise.
     pub public_ipv6: Option<Ipv6Addr>,
     /// Where to write `FLANNEL_NETWORK`, `FLANNEL_SUBNET`, `FLANNEL_MTU`,
     /// `FLANNEL_IPMASQ` (`None`: no file). Its subnet is asked for again at
@@ -60,10 +60,10 @@ pub struct AgentOptions {
     /// More networks of this host to protect (the etcd endpoints'
     /// addresses, which only the caller knows).
     pub protected: Vec<Ipv4Network>,
-    /// This host's own IPv6 networks (IPv6 etcd endpoints, the underlay's
-    /// IPv6 networks): no IPv6 subnet overlapping one is ever leased or
-    /// accepted as a peer's. Not discovered from the kernel yet, so give
-    /// them here.
+    /// More IPv6 networks of this host to protect (the IPv6 etcd
+    /// endpoints' addresses), beside those found in the kernel with
+    /// [`Self::protect_host`]: no IPv6 subnet overlapping one is ever leased
+    /// or accepted as a peer's.
     pub protected_v6: Vec<Ipv6Network>,
     /// Seed of the random subnet choice (tests); random when `None`.
     pub rng_seed: Option<u64>,
@@ -78,7 +78,7 @@ impl AgentOptions {
     pub fn new(underlay: UnderlayInterface) -> Self {
         AgentOptions {
             public_ip: underlay.addr,
-            public_ipv6: None,
+            public_ipv6: underlay.addr6,
             underlay,
             subnet_file: Some(PathBuf::from(twill_model::DEFAULT_SUBNET_FILE)),
             lease_ttl: Duration::from_secs(24 * 3600),
@@ -245,6 +245,7 @@ mod tests {
             index: 2,
             mtu: 1500,
             addr: "10.0.0.2".parse().unwrap(),
+            addr6: None,
         }
     }
 

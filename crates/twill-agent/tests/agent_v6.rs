@@ -1,6 +1,5 @@
 //! The agent on dual-stack and IPv6-only networks, on the in-memory
-//! registry (with [`MemoryRegistry::allow_unsupported`], since no backend
-//! programs IPv6 yet) and a backend of the test's own: the lease carries
+//! registry and a backend of the test's own: the lease carries
 //! `PublicIPv6`, subnet.env gets flannel's IPv6 lines, and a restart asks
 //! for both halves again.
 
@@ -89,7 +88,6 @@ fn start(registry: Arc<MemoryRegistry>, options: AgentOptions) -> Harness {
 
 fn registry(config: &str) -> Arc<MemoryRegistry> {
     let r = Arc::new(MemoryRegistry::new());
-    r.allow_unsupported(true);
     r.set_config(config);
     r
 }
@@ -220,26 +218,10 @@ async fn ipv6_network_without_public_ipv6_is_refused() {
         "{err}"
     );
     assert!(registry.list_leases().await.unwrap().leases.is_empty());
-}
-
-/// Without the test switch the registry still refuses EnableIPv6: the
-/// agent waits on it as on any invalid config.
-#[tokio::test(flavor = "current_thread")]
-async fn without_the_switch_ipv6_is_still_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = Arc::new(MemoryRegistry::new());
-    registry.set_config(DUAL);
-    let mut h = start(registry.clone(), options(&dir.path().join("subnet.env"), 1));
-    let problem = next(&mut h.events, |e| match e {
-        AgentEvent::ConfigInvalid { problem, .. } => Some(problem.to_string()),
-        _ => None,
-    })
-    .await;
-    assert!(problem.contains("EnableIPv6"), "{problem}");
-    assert!(matches!(
-        registry.get_config().await,
-        Err(twill_subnet::RegistryError::InvalidConfig { .. })
-    ));
-    h.stop.shutdown();
-    h.running.await.unwrap().unwrap();
+    // The message names the underlay that has no IPv6 address.
+    assert!(
+        err.to_string()
+            .contains("underlay eth0 has no global IPv6 address"),
+        "{err}"
+    );
 }

@@ -30,7 +30,7 @@
 //! #   -> Result<(), Box<dyn std::error::Error>> {
 //! let config = NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#)?;
 //! let mut backend = BackendRegistry::with_builtins().create(&config.backend)?;
-//! let underlay = UnderlayInterface { name: "eth0".into(), index: 2, mtu: 1500, addr: "10.0.0.2".parse()? };
+//! let underlay = UnderlayInterface { name: "eth0".into(), index: 2, mtu: 1500, addr: "10.0.0.2".parse()?, addr6: None };
 //! let host = HostContext { config: &config, public_ip: underlay.addr, underlay: &underlay, ipv6: None };
 //! let local = backend.setup(&host).await?;       // creates flannel.1, says what to publish
 //! println!("FLANNEL_MTU={}", local.mtu);
@@ -84,14 +84,31 @@ pub struct UnderlayInterface {
     pub mtu: u32,
     /// Its IPv4 address (the VXLAN `local` address).
     pub addr: Ipv4Addr,
+    /// Its IPv6 address, when it has a global one (the `local` of
+    /// `flannel-v6.<VNI>`): flannel's `IfaceV6Addr`, used when the network
+    /// config has `EnableIPv6`.
+    pub addr6: Option<Ipv6Addr>,
+}
+
+/// flannel's choice of an interface's IPv6 address (`GetInterfaceIP6Addrs`):
+/// the first global unicast one, unique-local (`fd00::/8`) included, as Go's
+/// `IsGlobalUnicast` counts it; never link-local, loopback or multicast.
+#[must_use]
+pub fn first_global_ipv6(addrs: &[twill_netlink::Address6], index: u32) -> Option<Ipv6Addr> {
+    addrs
+        .iter()
+        .filter(|a| a.index == index)
+        .map(|a| a.addr.ip())
+        .find(|ip| twill_model::is_usable_public_ipv6(*ip))
 }
 
 impl UnderlayInterface {
-    /// Finds an interface by name (`eth0`) or by one of its IPv4 addresses
-    /// (`10.0.0.2`), as flanneld's `-iface` does; `addr` is the given
-    /// address, or the interface's first IPv4 address when a name is given.
-    /// `None` when nothing matches or the named interface has no IPv4
-    /// address.
+    /// Finds an interface by name (`eth0`) or by one of its addresses
+    /// (`10.0.0.2`, `fd00::2`), as flanneld's `-iface` does. `addr` is the
+    /// given IPv4 address, or the interface's first IPv4 address; `addr6`
+    /// the given IPv6 address, or the interface's first global one
+    /// ([`first_global_ipv6`]). `None` when nothing matches or the
+    /// interface has no IPv4 address.
     ///
     /// # Errors
     /// When the links or addresses cannot be listed.
@@ -100,19 +117,31 @@ impl UnderlayInterface {
         name_or_ip: &str,
     ) -> Result<Option<Self>, BackendError> {
         let addrs = nl.address().list(None)?;
-        let (index, addr) = if let Ok(ip) = name_or_ip.parse::<Ipv4Addr>() {
-            match addrs.iter().find(|a| a.addr.ip() == ip) {
-                Some(a) => (a.index, ip),
+        let addrs6 = nl.address().list6(None)?;
+        let (index, given) = match name_or_ip.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(ip)) => match addrs.iter().find(|a| a.addr.ip() == ip) {
+                Some(a) => (a.index, Some(std::net::IpAddr::V4(ip))),
                 None => return Ok(None),
-            }
-        } else {
-            let Some(link) = nl.link().find(name_or_ip)? else {
-                return Ok(None);
-            };
-            match addrs.iter().find(|a| a.index == link.index) {
-                Some(a) => (link.index, a.addr.ip()),
+            },
+            Ok(std::net::IpAddr::V6(ip)) => match addrs6.iter().find(|a| a.addr.ip() == ip) {
+                Some(a) => (a.index, Some(std::net::IpAddr::V6(ip))),
                 None => return Ok(None),
-            }
+            },
+            Err(_) => match nl.link().find(name_or_ip)? {
+                Some(link) => (link.index, None),
+                None => return Ok(None),
+            },
+        };
+        let addr = match given {
+            Some(std::net::IpAddr::V4(ip)) => Some(ip),
+            _ => addrs.iter().find(|a| a.index == index).map(|a| a.addr.ip()),
+        };
+        let addr6 = match given {
+            Some(std::net::IpAddr::V6(ip)) => Some(ip),
+            _ => first_global_ipv6(&addrs6, index),
+        };
+        let Some(addr) = addr else {
+            return Ok(None);
         };
         let link = nl.link().get_by_index(index)?;
         Ok(Some(UnderlayInterface {
@@ -120,6 +149,7 @@ impl UnderlayInterface {
             index,
             mtu: link.mtu,
             addr,
+            addr6,
         }))
     }
 }

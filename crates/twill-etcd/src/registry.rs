@@ -311,15 +311,12 @@ impl EtcdRegistry {
     ///
     /// # Errors
     /// [`RegistryError::InvalidConfig`] when `json` is not a valid flannel
-    /// config or asks for what twill cannot program yet
-    /// ([`NetworkConfig::check_supported`]), or [`RegistryError::Unavailable`].
+    /// config, or [`RegistryError::Unavailable`].
     pub async fn put_config(&self, json: &str) -> Result<(), RegistryError> {
-        NetworkConfig::parse(json)
-            .and_then(|cfg| cfg.check_supported())
-            .map_err(|source| RegistryError::InvalidConfig {
-                key: self.shared.config_key.clone(),
-                source,
-            })?;
+        NetworkConfig::parse(json).map_err(|source| RegistryError::InvalidConfig {
+            key: self.shared.config_key.clone(),
+            source,
+        })?;
         let mut kv = self.shared.kv();
         self.shared
             .call("put", kv.put(self.shared.config_key.as_bytes(), json, None))
@@ -327,8 +324,7 @@ impl EtcdRegistry {
         Ok(())
     }
 
-    /// Reads and validates `<prefix>/config`, refusing what twill cannot
-    /// program yet ([`NetworkConfig::check_supported`]).
+    /// Reads and validates `<prefix>/config`.
     ///
     /// # Errors
     /// [`RegistryError::ConfigNotFound`], [`RegistryError::InvalidConfig`],
@@ -343,12 +339,10 @@ impl EtcdRegistry {
         let Some(kv) = resp.kvs().first() else {
             return Err(RegistryError::ConfigNotFound { key: key.clone() });
         };
-        NetworkConfig::parse_slice(kv.value())
-            .and_then(|cfg| cfg.check_supported().map(|()| cfg))
-            .map_err(|source| RegistryError::InvalidConfig {
-                key: key.clone(),
-                source,
-            })
+        NetworkConfig::parse_slice(kv.value()).map_err(|source| RegistryError::InvalidConfig {
+            key: key.clone(),
+            source,
+        })
     }
 
     /// Lists every lease in one range request.

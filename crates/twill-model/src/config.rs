@@ -78,9 +78,7 @@ impl BackendConfig {
 ///
 /// Both address families are parsed and validated as flannel does
 /// (`EnableIPv4` true by default, `EnableIPv6` false; dual stack and
-/// IPv6-only configs parse). Whether twill can *program* what a config asks
-/// for is a separate question, answered by [`NetworkConfig::check_supported`]
-/// where a config is read for use (the registries' `get_config`).
+/// IPv6-only configs parse).
 ///
 /// ```
 /// use twill_model::NetworkConfig;
@@ -99,8 +97,6 @@ impl BackendConfig {
 /// assert_eq!(cfg.ipv6_subnet_min.unwrap().to_string(), "fd00:10:0:1::");
 /// assert_eq!(cfg.ipv6_subnet_max.unwrap().to_string(), "fd00:10:0:ff::");
 /// assert_eq!(cfg.ipv6_subnet_count(), 255);
-/// // ... which twill parses but cannot program yet.
-/// assert!(cfg.check_supported().is_err());
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetworkConfig {
@@ -362,32 +358,6 @@ impl NetworkConfig {
             cfg.validate_v6()?;
         }
         Ok(cfg)
-    }
-
-    /// Refuses what twill parses but cannot program yet: `EnableIPv6` true
-    /// (dual stack and IPv6-only overlays). Called where a config is read
-    /// for use (the etcd and in-memory registries' `get_config`, the etcd
-    /// registry's `put_config`), so a daemon or agent waits on it as on any
-    /// invalid config, with this one-line error, instead of running an
-    /// IPv6-only config with an all-zero IPv4 side (a `0.0.0.0-0` lease) or
-    /// a dual-stack one without its IPv6 half.
-    ///
-    /// Kept apart from [`NetworkConfig::parse`] so that the IPv6 fields are
-    /// parsed and validated in full (and tested) before they are programmed;
-    /// the day the backends program IPv6, this check goes and nothing else
-    /// changes.
-    ///
-    /// # Errors
-    /// [`ModelError::Unsupported`] naming `EnableIPv6`.
-    pub fn check_supported(&self) -> Result<(), ModelError> {
-        if self.enable_ipv6 {
-            return Err(ModelError::Unsupported {
-                field: "EnableIPv6",
-                value: "true".into(),
-                reason: "IPv6 overlays are not supported yet (dual-stack and IPv6-only are planned); set EnableIPv6 false".into(),
-            });
-        }
-        Ok(())
     }
 
     /// flannel's `CheckNetworkConfig` for IPv4, with typed errors, plus

@@ -152,17 +152,6 @@ pub enum ModelError {
         /// The value as found.
         value: String,
     },
-    /// A valid setting that twill does not implement yet (e.g. `EnableIPv6`
-    /// true): refused rather than half-applied.
-    #[error("{field} {value}: {reason}")]
-    Unsupported {
-        /// The field, as flannel names it.
-        field: &'static str,
-        /// The value as found.
-        value: String,
-        /// What is missing and what to set instead.
-        reason: String,
-    },
     /// A value could not be written as JSON. Kept as an error rather than
     /// an empty string, which would be stored as the value.
     #[error("cannot write {what} as JSON: {reason}")]

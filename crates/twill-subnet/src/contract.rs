@@ -194,8 +194,7 @@ async fn next_event(
 
 /// `get_config`: [`RegistryError::ConfigNotFound`] naming `<prefix>/config`
 /// while there is none, [`RegistryError::InvalidConfig`] for an invalid one
-/// and for one [`twill_model::NetworkConfig::check_supported`] refuses,
-/// the parsed config for a valid one.
+/// the parsed config for a valid one (dual stack included).
 pub async fn config_get(fx: &dyn ContractFixture) -> CheckResult {
     const C: &str = "config_get";
     let reg = fx.registry();
@@ -228,27 +227,20 @@ pub async fn config_get(fx: &dyn ContractFixture) -> CheckResult {
         matches!(got, Err(RegistryError::InvalidConfig { .. })),
         "not JSON: expected InvalidConfig, got {got:?}"
     );
-    // Valid, but not programmable yet: refused through the one check.
+    // Dual stack (issue 15): read with its IPv6 side.
     ok(
         C,
         "writing the config",
         fx.put_config(r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48"}"#)
             .await,
     )?;
-    let got = reg.get_config().await;
+    let got = ok(C, "a dual-stack config", reg.get_config().await)?;
     ensure!(
         C,
-        matches!(
-            &got,
-            Err(RegistryError::InvalidConfig {
-                source: twill_model::ModelError::Unsupported {
-                    field: "EnableIPv6",
-                    ..
-                },
-                ..
-            })
-        ),
-        "EnableIPv6: expected InvalidConfig(Unsupported), got {got:?}"
+        got.enable_ipv4
+            && got.enable_ipv6
+            && got.ipv6_network.map(|n| n.to_string()).as_deref() == Some("fd00::/48"),
+        "dual stack: read back as {got:?}"
     );
     ok(
         C,

@@ -2,7 +2,6 @@
 //! compaction, on tokio's clock.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -71,8 +70,6 @@ struct Shared {
     state: Mutex<State>,
     /// The current revision, to wake watchers.
     rev_tx: watch::Sender<i64>,
-    /// See [`MemoryRegistry::allow_unsupported`].
-    allow_unsupported: AtomicBool,
 }
 
 /// An in-memory lease store with etcd's semantics where twill relies on them:
@@ -298,17 +295,6 @@ impl MemoryRegistry {
         Self::with_prefix(DEFAULT_PREFIX)
     }
 
-    /// Tests only: let `get_config` hand out configs that parse but that
-    /// [`NetworkConfig::check_supported`] refuses (today `EnableIPv6`), so
-    /// that the lease logic and the agent can be tested on dual-stack and
-    /// IPv6-only networks before any backend programs them. Off by default;
-    /// the etcd registry, and so every daemon, has no such switch.
-    pub fn allow_unsupported(&self, allow: bool) {
-        self.shared
-            .allow_unsupported
-            .store(allow, Ordering::Relaxed);
-    }
-
     /// An empty registry whose keys (as reported in [`MalformedLease::key`]
     /// and errors) live under `prefix`.
     #[must_use]
@@ -319,7 +305,6 @@ impl MemoryRegistry {
                 prefix: prefix.trim_end_matches('/').to_string(),
                 state: Mutex::new(State::default()),
                 rev_tx,
-                allow_unsupported: AtomicBool::new(false),
             }),
         }
     }
@@ -463,13 +448,6 @@ impl Registry for MemoryRegistry {
         match raw {
             None => Err(RegistryError::ConfigNotFound { key }),
             Some(bytes) => NetworkConfig::parse_slice(&bytes)
-                .and_then(|cfg| {
-                    if self.shared.allow_unsupported.load(Ordering::Relaxed) {
-                        Ok(cfg)
-                    } else {
-                        cfg.check_supported().map(|()| cfg)
-                    }
-                })
                 .map_err(|source| RegistryError::InvalidConfig { key, source }),
         }
     }

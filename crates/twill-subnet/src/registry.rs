@@ -201,10 +201,9 @@ pub trait Registry: Send + Sync {
     /// for messages that tell an operator where to fix it.
     fn config_key(&self) -> String;
 
-    /// Reads and validates the network config, and refuses what twill
-    /// cannot program yet: [`RegistryError::InvalidConfig`] carrying the
-    /// error of [`NetworkConfig::check_supported`] (e.g. `EnableIPv6` true),
-    /// which implementations call after [`NetworkConfig::parse_slice`].
+    /// Reads and validates the network config ([`NetworkConfig::parse_slice`]):
+    /// [`RegistryError::InvalidConfig`] carrying the model's error when it
+    /// is not a valid flannel config.
     async fn get_config(&self) -> Result<NetworkConfig, RegistryError>;
 
     /// Lists every lease with the store revision, in one request.

@@ -66,6 +66,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         index: 0,
         mtu: 1500,
         addr,
+        addr6: None,
     });
     options.subnet_file = None; // flanneld's is /run/flannel/subnet.env
     options.protect_host = false; // this demo has no kernel state to protect

@@ -1,6 +1,6 @@
 //! flanneld's command line, as Go's `flag` package accepts it.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -55,6 +55,10 @@ pub struct Flags {
     /// IP accessible by other nodes for inter-host communication (default: the interface's).
     #[arg(long, env = "FLANNELD_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
+    /// IPv6 address accessible by other nodes, when the network config has
+    /// EnableIPv6 (default: the interface's first global IPv6 address).
+    #[arg(long, env = "FLANNELD_PUBLIC_IPV6")]
+    pub public_ipv6: Option<Ipv6Addr>,
     /// Filename where env variables (subnet, MTU, ...) will be written to.
     #[arg(
         long,

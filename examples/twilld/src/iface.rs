@@ -6,18 +6,19 @@ use std::net::Ipv4Addr;
 
 use anyhow::{bail, Context};
 use twill_backend::UnderlayInterface;
-use twill_netlink::{Link, NetlinkHandle};
+use twill_netlink::{Address6, Link, NetlinkHandle};
 
 fn first_v4(addrs: &[twill_netlink::Address], index: u32) -> Option<Ipv4Addr> {
     addrs.iter().find(|a| a.index == index).map(|a| a.addr.ip())
 }
 
-fn underlay(link: &Link, addr: Ipv4Addr) -> UnderlayInterface {
+fn underlay(link: &Link, addr: Ipv4Addr, addrs6: &[Address6]) -> UnderlayInterface {
     UnderlayInterface {
         name: link.name.clone(),
         index: link.index,
         mtu: link.mtu,
         addr,
+        addr6: twill_backend::first_global_ipv6(addrs6, link.index),
     }
 }
 
@@ -29,6 +30,7 @@ pub fn choose(ifaces: &[String], regexes: &[String]) -> anyhow::Result<UnderlayI
     let mut nl = NetlinkHandle::new().context("cannot open a netlink socket")?;
     let links = nl.link().list().context("cannot list interfaces")?;
     let addrs = nl.address().list(None).context("cannot list addresses")?;
+    let addrs6 = nl.address().list6(None).context("cannot list addresses")?;
 
     // The overlay device check is the agent's (AgentOptions::validate).
     for wanted in ifaces {
@@ -56,7 +58,7 @@ pub fn choose(ifaces: &[String], regexes: &[String]) -> anyhow::Result<UnderlayI
                 continue;
             }
             if re.is_match(&a.addr.ip().to_string()) || re.is_match(&link.name) {
-                return Ok(underlay(link, a.addr.ip()));
+                return Ok(underlay(link, a.addr.ip(), &addrs6));
             }
         }
     }
@@ -80,5 +82,5 @@ pub fn choose(ifaces: &[String], regexes: &[String]) -> anyhow::Result<UnderlayI
             link.name
         )
     })?;
-    Ok(underlay(link, ip))
+    Ok(underlay(link, ip, &addrs6))
 }

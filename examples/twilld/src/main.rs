@@ -21,7 +21,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, info, warn};
 use twill_agent::{Agent, AgentError, AgentOption, AgentOptions, AgentStatus, BackendRegistry};
 use twill_etcd::{EtcdConfig, EtcdError, EtcdRegistry, EtcdTls};
-use twill_model::Ipv4Network;
+use twill_model::{Ipv4Network, Ipv6Network};
 
 use crate::flags::Flags;
 
@@ -219,6 +219,7 @@ fn agent_options(
     let iface = underlay.name.clone();
     let mut o = AgentOptions::new(underlay);
     o.public_ip = flags.public_ip.unwrap_or(o.public_ip);
+    o.public_ipv6 = flags.public_ipv6.or(o.public_ipv6);
     o.subnet_file = Some(flags.subnet_file.clone());
     o.lease_ttl = flags.lease_ttl;
     o.renew_margin = Duration::from_secs(flags.subnet_lease_renew_margin.saturating_mul(60));
@@ -227,25 +228,33 @@ fn agent_options(
     o.ip_masq = flags.ip_masq;
     o.release_on_exit = flags.release_on_exit;
     // The etcd endpoints given as addresses; DNS names are not resolved.
-    o.protected = flags
+    for ip in flags
         .etcd_endpoints
         .iter()
         .filter_map(|e| e.parse::<twill_etcd::EtcdEndpoint>().ok()?.ip())
-        .filter_map(|ip| match ip {
-            std::net::IpAddr::V4(v4) => Ipv4Network::new(v4, 32).ok(),
-            std::net::IpAddr::V6(_) => None,
-        })
-        .collect();
-    match o.validate() {
-        Ok(()) => Ok(o),
-        Err(AgentError::InvalidOption {
+    {
+        match ip {
+            std::net::IpAddr::V4(v4) => o.protected.extend(Ipv4Network::new(v4, 32).ok()),
+            std::net::IpAddr::V6(v6) => o.protected_v6.extend(Ipv6Network::new(v6, 128).ok()),
+        }
+    }
+    o.validate().map_err(|e| flag_error(flags, &iface, e))?;
+    Ok(o)
+}
+
+/// An agent error, with an option named by the flag that sets it.
+fn flag_error(flags: &Flags, iface: &str, e: AgentError) -> anyhow::Error {
+    match e {
+        AgentError::InvalidOption {
             option,
             value,
             reason,
-        }) => {
+        } => {
             let flag = match option {
                 AgentOption::PublicIp if flags.public_ip.is_some() => "-public-ip".to_string(),
                 AgentOption::PublicIp => format!("-iface {iface}: its address"),
+                AgentOption::PublicIpv6 if flags.public_ipv6.is_some() => "-public-ipv6".into(),
+                AgentOption::PublicIpv6 => format!("-iface {iface}: its IPv6 address"),
                 AgentOption::Underlay => "-iface".into(),
                 AgentOption::SubnetFile => "-subnet-file".into(),
                 AgentOption::LeaseTtl => "-lease-ttl".into(),
@@ -254,9 +263,9 @@ fn agent_options(
                 AgentOption::RetryInterval => "-retry-interval".into(),
                 other => other.to_string(),
             };
-            bail!("{flag} {value} {reason}")
+            anyhow::anyhow!("{flag} {value} {reason}")
         }
-        Err(other) => Err(other.into()),
+        other => other.into(),
     }
 }
 
@@ -267,6 +276,9 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let _instance = instance_lock()?;
     let (underlay, public_ip) = (&options.underlay, options.public_ip);
     info!(iface = %underlay.name, %public_ip, mtu = underlay.mtu, "using interface {} ({public_ip}) for inter-host traffic", underlay.name);
+    if let Some(v6) = options.public_ipv6 {
+        info!(iface = %underlay.name, public_ipv6 = %v6, "IPv6 address {v6} (used when the network config has EnableIPv6)");
+    }
 
     let status = Arc::new(AgentStatus::default());
     let _http = if flags.healthz_port == 0 {
@@ -285,15 +297,27 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let mut protected = twill_agent::host::host_networks(underlay, public_ip)
         .context("reading this host's networks")?;
     protected.extend(options.protected.iter().copied());
-    for route in twill_agent::host::remove_our_routes_over(&protected)
+    let mut protected6 = twill_agent::host::host_networks6(underlay, options.public_ipv6)
+        .context("reading this host's networks")?;
+    protected6.extend(options.protected_v6.iter().copied());
+    let removed = twill_agent::host::remove_our_routes_over(&protected)
         .context("removing routes of ours over this host's networks")?
-    {
+        .iter()
+        .map(|r| format!("{} via {:?}", r.dst, r.gateway))
+        .chain(
+            twill_agent::host::remove_our_routes_over6(&protected6)
+                .context("removing routes of ours over this host's networks")?
+                .iter()
+                .map(|r| format!("{} via {:?}", r.dst, r.gateway)),
+        )
+        .collect::<Vec<_>>();
+    for route in removed {
         warn!(
-            "removed a route of ours over this host's own network: {} via {:?} (it would cut the host off its LAN, gateway or etcd)",
-            route.dst, route.gateway
+            "removed a route of ours over this host's own network: {route} (it would cut the host off its LAN, gateway or etcd)"
         );
     }
     let registry = Arc::new(connect(etcd_config, flags.retry_interval).await?);
+    let iface = options.underlay.name.clone();
     let agent =
         Agent::new(registry, BackendRegistry::with_builtins(), options)?.with_status(status);
 
@@ -307,5 +331,5 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         }
         stop.shutdown();
     });
-    Ok(agent.run().await?)
+    agent.run().await.map_err(|e| flag_error(&flags, &iface, e))
 }

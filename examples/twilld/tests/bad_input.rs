@@ -429,14 +429,15 @@ fn invalid_configs_are_logged_naming_the_field_and_waited_on() {
             "EnableIPv4",
             r#"{"Network":"10.5.0.0/16","EnableIPv4":"yes"}"#.into(),
         ),
-        // Issue 12: IPv6 is refused (not leased as 0.0.0.0-0, not dropped).
+        // Issue 15: a bad IPv6 side gets its own error (IPv6 configs are
+        // programmed now; a valid one is not bad input).
         (
-            "EnableIPv6 true: IPv6 overlays are not supported yet",
-            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}"#.into(),
+            "IPv6Network is missing",
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"Backend":{"Type":"vxlan"}}"#.into(),
         ),
         (
-            "EnableIPv6 true: IPv6 overlays are not supported yet",
-            r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"vxlan"}}"#.into(),
+            "IPv6SubnetLen 40 is too short",
+            r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetLen":40,"Backend":{"Type":"vxlan"}}"#.into(),
         ),
         // Issue 13: networks that cannot carry an overlay (127.0.0.0/8 used
         // to fail with "Invalid argument" on every reconcile).

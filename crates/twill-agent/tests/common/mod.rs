@@ -16,6 +16,7 @@ pub(crate) fn underlay() -> UnderlayInterface {
         index: 0,
         mtu: 1500,
         addr: "192.0.2.1".parse().unwrap(),
+        addr6: None,
     }
 }
 

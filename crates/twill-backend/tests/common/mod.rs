@@ -22,6 +22,7 @@ pub fn underlay(host: &Host) -> UnderlayInterface {
         index: eth0.index,
         mtu: eth0.mtu,
         addr: host.addr,
+        addr6: None,
     }
 }
 
