@@ -472,7 +472,8 @@ fn dual_stack_etcd_outage_keeps_the_dataplane_and_converges_after() {
     c.wait_converged(DEADLINE)
         .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     for i in 0..3 {
-        assert!(c.routes6(i).unwrap().len() == 2, "{}", c.name(i));
+        let k = c.kernel_state(i).unwrap();
+        assert_eq!((k.routes6.len(), k.fdb6.len()), (2, 2), "{}: {k:?}", c.name(i));
     }
     assert_eq!(all_ping_both(&c), Vec::<String>::new());
     common::report(

@@ -182,10 +182,7 @@ impl TwillCluster {
     /// this host (a duplicate).
     pub fn own_lease(&self, i: usize) -> Result<Option<StoredLease>, ClusterError> {
         self.check(i)?;
-        let ip = self
-            .ip6(i)
-            .filter(|_| self.ip(i).is_unspecified())
-            .map_or_else(|| self.ip(i).to_string(), |a6| a6.to_string());
+        let ip = self.ip_label(i);
         let mut own: Vec<StoredLease> = self
             .leases()?
             .into_iter()

@@ -354,7 +354,7 @@ impl TwillCluster {
         for &i in hosts {
             self.check(i)?;
             if !leases.iter().any(|l| self.is_lease_of(i, l)) {
-                out.push(format!("{} ({}) has no lease", self.names[i], self.ip(i)));
+                out.push(format!("{} ({}) has no lease", self.names[i], self.ip_label(i)));
                 continue;
             }
             let want = self.expected_state(i, &leases);
@@ -363,7 +363,7 @@ impl TwillCluster {
                 out.push(format!(
                     "{} ({}): kernel {have:?}, leases want {want:?}",
                     self.names[i],
-                    self.ip(i)
+                    self.ip_label(i)
                 ));
             }
         }

@@ -260,6 +260,20 @@ impl TwillCluster {
         self.lan.hosts[i].addr6
     }
 
+    /// Host `i`'s underlay address for messages: its IPv4 address, or its
+    /// IPv6 one on an IPv6-only LAN.
+    ///
+    /// # Panics
+    /// When `i` is out of range (a test bug).
+    #[must_use]
+    pub fn ip_label(&self, i: usize) -> String {
+        let h = &self.lan.hosts[i];
+        match h.addr6 {
+            Some(a6) if h.addr.is_unspecified() => a6.to_string(),
+            _ => h.addr.to_string(),
+        }
+    }
+
     /// The LAN's address families.
     #[must_use]
     pub fn underlay(&self) -> Underlay {

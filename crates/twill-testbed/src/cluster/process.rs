@@ -129,7 +129,7 @@ impl TwillCluster {
                 s.push_str(&format!(
                     "--- {} ({}) ---\n{}\n",
                     self.names[i],
-                    self.ip(i),
+                    self.ip_label(i),
                     d.log()
                 ));
             }
