@@ -140,19 +140,6 @@ impl<R: Registry + ?Sized + 'static> Agent<R> {
             config: config.clone(),
             mtu: local.mtu,
         });
-        // The IPv6 side is the lease's too: without our PublicIPv6 there is
-        // no lease of ours to find, nor an address to publish.
-        if config.enable_ipv6 && self.options.public_ipv6.is_none() {
-            worker.stop().await;
-            return Err(AgentError::option(
-                AgentOption::PublicIpv6,
-                "(none)",
-                format!(
-                    "is required: the network config has EnableIPv6 true and underlay {} has no global IPv6 address; add one, or give the address to publish",
-                    self.options.underlay.name
-                ),
-            ));
-        }
         for net in protected.0.iter().filter(|n| {
             config.enable_ipv4
                 && (n.contains(config.network.network()) || config.network.contains(n.network()))
@@ -296,6 +283,35 @@ impl<R: Registry + ?Sized + 'static> Agent<R> {
         Ok((protected, protected_v6))
     }
 
+    /// What each address family the config enables needs of this host, checked
+    /// before the backend touches the kernel: an IPv4 address to publish with
+    /// `EnableIPv4`, an IPv6 one with `EnableIPv6` (without it there is no
+    /// lease of ours to find, nor an address to publish).
+    fn check_families(&self, config: &NetworkConfig) -> Result<(), AgentError> {
+        let o = &self.options;
+        if config.enable_ipv4 && o.public_ip.is_none() {
+            return Err(AgentError::option(
+                AgentOption::PublicIp,
+                "(none)",
+                format!(
+                    "is required: the network config has EnableIPv4 true and underlay {} has no IPv4 address; add one, give the address to publish, or set EnableIPv4 false for an IPv6-only network",
+                    o.underlay.name
+                ),
+            ));
+        }
+        if config.enable_ipv6 && o.public_ipv6.is_none() {
+            return Err(AgentError::option(
+                AgentOption::PublicIpv6,
+                "(none)",
+                format!(
+                    "is required: the network config has EnableIPv6 true and underlay {} has no global IPv6 address; add one, or give the address to publish",
+                    o.underlay.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Waits until the registry holds a valid config whose backend can be
     /// built and set up on this host. Each distinct problem is logged and
     /// sent once. `None` if asked to stop meanwhile.
@@ -309,6 +325,7 @@ impl<R: Registry + ?Sized + 'static> Agent<R> {
             let problem = match self.registry.get_config().await {
                 Ok(config) => {
                     self.reachable(true);
+                    self.check_families(&config)?;
                     match self.backends.create(&config.backend) {
                         Ok(backend) => {
                             let worker = BackendWorker::start(backend)?;
@@ -321,10 +338,12 @@ impl<R: Registry + ?Sized + 'static> Agent<R> {
                                 addr: o.underlay.addr6.unwrap_or(public_ip),
                                 public_ip,
                             });
-                            match worker
-                                .setup(&config, o.public_ip, &o.underlay, ipv6)
-                                .await?
-                            {
+                            // flannel's PublicIP of an IPv6-only lease.
+                            let public_ip = o
+                                .public_ip
+                                .filter(|_| config.enable_ipv4)
+                                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+                            match worker.setup(&config, public_ip, &o.underlay, ipv6).await? {
                                 Ok(local) => return Ok(Some((config, worker, local))),
                                 Err(e) if e.is_config() => {
                                     worker.stop().await;
@@ -536,12 +555,10 @@ impl<R: Registry + ?Sized + 'static> Running<'_, R> {
                 subnet: held.lease.key,
             });
         }
-        // The masquerade rules are IPv4 (table `ip twill`): an IPv6-only
-        // lease's 0.0.0.0/0 must not become a rule.
-        if options.ip_masq && self.config.enable_ipv4 {
-            let (network, subnet) = (self.config.network, held.lease.key.ipv4);
-            blocking(move || masq::apply(network, subnet)).await?;
-            info!("masquerade rules installed (nft table ip {})", masq::TABLE);
+        if options.ip_masq {
+            let networks = masq::MasqNetworks::for_lease(&self.config, &held.lease.key);
+            blocking(move || masq::apply(&networks)).await?;
+            info!("masquerade rules installed (nft tables: {networks})");
         }
         // Queued behind a pass in flight, if any: the backend runs one job
         // at a time.

@@ -30,7 +30,7 @@ pub fn is_overlay_device(name: &str) -> bool {
 /// When netlink cannot be read.
 pub fn host_networks(
     underlay: &UnderlayInterface,
-    public_ip: Ipv4Addr,
+    public_ip: Option<Ipv4Addr>,
 ) -> Result<Vec<Ipv4Network>, NetlinkError> {
     let host = |ip: Ipv4Addr| Ipv4Network::new(ip, 32).ok();
     let mut nl = NetlinkHandle::new()?;
@@ -52,7 +52,7 @@ pub fn host_networks(
             .filter_map(|r| r.gateway)
             .filter_map(host),
     );
-    nets.extend(host(public_ip));
+    nets.extend(public_ip.and_then(host));
     nets.sort_unstable();
     nets.dedup();
     Ok(nets)

@@ -46,7 +46,7 @@
 //! let mut backends = BackendRegistry::new();
 //! backends.register("counting", |_| Ok(Box::new(Counting)));
 //!
-//! let underlay = UnderlayInterface { name: "eth0".into(), index: 0, mtu: 1500, addr: "192.0.2.10".parse()?, addr6: None };
+//! let underlay = UnderlayInterface { name: "eth0".into(), index: 0, mtu: 1500, addr: Some("192.0.2.10".parse()?), addr6: None };
 //! let mut options = AgentOptions::new(underlay);
 //! options.subnet_file = None;      // no /run/flannel/subnet.env in a doc test
 //! options.protect_host = false;    // and no netlink reads of this host

@@ -24,8 +24,10 @@ pub const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
 pub struct AgentOptions {
     /// The interface inter-host traffic uses (flannel's `-iface`).
     pub underlay: UnderlayInterface,
-    /// The `PublicIP` to publish (default: the underlay's address).
-    pub public_ip: Ipv4Addr,
+    /// The `PublicIP` to publish (default: the underlay's IPv4 address).
+    /// Required when the network config has `EnableIPv4`; `None` on an
+    /// IPv6-only host, whose lease has flannel's `PublicIP` `0.0.0.0`.
+    pub public_ip: Option<Ipv4Addr>,
     /// The `PublicIPv6` to publish (flannel's `-public-ipv6`; default: the
     /// underlay's IPv6 address, [`UnderlayInterface::addr6`]). Required
     /// when the network config has `EnableIPv6`, where it identifies our
@@ -47,7 +49,8 @@ pub struct AgentOptions {
     /// Wait between attempts while etcd, the config or a lease is not
     /// there yet.
     pub retry_interval: Duration,
-    /// Install flannel's masquerade rules (nftables table `ip twill`).
+    /// Install flannel's masquerade rules (nftables tables `ip twill` and
+    /// `ip6 twill`, for the families the network enables).
     pub ip_masq: bool,
     /// Delete our lease (and the masquerade rules) at shutdown, as
     /// flannel's `--release-on-exit`; by default both are kept for the
@@ -122,13 +125,15 @@ impl AgentOptions {
                 ));
             }
         }
-        check_public_ip(self.public_ip).map_err(|reason| {
-            AgentError::option(
-                AgentOption::PublicIp,
-                self.public_ip,
-                format!("{reason}: give a unicast address other hosts reach this one at"),
-            )
-        })?;
+        if let Some(ip) = self.public_ip {
+            check_public_ip(ip).map_err(|reason| {
+                AgentError::option(
+                    AgentOption::PublicIp,
+                    ip,
+                    format!("{reason}: give a unicast address other hosts reach this one at"),
+                )
+            })?;
+        }
         if let Some(ip) = self.public_ipv6 {
             check_public_ipv6(ip).map_err(|reason| {
                 AgentError::option(
@@ -141,7 +146,7 @@ impl AgentOptions {
         if host::is_overlay_device(&self.underlay.name) {
             return Err(AgentError::option(
                 AgentOption::Underlay,
-                format!("{} ({})", self.underlay.name, self.underlay.addr),
+                &self.underlay.name,
                 "is an overlay device, not an underlay: give the interface that reaches the other hosts (e.g. eth0)",
             ));
         }
@@ -244,7 +249,7 @@ mod tests {
             name: "eth0".into(),
             index: 2,
             mtu: 1500,
-            addr: "10.0.0.2".parse().unwrap(),
+            addr: "10.0.0.2".parse().ok(),
             addr6: None,
         }
     }
@@ -274,12 +279,12 @@ mod tests {
                 "at least 1s",
             ),
             (
-                |o| o.public_ip = Ipv4Addr::LOCALHOST,
+                |o| o.public_ip = Some(Ipv4Addr::LOCALHOST),
                 AgentOption::PublicIp,
                 "public_ip 127.0.0.1 is a loopback address",
             ),
             (
-                |o| o.public_ip = Ipv4Addr::new(224, 0, 0, 1),
+                |o| o.public_ip = Some(Ipv4Addr::new(224, 0, 0, 1)),
                 AgentOption::PublicIp,
                 "multicast",
             ),

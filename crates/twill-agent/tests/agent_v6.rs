@@ -1,12 +1,16 @@
 //! The agent on dual-stack and IPv6-only networks, on the in-memory
 //! registry and a backend of the test's own: the lease carries
 //! `PublicIPv6`, subnet.env gets flannel's IPv6 lines, and a restart asks
-//! for both halves again.
+//! for both halves again. With `-ip-masq`, one test runs the agent inside
+//! a network namespace of its own: nft tables and masquerading on the real
+//! kernel.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,6 +22,7 @@ use twill_backend::{async_trait, Backend, BackendError, BackendRegistry, HostCon
 use twill_backend::{LocalSetup, ReconcileReport};
 use twill_model::{LeaseAttrs, SubnetKey, SubnetLease};
 use twill_subnet::{MemoryRegistry, Registry};
+use twill_testbed::netns::Netns;
 
 const DUAL: &str = r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:5::/56","Backend":{"Type":"plain"}}"#;
 const V6_ONLY: &str = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:6::/56","Backend":{"Type":"plain"}}"#;
@@ -163,7 +168,11 @@ async fn ipv6_only_writes_no_ipv4_lines_and_sees_ipv6_peers() {
         .await
         .unwrap();
 
-    let mut h = start(registry.clone(), options(&file, 1));
+    // An IPv6-only host: no IPv4 address on its underlay.
+    let mut o = options(&file, 1);
+    o.underlay.addr = None;
+    o.public_ip = None;
+    let mut h = start(registry.clone(), o);
     let lease = next(&mut h.events, |e| match e {
         AgentEvent::LeaseAcquired(l) => Some(l.clone()),
         _ => None,
@@ -224,4 +233,201 @@ async fn ipv6_network_without_public_ipv6_is_refused() {
             .contains("underlay eth0 has no global IPv6 address"),
         "{err}"
     );
+}
+
+/// An IPv6-only host (no IPv4 address) on a network with IPv4 on: an error
+/// naming the option and the underlay, before any lease is taken.
+#[tokio::test(flavor = "current_thread")]
+async fn ipv4_network_on_an_ipv6_only_host_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry(DUAL);
+    let mut o = options(&dir.path().join("subnet.env"), 1);
+    o.underlay.addr = None;
+    o.public_ip = None;
+    let h = start(registry.clone(), o);
+    let err = tokio::time::timeout(DEADLINE, h.running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AgentError::InvalidOption {
+                option: AgentOption::PublicIp,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("EnableIPv4 true and underlay eth0 has no IPv4 address"),
+        "{err}"
+    );
+    assert!(registry.list_leases().await.unwrap().leases.is_empty());
+}
+
+/// `-ip-masq` on a dual-stack network, on the real kernel: the agent (and
+/// every `nft` it runs) lives in a host namespace of the test's own, with a
+/// container namespace behind a veth and an "outside" namespace on another.
+/// `table ip6 twill` holds flannel's rules for the lease's IPv6 subnet; a
+/// container's datagram to an address outside `IPv6Network` arrives from
+/// the host's address, one to another host's subnet from the container's
+/// own; a stop with release leaves neither table.
+#[test]
+fn ip_masq_masquerades_ipv6_leaving_the_network_only() {
+    twill_testbed::require_root!();
+    if let Err(e) = std::process::Command::new("nft").arg("--version").output() {
+        twill_testbed::skip_or_fail(&format!("needs nft (nftables): {e}"));
+        return;
+    }
+    let host = Netns::new("masq-host").unwrap();
+    let container = Netns::new("masq-ctr").unwrap();
+    let outside = Netns::new("masq-out").unwrap();
+    // The outside world: a LAN of its own between the host and `outside`.
+    let (host_addr, outside_addr): (Ipv6Addr, Ipv6Addr) = (
+        "fd99:6d61:7371::1".parse().unwrap(),
+        "fd99:6d61:7371::2".parse().unwrap(),
+    );
+    veth((&host, "to-out", host_addr), (&outside, outside_addr), 64);
+    host.exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry(DUAL);
+    let mut o = options(&dir.path().join("subnet.env"), 1);
+    o.ip_masq = true;
+    o.release_on_exit = true;
+    let netns_of = |path: &str| std::fs::metadata(path).unwrap().ino();
+    let ours = netns_of("/proc/thread-self/ns/net");
+    host.run(|| {
+        // Threads and processes started from here (tokio's blocking pool,
+        // the backend thread, nft) inherit this namespace.
+        assert_ne!(netns_of("/proc/thread-self/ns/net"), ours);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut h = start(registry.clone(), o);
+            let lease = next(&mut h.events, |e| match e {
+                AgentEvent::LeaseAcquired(l) => Some(l.clone()),
+                _ => None,
+            })
+            .await;
+            // Activation (masquerade rules included) precedes the first pass.
+            next(&mut h.events, |e| {
+                matches!(e, AgentEvent::Reconciled(_)).then_some(())
+            })
+            .await;
+            let (v4, v6, net6) = (lease.key.ipv4, lease.key.ipv6.unwrap(), "fd00:5::/56");
+            let ip6 = host
+                .exec("nft", &["list", "table", "ip6", "twill"])
+                .unwrap();
+            for rule in [
+                format!("ip6 saddr {v6} ip6 daddr {net6} return"),
+                format!("ip6 saddr {net6} ip6 daddr {v6} return"),
+                format!("ip6 saddr != {net6} ip6 daddr {v6} return"),
+                format!("ip6 saddr {net6} ip6 daddr != ff00::/8 masquerade fully-random"),
+                format!("ip6 saddr != {net6} ip6 daddr {net6} masquerade fully-random"),
+                format!("ip6 daddr {net6} accept"),
+            ] {
+                assert!(ip6.contains(&rule), "{rule} missing from\n{ip6}");
+            }
+            let ip = host.exec("nft", &["list", "table", "ip", "twill"]).unwrap();
+            let rule4 = format!("ip saddr {v4} ip daddr 10.5.0.0/16 return");
+            assert!(ip.contains(&rule4), "{rule4} missing from\n{ip}");
+
+            // A container of our subnet, behind the bridge address.
+            let bridge = lease.key.first_ipv6_host().unwrap();
+            let pod = Ipv6Addr::from(u128::from(bridge) + 1);
+            veth((&host, "to-pod", bridge), (&container, pod), 64);
+            ip_line(&container, &format!("-6 route add default via {bridge}"));
+            // Another host's subnet of IPv6Network, reached through `outside`
+            // here only so that one listener sees both datagrams.
+            let other: Ipv6Addr = ["fd00:5:0:fe::", "fd00:5:0:fd::"]
+                .iter()
+                .map(|a| a.parse().unwrap())
+                .find(|a| *a != v6.network())
+                .unwrap();
+            let peer_pod = Ipv6Addr::from(u128::from(other) + 2);
+            ip_line(&outside, &format!("addr add {peer_pod}/128 dev eth0 nodad"));
+            ip_line(
+                &host,
+                &format!("-6 route add {other}/64 via {outside_addr}"),
+            );
+
+            let listener = outside
+                .run(|| UdpSocket::bind("[::]:7099"))
+                .unwrap()
+                .unwrap();
+            let sender = container
+                .run(|| UdpSocket::bind(SocketAddr::from((pod, 0))))
+                .unwrap()
+                .unwrap();
+            let to_outside = source_seen(&sender, &listener, (outside_addr, 7099).into());
+            assert_eq!(
+                to_outside,
+                IpAddr::V6(host_addr),
+                "masqueraded to the host's address"
+            );
+            let to_peer = source_seen(&sender, &listener, (peer_pod, 7099).into());
+            assert_eq!(
+                to_peer,
+                IpAddr::V6(pod),
+                "not masqueraded inside IPv6Network"
+            );
+
+            h.stop.shutdown();
+            h.running.await.unwrap().unwrap();
+            let tables = host.exec("nft", &["list", "tables"]).unwrap();
+            assert!(!tables.contains("twill"), "{tables}");
+        });
+    })
+    .unwrap();
+}
+
+/// `ip -n NS ...`, the arguments written as one line.
+fn ip_line(ns: &Netns, line: &str) {
+    ns.ip(&line.split_whitespace().collect::<Vec<_>>()).unwrap();
+}
+
+/// A veth pair from `a`'s `a_end` to `b`'s `eth0`, both up with their
+/// addresses (no duplicate detection: usable at once).
+fn veth(a: (&Netns, &str, Ipv6Addr), b: (&Netns, Ipv6Addr), prefix: u8) {
+    let ((a, a_end, a_addr), (b, b_addr)) = (a, b);
+    ip_line(
+        a,
+        &format!(
+            "link add {a_end} type veth peer name eth0 netns {}",
+            b.name()
+        ),
+    );
+    ip_line(a, &format!("addr add {a_addr}/{prefix} dev {a_end} nodad"));
+    ip_line(a, &format!("link set {a_end} up"));
+    ip_line(b, &format!("addr add {b_addr}/{prefix} dev eth0 nodad"));
+    ip_line(b, "link set eth0 up");
+}
+
+/// Sends datagrams to `to` until `listener` receives one of them (each
+/// destination's marker is its own, so an earlier flow's late copy is not
+/// taken for this one); returns the source address it arrived from.
+fn source_seen(sender: &UdpSocket, listener: &UdpSocket, to: SocketAddr) -> IpAddr {
+    let marker = to.to_string();
+    listener
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let mut buf = [0u8; 128];
+    while std::time::Instant::now() < deadline {
+        sender.send_to(marker.as_bytes(), to).unwrap();
+        // A timeout means "not yet": send again.
+        while let Ok((n, from)) = listener.recv_from(&mut buf) {
+            if &buf[..n] == marker.as_bytes() {
+                return from.ip();
+            }
+        }
+    }
+    panic!("no datagram to {to} arrived within {DEADLINE:?}");
 }

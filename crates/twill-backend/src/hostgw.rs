@@ -70,16 +70,8 @@ impl Backend for HostGwBackend {
     }
 
     async fn setup(&mut self, host: &HostContext<'_>) -> Result<LocalSetup, BackendError> {
-        let ipv6 = match (host.config.enable_ipv6, host.ipv6) {
-            (false, _) => None,
-            (true, None) => {
-                return Err(BackendError::Config {
-                    backend: "host-gw",
-                    reason: "EnableIPv6 is set but the host has no IPv6 underlay address".into(),
-                })
-            }
-            (true, Some(u)) => Some(u),
-        };
+        host.ipv4_side("host-gw")?;
+        let ipv6 = host.ipv6_side("host-gw")?;
         self.ready = Some(Ready {
             config: host.config.clone(),
             public_ip: host.public_ip,
@@ -116,7 +108,13 @@ impl Backend for HostGwBackend {
             .into_iter()
             .map(|a| a.addr)
             .collect();
-        let sorted = claim_order(peers.iter().copied(), &r.config);
+        // IPv4 off: no IPv4 route is wanted, and converging to none removes
+        // any left from an IPv4 config.
+        let sorted = if r.config.enable_ipv4 {
+            claim_order(peers.iter().copied(), &r.config)
+        } else {
+            Vec::new()
+        };
         let mut report = ReconcileReport::default();
         let mut desired = DataplaneState::default();
         let mut accepted = Claimed::default();
@@ -164,7 +162,7 @@ impl Backend for HostGwBackend {
 impl HostGwBackend {
     /// The IPv6 routes for `peers`; IPv6 halves that cannot be routed are
     /// put in `report.skipped` (peers the IPv4 pass skipped are left out
-    /// silently: their reason is there already).
+    /// silently: their reason is there already, unless IPv4 is off).
     fn desired6(
         &mut self,
         r: &Ready,
@@ -191,11 +189,16 @@ impl HostGwBackend {
         let mut desired = DataplaneState6::default();
         let mut accepted = Claimed6::default();
         for peer in sorted {
-            if !matches!(
-                check_common(peer, self.own.as_ref(), r.public_ip, &r.config, "host-gw"),
-                Ok(true)
-            ) {
-                continue;
+            match check_common(peer, self.own.as_ref(), r.public_ip, &r.config, "host-gw") {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(reason) => {
+                    // Reported by the IPv4 pass, unless IPv4 is off.
+                    if !r.config.enable_ipv4 {
+                        report.skipped.push((peer.key, reason));
+                    }
+                    continue;
+                }
             }
             let verdict = check_ipv6(peer, self.own.as_ref(), u.public_ip, &r.config).and_then(
                 |half| {

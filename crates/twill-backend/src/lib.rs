@@ -30,8 +30,8 @@
 //! #   -> Result<(), Box<dyn std::error::Error>> {
 //! let config = NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#)?;
 //! let mut backend = BackendRegistry::with_builtins().create(&config.backend)?;
-//! let underlay = UnderlayInterface { name: "eth0".into(), index: 2, mtu: 1500, addr: "10.0.0.2".parse()?, addr6: None };
-//! let host = HostContext { config: &config, public_ip: underlay.addr, underlay: &underlay, ipv6: None };
+//! let underlay = UnderlayInterface { name: "eth0".into(), index: 2, mtu: 1500, addr: Some("10.0.0.2".parse()?), addr6: None };
+//! let host = HostContext { config: &config, public_ip: "10.0.0.2".parse()?, underlay: &underlay, ipv6: None };
 //! let local = backend.setup(&host).await?;       // creates flannel.1, says what to publish
 //! println!("FLANNEL_MTU={}", local.mtu);
 //! backend.activate(&own).await?;                 // 10.244.x.0/32 on flannel.1
@@ -82,8 +82,9 @@ pub struct UnderlayInterface {
     pub index: u32,
     /// Its MTU.
     pub mtu: u32,
-    /// Its IPv4 address (the VXLAN `local` address).
-    pub addr: Ipv4Addr,
+    /// Its IPv4 address (the `local` of `flannel.<VNI>`): flannel's
+    /// `IfaceAddr`, `None` on an IPv6-only host.
+    pub addr: Option<Ipv4Addr>,
     /// Its IPv6 address, when it has a global one (the `local` of
     /// `flannel-v6.<VNI>`): flannel's `IfaceV6Addr`, used when the network
     /// config has `EnableIPv6`.
@@ -108,7 +109,7 @@ impl UnderlayInterface {
     /// given IPv4 address, or the interface's first IPv4 address; `addr6`
     /// the given IPv6 address, or the interface's first global one
     /// ([`first_global_ipv6`]). `None` when nothing matches or the
-    /// interface has no IPv4 address.
+    /// interface has neither.
     ///
     /// # Errors
     /// When the links or addresses cannot be listed.
@@ -140,9 +141,9 @@ impl UnderlayInterface {
             Some(std::net::IpAddr::V6(ip)) => Some(ip),
             _ => first_global_ipv6(&addrs6, index),
         };
-        let Some(addr) = addr else {
+        if addr.is_none() && addr6.is_none() {
             return Ok(None);
-        };
+        }
         let link = nl.link().get_by_index(index)?;
         Ok(Some(UnderlayInterface {
             name: link.name,
@@ -159,7 +160,9 @@ impl UnderlayInterface {
 pub struct HostContext<'a> {
     /// The network configuration (`Network`, `Backend`...).
     pub config: &'a NetworkConfig,
-    /// The `PublicIP` this host publishes (usually the underlay address).
+    /// The `PublicIP` this host publishes (usually the underlay address):
+    /// `0.0.0.0` when the config has `EnableIPv4` false, as flannel writes
+    /// an IPv6-only lease.
     pub public_ip: Ipv4Addr,
     /// The underlay interface.
     pub underlay: &'a UnderlayInterface,
@@ -167,6 +170,48 @@ pub struct HostContext<'a> {
     /// `EnableIPv6` (the backends then program the IPv6 half of each
     /// dual-stack lease) and ignored otherwise.
     pub ipv6: Option<Ipv6Underlay>,
+}
+
+impl HostContext<'_> {
+    /// The IPv4 side to program: `None` when the config has `EnableIPv4`
+    /// false, else the underlay's IPv4 address (the IPv4 VXLAN `local`).
+    ///
+    /// # Errors
+    /// [`BackendError::Config`] when IPv4 is on and the underlay has no
+    /// IPv4 address.
+    pub fn ipv4_side(&self, backend: &'static str) -> Result<Option<Ipv4Addr>, BackendError> {
+        match (self.config.enable_ipv4, self.underlay.addr) {
+            (false, _) => Ok(None),
+            (true, Some(addr)) => Ok(Some(addr)),
+            (true, None) => Err(BackendError::Config {
+                backend,
+                reason: format!(
+                    "EnableIPv4 is set but underlay {} has no IPv4 address",
+                    self.underlay.name
+                ),
+            }),
+        }
+    }
+
+    /// The IPv6 side to program: `None` when the config has `EnableIPv6`
+    /// false, else [`HostContext::ipv6`].
+    ///
+    /// # Errors
+    /// [`BackendError::Config`] when IPv6 is on and the host has no IPv6
+    /// underlay.
+    pub fn ipv6_side(&self, backend: &'static str) -> Result<Option<Ipv6Underlay>, BackendError> {
+        match (self.config.enable_ipv6, self.ipv6) {
+            (false, _) => Ok(None),
+            (true, Some(u)) => Ok(Some(u)),
+            (true, None) => Err(BackendError::Config {
+                backend,
+                reason: format!(
+                    "EnableIPv6 is set but underlay {} has no IPv6 address",
+                    self.underlay.name
+                ),
+            }),
+        }
+    }
 }
 
 /// The host's IPv6 side of the underlay interface: flannel's `IfaceV6Addr`

@@ -282,6 +282,9 @@ struct Ready {
     config: NetworkConfig,
     public_ip: Ipv4Addr,
     underlay: UnderlayInterface,
+    /// The `local` of `flannel.<VNI>`; `None` with `EnableIPv4` false, when
+    /// there is no IPv4 device (an IPv6-only host, as flannel does it).
+    local: Option<Ipv4Addr>,
     mac: MacAddr,
     mtu: u32,
 }
@@ -336,7 +339,7 @@ impl VxlanBackend {
         VxlanSpec {
             name: self.opts.device_name(),
             vni: self.opts.vni,
-            local: Some(r.underlay.addr),
+            local: r.local,
             local6: None,
             port: (self.opts.port != 0).then_some(self.opts.port),
             learning: self.opts.learning,
@@ -348,7 +351,7 @@ impl VxlanBackend {
     }
 
     fn compatible(&self, r: &Ready, link: &Link) -> bool {
-        self.compatible_with(link, Some(r.underlay.addr), None, r.underlay.index)
+        self.compatible_with(link, r.local, None, r.underlay.index)
     }
 
     /// Whether `link` is the VXLAN device our options ask for with these
@@ -539,7 +542,7 @@ impl VxlanBackend {
     /// entries through a deleted device with it.
     fn remove_stale_devices(
         &mut self,
-        local: Ipv4Addr,
+        local: Option<Ipv4Addr>,
         local6: Option<Ipv6Addr>,
     ) -> Result<(), BackendError> {
         let links = self.nl.link().list()?;
@@ -652,8 +655,8 @@ impl VxlanBackend {
 impl VxlanBackend {
     /// The desired IPv6 kernel state for `peers` (their IPv6 halves), and
     /// the peers whose IPv6 half is skipped with why. A peer the IPv4 pass
-    /// skips ([`check_common`]) is left out here too, unreported (its reason
-    /// is in the IPv4 pass's list).
+    /// skips ([`check_common`]) is left out here too, reported only when
+    /// there is no IPv4 pass (IPv4 off) to report it.
     fn desired6(
         &self,
         r: &Ready,
@@ -675,11 +678,15 @@ impl VxlanBackend {
         let mut accepted = Claimed6::default();
         let mut macs = BTreeMap::new();
         for peer in sorted {
-            if !matches!(
-                check_common(peer, self.own.as_ref(), r.public_ip, &r.config, "vxlan"),
-                Ok(true)
-            ) {
-                continue;
+            match check_common(peer, self.own.as_ref(), r.public_ip, &r.config, "vxlan") {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(reason) => {
+                    if r.local.is_none() {
+                        skipped.push((peer.key, reason));
+                    }
+                    continue;
+                }
             }
             match self.peer_entries6(r, r6, dev, peer, &mut accepted, &mut macs) {
                 Ok(Some((neigh, fdb, route))) => {
@@ -736,7 +743,7 @@ impl VxlanBackend {
 fn stale_devices(
     links: &[Link],
     vni: u32,
-    local: Ipv4Addr,
+    local: Option<Ipv4Addr>,
     local6: Option<Ipv6Addr>,
 ) -> Vec<&Link> {
     let other_vni = |n: &str| {
@@ -758,7 +765,7 @@ fn stale_devices(
             }
             l.name
                 .strip_prefix("flannel.")
-                .is_some_and(|n| other_vni(n) && v.local == Some(local))
+                .is_some_and(|n| other_vni(n) && local.is_some() && v.local == local)
         })
         .collect()
 }
@@ -905,30 +912,25 @@ impl Backend for VxlanBackend {
             });
         }
         let max_mtu6 = host.underlay.mtu.saturating_sub(VXLAN6_OVERHEAD);
-        let v6 = match (host.config.enable_ipv6, host.ipv6) {
-            (false, _) => None,
-            (true, None) => {
-                return Err(BackendError::Config {
-                    backend: "vxlan",
-                    reason: "EnableIPv6 is set but the host has no IPv6 underlay address".into(),
-                })
+        let local = host.ipv4_side("vxlan")?;
+        let v6 = host.ipv6_side("vxlan")?;
+        if v6.is_some() {
+            if let Some(mtu) = self.opts.mtu.filter(|m| *m > max_mtu6) {
+                return Err(BackendError::MtuAboveUnderlay {
+                    mtu,
+                    max: max_mtu6,
+                    underlay: host.underlay.name.clone(),
+                    underlay_mtu: host.underlay.mtu,
+                });
             }
-            (true, Some(u)) => {
-                if let Some(mtu) = self.opts.mtu.filter(|m| *m > max_mtu6) {
-                    return Err(BackendError::MtuAboveUnderlay {
-                        mtu,
-                        max: max_mtu6,
-                        underlay: host.underlay.name.clone(),
-                        underlay_mtu: host.underlay.mtu,
-                    });
-                }
-                Some(u)
-            }
-        };
-        self.remove_stale_devices(host.underlay.addr, v6.map(|u| u.addr))?;
+        }
+        self.remove_stale_devices(local, v6.map(|u| u.addr))?;
         let name = self.opts.device_name();
         // Reuse the MAC of an existing device so peers' FDB/ARP stay valid.
-        let existing = self.nl.link().find(&name)?;
+        let existing = match local {
+            Some(_) => self.nl.link().find(&name)?,
+            None => None,
+        };
         let mac = existing
             .as_ref()
             .and_then(|l| l.mac)
@@ -942,31 +944,47 @@ impl Backend for VxlanBackend {
             config: host.config.clone(),
             public_ip: host.public_ip,
             underlay: host.underlay.clone(),
+            local,
             mac,
             mtu,
         });
-        self.ensure_device_or_fail()?;
         let mut attrs = LeaseAttrs::new(host.public_ip, "vxlan");
-        attrs.backend_data =
-            Some(serde_json::json!({ "VNI": self.opts.vni, "VtepMAC": mac.to_string() }));
+        if local.is_some() {
+            self.ensure_device_or_fail()?;
+            attrs.backend_data =
+                Some(serde_json::json!({ "VNI": self.opts.vni, "VtepMAC": mac.to_string() }));
+        }
         self.ready6 = None;
+        let mut mtu6 = None;
         if let Some(u) = v6 {
             let existing = self.nl.link().find(&self.opts.device_name6())?;
             let mac6 = existing
                 .as_ref()
                 .and_then(|l| l.mac)
-                .filter(|m| m.is_unicast() && *m != mac)
+                .filter(|m| m.is_unicast() && (local.is_none() || *m != mac))
                 .unwrap_or_else(|| derived_vtep_mac6(self.opts.vni, u.public_ip));
-            self.ready6 = Some(Ready6 {
+            let ready6 = Ready6 {
                 underlay: u,
                 mac: mac6,
                 mtu: self.opts.mtu.unwrap_or(max_mtu6),
-            });
+            };
+            mtu6 = Some(ready6.mtu);
+            self.ready6 = Some(ready6);
             self.ensure_device6_or_fail()?;
             attrs.public_ipv6 = Some(u.public_ip);
             attrs.backend_v6_data =
                 Some(serde_json::json!({ "VNI": self.opts.vni, "VtepMAC": mac6.to_string() }));
         }
+        // FLANNEL_MTU is one MTU for the workloads' interfaces, whichever
+        // family a packet is: the smaller device's, so that an IPv6 packet
+        // of a dual-stack workload fits flannel-v6 (20 bytes more overhead)
+        // instead of being dropped for its size. flannel writes the IPv4
+        // device's.
+        let mtu = match (local, mtu6) {
+            (Some(_), Some(m6)) => mtu.min(m6),
+            (None, Some(m6)) => m6,
+            _ => mtu,
+        };
         Ok(LocalSetup { attrs, mtu })
     }
 
@@ -977,7 +995,9 @@ impl Backend for VxlanBackend {
             .ok_or(BackendError::NotReady("activate", "setup"))?;
         BackendError::check_own_lease(&r.config, own)?;
         self.own = Some(own.key);
-        self.ensure_device_or_fail()?;
+        if r.local.is_some() {
+            self.ensure_device_or_fail()?;
+        }
         if self.ready6.is_some() {
             self.ensure_device6_or_fail()?;
         }
@@ -990,25 +1010,27 @@ impl Backend for VxlanBackend {
             .clone()
             .ok_or(BackendError::NotReady("reconcile", "setup"))?;
         let mut report = ReconcileReport::default();
-        let mut repairs_failed = Vec::new();
-        let (dev, repaired) = self.ensure_device(&mut repairs_failed)?;
-        report.failed.extend(
-            repairs_failed
-                .into_iter()
-                .map(|(request, e)| FailedOp::new(request, &e)),
-        );
-        if repaired {
-            tracing::info!(device = %self.opts.device_name(), "repaired VXLAN device");
+        if r.local.is_some() {
+            let mut repairs_failed = Vec::new();
+            let (dev, repaired) = self.ensure_device(&mut repairs_failed)?;
+            report.failed.extend(
+                repairs_failed
+                    .into_iter()
+                    .map(|(request, e)| FailedOp::new(request, &e)),
+            );
+            if repaired {
+                tracing::info!(device = %self.opts.device_name(), "repaired VXLAN device");
+            }
+            let (desired, skipped) = self.desired(&r, dev, peers)?;
+            report.skipped = skipped;
+            let owner = Owner {
+                device: Some(dev),
+                protocol: TWILL_RTPROT,
+                table: MAIN_TABLE,
+                route_oifs: vec![dev, r.underlay.index],
+            };
+            converge(&mut self.nl, &desired, &owner, &mut report)?;
         }
-        let (desired, skipped) = self.desired(&r, dev, peers)?;
-        report.skipped = skipped;
-        let owner = Owner {
-            device: Some(dev),
-            protocol: TWILL_RTPROT,
-            table: MAIN_TABLE,
-            route_oifs: vec![dev, r.underlay.index],
-        };
-        converge(&mut self.nl, &desired, &owner, &mut report)?;
         if let Some(r6) = self.ready6.clone() {
             let mut repairs_failed = Vec::new();
             let (dev6, repaired) = self.ensure_device6(&mut repairs_failed)?;
@@ -1206,7 +1228,7 @@ mod tests {
             link("vx100", Some("vxlan"), 100, "10.0.0.2"),
             link("flannel.1", None, 0, ""),
         ];
-        let stale: Vec<&str> = stale_devices(&links, 200, local, None)
+        let stale: Vec<&str> = stale_devices(&links, 200, Some(local), None)
             .into_iter()
             .map(|l| l.name.as_str())
             .collect();
@@ -1243,13 +1265,12 @@ mod tests {
             link("flannel-v6.102", ""),
             link("flannel-v6.0100", "fd00::2"),
         ];
-        let stale: Vec<&str> =
-            stale_devices(&links, 200, "10.0.0.2".parse().unwrap(), Some(local6))
-                .into_iter()
-                .map(|l| l.name.as_str())
-                .collect();
+        let stale: Vec<&str> = stale_devices(&links, 200, "10.0.0.2".parse().ok(), Some(local6))
+            .into_iter()
+            .map(|l| l.name.as_str())
+            .collect();
         assert_eq!(stale, ["flannel-v6.100"]);
-        assert!(stale_devices(&links, 200, "10.0.0.2".parse().unwrap(), None).is_empty());
+        assert!(stale_devices(&links, 200, "10.0.0.2".parse().ok(), None).is_empty());
     }
 
     #[test]

@@ -111,7 +111,7 @@ fn fdb_entries_reach_a_steady_state() {
         .add_vxlan(&VxlanSpec {
             name: "flannel.1".into(),
             vni: 1,
-            local: Some(eth0.addr),
+            local: eth0.addr,
             local6: None,
             port: None,
             learning: false,

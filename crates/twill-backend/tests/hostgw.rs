@@ -88,12 +88,28 @@ fn registry_knows_builtins_and_names_unknown_types() {
 
 #[tokio::test]
 async fn host_gw_routes_ipv6_subnets_via_peer_public_ipv6_and_pings6() {
+    host_gw_ipv6(true).await;
+}
+
+/// IPv6-only hosts (`EnableIPv4` false, no IPv4 underlay address): only
+/// the IPv6 routes, a lease with flannel's `PublicIP` 0.0.0.0.
+#[tokio::test]
+async fn host_gw_on_ipv6_only_hosts_routes_and_pings6() {
+    host_gw_ipv6(false).await;
+}
+
+async fn host_gw_ipv6(dual: bool) {
     twill_testbed::require_root!();
     let lan = Lan::new(2).expect("lan");
-    let cfg = twill_model::NetworkConfig::parse(
-        r#"{"Network":"10.244.0.0/16","SubnetLen":24,"EnableIPv6":true,
-            "IPv6Network":"fd10:244::/56","IPv6SubnetLen":64,"Backend":{"Type":"host-gw"}}"#,
-    )
+    let v4 = if dual {
+        r#""Network":"10.244.0.0/16","SubnetLen":24"#
+    } else {
+        r#""EnableIPv4":false"#
+    };
+    let cfg = twill_model::NetworkConfig::parse(&format!(
+        r#"{{{v4},"EnableIPv6":true,
+            "IPv6Network":"fd10:244::/56","IPv6SubnetLen":64,"Backend":{{"Type":"host-gw"}}}}"#
+    ))
     .expect("config");
     let v6 = |i: usize| -> std::net::Ipv6Addr { format!("fd00::{}", i + 2).parse().expect("ip6") };
     let mut leases = Vec::new();
@@ -122,11 +138,20 @@ async fn host_gw_routes_ipv6_subnets_via_peer_public_ipv6_and_pings6() {
         ])
         .expect("overlay v6");
         let mut b = HostGwBackend::with_handle(h.ns.netlink().expect("nl"));
-        let ul = common::underlay(h);
+        let mut ul = common::underlay(h);
+        if !dual {
+            h.ns.ip(&["-4", "addr", "flush", "dev", "eth0"])
+                .expect("remove the IPv4 underlay address");
+            ul.addr = None;
+        }
         let local = b
             .setup(&twill_backend::HostContext {
                 config: &cfg,
-                public_ip: h.addr,
+                public_ip: if dual {
+                    h.addr
+                } else {
+                    std::net::Ipv4Addr::UNSPECIFIED
+                },
                 underlay: &ul,
                 ipv6: Some(twill_backend::Ipv6Underlay {
                     addr: v6(i),
@@ -136,11 +161,16 @@ async fn host_gw_routes_ipv6_subnets_via_peer_public_ipv6_and_pings6() {
             .await
             .expect("setup");
         assert_eq!(local.attrs.public_ipv6, Some(v6(i)));
+        let v6_subnet = format!("fd10:244:0:{n}::/64").parse().expect("v6");
         let own = twill_model::SubnetLease {
-            key: twill_model::SubnetKey::dual(
-                format!("10.244.{n}.0/24").parse().expect("v4"),
-                format!("fd10:244:0:{n}::/64").parse().expect("v6"),
-            ),
+            key: if dual {
+                twill_model::SubnetKey::dual(
+                    format!("10.244.{n}.0/24").parse().expect("v4"),
+                    v6_subnet,
+                )
+            } else {
+                twill_model::SubnetKey::v6_only(v6_subnet)
+            },
             attrs: local.attrs,
             kind: twill_model::LeaseKind::Expiring,
             revision: 0,
@@ -151,7 +181,8 @@ async fn host_gw_routes_ipv6_subnets_via_peer_public_ipv6_and_pings6() {
     }
     for b in &mut backends {
         let r = b.reconcile(&refs(&leases)).await.expect("reconcile");
-        assert_eq!((r.planned, r.applied), (2, 2), "{r:?}");
+        let ops = if dual { 2 } else { 1 };
+        assert_eq!((r.planned, r.applied), (ops, ops), "{r:?}");
         assert!(r.skipped.is_empty() && r.failed.is_empty(), "{r:?}");
         assert_eq!(b.reconcile(&refs(&leases)).await.expect("again").planned, 0);
     }
@@ -169,4 +200,6 @@ async fn host_gw_routes_ipv6_subnets_via_peer_public_ipv6_and_pings6() {
         .exec("ping", &["-6", "-c1", "-W2", "fd10:244:0:2::1"])
         .expect("ping6 via host-gw");
     assert!(ping.contains("1 received"), "{ping}");
+    let routes4 = h1.ip(&["route", "show", "proto", "241"]).expect("routes");
+    assert_eq!(routes4.trim().is_empty(), !dual, "{routes4}");
 }

@@ -339,3 +339,109 @@ async fn ipv4_only_config_creates_no_ipv6_device() {
         "{err}"
     );
 }
+
+/// IPv6-only hosts (`EnableIPv4` false, no IPv4 address on the underlay):
+/// flannel makes only `flannel-v6.<VNI>`, publishes `PublicIP` 0.0.0.0
+/// without `BackendData`, and FLANNEL_MTU is the IPv6 device's.
+#[tokio::test]
+async fn ipv6_only_hosts_get_only_the_v6_device_and_ping6() {
+    twill_testbed::require_root!();
+    let lan = Lan::new(2).expect("lan");
+    let cfg = NetworkConfig::parse(
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"vxlan"}}"#,
+    )
+    .expect("config");
+    let mut backends = Vec::new();
+    let mut leases = Vec::new();
+    for (i, h) in lan.hosts.iter().enumerate() {
+        add_underlay6(h, i);
+        h.ns.ip(&["-4", "addr", "flush", "dev", &h.underlay])
+            .expect("remove the IPv4 underlay address");
+        let mut ul = underlay(h);
+        ul.addr = None;
+        let v6 = Ipv6Underlay {
+            addr: underlay6(i),
+            public_ip: underlay6(i),
+        };
+        let ctx = HostContext {
+            config: &cfg,
+            public_ip: Ipv4Addr::UNSPECIFIED,
+            underlay: &ul,
+            ipv6: Some(v6),
+        };
+        let mut b =
+            VxlanBackend::with_handle(VxlanOptions::default(), h.ns.netlink().expect("netlink"));
+        let local = b.setup(&ctx).await.expect("setup");
+        assert_eq!(local.mtu, 1430, "FLANNEL_MTU is the IPv6 device's");
+        assert_eq!(local.attrs.public_ip, Ipv4Addr::UNSPECIFIED);
+        assert!(local.attrs.backend_data.is_none(), "{:?}", local.attrs);
+        assert_eq!(
+            local.attrs.to_json().expect("json"),
+            format!(
+                r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{}","BackendType":"vxlan","BackendV6Data":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
+                underlay6(i),
+                local.attrs.backend_v6_data.as_ref().expect("v6 data")["VtepMAC"]
+                    .as_str()
+                    .expect("mac")
+            ),
+            "flannel's IPv6-only lease"
+        );
+        let n = u8::try_from(i + 1).expect("n");
+        let own = SubnetLease {
+            key: SubnetKey::v6_only(format!("fd10:244:0:{n}::/64").parse().expect("v6")),
+            attrs: local.attrs,
+            kind: LeaseKind::Expiring,
+            revision: 0,
+        };
+        b.activate(&own).await.expect("activate");
+        leases.push(own);
+        backends.push(b);
+    }
+    for b in &mut backends {
+        let report = b.reconcile(&refs(&leases)).await.expect("reconcile");
+        assert_eq!((report.planned, report.applied), (3, 3), "{report:?}");
+        assert!(
+            report.failed.is_empty() && report.skipped.is_empty(),
+            "{report:?}"
+        );
+    }
+    let h1 = &lan.hosts[0].ns;
+    let links = h1.ip(&["-d", "link", "show"]).expect("ip link");
+    assert!(!links.contains("flannel.1"), "no IPv4 device: {links}");
+    assert!(
+        links.contains("vxlan id 1 local fd00::2 dev eth0"),
+        "{links}"
+    );
+    let routes = h1
+        .ip(&["-6", "route", "show", "proto", "241"])
+        .expect("route");
+    assert!(
+        routes.contains("fd10:244:0:2::/64 via fd10:244:0:2:: dev flannel-v6.1"),
+        "{routes}"
+    );
+    assert_eq!(
+        h1.ip(&["route", "show", "proto", "241"])
+            .expect("route")
+            .trim(),
+        ""
+    );
+    for (from, to) in [(h1, "fd10:244:0:2::"), (&lan.hosts[1].ns, "fd10:244:0:1::")] {
+        let ping = from
+            .exec("ping", &["-6", "-c1", "-W2", to])
+            .expect("ping6 over the IPv6 VXLAN");
+        assert!(ping.contains("1 received"), "{ping}");
+    }
+    // A peer the IPv4 pass would have reported (there is none) is reported
+    // by the IPv6 pass: here one claiming our PublicIPv6.
+    let mut hostile = leases[1].clone();
+    hostile.key = SubnetKey::v6_only("fd10:244:0:9::/64".parse().expect("v6"));
+    hostile.attrs.public_ipv6 = Some(underlay6(0));
+    let mut with_hostile = leases.clone();
+    with_hostile.push(hostile);
+    let report = backends[0]
+        .reconcile(&refs(&with_hostile))
+        .await
+        .expect("reconcile");
+    assert_eq!(report.skipped.len(), 1, "{report:?}");
+    assert_eq!(report.planned, 0, "{report:?}");
+}

@@ -60,7 +60,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     registry.set_config(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"print"}}"#);
     let mut backends = BackendRegistry::new();
     backends.register("print", |_| Ok(Box::new(PrintBackend::default())));
-    let (name, addr) = ("eth0".to_string(), "192.0.2.1".parse()?);
+    let (name, addr) = ("eth0".to_string(), Some("192.0.2.1".parse()?));
     let mut options = AgentOptions::new(UnderlayInterface {
         name,
         index: 0,

@@ -218,7 +218,7 @@ fn agent_options(
 ) -> anyhow::Result<AgentOptions> {
     let iface = underlay.name.clone();
     let mut o = AgentOptions::new(underlay);
-    o.public_ip = flags.public_ip.unwrap_or(o.public_ip);
+    o.public_ip = flags.public_ip.or(o.public_ip);
     o.public_ipv6 = flags.public_ipv6.or(o.public_ipv6);
     o.subnet_file = Some(flags.subnet_file.clone());
     o.lease_ttl = flags.lease_ttl;
@@ -275,10 +275,12 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let options = agent_options(&flags, underlay)?;
     let _instance = instance_lock()?;
     let (underlay, public_ip) = (&options.underlay, options.public_ip);
-    info!(iface = %underlay.name, %public_ip, mtu = underlay.mtu, "using interface {} ({public_ip}) for inter-host traffic", underlay.name);
-    if let Some(v6) = options.public_ipv6 {
-        info!(iface = %underlay.name, public_ipv6 = %v6, "IPv6 address {v6} (used when the network config has EnableIPv6)");
-    }
+    let addrs: Vec<String> = public_ip
+        .map(|ip| ip.to_string())
+        .into_iter()
+        .chain(options.public_ipv6.map(|ip| ip.to_string()))
+        .collect();
+    info!(iface = %underlay.name, public_ip = ?public_ip, public_ipv6 = ?options.public_ipv6, mtu = underlay.mtu, "using interface {} ({}) for inter-host traffic", underlay.name, addrs.join(", "));
 
     let status = Arc::new(AgentStatus::default());
     let _http = if flags.healthz_port == 0 {

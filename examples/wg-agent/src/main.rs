@@ -96,18 +96,18 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let mut nl = NetlinkHandle::new().context("cannot open a netlink socket")?;
     let underlay = UnderlayInterface::find(&mut nl, &flags.iface)?.with_context(|| {
         format!(
-            "--iface {} matches no interface with an IPv4 address",
+            "--iface {} matches no interface with an address",
             flags.iface
         )
     })?;
     let mut options = AgentOptions::new(underlay);
-    options.public_ip = flags.public_ip.unwrap_or(options.public_ip);
+    options.public_ip = flags.public_ip.or(options.public_ip);
     options.subnet_file = Some(flags.subnet_file.clone());
     options.lease_ttl = flags.lease_ttl;
     options.reconcile_interval = flags.reconcile_interval;
     options.release_on_exit = flags.release_on_exit;
     options.validate()?;
-    info!(iface = %options.underlay.name, public_ip = %options.public_ip, "using {} for inter-host traffic", options.underlay.name);
+    info!(iface = %options.underlay.name, public_ip = ?options.public_ip, "using {} for inter-host traffic", options.underlay.name);
 
     let etcd = EtcdConfig::new(flags.etcd_endpoints.clone()).with_prefix(&flags.etcd_prefix);
     let registry = Arc::new(loop {

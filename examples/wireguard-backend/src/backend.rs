@@ -99,6 +99,23 @@ impl WireguardOptions {
     }
 }
 
+/// This example tunnels IPv4 only (one TUN device, IPv4 routes, IPv4
+/// endpoints). A dual-stack or IPv6-only network is refused, before the
+/// kernel is touched, rather than leased with an IPv6 subnet nothing would
+/// carry; the agent waits on it as on any config its backend cannot use.
+///
+/// # Errors
+/// [`BackendError::Config`] when the config has `EnableIPv6`.
+pub fn check_families(config: &NetworkConfig) -> Result<(), BackendError> {
+    if config.enable_ipv6 {
+        return Err(BackendError::Config {
+            backend: BACKEND_TYPE,
+            reason: "this backend carries IPv4 only: set EnableIPv6 false, or use vxlan or host-gw for a dual-stack or IPv6-only network".into(),
+        });
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone)]
 struct Ready {
     config: NetworkConfig,
@@ -194,6 +211,7 @@ impl Backend for WireguardBackend {
     }
 
     async fn setup(&mut self, host: &HostContext<'_>) -> Result<LocalSetup, BackendError> {
+        check_families(host.config)?;
         let mtu = host
             .underlay
             .mtu
@@ -296,5 +314,26 @@ impl Backend for WireguardBackend {
             }
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_networks_are_refused_naming_the_field() {
+        for json in [
+            r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"extension"}}"#,
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"extension"}}"#,
+        ] {
+            let cfg = NetworkConfig::parse(json).unwrap();
+            let err = check_families(&cfg).unwrap_err();
+            assert!(err.is_config(), "{err:?}");
+            assert!(err.to_string().contains("EnableIPv6 false"), "{err}");
+        }
+        let v4 = NetworkConfig::parse(r#"{"Network":"10.5.0.0/16"}"#).unwrap();
+        assert!(check_families(&v4).is_ok());
     }
 }

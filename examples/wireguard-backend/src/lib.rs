@@ -30,6 +30,6 @@ pub mod keys;
 pub mod pump;
 
 pub use backend::{
-    WireguardBackend, WireguardOptions, BACKEND_TYPE, DEFAULT_KEEPALIVE, DEFAULT_PORT, DEVICE,
-    WIREGUARD_OVERHEAD,
+    check_families, WireguardBackend, WireguardOptions, BACKEND_TYPE, DEFAULT_KEEPALIVE,
+    DEFAULT_PORT, DEVICE, WIREGUARD_OVERHEAD,
 };

@@ -15,7 +15,7 @@ pub(crate) fn underlay() -> UnderlayInterface {
         name: "eth0".into(),
         index: 0,
         mtu: 1500,
-        addr: "192.0.2.1".parse().unwrap(),
+        addr: "192.0.2.1".parse().ok(),
         addr6: None,
     }
 }

@@ -21,7 +21,7 @@ pub fn underlay(host: &Host) -> UnderlayInterface {
         name: host.underlay.clone(),
         index: eth0.index,
         mtu: eth0.mtu,
-        addr: host.addr,
+        addr: Some(host.addr),
         addr6: None,
     }
 }
