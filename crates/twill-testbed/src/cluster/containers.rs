@@ -12,8 +12,10 @@ use crate::netns::{ContainerAddrs, Netns};
 impl TwillCluster {
     /// Adds, on every host whose subnet file exists, a docker0-like bridge
     /// addressed with `FLANNEL_SUBNET` (MTU `FLANNEL_MTU`) and one container
-    /// at the subnet's `.2`, as `scripts/poc.sh` does. Hosts that already
-    /// have a container are left alone.
+    /// at the subnet's `.2`, as `scripts/poc.sh` does, and with
+    /// `FLANNEL_IPV6_SUBNET` at its `::2` (see
+    /// [`TwillCluster::add_dual_container`]). Hosts that already have a
+    /// container are left alone.
     ///
     /// # Errors
     /// When a subnet file cannot be parsed or an `ip` command fails.
@@ -22,7 +24,7 @@ impl TwillCluster {
             if self.containers[i].is_some() || !self.subnet_file(i).exists() {
                 continue;
             }
-            self.add_container(i)?;
+            self.add_dual_container(i)?;
         }
         Ok(())
     }
