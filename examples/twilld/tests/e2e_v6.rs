@@ -477,7 +477,12 @@ fn dual_stack_etcd_outage_keeps_the_dataplane_and_converges_after() {
         .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     for i in 0..3 {
         let k = c.kernel_state(i).unwrap();
-        assert_eq!((k.routes6.len(), k.fdb6.len()), (2, 2), "{}: {k:?}", c.name(i));
+        assert_eq!(
+            (k.routes6.len(), k.fdb6.len()),
+            (2, 2),
+            "{}: {k:?}",
+            c.name(i)
+        );
     }
     assert_eq!(all_ping_both(&c), Vec::<String>::new());
     common::report(

@@ -354,7 +354,11 @@ impl TwillCluster {
         for &i in hosts {
             self.check(i)?;
             if !leases.iter().any(|l| self.is_lease_of(i, l)) {
-                out.push(format!("{} ({}) has no lease", self.names[i], self.ip_label(i)));
+                out.push(format!(
+                    "{} ({}) has no lease",
+                    self.names[i],
+                    self.ip_label(i)
+                ));
                 continue;
             }
             let want = self.expected_state(i, &leases);
