@@ -325,8 +325,8 @@ mod tests {
     #[test]
     fn ipv6_networks_are_refused_naming_the_field() {
         for json in [
-            r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"extension"}}"#,
-            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"extension"}}"#,
+            r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"wireguard"}}"#,
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"wireguard"}}"#,
         ] {
             let cfg = NetworkConfig::parse(json).unwrap();
             let err = check_families(&cfg).unwrap_err();
