@@ -8,13 +8,12 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use twill_model::{BackendConfig, LeaseAttrs, NetworkConfig, SkipReason, SubnetKey, SubnetLease};
-use twill_netlink::{NetlinkHandle, Route, MAIN_TABLE, TWILL_RTPROT};
+use twill_netlink::{NetlinkHandle, MAIN_TABLE, TWILL_RTPROT};
 
 use crate::peers::{
     check_common, check_ipv6, claim_order, dedupe, dedupe6, on_segment, Claimed, Claimed6,
 };
-use crate::plan::{DataplaneState, Owner};
-use crate::plan6::{hostgw_peer6, DataplaneState6};
+use crate::plan::{hostgw_peer, DataplaneState, DataplaneState6, Owner};
 use crate::vxlan::{converge, converge6};
 use crate::{
     Backend, BackendError, HostContext, Ipv6Underlay, LocalSetup, ReconcileReport,
@@ -135,11 +134,11 @@ impl Backend for HostGwBackend {
                     Ok(Some(()))
                 });
             match verdict {
-                Ok(Some(())) => desired.routes.push(
-                    Route::new(peer.key.ipv4)
-                        .via(peer.attrs.public_ip)
-                        .dev(r.underlay.index),
-                ),
+                Ok(Some(())) => desired.routes.push(hostgw_peer(
+                    peer.key.ipv4,
+                    peer.attrs.public_ip,
+                    r.underlay.index,
+                )),
                 Ok(None) => {}
                 Err(reason) => report.skipped.push((peer.key, reason)),
             }
@@ -221,7 +220,7 @@ impl HostGwBackend {
                 Ok(Some((subnet, public))) => {
                     desired
                         .routes
-                        .push(hostgw_peer6(subnet, public, r.underlay.index));
+                        .push(hostgw_peer(subnet, public, r.underlay.index));
                 }
                 Ok(None) => {}
                 Err(reason) => report.skipped.push((peer.key, reason)),

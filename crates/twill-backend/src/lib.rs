@@ -14,8 +14,8 @@
 //!
 //! With `EnableIPv6` and the host's [`Ipv6Underlay`] in [`HostContext`],
 //! both backends also program the IPv6 half of each dual-stack lease, planned
-//! by [`plan6()`] in a pass of its own ([`converge6`]); without it they read
-//! and write no IPv6 state at all.
+//! by the same [`plan()`] in a pass of its own ([`converge6`]); without it
+//! they read and write no IPv6 state at all.
 //!
 //! IO: netlink syscalls only, blocking, on the calling task: a 10,000-peer
 //! pass takes about two seconds, so call a backend off your async runtime
@@ -50,15 +50,16 @@ use twill_model::{BackendConfig, LeaseAttrs, NetworkConfig, SubnetKey, SubnetLea
 mod hostgw;
 mod peers;
 pub mod plan;
-pub mod plan6;
 mod vxlan;
 
 /// Backends implement [`Backend`] with this attribute macro.
 pub use async_trait::async_trait;
 pub use hostgw::HostGwBackend;
 pub use peers::{select_peers, PeerContext, PeerSelection};
-pub use plan::{plan, DataplaneState, Op, Owner};
-pub use plan6::{hostgw_peer6, plan6, vxlan_peer6, DataplaneState6, Op6};
+pub use plan::{
+    hostgw_peer, plan, vxlan_peer, DataplaneState, DataplaneState6, IpDataplaneState, IpOp, Op,
+    Op6, Owner,
+};
 pub use vxlan::{
     converge, converge6, derived_vtep_mac, derived_vtep_mac6, VxlanBackend, VxlanOptions,
     VXLAN6_OVERHEAD, VXLAN_OVERHEAD,
@@ -67,8 +68,8 @@ pub use vxlan::{
 // The twill-netlink types this crate's API takes and returns, so that a
 // backend written on it needs no twill-netlink dependency of its own.
 pub use twill_netlink::{
-    Address, FdbEntry, Neighbour, NetlinkError, NetlinkHandle, Request, Route, MAIN_TABLE,
-    TWILL_RTPROT,
+    Address, FdbEntry, IpFamily, Neighbour, NetlinkError, NetlinkHandle, Request, Route,
+    MAIN_TABLE, TWILL_RTPROT,
 };
 // The reason type of `ReconcileReport::skipped`, shared with the lease core.
 pub use twill_model::SkipReason;

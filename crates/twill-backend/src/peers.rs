@@ -201,7 +201,7 @@ pub struct PeerSelection<'a, T> {
 /// let config = NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"mine"}}"#).unwrap();
 /// let lease = |key: &str, ip: &str, data: &str| SubnetLease {
 ///     key: key.parse().unwrap(),
-///     attrs: LeaseAttrs { backend_data: Some(serde_json::json!({ "K": data })),
+///     attrs: LeaseAttrs { backend_data: Some(serde_json::json!({ "K": data }).into()),
 ///                         ..LeaseAttrs::new(ip.parse().unwrap(), "mine") },
 ///     kind: LeaseKind::Expiring, revision: 0,
 /// };
@@ -210,7 +210,7 @@ pub struct PeerSelection<'a, T> {
 ///                        public_ip: "10.0.0.2".parse().unwrap(), backend_type: "mine" };
 /// let peers: Vec<&SubnetLease> = peers.iter().collect();
 /// let sel = select_peers(&peers, &cx, |p| {
-///     let k = p.attrs.backend_data.as_ref().and_then(|d| d["K"].as_str()).unwrap_or("");
+///     let k = p.attrs.backend_data.as_ref().and_then(|d| d.to_value()["K"].as_str().map(str::to_owned)).unwrap_or_default();
 ///     if k.is_empty() {
 ///         Err(SkipReason::Backend { backend: "mine", reason: "empty K".into() })
 ///     } else {

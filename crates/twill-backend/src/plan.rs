@@ -3,23 +3,51 @@
 //! No IO. [`plan`] compares what the peers require with what the kernel
 //! reported and returns the operations that turn one into the other,
 //! touching only entries that [`Owner`] says are ours.
+//!
+//! Written once over the address family ([`IpFamily`]): the IPv4 state
+//! ([`DataplaneState`], [`Op`]: ARP, FDB entries with IPv4 remotes, IPv4
+//! routes) and the IPv6 half of a dual-stack overlay ([`DataplaneState6`],
+//! [`Op6`]: NDP, FDB entries with IPv6 remotes on flannel's
+//! `flannel-v6.<VNI>`, IPv6 routes) follow the same keys, ownership, order
+//! and model of the kernel ([`simulate`]). The families are planned in
+//! separate passes, so an IPv4-only network plans, dumps and sends exactly
+//! what it would without IPv6; an [`Owner`] for the IPv6 pass names the
+//! IPv6 device.
 
 use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use twill_netlink::{FdbEntry, MacAddr, Neighbour, NetlinkError, Request, Route};
+use twill_netlink::{IpFamily, IpFdbEntry, IpNeighbour, IpRoute, MacAddr, NetlinkError, Request};
 
-/// What the kernel should hold for the current set of peers.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DataplaneState {
-    /// Permanent ARP entries.
-    pub neighbours: Vec<Neighbour>,
-    /// FDB entries (`self`, with `dst`). The kernel holds one `dst` per
-    /// unicast MAC on a device (more only for the all-zeros and multicast
-    /// MACs used for flooding), and [`plan`] programs them that way.
-    pub fdb: Vec<FdbEntry>,
+/// What the kernel should hold for the current set of peers, in family `A`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpDataplaneState<A: IpFamily> {
+    /// Permanent neighbour entries (ARP for IPv4, NDP for IPv6).
+    pub neighbours: Vec<IpNeighbour<A>>,
+    /// FDB entries (`self`, with a `dst` of family `A`). The kernel holds one
+    /// `dst` per unicast MAC on a device (more only for the all-zeros and
+    /// multicast MACs used for flooding), and [`plan`] programs them that way.
+    pub fdb: Vec<IpFdbEntry<A>>,
     /// Routes.
-    pub routes: Vec<Route>,
+    pub routes: Vec<IpRoute<A>>,
 }
+
+// Not derived: a derive would ask `A: Default`, which addresses are not.
+impl<A: IpFamily> Default for IpDataplaneState<A> {
+    fn default() -> Self {
+        Self {
+            neighbours: Vec::new(),
+            fdb: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// What the kernel should hold for the IPv4 side of the current peers.
+pub type DataplaneState = IpDataplaneState<Ipv4Addr>;
+
+/// What the kernel should hold for the IPv6 half of the current peers.
+pub type DataplaneState6 = IpDataplaneState<Ipv6Addr>;
 
 /// Which kernel entries belong to us (all others are never touched).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,19 +66,19 @@ pub struct Owner {
 impl Owner {
     /// Whether a neighbour entry is ours.
     #[must_use]
-    pub fn owns_neighbour(&self, n: &Neighbour) -> bool {
+    pub fn owns_neighbour<A: IpFamily>(&self, n: &IpNeighbour<A>) -> bool {
         self.device == Some(n.index) && n.permanent
     }
 
     /// Whether an FDB entry is ours.
     #[must_use]
-    pub fn owns_fdb(&self, e: &FdbEntry) -> bool {
+    pub fn owns_fdb<A: IpFamily>(&self, e: &IpFdbEntry<A>) -> bool {
         self.device == Some(e.index) && e.dst.is_some()
     }
 
     /// Whether a route is ours.
     #[must_use]
-    pub fn owns_route(&self, r: &Route) -> bool {
+    pub fn owns_route<A: IpFamily>(&self, r: &IpRoute<A>) -> bool {
         r.protocol == self.protocol
             && r.table == self.table
             && r.oif.is_some_and(|o| self.route_oifs.contains(&o))
@@ -62,50 +90,56 @@ impl Owner {
     /// changes no forwarding and lets twilld replace flanneld in place; any
     /// other foreign route is left alone.
     #[must_use]
-    pub fn adopts_route(&self, observed: &Route, desired: &Route) -> bool {
+    pub fn adopts_route<A: IpFamily>(&self, observed: &IpRoute<A>, desired: &IpRoute<A>) -> bool {
         !self.owns_route(observed)
-            && Route {
+            && IpRoute {
                 protocol: desired.protocol,
                 ..*observed
             } == *desired
     }
 }
 
-/// One change to the kernel.
+/// One change to the kernel's state of family `A`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Op {
-    /// Add or replace a permanent ARP entry.
-    ReplaceNeighbour(Neighbour),
-    /// Remove an ARP entry.
-    DeleteNeighbour(Neighbour),
+pub enum IpOp<A: IpFamily> {
+    /// Add or replace a permanent neighbour (ARP, NDP) entry.
+    ReplaceNeighbour(IpNeighbour<A>),
+    /// Remove a neighbour entry.
+    DeleteNeighbour(IpNeighbour<A>),
     /// Add a `dst` to an all-zeros or multicast (flooding) FDB entry, which
     /// may hold several (`bridge fdb append`). Never planned for a unicast
     /// MAC: the kernel answers success to appending a second `dst` to one and
     /// changes nothing.
-    AppendFdb(FdbEntry),
+    AppendFdb(IpFdbEntry<A>),
     /// Add or move the one FDB entry of a unicast MAC (`bridge fdb replace`).
-    ReplaceFdb(FdbEntry),
+    ReplaceFdb(IpFdbEntry<A>),
     /// Remove an FDB entry.
-    DeleteFdb(FdbEntry),
+    DeleteFdb(IpFdbEntry<A>),
     /// Add or replace a route.
-    ReplaceRoute(Route),
+    ReplaceRoute(IpRoute<A>),
     /// Remove a route.
-    DeleteRoute(Route),
+    DeleteRoute(IpRoute<A>),
 }
 
-impl Op {
+/// One change to the kernel's IPv4 state.
+pub type Op = IpOp<Ipv4Addr>;
+
+/// One change to the kernel's IPv6 state.
+pub type Op6 = IpOp<Ipv6Addr>;
+
+impl<A: IpFamily> IpOp<A> {
     /// The netlink request carrying this op out.
     #[must_use]
     pub fn to_request(&self) -> Request {
         match *self {
-            Op::ReplaceNeighbour(n) => Request::NeighbourReplace(n),
-            Op::DeleteNeighbour(n) => Request::NeighbourDelete(n),
-            Op::AppendFdb(e) => Request::FdbAppend(e),
-            Op::ReplaceFdb(e) => Request::FdbReplace(e),
-            Op::DeleteFdb(e) => Request::FdbDelete(e),
-            Op::ReplaceRoute(r) => Request::RouteReplace(r),
-            Op::DeleteRoute(r) => Request::RouteDelete(r),
+            Self::ReplaceNeighbour(n) => Request::neighbour_replace(n),
+            Self::DeleteNeighbour(n) => Request::neighbour_delete(n),
+            Self::AppendFdb(e) => Request::fdb_append(e),
+            Self::ReplaceFdb(e) => Request::fdb_replace(e),
+            Self::DeleteFdb(e) => Request::fdb_delete(e),
+            Self::ReplaceRoute(r) => Request::route_replace(r),
+            Self::DeleteRoute(r) => Request::route_delete(r),
         }
     }
 
@@ -114,7 +148,7 @@ impl Op {
     pub fn is_delete(&self) -> bool {
         matches!(
             self,
-            Op::DeleteNeighbour(_) | Op::DeleteFdb(_) | Op::DeleteRoute(_)
+            Self::DeleteNeighbour(_) | Self::DeleteFdb(_) | Self::DeleteRoute(_)
         )
     }
 
@@ -137,17 +171,17 @@ impl Op {
     }
 }
 
-type NeighKey = (u32, std::net::Ipv4Addr);
+type NeighKey<A> = (u32, A);
 /// `(device, MAC, dst)`; `dst` is `None` for unicast MACs, which the kernel
 /// holds once per device whatever their `dst` (see [`fdb_key`]).
-type FdbKey = (u32, MacAddr, Option<std::net::Ipv4Addr>);
-type RouteKey = (u32, ipnetwork::Ipv4Network);
+type FdbKey<A> = (u32, MacAddr, Option<A>);
+type RouteKey<A> = (u32, <A as IpFamily>::Network);
 
 /// The identity the kernel gives an FDB entry on a VXLAN device: a unicast
 /// MAC has one entry with one `dst` (appending another is acknowledged and
 /// ignored; replacing moves it), the all-zeros and multicast MACs have one
 /// `dst` per remote (flooding to each).
-fn fdb_key(e: &FdbEntry) -> FdbKey {
+fn fdb_key<A: IpFamily>(e: &IpFdbEntry<A>) -> FdbKey<A> {
     if e.mac.is_unicast() {
         (e.index, e.mac, None)
     } else {
@@ -170,25 +204,29 @@ fn fdb_key(e: &FdbEntry) -> FdbKey {
 /// kernel can hold only one: callers skip such peers first, as the vxlan
 /// backend does).
 #[must_use]
-pub fn plan(desired: &DataplaneState, observed: &DataplaneState, owner: &Owner) -> Vec<Op> {
+pub fn plan<A: IpFamily>(
+    desired: &IpDataplaneState<A>,
+    observed: &IpDataplaneState<A>,
+    owner: &Owner,
+) -> Vec<IpOp<A>> {
     let mut adds = Vec::new();
     let mut dels = Vec::new();
 
     // Neighbours, keyed by (device, ip).
-    let want: BTreeMap<NeighKey, Neighbour> = desired
+    let want: BTreeMap<NeighKey<A>, IpNeighbour<A>> = desired
         .neighbours
         .iter()
         .map(|n| {
             (
                 (n.index, n.ip),
-                Neighbour {
+                IpNeighbour {
                     permanent: true,
                     ..*n
                 },
             )
         })
         .collect();
-    let have: BTreeMap<NeighKey, &Neighbour> = observed
+    let have: BTreeMap<NeighKey<A>, &IpNeighbour<A>> = observed
         .neighbours
         .iter()
         .filter(|n| n.index == owner.device.unwrap_or(u32::MAX))
@@ -199,12 +237,12 @@ pub fn plan(desired: &DataplaneState, observed: &DataplaneState, owner: &Owner) 
             Some(h) if h.mac == n.mac && h.permanent => {}
             // A foreign (non-permanent, kernel-made) entry at our address is
             // replaced: ours must win for the overlay to work.
-            _ => adds.push(Op::ReplaceNeighbour(*n)),
+            _ => adds.push(IpOp::ReplaceNeighbour(*n)),
         }
     }
     for (k, h) in &have {
         if !want.contains_key(k) && owner.owns_neighbour(h) {
-            dels.push(Op::DeleteNeighbour(**h));
+            dels.push(IpOp::DeleteNeighbour(**h));
         }
     }
 
@@ -212,13 +250,13 @@ pub fn plan(desired: &DataplaneState, observed: &DataplaneState, owner: &Owner) 
     // mac, dst) and appending, as before, planned an append the kernel
     // ignores whenever a unicast MAC already had another dst: the op was
     // "applied" on every pass forever, and a moved dst was deleted instead.
-    let want: BTreeMap<FdbKey, FdbEntry> = desired
+    let want: BTreeMap<FdbKey<A>, IpFdbEntry<A>> = desired
         .fdb
         .iter()
         .map(|e| {
             (
                 fdb_key(e),
-                FdbEntry {
+                IpFdbEntry {
                     permanent: true,
                     ..*e
                 },
@@ -227,7 +265,7 @@ pub fn plan(desired: &DataplaneState, observed: &DataplaneState, owner: &Owner) 
         .collect();
     // Every entry on our device, also foreign ones: the kernel's one entry of
     // a unicast MAC we need is replaced whoever made it.
-    let mut have: BTreeMap<FdbKey, Vec<&FdbEntry>> = BTreeMap::new();
+    let mut have: BTreeMap<FdbKey<A>, Vec<&IpFdbEntry<A>>> = BTreeMap::new();
     for e in observed
         .fdb
         .iter()
@@ -239,10 +277,10 @@ pub fn plan(desired: &DataplaneState, observed: &DataplaneState, owner: &Owner) 
         let observed_here = have.get(k).map(Vec::as_slice).unwrap_or_default();
         if !observed_here.iter().any(|h| **h == *e) {
             adds.push(if e.mac.is_unicast() {
-                Op::ReplaceFdb(*e)
+                IpOp::ReplaceFdb(*e)
             } else {
                 // Also makes an existing non-permanent entry permanent.
-                Op::AppendFdb(*e)
+                IpOp::AppendFdb(*e)
             });
         }
     }
@@ -252,18 +290,18 @@ pub fn plan(desired: &DataplaneState, observed: &DataplaneState, owner: &Owner) 
                 Some(w) if w.dst == e.dst => {}
                 // Moved in place by the ReplaceFdb above.
                 Some(_) if es.len() == 1 => {}
-                _ => dels.push(Op::DeleteFdb(**e)),
+                _ => dels.push(IpOp::DeleteFdb(**e)),
             }
         }
     }
 
     // Routes, keyed by (table, dst).
-    let want: BTreeMap<RouteKey, Route> = desired
+    let want: BTreeMap<RouteKey<A>, IpRoute<A>> = desired
         .routes
         .iter()
         .map(|r| ((r.table, r.dst), *r))
         .collect();
-    let mut have: BTreeMap<RouteKey, Vec<&Route>> = BTreeMap::new();
+    let mut have: BTreeMap<RouteKey<A>, Vec<&IpRoute<A>>> = BTreeMap::new();
     for r in &observed.routes {
         have.entry((r.table, r.dst)).or_default().push(r);
     }
@@ -276,7 +314,7 @@ pub fn plan(desired: &DataplaneState, observed: &DataplaneState, owner: &Owner) 
             .iter()
             .any(|h| !owner.owns_route(h) && !owner.adopts_route(h, r));
         if !present && !foreign {
-            adds.push(Op::ReplaceRoute(*r));
+            adds.push(IpOp::ReplaceRoute(*r));
         }
     }
     for (k, rs) in &have {
@@ -288,7 +326,7 @@ pub fn plan(desired: &DataplaneState, observed: &DataplaneState, owner: &Owner) 
                 Some(w) if w == *r => {}
                 // Replaced in place by the ReplaceRoute above (same table/dst).
                 Some(_) if rs.len() == 1 => {}
-                _ => dels.push(Op::DeleteRoute(**r)),
+                _ => dels.push(IpOp::DeleteRoute(**r)),
             }
         }
     }
@@ -300,14 +338,14 @@ pub fn plan(desired: &DataplaneState, observed: &DataplaneState, owner: &Owner) 
 /// Desired routes that [`plan`] will not program because a route we do not
 /// own already holds the same destination in the same table.
 #[must_use]
-pub fn route_conflicts(
-    desired: &DataplaneState,
-    observed: &DataplaneState,
+pub fn route_conflicts<A: IpFamily>(
+    desired: &IpDataplaneState<A>,
+    observed: &IpDataplaneState<A>,
     owner: &Owner,
-) -> Vec<Route> {
+) -> Vec<IpRoute<A>> {
     // A set, not a scan per desired route: O(n log n) at 10,000 peers
     // instead of 100 M comparisons per reconcile.
-    let mut foreign: BTreeMap<(u32, ipnetwork::Ipv4Network), Vec<&Route>> = BTreeMap::new();
+    let mut foreign: BTreeMap<RouteKey<A>, Vec<&IpRoute<A>>> = BTreeMap::new();
     for h in observed.routes.iter().filter(|h| !owner.owns_route(h)) {
         foreign.entry((h.table, h.dst)).or_default().push(h);
     }
@@ -326,20 +364,20 @@ pub fn route_conflicts(
 /// Applies `ops` to a model of the kernel (for tests): what the kernel
 /// would hold afterwards, given it held `state`.
 #[must_use]
-pub fn simulate(state: &DataplaneState, ops: &[Op]) -> DataplaneState {
+pub fn simulate<A: IpFamily>(state: &IpDataplaneState<A>, ops: &[IpOp<A>]) -> IpDataplaneState<A> {
     let mut s = state.clone();
     for op in ops {
         match *op {
-            Op::ReplaceNeighbour(n) => {
+            IpOp::ReplaceNeighbour(n) => {
                 s.neighbours.retain(|x| (x.index, x.ip) != (n.index, n.ip));
                 s.neighbours.push(n);
             }
-            Op::DeleteNeighbour(n) => s.neighbours.retain(|x| (x.index, x.ip) != (n.index, n.ip)),
+            IpOp::DeleteNeighbour(n) => s.neighbours.retain(|x| (x.index, x.ip) != (n.index, n.ip)),
             // As vxlan_fdb_update() does: the state belongs to the entry of
             // (device, MAC), shared by its dsts; appending adds a dst only to
             // the all-zeros and multicast MACs, and is acknowledged but
             // otherwise ignored for a unicast MAC that already has one.
-            Op::AppendFdb(e) => {
+            IpOp::AppendFdb(e) => {
                 let mut exists = false;
                 for x in s
                     .fdb
@@ -360,7 +398,7 @@ pub fn simulate(state: &DataplaneState, ops: &[Op]) -> DataplaneState {
             }
             // Replacing moves the (first) dst of a unicast MAC; the kernel
             // refuses it for the others (EOPNOTSUPP).
-            Op::ReplaceFdb(e) if e.mac.is_unicast() => {
+            IpOp::ReplaceFdb(e) if e.mac.is_unicast() => {
                 match s
                     .fdb
                     .iter_mut()
@@ -370,11 +408,11 @@ pub fn simulate(state: &DataplaneState, ops: &[Op]) -> DataplaneState {
                     None => s.fdb.push(e),
                 }
             }
-            Op::ReplaceFdb(_) => {}
-            Op::DeleteFdb(e) => s.fdb.retain(|x| {
+            IpOp::ReplaceFdb(_) => {}
+            IpOp::DeleteFdb(e) => s.fdb.retain(|x| {
                 (x.index, x.mac) != (e.index, e.mac) || e.dst.is_some_and(|d| x.dst != Some(d))
             }),
-            Op::ReplaceRoute(r) => {
+            IpOp::ReplaceRoute(r) => {
                 // NLM_F_REPLACE replaces the first route with the same table/dst.
                 if let Some(x) = s
                     .routes
@@ -386,7 +424,7 @@ pub fn simulate(state: &DataplaneState, ops: &[Op]) -> DataplaneState {
                     s.routes.push(r);
                 }
             }
-            Op::DeleteRoute(r) => {
+            IpOp::DeleteRoute(r) => {
                 if let Some(pos) = s.routes.iter().position(|x| *x == r) {
                     s.routes.remove(pos);
                 }
@@ -396,12 +434,107 @@ pub fn simulate(state: &DataplaneState, ops: &[Op]) -> DataplaneState {
     s
 }
 
+/// What flannel programs on its VXLAN device (`dev`: `flannel.<VNI>`, or
+/// `flannel-v6.<VNI>` for the IPv6 half) for a peer's `subnet` with VTEP MAC
+/// `mac` at `public` (its `PublicIP` or `PublicIPv6`): the subnet's first
+/// address as the peer's gateway, its neighbour entry to the MAC, the MAC's
+/// FDB entry to the underlay address, the onlink route.
+#[must_use]
+pub fn vxlan_peer<A: IpFamily>(
+    dev: u32,
+    subnet: A::Network,
+    mac: MacAddr,
+    public: A,
+) -> (IpNeighbour<A>, IpFdbEntry<A>, IpRoute<A>) {
+    let gw = A::network_addr(&subnet);
+    (
+        IpNeighbour::permanent(dev, gw, mac),
+        IpFdbEntry::permanent(dev, mac, public),
+        IpRoute::new(subnet).via(gw).dev(dev).onlink(),
+    )
+}
+
+/// What host-gw programs for a peer's `subnet` at `public` (its `PublicIP`
+/// or `PublicIPv6`) through the underlay device `underlay`: flannel's
+/// `ip [-6] route replace <subnet> via <public> dev <underlay>`.
+#[must_use]
+pub fn hostgw_peer<A: IpFamily>(subnet: A::Network, public: A, underlay: u32) -> IpRoute<A> {
+    IpRoute::new(subnet).via(public).dev(underlay)
+}
+
 #[cfg(test)]
 mod tests {
+    //! Every test runs for both families (`v4::…`, `v6::…`): the same
+    //! cases over [`Fixture`]'s addresses, as the planner is the same.
+
     use super::*;
     use proptest::prelude::*;
-    use std::net::Ipv4Addr;
     use twill_netlink::{MAIN_TABLE, TWILL_RTPROT};
+
+    /// The addresses the cases are written with, per family.
+    trait Fixture: IpFamily {
+        /// Peer `i`'s subnet (`10.244.i.0/24`, `fd10:244:i::/64`).
+        fn subnet(i: u8) -> Self::Network;
+        /// The first address of peer `i`'s subnet (its gateway and neighbour entry).
+        fn overlay(i: u8) -> Self {
+            Self::network_addr(&Self::subnet(i))
+        }
+        /// Peer `i`'s underlay address (`PublicIP`, `PublicIPv6`).
+        fn underlay(i: u8) -> Self;
+        /// An address on neither network.
+        fn elsewhere() -> Self;
+    }
+
+    impl Fixture for Ipv4Addr {
+        fn subnet(i: u8) -> Self::Network {
+            format!("10.244.{i}.0/24").parse().expect("net")
+        }
+        fn underlay(i: u8) -> Self {
+            Ipv4Addr::new(10, 0, 0, i)
+        }
+        fn elsewhere() -> Self {
+            Ipv4Addr::new(1, 2, 3, 4)
+        }
+    }
+
+    impl Fixture for Ipv6Addr {
+        fn subnet(i: u8) -> Self::Network {
+            format!("fd10:244:{i:x}::/64").parse().expect("net")
+        }
+        fn underlay(i: u8) -> Self {
+            Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(i))
+        }
+        fn elsewhere() -> Self {
+            "fd99::4".parse().expect("ip")
+        }
+    }
+
+    /// Instantiates each generic case once per family.
+    macro_rules! for_both_families {
+        ($($case:ident),* $(,)?) => {
+            mod v4 {
+                $(#[test] fn $case() { super::$case::<std::net::Ipv4Addr>() })*
+            }
+            mod v6 {
+                $(#[test] fn $case() { super::$case::<std::net::Ipv6Addr>() })*
+            }
+        };
+    }
+
+    for_both_families!(
+        empty_kernel_gets_three_ops_per_peer,
+        matching_kernel_plans_nothing,
+        stale_peer_is_removed_and_foreign_entries_kept,
+        changed_mac_replaces_neighbour_and_moves_fdb,
+        moved_dst_of_a_unicast_mac_is_replaced_in_place,
+        one_unicast_mac_wanted_at_two_dsts_settles_on_one,
+        flooding_entries_hold_one_dst_per_remote,
+        a_non_permanent_fdb_entry_is_made_permanent,
+        only_deletes_count_not_found_as_done,
+        changed_route_is_replaced_in_place_not_deleted,
+        foreign_route_at_our_destination_is_not_replaced,
+        flanneld_route_identical_but_for_protocol_is_taken_over,
+    );
 
     const DEV: u32 = 5;
     const ETH0: u32 = 2;
@@ -420,20 +553,17 @@ mod tests {
         MacAddr([0x0e, 0, 0, 0, 0, i])
     }
 
-    fn peer(i: u8) -> (Neighbour, FdbEntry, Route) {
-        let gw = Ipv4Addr::new(10, 244, i, 0);
+    fn peer<A: Fixture>(i: u8) -> (IpNeighbour<A>, IpFdbEntry<A>, IpRoute<A>) {
+        let gw = A::overlay(i);
         (
-            Neighbour::permanent(DEV, gw, mac(i)),
-            FdbEntry::permanent(DEV, mac(i), Ipv4Addr::new(10, 0, 0, i)),
-            Route::new(format!("10.244.{i}.0/24").parse().expect("net"))
-                .via(gw)
-                .dev(DEV)
-                .onlink(),
+            IpNeighbour::permanent(DEV, gw, mac(i)),
+            IpFdbEntry::permanent(DEV, mac(i), A::underlay(i)),
+            IpRoute::new(A::subnet(i)).via(gw).dev(DEV).onlink(),
         )
     }
 
-    fn state(ids: &[u8]) -> DataplaneState {
-        let mut s = DataplaneState::default();
+    fn state<A: Fixture>(ids: &[u8]) -> IpDataplaneState<A> {
+        let mut s = IpDataplaneState::default();
         for &i in ids {
             let (n, f, r) = peer(i);
             s.neighbours.push(n);
@@ -443,29 +573,26 @@ mod tests {
         s
     }
 
-    #[test]
-    fn empty_kernel_gets_three_ops_per_peer() {
-        let ops = plan(&state(&[1, 2]), &DataplaneState::default(), &owner());
+    fn empty_kernel_gets_three_ops_per_peer<A: Fixture>() {
+        let ops = plan(&state::<A>(&[1, 2]), &IpDataplaneState::default(), &owner());
         assert_eq!(ops.len(), 6);
         assert!(ops.iter().all(|o| !o.is_delete()));
     }
 
-    #[test]
-    fn matching_kernel_plans_nothing() {
-        assert!(plan(&state(&[1, 2, 3]), &state(&[1, 2, 3]), &owner()).is_empty());
+    fn matching_kernel_plans_nothing<A: Fixture>() {
+        assert!(plan(&state::<A>(&[1, 2, 3]), &state(&[1, 2, 3]), &owner()).is_empty());
     }
 
-    #[test]
-    fn stale_peer_is_removed_and_foreign_entries_kept() {
-        let mut observed = state(&[1, 2]);
-        let foreign_route = Route::new("10.244.7.0/24".parse().expect("net"))
-            .via(Ipv4Addr::new(10, 0, 0, 7))
+    fn stale_peer_is_removed_and_foreign_entries_kept<A: Fixture>() {
+        let mut observed = state::<A>(&[1, 2]);
+        let foreign_route = IpRoute::new(A::subnet(7))
+            .via(A::underlay(7))
             .dev(ETH0)
             .protocol(4);
-        let other_dev = Neighbour::permanent(OTHER, Ipv4Addr::new(1, 2, 3, 4), mac(9));
-        let dynamic = Neighbour {
+        let other_dev = IpNeighbour::permanent(OTHER, A::elsewhere(), mac(9));
+        let dynamic = IpNeighbour {
             permanent: false,
-            ..Neighbour::permanent(DEV, Ipv4Addr::new(10, 244, 8, 0), mac(8))
+            ..IpNeighbour::permanent(DEV, A::overlay(8), mac(8))
         };
         observed.routes.push(foreign_route);
         observed.neighbours.push(other_dev);
@@ -475,72 +602,68 @@ mod tests {
         assert_eq!(
             ops,
             vec![
-                Op::DeleteNeighbour(n2),
-                Op::DeleteFdb(f2),
-                Op::DeleteRoute(r2)
+                IpOp::DeleteNeighbour(n2),
+                IpOp::DeleteFdb(f2),
+                IpOp::DeleteRoute(r2)
             ]
         );
     }
 
-    #[test]
-    fn changed_mac_replaces_neighbour_and_moves_fdb() {
-        let observed = state(&[1]);
+    fn changed_mac_replaces_neighbour_and_moves_fdb<A: Fixture>() {
+        let observed = state::<A>(&[1]);
         let mut desired = state(&[1]);
         desired.neighbours[0].mac = Some(mac(99));
         desired.fdb[0].mac = mac(99);
         let ops = plan(&desired, &observed, &owner());
         assert_eq!(ops.len(), 3, "{ops:?}");
-        assert!(matches!(ops[0], Op::ReplaceNeighbour(n) if n.mac == Some(mac(99))));
-        assert!(matches!(ops[1], Op::ReplaceFdb(e) if e.mac == mac(99)));
-        assert!(matches!(ops[2], Op::DeleteFdb(e) if e.mac == mac(1)));
+        assert!(matches!(ops[0], IpOp::ReplaceNeighbour(n) if n.mac == Some(mac(99))));
+        assert!(matches!(ops[1], IpOp::ReplaceFdb(e) if e.mac == mac(99)));
+        assert!(matches!(ops[2], IpOp::DeleteFdb(e) if e.mac == mac(1)));
     }
 
-    #[test]
-    fn moved_dst_of_a_unicast_mac_is_replaced_in_place() {
+    fn moved_dst_of_a_unicast_mac_is_replaced_in_place<A: Fixture>() {
         // A peer's PublicIP changed, its VtepMAC did not. Appending the new
         // dst is ignored by the kernel (the MAC has one already) and deleting
         // the old one then left no entry at all.
-        let observed = state(&[1]);
+        let observed = state::<A>(&[1]);
         let mut desired = state(&[1]);
-        desired.fdb[0].dst = Some(Ipv4Addr::new(10, 0, 0, 77));
+        desired.fdb[0].dst = Some(A::underlay(77));
         let ops = plan(&desired, &observed, &owner());
-        assert_eq!(ops, vec![Op::ReplaceFdb(desired.fdb[0])]);
+        assert_eq!(ops, vec![IpOp::ReplaceFdb(desired.fdb[0])]);
         let after = simulate(&observed, &ops);
         assert_eq!(after.fdb, desired.fdb);
         assert!(plan(&desired, &after, &owner()).is_empty());
     }
 
-    #[test]
-    fn one_unicast_mac_wanted_at_two_dsts_settles_on_one() {
+    fn one_unicast_mac_wanted_at_two_dsts_settles_on_one<A: Fixture>() {
         // The kernel keeps one dst per unicast MAC: planning both forever
         // (each pass "applying" an append the kernel ignores) is the bug.
-        let mut desired = state(&[1, 2]);
+        let mut desired = state::<A>(&[1, 2]);
         desired.fdb[1].mac = mac(1);
-        let ops = plan(&desired, &DataplaneState::default(), &owner());
-        let after = simulate(&DataplaneState::default(), &ops);
+        let ops = plan(&desired, &IpDataplaneState::default(), &owner());
+        let after = simulate(&IpDataplaneState::default(), &ops);
         assert_eq!(after.fdb, vec![desired.fdb[1]], "the last one wins");
         assert!(plan(&desired, &after, &owner()).is_empty());
     }
 
-    #[test]
-    fn flooding_entries_hold_one_dst_per_remote() {
+    fn flooding_entries_hold_one_dst_per_remote<A: Fixture>() {
         let zero = MacAddr([0; 6]);
-        let flood = |d: u8| FdbEntry::permanent(DEV, zero, Ipv4Addr::new(10, 0, 0, d));
-        let desired = DataplaneState {
+        let flood = |d: u8| IpFdbEntry::permanent(DEV, zero, A::underlay(d));
+        let desired = IpDataplaneState {
             fdb: vec![flood(1), flood(2)],
-            ..DataplaneState::default()
+            ..IpDataplaneState::default()
         };
-        let observed = DataplaneState {
+        let observed = IpDataplaneState {
             fdb: vec![flood(3)],
-            ..DataplaneState::default()
+            ..IpDataplaneState::default()
         };
         let ops = plan(&desired, &observed, &owner());
         assert_eq!(
             ops,
             vec![
-                Op::AppendFdb(flood(1)),
-                Op::AppendFdb(flood(2)),
-                Op::DeleteFdb(flood(3))
+                IpOp::AppendFdb(flood(1)),
+                IpOp::AppendFdb(flood(2)),
+                IpOp::DeleteFdb(flood(3))
             ]
         );
         let after = simulate(&observed, &ops);
@@ -548,29 +671,31 @@ mod tests {
         assert!(plan(&desired, &after, &owner()).is_empty());
     }
 
-    #[test]
-    fn a_non_permanent_fdb_entry_is_made_permanent() {
-        let mut observed = state(&[1]);
+    fn a_non_permanent_fdb_entry_is_made_permanent<A: Fixture>() {
+        let mut observed = state::<A>(&[1]);
         observed.fdb[0].permanent = false;
         let desired = state(&[1]);
         let ops = plan(&desired, &observed, &owner());
-        assert_eq!(ops, vec![Op::ReplaceFdb(desired.fdb[0])]);
+        assert_eq!(ops, vec![IpOp::ReplaceFdb(desired.fdb[0])]);
     }
 
-    #[test]
-    fn only_deletes_count_not_found_as_done() {
+    fn only_deletes_count_not_found_as_done<A: Fixture>() {
         let err = |errno: i32| NetlinkError::Kernel {
             request: "x".into(),
             errno,
         };
-        let (n, f, r) = peer(1);
+        let (n, f, r) = peer::<A>(1);
         let adds = [
-            Op::ReplaceNeighbour(n),
-            Op::AppendFdb(f),
-            Op::ReplaceFdb(f),
-            Op::ReplaceRoute(r),
+            IpOp::ReplaceNeighbour(n),
+            IpOp::AppendFdb(f),
+            IpOp::ReplaceFdb(f),
+            IpOp::ReplaceRoute(r),
         ];
-        let dels = [Op::DeleteNeighbour(n), Op::DeleteFdb(f), Op::DeleteRoute(r)];
+        let dels = [
+            IpOp::DeleteNeighbour(n),
+            IpOp::DeleteFdb(f),
+            IpOp::DeleteRoute(r),
+        ];
         for errno in [linux::ENOENT, linux::ESRCH, linux::ENODEV] {
             assert!(adds.iter().all(|op| !op.is_done_despite(&err(errno))));
             assert!(dels.iter().all(|op| op.is_done_despite(&err(errno))));
@@ -592,59 +717,56 @@ mod tests {
         pub(super) const ENETUNREACH: i32 = 101;
     }
 
-    #[test]
-    fn changed_route_is_replaced_in_place_not_deleted() {
-        let observed = state(&[1]);
+    fn changed_route_is_replaced_in_place_not_deleted<A: Fixture>() {
+        let observed = state::<A>(&[1]);
         let mut desired = state(&[1]);
-        desired.routes[0] = desired.routes[0].via(Ipv4Addr::new(10, 0, 0, 1));
+        desired.routes[0] = desired.routes[0].via(A::underlay(1));
         desired.routes[0].onlink = false;
         desired.routes[0].oif = Some(ETH0);
         let ops = plan(&desired, &observed, &owner());
-        assert_eq!(ops, vec![Op::ReplaceRoute(desired.routes[0])]);
+        assert_eq!(ops, vec![IpOp::ReplaceRoute(desired.routes[0])]);
     }
 
-    #[test]
-    fn foreign_route_at_our_destination_is_not_replaced() {
-        let mut observed = DataplaneState::default();
-        let (_, _, r) = peer(3);
+    fn foreign_route_at_our_destination_is_not_replaced<A: Fixture>() {
+        let mut observed = IpDataplaneState::default();
+        let (_, _, r) = peer::<A>(3);
         // Another route to the same destination (not our layout): not ours.
         let mut foreign = r.protocol(4);
-        foreign.gateway = Some("10.0.0.9".parse().expect("ip"));
+        foreign.gateway = Some(A::underlay(9));
         observed.routes.push(foreign);
         let desired = state(&[3]);
         let ops = plan(&desired, &observed, &owner());
         assert!(!ops
             .iter()
-            .any(|o| matches!(o, Op::ReplaceRoute(_) | Op::DeleteRoute(_))));
+            .any(|o| matches!(o, IpOp::ReplaceRoute(_) | IpOp::DeleteRoute(_))));
         assert_eq!(route_conflicts(&desired, &observed, &owner()), vec![r]);
     }
 
-    #[test]
-    fn flanneld_route_identical_but_for_protocol_is_taken_over() {
+    fn flanneld_route_identical_but_for_protocol_is_taken_over<A: Fixture>() {
         // What flanneld leaves behind when twilld replaces it on a host.
-        let mut observed = DataplaneState::default();
-        let (_, _, r) = peer(3);
+        let mut observed = IpDataplaneState::default();
+        let (_, _, r) = peer::<A>(3);
         let flanneld = r.protocol(3);
         observed.routes.push(flanneld);
         let desired = state(&[3]);
         let ops = plan(&desired, &observed, &owner());
-        assert!(ops.contains(&Op::ReplaceRoute(r)), "{ops:?}");
+        assert!(ops.contains(&IpOp::ReplaceRoute(r)), "{ops:?}");
         assert!(route_conflicts(&desired, &observed, &owner()).is_empty());
         let after = simulate(&observed, &ops);
         assert!(after.routes.contains(&r) && !after.routes.contains(&flanneld));
         assert!(plan(&desired, &after, &owner()).is_empty());
         // The same route through another gateway is someone else's: kept.
         let mut other = r.protocol(3);
-        other.gateway = Some("10.0.0.9".parse().expect("ip"));
-        let observed = DataplaneState {
+        other.gateway = Some(A::underlay(9));
+        let observed = IpDataplaneState {
             routes: vec![other],
-            ..DataplaneState::default()
+            ..IpDataplaneState::default()
         };
         let ops = plan(&desired, &observed, &owner());
-        assert!(!ops.iter().any(|o| matches!(o, Op::ReplaceRoute(_))));
+        assert!(!ops.iter().any(|o| matches!(o, IpOp::ReplaceRoute(_))));
     }
 
-    fn arb_route() -> impl Strategy<Value = Route> {
+    fn arb_route<A: Fixture>() -> impl Strategy<Value = IpRoute<A>> {
         (
             0u8..12,
             prop::bool::ANY,
@@ -653,8 +775,8 @@ mod tests {
             prop_oneof![Just(MAIN_TABLE), Just(100u32)],
         )
             .prop_map(|(i, onlink, oif, proto, table)| {
-                let mut r = Route::new(format!("10.244.{i}.0/24").parse().expect("net"))
-                    .via(Ipv4Addr::new(10, 0, 0, i))
+                let mut r = IpRoute::new(A::subnet(i))
+                    .via(A::underlay(i))
                     .dev(oif)
                     .protocol(proto)
                     .table(table);
@@ -663,32 +785,32 @@ mod tests {
             })
     }
 
-    fn arb_neigh() -> impl Strategy<Value = Neighbour> {
+    fn arb_neigh<A: Fixture>() -> impl Strategy<Value = IpNeighbour<A>> {
         (
             0u8..12,
             0u8..4,
             prop_oneof![Just(DEV), Just(OTHER)],
             prop::bool::ANY,
         )
-            .prop_map(|(i, m, dev, perm)| Neighbour {
+            .prop_map(|(i, m, dev, perm)| IpNeighbour {
                 index: dev,
-                ip: Ipv4Addr::new(10, 244, i, 0),
+                ip: A::overlay(i),
                 mac: Some(mac(m)),
                 permanent: perm,
             })
     }
 
-    fn arb_fdb() -> impl Strategy<Value = FdbEntry> {
+    fn arb_fdb<A: Fixture>() -> impl Strategy<Value = IpFdbEntry<A>> {
         (
             prop_oneof![(0u8..6).prop_map(mac), Just(MacAddr([0; 6]))],
             prop::option::of(0u8..4),
             prop_oneof![Just(DEV), Just(OTHER)],
             prop::bool::ANY,
         )
-            .prop_map(|(mac, dst, dev, permanent)| FdbEntry {
+            .prop_map(|(mac, dst, dev, permanent)| IpFdbEntry {
                 index: dev,
                 mac,
-                dst: dst.map(|d| Ipv4Addr::new(10, 0, 0, d)),
+                dst: dst.map(A::underlay),
                 permanent,
             })
     }
@@ -703,97 +825,127 @@ mod tests {
         out
     }
 
-    prop_compose! {
-        /// A kernel state (no two entries the kernel would consider the same object).
-        fn arb_observed()(n in prop::collection::vec(arb_neigh(), 0..8),
-                          f in prop::collection::vec(arb_fdb(), 0..8),
-                          r in prop::collection::vec(arb_route(), 0..8)) -> DataplaneState {
-            DataplaneState {
+    /// A kernel state (no two entries the kernel would consider the same object).
+    fn arb_observed<A: Fixture>() -> impl Strategy<Value = IpDataplaneState<A>> {
+        (
+            prop::collection::vec(arb_neigh::<A>(), 0..8),
+            prop::collection::vec(arb_fdb::<A>(), 0..8),
+            prop::collection::vec(arb_route::<A>(), 0..8),
+        )
+            .prop_map(|(n, f, r)| IpDataplaneState {
                 neighbours: dedup(n, |a, b| (a.index, a.ip) == (b.index, b.ip)),
                 // One entry per unicast MAC and device, as the kernel holds them.
                 fdb: dedup(f, |a, b| fdb_key(a) == fdb_key(b)),
                 routes: dedup(r, |a, b| (a.table, a.dst) == (b.table, b.dst)),
-            }
-        }
+            })
     }
 
-    prop_compose! {
-        /// What a backend wants: our device, our protocol, main table.
-        fn arb_desired()(ids in prop::collection::btree_set(0u8..12, 0..8), direct in prop::collection::vec(prop::bool::ANY, 8), flood in prop::collection::vec(prop::bool::ANY, 8)) -> DataplaneState {
-            let mut s = DataplaneState::default();
-            for (k, i) in ids.into_iter().enumerate() {
-                let (n, f, r) = peer(i);
-                if direct[k % 8] {
-                    s.routes.push(Route::new(r.dst).via(Ipv4Addr::new(10, 0, 0, i)).dev(ETH0));
-                } else {
-                    s.neighbours.push(n);
-                    s.fdb.push(f);
-                    s.routes.push(r);
+    /// What a backend wants: our device, our protocol, main table.
+    fn arb_desired<A: Fixture>() -> impl Strategy<Value = IpDataplaneState<A>> {
+        (
+            prop::collection::btree_set(0u8..12, 0..8),
+            prop::collection::vec(prop::bool::ANY, 8),
+            prop::collection::vec(prop::bool::ANY, 8),
+        )
+            .prop_map(|(ids, direct, flood)| {
+                let mut s = IpDataplaneState::default();
+                for (k, i) in ids.into_iter().enumerate() {
+                    let (n, f, r) = peer::<A>(i);
+                    if direct[k % 8] {
+                        s.routes
+                            .push(IpRoute::new(r.dst).via(A::underlay(i)).dev(ETH0));
+                    } else {
+                        s.neighbours.push(n);
+                        s.fdb.push(f);
+                        s.routes.push(r);
+                    }
+                    // Head-end replication: one all-zeros entry per remote.
+                    if flood[k % 8] {
+                        s.fdb
+                            .push(IpFdbEntry::permanent(DEV, MacAddr([0; 6]), A::underlay(i)));
+                    }
                 }
-                // Head-end replication: one all-zeros entry per remote.
-                if flood[k % 8] {
-                    s.fdb.push(FdbEntry::permanent(DEV, MacAddr([0; 6]), Ipv4Addr::new(10, 0, 0, i)));
-                }
-            }
-            s
-        }
+                s
+            })
     }
 
     proptest! {
         #[test]
-        fn plan_converges_and_never_touches_foreign_entries(desired in arb_desired(), observed in arb_observed()) {
-            let o = owner();
-            let ops = plan(&desired, &observed, &o);
-            // Deletes only ever target entries we own.
-            for op in &ops {
-                match op {
-                    Op::DeleteNeighbour(n) => prop_assert!(o.owns_neighbour(n)),
-                    Op::DeleteFdb(e) => prop_assert!(o.owns_fdb(e)),
-                    Op::AppendFdb(e) => prop_assert!(!e.mac.is_unicast(), "append ignored by the kernel: {:?}", e),
-                    Op::DeleteRoute(r) => prop_assert!(o.owns_route(r)),
-                    Op::ReplaceRoute(r) => {
-                        // Never overwrites a foreign route at the same destination.
-                        prop_assert!(!observed.routes.iter().any(|h| (h.table, h.dst) == (r.table, r.dst) && !o.owns_route(h) && !o.adopts_route(h, r)));
-                    }
-                    _ => {}
+        fn plan_converges_and_never_touches_foreign_entries_v4(desired in arb_desired::<Ipv4Addr>(), observed in arb_observed::<Ipv4Addr>()) {
+            plan_converges_and_never_touches_foreign_entries(&desired, &observed)?;
+        }
+
+        #[test]
+        fn plan_converges_and_never_touches_foreign_entries_v6(desired in arb_desired::<Ipv6Addr>(), observed in arb_observed::<Ipv6Addr>()) {
+            plan_converges_and_never_touches_foreign_entries(&desired, &observed)?;
+        }
+    }
+
+    fn plan_converges_and_never_touches_foreign_entries<A: Fixture>(
+        desired: &IpDataplaneState<A>,
+        observed: &IpDataplaneState<A>,
+    ) -> Result<(), TestCaseError> {
+        let o = owner();
+        let ops = plan(desired, observed, &o);
+        // Deletes only ever target entries we own.
+        for op in &ops {
+            match op {
+                IpOp::DeleteNeighbour(n) => prop_assert!(o.owns_neighbour(n)),
+                IpOp::DeleteFdb(e) => prop_assert!(o.owns_fdb(e)),
+                IpOp::AppendFdb(e) => {
+                    prop_assert!(!e.mac.is_unicast(), "append ignored by the kernel: {:?}", e);
                 }
-            }
-            let after = simulate(&observed, &ops);
-            // Foreign routes and FDB entries survive untouched.
-            // (but for flanneld's identical routes, which are taken over).
-            for r in observed.routes.iter().filter(|r| !o.owns_route(r)) {
-                let adopted = desired.routes.iter().any(|d| o.adopts_route(r, d));
-                prop_assert!(adopted || after.routes.contains(r));
-            }
-            // (but for the one entry of a unicast MAC we need, which is ours
-            // now, and the state of a flooding entry we append to, which the
-            // kernel keeps per MAC, not per dst).
-            let needed: Vec<(u32, MacAddr)> = desired.fdb.iter().map(|e| (e.index, e.mac)).collect();
-            for e in observed.fdb.iter().filter(|e| !o.owns_fdb(e)) {
-                let shared = needed.contains(&(e.index, e.mac));
-                if shared && e.mac.is_unicast() {
-                    continue;
+                IpOp::DeleteRoute(r) => prop_assert!(o.owns_route(r)),
+                IpOp::ReplaceRoute(r) => {
+                    // Never overwrites a foreign route at the same destination.
+                    prop_assert!(!observed
+                        .routes
+                        .iter()
+                        .any(|h| (h.table, h.dst) == (r.table, r.dst)
+                            && !o.owns_route(h)
+                            && !o.adopts_route(h, r)));
                 }
-                prop_assert!(after.fdb.iter().any(|x| x == e
-                    || (shared && (x.index, x.mac, x.dst) == (e.index, e.mac, e.dst))));
-            }
-            for n in observed.neighbours.iter().filter(|n| n.index != DEV) {
-                prop_assert!(after.neighbours.contains(n));
-            }
-            // A second plan on the result is empty.
-            let again = plan(&desired, &after, &o);
-            prop_assert!(again.is_empty(), "second pass planned {:?}", again);
-            // Everything desired (and not blocked by a foreign route) is there.
-            let blocked = route_conflicts(&desired, &observed, &o);
-            for r in desired.routes.iter().filter(|r| !blocked.contains(r)) {
-                prop_assert!(after.routes.contains(r));
-            }
-            for e in &desired.fdb {
-                prop_assert!(after.fdb.contains(e));
-            }
-            for n in &desired.neighbours {
-                prop_assert!(after.neighbours.contains(n));
+                _ => {}
             }
         }
+        let after = simulate(observed, &ops);
+        // Foreign routes and FDB entries survive untouched.
+        // (but for flanneld's identical routes, which are taken over).
+        for r in observed.routes.iter().filter(|r| !o.owns_route(r)) {
+            let adopted = desired.routes.iter().any(|d| o.adopts_route(r, d));
+            prop_assert!(adopted || after.routes.contains(r));
+        }
+        // (but for the one entry of a unicast MAC we need, which is ours
+        // now, and the state of a flooding entry we append to, which the
+        // kernel keeps per MAC, not per dst).
+        let needed: Vec<(u32, MacAddr)> = desired.fdb.iter().map(|e| (e.index, e.mac)).collect();
+        for e in observed.fdb.iter().filter(|e| !o.owns_fdb(e)) {
+            let shared = needed.contains(&(e.index, e.mac));
+            if shared && e.mac.is_unicast() {
+                continue;
+            }
+            prop_assert!(after
+                .fdb
+                .iter()
+                .any(|x| x == e || (shared && (x.index, x.mac, x.dst) == (e.index, e.mac, e.dst))));
+        }
+        for n in observed.neighbours.iter().filter(|n| n.index != DEV) {
+            prop_assert!(after.neighbours.contains(n));
+        }
+        // A second plan on the result is empty.
+        let again = plan(desired, &after, &o);
+        prop_assert!(again.is_empty(), "second pass planned {:?}", again);
+        // Everything desired (and not blocked by a foreign route) is there.
+        let blocked = route_conflicts(desired, observed, &o);
+        for r in desired.routes.iter().filter(|r| !blocked.contains(r)) {
+            prop_assert!(after.routes.contains(r));
+        }
+        for e in &desired.fdb {
+            prop_assert!(after.fdb.contains(e));
+        }
+        for n in &desired.neighbours {
+            prop_assert!(after.neighbours.contains(n));
+        }
+        Ok(())
     }
 }

@@ -54,8 +54,9 @@ use twill_netlink::{
 use crate::peers::{
     check_common, check_ipv6, claim_order, dedupe, dedupe6, on_segment, Claimed, Claimed6,
 };
-use crate::plan::{plan, route_conflicts, DataplaneState, Op, Owner};
-use crate::plan6::{plan6, route_conflicts6, vxlan_peer6, DataplaneState6, Op6};
+use crate::plan::{
+    plan, route_conflicts, vxlan_peer, DataplaneState, DataplaneState6, Op, Op6, Owner,
+};
 use crate::{
     Backend, BackendError, FailedOp, HostContext, Ipv6Underlay, LocalSetup, ReconcileReport,
     UnderlayInterface,
@@ -643,12 +644,8 @@ impl VxlanBackend {
             return Ok(Some((None, None, route)));
         }
         macs.insert(mac, peer.key);
-        let gw = peer.key.network_addr();
-        Ok(Some((
-            Some(Neighbour::permanent(dev, gw, mac)),
-            Some(FdbEntry::permanent(dev, mac, public)),
-            Route::new(peer.key.ipv4).via(gw).dev(dev).onlink(),
-        )))
+        let (neigh, fdb, route) = vxlan_peer(dev, peer.key.ipv4, mac, public);
+        Ok(Some((Some(neigh), Some(fdb), route)))
     }
 }
 
@@ -728,7 +725,7 @@ impl VxlanBackend {
         }
         dedupe6(accepted, peer.key, subnet)?;
         macs.insert(mac, peer.key);
-        Ok(Some(vxlan_peer6(dev, subnet, mac, public)))
+        Ok(Some(vxlan_peer(dev, subnet, mac, public)))
     }
 }
 
@@ -842,7 +839,7 @@ pub fn converge(
 
 /// [`converge`] for the IPv6 half: dumps `owner`'s IPv6 neighbours, FDB
 /// entries with an IPv6 remote and IPv6 routes, reports foreign IPv6 routes
-/// in the way, applies [`plan6`]'s ops in one batch, and adds its counts to
+/// in the way, applies [`plan()`]'s ops in one batch, and adds its counts to
 /// `report` (so a dual-stack pass reports both halves together).
 ///
 /// # Errors
@@ -864,7 +861,7 @@ pub fn converge6(
         },
         routes: nl.route().list6(Some(owner.table))?,
     };
-    for r in route_conflicts6(desired, &observed, owner) {
+    for r in route_conflicts(desired, &observed, owner) {
         report.skipped.push((
             SubnetKey::v6_only(r.dst),
             SkipReason::Malformed {
@@ -875,7 +872,7 @@ pub fn converge6(
             },
         ));
     }
-    let ops = plan6(desired, &observed, owner);
+    let ops = plan(desired, &observed, owner);
     report.planned += ops.len();
     if ops.is_empty() {
         return Ok(());
@@ -951,8 +948,9 @@ impl Backend for VxlanBackend {
         let mut attrs = LeaseAttrs::new(host.public_ip, "vxlan");
         if local.is_some() {
             self.ensure_device_or_fail()?;
-            attrs.backend_data =
-                Some(serde_json::json!({ "VNI": self.opts.vni, "VtepMAC": mac.to_string() }));
+            attrs.backend_data = Some(
+                serde_json::json!({ "VNI": self.opts.vni, "VtepMAC": mac.to_string() }).into(),
+            );
         }
         self.ready6 = None;
         let mut mtu6 = None;
@@ -972,8 +970,9 @@ impl Backend for VxlanBackend {
             self.ready6 = Some(ready6);
             self.ensure_device6_or_fail()?;
             attrs.public_ipv6 = Some(u.public_ip);
-            attrs.backend_v6_data =
-                Some(serde_json::json!({ "VNI": self.opts.vni, "VtepMAC": mac6.to_string() }));
+            attrs.backend_v6_data = Some(
+                serde_json::json!({ "VNI": self.opts.vni, "VtepMAC": mac6.to_string() }).into(),
+            );
         }
         // FLANNEL_MTU is one MTU for the workloads' interfaces, whichever
         // family a packet is: the smaller device's, so that an IPv6 packet

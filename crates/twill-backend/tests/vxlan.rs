@@ -12,7 +12,7 @@ fn backend(host: &twill_testbed::netns::Host, opts: VxlanOptions) -> VxlanBacken
 }
 
 fn vtep_mac(l: &SubnetLease) -> String {
-    l.attrs.backend_data.as_ref().expect("data")["VtepMAC"]
+    l.attrs.backend_data.as_ref().expect("data").to_value()["VtepMAC"]
         .as_str()
         .expect("mac")
         .to_string()
@@ -29,7 +29,12 @@ async fn two_hosts_get_the_flannel_layout_and_ping() {
         let mut b = backend(h, VxlanOptions::default());
         let (local, own) = bring_up(&mut b, h, &cfg, u8::try_from(i + 1).expect("n")).await;
         assert_eq!(local.mtu, 1450);
-        let data = local.attrs.backend_data.as_ref().expect("BackendData");
+        let data = local
+            .attrs
+            .backend_data
+            .as_ref()
+            .expect("BackendData")
+            .to_value();
         assert_eq!(data["VNI"], 1);
         assert!(data["VtepMAC"].as_str().is_some());
         backends.push(b);
@@ -247,7 +252,8 @@ async fn reconcile_repairs_collects_garbage_and_keeps_foreign_entries() {
             .attrs
             .backend_data
             .as_ref()
-            .and_then(|d| d["VtepMAC"].as_str())
+            .and_then(|d| d.to_value()["VtepMAC"].as_str().map(str::to_string))
+            .as_deref()
     );
     assert!(ns
         .ip(&["addr", "show", "flannel.1"])
@@ -319,7 +325,7 @@ async fn invalid_peers_are_skipped_with_a_reason() {
         // The old seed lease form: only VtepMAC. Valid.
         {
             let mut a = LeaseAttrs::new(ip("10.0.0.8"), "vxlan");
-            a.backend_data = Some(serde_json::json!({ "VtepMAC": "0e:00:00:00:00:08" }));
+            a.backend_data = Some(serde_json::json!({ "VtepMAC": "0e:00:00:00:00:08" }).into());
             lease("10.244.8.0/24", a)
         },
     ];

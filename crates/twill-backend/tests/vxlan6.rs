@@ -71,23 +71,9 @@ async fn bring_up_dual(
     own
 }
 
-fn v6_mac(l: &SubnetLease) -> String {
-    l.attrs.backend_v6_data.as_ref().expect("BackendV6Data")["VtepMAC"]
-        .as_str()
-        .expect("mac")
-        .to_string()
-}
-
-fn v4_mac(l: &SubnetLease) -> String {
-    l.attrs.backend_data.as_ref().expect("BackendData")["VtepMAC"]
-        .as_str()
-        .expect("mac")
-        .to_string()
-}
-
-#[tokio::test]
-async fn dual_stack_hosts_get_flannels_v6_layout_and_ping6() {
-    twill_testbed::require_root!();
+/// Two hosts on a dual-stack underlay, each with a vxlan backend set up
+/// for [`dual_config`] and its lease (in host order).
+async fn dual_stack_lan() -> (Lan, Vec<VxlanBackend>, Vec<SubnetLease>) {
     let lan = Lan::new(2).expect("lan");
     let cfg = dual_config();
     let mut backends = Vec::new();
@@ -99,10 +85,44 @@ async fn dual_stack_hosts_get_flannels_v6_layout_and_ping6() {
         leases.push(bring_up_dual(&mut b, h, i, &cfg).await);
         backends.push(b);
     }
+    (lan, backends, leases)
+}
+
+fn v6_mac(l: &SubnetLease) -> String {
+    l.attrs
+        .backend_v6_data
+        .as_ref()
+        .expect("BackendV6Data")
+        .to_value()["VtepMAC"]
+        .as_str()
+        .expect("mac")
+        .to_string()
+}
+
+fn v4_mac(l: &SubnetLease) -> String {
+    l.attrs
+        .backend_data
+        .as_ref()
+        .expect("BackendData")
+        .to_value()["VtepMAC"]
+        .as_str()
+        .expect("mac")
+        .to_string()
+}
+
+#[tokio::test]
+async fn dual_stack_hosts_get_flannels_v6_layout_and_ping6() {
+    twill_testbed::require_root!();
+    let (lan, mut backends, leases) = dual_stack_lan().await;
     // The IPv6 device has a MAC of its own, published as flannel does.
     assert_ne!(v6_mac(&leases[0]), v4_mac(&leases[0]));
     assert_eq!(
-        leases[0].attrs.backend_v6_data.as_ref().expect("data")["VNI"],
+        leases[0]
+            .attrs
+            .backend_v6_data
+            .as_ref()
+            .expect("data")
+            .to_value()["VNI"],
         1
     );
     for b in &mut backends {
@@ -198,17 +218,7 @@ async fn dual_stack_hosts_get_flannels_v6_layout_and_ping6() {
 #[tokio::test]
 async fn ipv6_half_repairs_gc_and_skips_like_the_ipv4_half() {
     twill_testbed::require_root!();
-    let lan = Lan::new(2).expect("lan");
-    let cfg = dual_config();
-    let mut backends = Vec::new();
-    let mut leases = Vec::new();
-    for (i, h) in lan.hosts.iter().enumerate() {
-        add_underlay6(h, i);
-        let mut b =
-            VxlanBackend::with_handle(VxlanOptions::default(), h.ns.netlink().expect("netlink"));
-        leases.push(bring_up_dual(&mut b, h, i, &cfg).await);
-        backends.push(b);
-    }
+    let (lan, mut backends, leases) = dual_stack_lan().await;
     let b1 = &mut backends[0];
     let h1 = &lan.hosts[0].ns;
     let first = b1.reconcile(&refs(&leases)).await.expect("reconcile");
@@ -246,11 +256,14 @@ async fn ipv6_half_repairs_gc_and_skips_like_the_ipv4_half() {
     };
     let attrs = |ip4: u8, ip6: Option<&str>, mac6: &str| {
         let mut a = LeaseAttrs::new(Ipv4Addr::new(10, 0, 0, ip4), "vxlan");
-        a.backend_data = Some(serde_json::json!({
-            "VNI": 1, "VtepMAC": format!("0e:00:00:00:00:{ip4:02x}")
-        }));
+        a.backend_data = Some(
+            serde_json::json!({
+                "VNI": 1, "VtepMAC": format!("0e:00:00:00:00:{ip4:02x}")
+            })
+            .into(),
+        );
         a.public_ipv6 = ip6.map(|s| s.parse().expect("ip6"));
-        a.backend_v6_data = Some(serde_json::json!({ "VNI": 1, "VtepMAC": mac6 }));
+        a.backend_v6_data = Some(serde_json::json!({ "VNI": 1, "VtepMAC": mac6 }).into());
         a
     };
     let mut all = leases.clone();
@@ -380,7 +393,12 @@ async fn ipv6_only_hosts_get_only_the_v6_device_and_ping6() {
             format!(
                 r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{}","BackendType":"vxlan","BackendV6Data":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
                 underlay6(i),
-                local.attrs.backend_v6_data.as_ref().expect("v6 data")["VtepMAC"]
+                local
+                    .attrs
+                    .backend_v6_data
+                    .as_ref()
+                    .expect("v6 data")
+                    .to_value()["VtepMAC"]
                     .as_str()
                     .expect("mac")
             ),

@@ -36,7 +36,7 @@ pub use config::{BackendConfig, NetworkConfig, DEFAULT_PREFIX, MAX_CONFIG_BYTES}
 pub use env::{SubnetEnv, DEFAULT_SUBNET_FILE};
 pub use error::ModelError;
 pub use key::SubnetKey;
-pub use lease::{LeaseAttrs, LeaseKind, SubnetLease, MAX_LEASE_BYTES};
+pub use lease::{BackendData, LeaseAttrs, LeaseKind, SubnetLease, MAX_LEASE_BYTES};
 pub use mac::MacAddr;
 pub use peer::{is_usable_public_ipv6, PeerVerdict, SkipReason};
 

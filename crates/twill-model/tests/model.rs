@@ -62,7 +62,7 @@ fn seed_lease_round_trips_byte_identical() {
     let attrs = LeaseAttrs::from_json(SEED_LEASE).unwrap();
     assert_eq!(attrs.public_ip, Ipv4Addr::new(10, 0, 0, 3));
     assert_eq!(attrs.public_ipv6, None);
-    let mac: MacAddr = attrs.backend_data.as_ref().unwrap()["VtepMAC"]
+    let mac: MacAddr = attrs.backend_data.as_ref().unwrap().to_value()["VtepMAC"]
         .as_str()
         .unwrap()
         .parse()

@@ -16,8 +16,8 @@ use nix::sys::socket::{
 use crate::parse;
 use crate::request::{encode_dump, encode_get_link, Request, AF_BRIDGE, AF_INET, AF_INET6};
 use crate::types::{
-    Address, Address6, FdbEntry, FdbEntry6, Link, LinkChange, LinkKind, Neighbour, Neighbour6,
-    Route, Route6, VxlanSpec,
+    Address, Address6, FdbEntry, FdbEntry6, IpFamily, IpFdbEntry, IpNeighbour, IpRoute, Link,
+    LinkChange, LinkKind, Neighbour, Neighbour6, Route, Route6, VxlanSpec,
 };
 use crate::NetlinkError;
 
@@ -312,6 +312,46 @@ impl NetlinkHandle {
         let mut out = Vec::new();
         encode_dump(ty, family, seq, &mut out)?;
         self.transact(&out, seq, what)
+    }
+
+    /// The neighbours of family `A`, of one device when `index` is given
+    /// (`what` names the dump in errors).
+    fn neighbours<A: IpFamily>(
+        &mut self,
+        index: Option<u32>,
+        what: &str,
+    ) -> Result<Vec<IpNeighbour<A>>, NetlinkError> {
+        let p = self.dump(Rtm::Getneigh, u8::from(A::RT_FAMILY), what)?;
+        Ok(p.iter()
+            .filter_map(|p| parse::neighbour(p))
+            .filter(|n| index.is_none_or(|i| n.index == i))
+            .collect())
+    }
+
+    /// The `self` FDB entries in family `A`'s list, of one device when
+    /// `index` is given: one `AF_BRIDGE` dump holds both families' remotes.
+    fn fdb_entries<A: IpFamily>(
+        &mut self,
+        index: Option<u32>,
+    ) -> Result<Vec<IpFdbEntry<A>>, NetlinkError> {
+        let p = self.dump(Rtm::Getneigh, AF_BRIDGE, "bridge fdb show")?;
+        Ok(p.iter()
+            .filter_map(|p| parse::fdb(p))
+            .filter(|e| index.is_none_or(|i| e.index == i))
+            .collect())
+    }
+
+    /// The unicast routes of family `A` in `table` (all tables when `None`).
+    fn routes<A: IpFamily>(
+        &mut self,
+        table: Option<u32>,
+        what: &str,
+    ) -> Result<Vec<IpRoute<A>>, NetlinkError> {
+        let p = self.dump(Rtm::Getroute, u8::from(A::RT_FAMILY), what)?;
+        Ok(p.iter()
+            .filter_map(|p| parse::route(p))
+            .filter(|r| table.is_none_or(|t| r.table == t))
+            .collect())
     }
 }
 
@@ -653,11 +693,7 @@ impl NeighbourHandle<'_> {
     /// # Errors
     /// Socket failures.
     pub fn list(&mut self, index: Option<u32>) -> Result<Vec<Neighbour>, NetlinkError> {
-        let p = self.0.dump(Rtm::Getneigh, AF_INET, "ip -4 neigh show")?;
-        Ok(p.iter()
-            .filter_map(|p| parse::neighbour(p))
-            .filter(|n| index.is_none_or(|i| n.index == i))
-            .collect())
+        self.0.neighbours(index, "ip -4 neigh show")
     }
 
     /// `ip -6 neigh replace IP lladdr MAC dev INDEX nud permanent`.
@@ -681,11 +717,7 @@ impl NeighbourHandle<'_> {
     /// # Errors
     /// Socket failures.
     pub fn list6(&mut self, index: Option<u32>) -> Result<Vec<Neighbour6>, NetlinkError> {
-        let p = self.0.dump(Rtm::Getneigh, AF_INET6, "ip -6 neigh show")?;
-        Ok(p.iter()
-            .filter_map(|p| parse::neighbour6(p))
-            .filter(|n| index.is_none_or(|i| n.index == i))
-            .collect())
+        self.0.neighbours(index, "ip -6 neigh show")
     }
 }
 
@@ -723,11 +755,7 @@ impl FdbHandle<'_> {
     /// # Errors
     /// Socket failures.
     pub fn list(&mut self, index: Option<u32>) -> Result<Vec<FdbEntry>, NetlinkError> {
-        let p = self.0.dump(Rtm::Getneigh, AF_BRIDGE, "bridge fdb show")?;
-        Ok(p.iter()
-            .filter_map(|p| parse::fdb(p))
-            .filter(|e| index.is_none_or(|i| e.index == i))
-            .collect())
+        self.0.fdb_entries(index)
     }
 
     /// `bridge fdb append MAC dev INDEX dst IP6 self permanent`.
@@ -760,11 +788,7 @@ impl FdbHandle<'_> {
     /// # Errors
     /// Socket failures.
     pub fn list6(&mut self, index: Option<u32>) -> Result<Vec<FdbEntry6>, NetlinkError> {
-        let p = self.0.dump(Rtm::Getneigh, AF_BRIDGE, "bridge fdb show")?;
-        Ok(p.iter()
-            .filter_map(|p| parse::fdb6(p))
-            .filter(|e| index.is_none_or(|i| e.index == i))
-            .collect())
+        self.0.fdb_entries(index)
     }
 }
 
@@ -794,11 +818,7 @@ impl RouteHandle<'_> {
     /// # Errors
     /// Socket failures.
     pub fn list(&mut self, table: Option<u32>) -> Result<Vec<Route>, NetlinkError> {
-        let p = self.0.dump(Rtm::Getroute, AF_INET, "ip route show")?;
-        Ok(p.iter()
-            .filter_map(|p| parse::route(p))
-            .filter(|r| table.is_none_or(|t| r.table == t))
-            .collect())
+        self.0.routes(table, "ip route show")
     }
 
     /// `ip -6 route replace ...`.
@@ -822,10 +842,6 @@ impl RouteHandle<'_> {
     /// # Errors
     /// Socket failures.
     pub fn list6(&mut self, table: Option<u32>) -> Result<Vec<Route6>, NetlinkError> {
-        let p = self.0.dump(Rtm::Getroute, AF_INET6, "ip -6 route show")?;
-        Ok(p.iter()
-            .filter_map(|p| parse::route6(p))
-            .filter(|r| table.is_none_or(|t| r.table == t))
-            .collect())
+        self.0.routes(table, "ip -6 route show")
     }
 }

@@ -12,10 +12,14 @@
 //! | [`NetlinkHandle::fdb`] | `bridge fdb append/replace/del/show ... self` |
 //! | [`NetlinkHandle::route`] | `ip route replace/del/show` (gateway, onlink, table, protocol) |
 //!
-//! Each IPv4 operation has an IPv6 twin with a `6` suffix on separate types
-//! ([`Address6`], [`Neighbour6`], [`FdbEntry6`] (IPv6 remote), [`Route6`]),
-//! batched by the same [`NetlinkHandle::execute`]; a VXLAN device
-//! encapsulates in IPv6 when its [`VxlanSpec::local6`] is set.
+//! Each IPv4 operation has an IPv6 twin with a `6` suffix ([`Address6`],
+//! [`Neighbour6`], [`FdbEntry6`] (IPv6 remote), [`Route6`]), batched by the
+//! same [`NetlinkHandle::execute`]; a VXLAN device encapsulates in IPv6 when
+//! its [`VxlanSpec::local6`] is set. Neighbours, FDB entries and routes are
+//! one type each over the family ([`IpNeighbour`], [`IpFdbEntry`],
+//! [`IpRoute`] of an [`IpFamily`]), so code about them can be written once
+//! for both (the `Request::neighbour_replace`-style constructors pick the
+//! family's request).
 //!
 //! Many writes go through [`NetlinkHandle::execute`]: up to
 //! [`NetlinkHandle::batch_size`] requests are serialised into one buffer per
@@ -80,7 +84,7 @@ pub use handle::{
 };
 pub use request::Request;
 pub use types::{
-    Address, Address6, FdbEntry, FdbEntry6, Link, LinkChange, LinkKind, MacAddr, Neighbour,
-    Neighbour6, Route, Route6, VxlanInfo, VxlanSpec, LINUX_VXLAN_DEFAULT_PORT, MAIN_TABLE,
-    TWILL_RTPROT,
+    Address, Address6, FdbEntry, FdbEntry6, IpFamily, IpFdbEntry, IpNeighbour, IpRoute, Link,
+    LinkChange, LinkKind, MacAddr, Neighbour, Neighbour6, Route, Route6, VxlanInfo, VxlanSpec,
+    LINUX_VXLAN_DEFAULT_PORT, MAIN_TABLE, TWILL_RTPROT,
 };

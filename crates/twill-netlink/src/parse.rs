@@ -12,8 +12,7 @@ use neli::{FromBytesWithInput, Header};
 
 use crate::request::{c16, c8};
 use crate::types::{
-    Address, Address6, FdbEntry, FdbEntry6, Link, MacAddr, Neighbour, Neighbour6, Route, Route6,
-    VxlanInfo,
+    Address, Address6, IpFamily, IpFdbEntry, IpNeighbour, IpRoute, Link, MacAddr, VxlanInfo,
 };
 
 fn decode<T: FromBytesWithInput<Input = usize> + Header>(payload: &[u8]) -> Option<T> {
@@ -132,11 +131,11 @@ pub(crate) fn address(payload: &[u8]) -> Option<Address> {
     })
 }
 
-pub(crate) fn neighbour(payload: &[u8]) -> Option<Neighbour> {
+pub(crate) fn neighbour<A: IpFamily>(payload: &[u8]) -> Option<IpNeighbour<A>> {
     let msg: Ndmsg = decode(payload)?;
     let attrs = msg.rtattrs().as_ref();
-    let ip = find(attrs, Nda::Dst).and_then(|b| (b.len() == 4).then(|| ipv4_of(b)).flatten())?;
-    Some(Neighbour {
+    let ip = find(attrs, Nda::Dst).and_then(A::from_attr)?;
+    Some(IpNeighbour {
         index: u32::try_from(*msg.ndm_index()).ok()?,
         ip,
         mac: find(attrs, Nda::Lladdr).and_then(mac_of),
@@ -144,35 +143,37 @@ pub(crate) fn neighbour(payload: &[u8]) -> Option<Neighbour> {
     })
 }
 
-pub(crate) fn fdb(payload: &[u8]) -> Option<FdbEntry> {
+pub(crate) fn fdb<A: IpFamily>(payload: &[u8]) -> Option<IpFdbEntry<A>> {
     let msg: Ndmsg = decode(payload)?;
     if !msg.ndm_flags().contains(Ntf::SELF) {
         return None;
     }
     let attrs = msg.rtattrs().as_ref();
-    Some(FdbEntry {
+    Some(IpFdbEntry {
         index: u32::try_from(*msg.ndm_index()).ok()?,
         mac: find(attrs, Nda::Lladdr).and_then(mac_of)?,
-        dst: find(attrs, Nda::Dst).and_then(|b| (b.len() == 4).then(|| ipv4_of(b)).flatten()),
+        dst: A::fdb_remote(find(attrs, Nda::Dst))?,
         permanent: msg.ndm_state().contains(Nud::PERMANENT),
     })
 }
 
-pub(crate) fn route(payload: &[u8]) -> Option<Route> {
+pub(crate) fn route<A: IpFamily>(payload: &[u8]) -> Option<IpRoute<A>> {
     let msg: Rtmsg = decode(payload)?;
-    if u8::from(*msg.rtm_type()) != c8(k::RTN_UNICAST as u32) {
+    if u8::from(*msg.rtm_type()) != c8(k::RTN_UNICAST as u32)
+        || !is_family(*msg.rtm_family(), A::RT_FAMILY)
+    {
         return None;
     }
     let attrs = msg.rtattrs().as_ref();
     let dst_ip = find(attrs, Rta::Dst)
-        .and_then(ipv4_of)
-        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+        .and_then(A::from_attr)
+        .unwrap_or(A::UNSPECIFIED);
     let table = find(attrs, Rta::Table)
         .and_then(u32_of)
         .unwrap_or_else(|| u32::from(u8::from(*msg.rtm_table())));
-    Some(Route {
-        dst: Ipv4Network::new(dst_ip, *msg.rtm_dst_len()).ok()?,
-        gateway: find(attrs, Rta::Gateway).and_then(ipv4_of),
+    Some(IpRoute {
+        dst: A::network(dst_ip, *msg.rtm_dst_len())?,
+        gateway: find(attrs, Rta::Gateway).and_then(A::from_attr),
         oif: find(attrs, Rta::Oif).and_then(u32_of),
         onlink: msg.rtm_flags().bits() & k::RTNH_F_ONLINK != 0,
         table,
@@ -199,57 +200,5 @@ pub(crate) fn address6(payload: &[u8]) -> Option<Address6> {
     Some(Address6 {
         index: *msg.ifa_index(),
         addr: Ipv6Network::new(ip, *msg.ifa_prefixlen()).ok()?,
-    })
-}
-
-pub(crate) fn neighbour6(payload: &[u8]) -> Option<Neighbour6> {
-    let msg: Ndmsg = decode(payload)?;
-    let attrs = msg.rtattrs().as_ref();
-    let ip = find(attrs, Nda::Dst).and_then(exact_ipv6)?;
-    Some(Neighbour6 {
-        index: u32::try_from(*msg.ndm_index()).ok()?,
-        ip,
-        mac: find(attrs, Nda::Lladdr).and_then(mac_of),
-        permanent: msg.ndm_state().contains(Nud::PERMANENT),
-    })
-}
-
-pub(crate) fn fdb6(payload: &[u8]) -> Option<FdbEntry6> {
-    let msg: Ndmsg = decode(payload)?;
-    if !msg.ndm_flags().contains(Ntf::SELF) {
-        return None;
-    }
-    let attrs = msg.rtattrs().as_ref();
-    Some(FdbEntry6 {
-        index: u32::try_from(*msg.ndm_index()).ok()?,
-        mac: find(attrs, Nda::Lladdr).and_then(mac_of)?,
-        // Entries with an IPv4 remote are FdbEntry's; one without a remote
-        // belongs to neither family's list.
-        dst: Some(find(attrs, Nda::Dst).and_then(exact_ipv6)?),
-        permanent: msg.ndm_state().contains(Nud::PERMANENT),
-    })
-}
-
-pub(crate) fn route6(payload: &[u8]) -> Option<Route6> {
-    let msg: Rtmsg = decode(payload)?;
-    if u8::from(*msg.rtm_type()) != c8(k::RTN_UNICAST as u32)
-        || !is_family(*msg.rtm_family(), neli::consts::rtnl::RtAddrFamily::Inet6)
-    {
-        return None;
-    }
-    let attrs = msg.rtattrs().as_ref();
-    let dst_ip = find(attrs, Rta::Dst)
-        .and_then(exact_ipv6)
-        .unwrap_or(Ipv6Addr::UNSPECIFIED);
-    let table = find(attrs, Rta::Table)
-        .and_then(u32_of)
-        .unwrap_or_else(|| u32::from(u8::from(*msg.rtm_table())));
-    Some(Route6 {
-        dst: Ipv6Network::new(dst_ip, *msg.rtm_dst_len()).ok()?,
-        gateway: find(attrs, Rta::Gateway).and_then(exact_ipv6),
-        oif: find(attrs, Rta::Oif).and_then(u32_of),
-        onlink: msg.rtm_flags().bits() & k::RTNH_F_ONLINK != 0,
-        table,
-        protocol: u8::from(*msg.rtm_protocol()),
     })
 }

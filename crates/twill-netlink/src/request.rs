@@ -2,6 +2,9 @@
 
 use std::fmt;
 use std::io::Cursor;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use linux_raw_sys::netlink as k;
 use neli::consts::nl::NlmF;
@@ -18,8 +21,8 @@ use neli::types::{Buffer, RtBuffer};
 use neli::{Size, ToBytes};
 
 use crate::types::{
-    Address, Address6, FdbEntry, FdbEntry6, LinkChange, LinkKind, Neighbour, Neighbour6, Route,
-    Route6, VxlanSpec,
+    Address, Address6, FdbEntry, FdbEntry6, IpFamily, IpFdbEntry, IpNeighbour, IpRoute, LinkChange,
+    LinkKind, Neighbour, Neighbour6, Route, Route6, VxlanSpec,
 };
 use crate::NetlinkError;
 
@@ -144,55 +147,265 @@ impl fmt::Display for Request {
             Self::LinkDelete(i) => write!(f, "ip link del dev #{i}"),
             Self::AddressAdd(a) => write!(f, "ip addr add {} dev #{}", a.addr, a.index),
             Self::AddressDelete(a) => write!(f, "ip addr del {} dev #{}", a.addr, a.index),
-            Self::NeighbourReplace(n) => {
-                write!(f, "ip neigh replace {} lladdr ", n.ip)?;
-                match n.mac {
-                    Some(m) => write!(f, "{m}")?,
-                    None => f.write_str("?")?,
-                }
-                write!(f, " dev #{} nud permanent", n.index)
-            }
-            Self::NeighbourDelete(n) => write!(f, "ip neigh del {} dev #{}", n.ip, n.index),
-            Self::FdbAppend(e) | Self::FdbReplace(e) | Self::FdbDelete(e) => {
-                let verb = match self {
-                    Self::FdbAppend(_) => "append",
-                    Self::FdbReplace(_) => "replace",
-                    _ => "del",
-                };
-                write!(f, "bridge fdb {verb} {} dev #{}", e.mac, e.index)?;
-                if let Some(d) = e.dst {
-                    write!(f, " dst {d}")?;
-                }
-                f.write_str(" self permanent")
-            }
-            Self::RouteReplace(r) => write!(f, "ip route replace {r}"),
-            Self::RouteDelete(r) => write!(f, "ip route del {r}"),
+            Self::NeighbourReplace(n) => fmt_neighbour(f, Write::Replace, n),
+            Self::NeighbourDelete(n) => fmt_neighbour(f, Write::Delete, n),
+            Self::FdbAppend(e) => fmt_fdb(f, FdbWrite::Append, e),
+            Self::FdbReplace(e) => fmt_fdb(f, FdbWrite::Replace, e),
+            Self::FdbDelete(e) => fmt_fdb(f, FdbWrite::Delete, e),
+            Self::RouteReplace(r) => fmt_route(f, Write::Replace, r),
+            Self::RouteDelete(r) => fmt_route(f, Write::Delete, r),
             Self::AddressAdd6(a) => write!(f, "ip -6 addr add {} dev #{} nodad", a.addr, a.index),
             Self::AddressDelete6(a) => write!(f, "ip -6 addr del {} dev #{}", a.addr, a.index),
-            Self::NeighbourReplace6(n) => {
-                write!(f, "ip -6 neigh replace {} lladdr ", n.ip)?;
-                match n.mac {
-                    Some(m) => write!(f, "{m}")?,
-                    None => f.write_str("?")?,
-                }
-                write!(f, " dev #{} nud permanent", n.index)
-            }
-            Self::NeighbourDelete6(n) => write!(f, "ip -6 neigh del {} dev #{}", n.ip, n.index),
-            Self::FdbAppend6(e) | Self::FdbReplace6(e) | Self::FdbDelete6(e) => {
-                let verb = match self {
-                    Self::FdbAppend6(_) => "append",
-                    Self::FdbReplace6(_) => "replace",
-                    _ => "del",
-                };
-                write!(f, "bridge fdb {verb} {} dev #{}", e.mac, e.index)?;
-                if let Some(d) = e.dst {
-                    write!(f, " dst {d}")?;
-                }
-                f.write_str(" self permanent")
-            }
-            Self::RouteReplace6(r) => write!(f, "ip -6 route replace {r}"),
-            Self::RouteDelete6(r) => write!(f, "ip -6 route del {r}"),
+            Self::NeighbourReplace6(n) => fmt_neighbour(f, Write::Replace, n),
+            Self::NeighbourDelete6(n) => fmt_neighbour(f, Write::Delete, n),
+            Self::FdbAppend6(e) => fmt_fdb(f, FdbWrite::Append, e),
+            Self::FdbReplace6(e) => fmt_fdb(f, FdbWrite::Replace, e),
+            Self::FdbDelete6(e) => fmt_fdb(f, FdbWrite::Delete, e),
+            Self::RouteReplace6(r) => fmt_route(f, Write::Replace, r),
+            Self::RouteDelete6(r) => fmt_route(f, Write::Delete, r),
         }
+    }
+}
+
+/// A write to a neighbour or route table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// `replace` (`NLM_F_CREATE | NLM_F_REPLACE`).
+    Replace,
+    /// `del`.
+    Delete,
+}
+
+/// A write to an FDB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdbWrite {
+    /// `append` (`NLM_F_CREATE | NLM_F_APPEND`).
+    Append,
+    /// `replace` (`NLM_F_CREATE | NLM_F_REPLACE`).
+    Replace,
+    /// `del`.
+    Delete,
+}
+
+impl FdbWrite {
+    fn verb(self) -> &'static str {
+        match self {
+            Self::Append => "append",
+            Self::Replace => "replace",
+            Self::Delete => "del",
+        }
+    }
+}
+
+/// What [`IpFamily`] takes from the crate's wire code: which [`Request`]
+/// variant each write of a family is, how `ip` and the kernel name the
+/// family, how dumps carry its addresses. Public in a private module, so
+/// that [`IpFamily`] is sealed.
+pub trait FamilyWire: Sized {
+    /// `ip` or `ip -6`, as the family's requests print themselves.
+    const IP_COMMAND: &'static str;
+    /// `rtm_family` / `ndm_family` / `ifa_family`.
+    const RT_FAMILY: RtAddrFamily;
+    /// An address of this family from an attribute of exactly its length
+    /// (dumps of `AF_BRIDGE` hold IPv4 and IPv6 remotes side by side).
+    fn from_attr(b: &[u8]) -> Option<Self>;
+    /// The remote of an FDB entry in this family's list, from the entry's
+    /// `NDA_DST` (if any); `None` when the entry is not in the list. The
+    /// IPv4 list has always held every `self` entry, those without an IPv4
+    /// remote with none; the IPv6 list holds only the entries with an IPv6
+    /// remote.
+    fn fdb_remote(dst: Option<&[u8]>) -> Option<Option<Self>>;
+    /// `0.0.0.0` / `::`, the destination of a route without `RTA_DST`.
+    const UNSPECIFIED: Self;
+    /// The prefix `addr/prefix`, `None` past the family's length.
+    fn network(addr: Self, prefix: u8) -> Option<<Self as IpFamily>::Network>
+    where
+        Self: IpFamily;
+    /// The request variant carrying a neighbour write of this family.
+    fn neighbour_request(n: IpNeighbour<Self>, write: Write) -> Request
+    where
+        Self: IpFamily;
+    /// The request variant carrying an FDB write with a remote of this family.
+    fn fdb_request(e: IpFdbEntry<Self>, write: FdbWrite) -> Request
+    where
+        Self: IpFamily;
+    /// The request variant carrying a route write of this family.
+    fn route_request(r: IpRoute<Self>, write: Write) -> Request
+    where
+        Self: IpFamily;
+}
+
+impl FamilyWire for Ipv4Addr {
+    const UNSPECIFIED: Self = Ipv4Addr::UNSPECIFIED;
+    const IP_COMMAND: &'static str = "ip";
+    const RT_FAMILY: RtAddrFamily = RtAddrFamily::Inet;
+
+    fn from_attr(b: &[u8]) -> Option<Self> {
+        <[u8; 4]>::try_from(b).ok().map(Self::from)
+    }
+
+    fn fdb_remote(dst: Option<&[u8]>) -> Option<Option<Self>> {
+        Some(dst.and_then(Self::from_attr))
+    }
+
+    fn network(addr: Self, prefix: u8) -> Option<Ipv4Network> {
+        Ipv4Network::new(addr, prefix).ok()
+    }
+
+    fn neighbour_request(n: Neighbour, write: Write) -> Request {
+        match write {
+            Write::Replace => Request::NeighbourReplace(n),
+            Write::Delete => Request::NeighbourDelete(n),
+        }
+    }
+
+    fn fdb_request(e: FdbEntry, write: FdbWrite) -> Request {
+        match write {
+            FdbWrite::Append => Request::FdbAppend(e),
+            FdbWrite::Replace => Request::FdbReplace(e),
+            FdbWrite::Delete => Request::FdbDelete(e),
+        }
+    }
+
+    fn route_request(r: Route, write: Write) -> Request {
+        match write {
+            Write::Replace => Request::RouteReplace(r),
+            Write::Delete => Request::RouteDelete(r),
+        }
+    }
+}
+
+impl FamilyWire for Ipv6Addr {
+    const UNSPECIFIED: Self = Ipv6Addr::UNSPECIFIED;
+    const IP_COMMAND: &'static str = "ip -6";
+    const RT_FAMILY: RtAddrFamily = RtAddrFamily::Inet6;
+
+    fn from_attr(b: &[u8]) -> Option<Self> {
+        <[u8; 16]>::try_from(b).ok().map(Self::from)
+    }
+
+    fn fdb_remote(dst: Option<&[u8]>) -> Option<Option<Self>> {
+        dst.and_then(Self::from_attr).map(Some)
+    }
+
+    fn network(addr: Self, prefix: u8) -> Option<Ipv6Network> {
+        Ipv6Network::new(addr, prefix).ok()
+    }
+
+    fn neighbour_request(n: Neighbour6, write: Write) -> Request {
+        match write {
+            Write::Replace => Request::NeighbourReplace6(n),
+            Write::Delete => Request::NeighbourDelete6(n),
+        }
+    }
+
+    fn fdb_request(e: FdbEntry6, write: FdbWrite) -> Request {
+        match write {
+            FdbWrite::Append => Request::FdbAppend6(e),
+            FdbWrite::Replace => Request::FdbReplace6(e),
+            FdbWrite::Delete => Request::FdbDelete6(e),
+        }
+    }
+
+    fn route_request(r: Route6, write: Write) -> Request {
+        match write {
+            Write::Replace => Request::RouteReplace6(r),
+            Write::Delete => Request::RouteDelete6(r),
+        }
+    }
+}
+
+/// The family-generic ways to name a neighbour, FDB or route write: the
+/// variant of the entry's family (`NeighbourReplace` for an IPv4 entry,
+/// `NeighbourReplace6` for an IPv6 one), for code written once over
+/// [`IpFamily`].
+impl Request {
+    /// `ip [-6] neigh replace ... nud permanent`.
+    #[must_use]
+    pub fn neighbour_replace<A: IpFamily>(n: IpNeighbour<A>) -> Self {
+        A::neighbour_request(n, Write::Replace)
+    }
+
+    /// `ip [-6] neigh del`.
+    #[must_use]
+    pub fn neighbour_delete<A: IpFamily>(n: IpNeighbour<A>) -> Self {
+        A::neighbour_request(n, Write::Delete)
+    }
+
+    /// `bridge fdb append ... self permanent`.
+    #[must_use]
+    pub fn fdb_append<A: IpFamily>(e: IpFdbEntry<A>) -> Self {
+        A::fdb_request(e, FdbWrite::Append)
+    }
+
+    /// `bridge fdb replace ... self permanent`.
+    #[must_use]
+    pub fn fdb_replace<A: IpFamily>(e: IpFdbEntry<A>) -> Self {
+        A::fdb_request(e, FdbWrite::Replace)
+    }
+
+    /// `bridge fdb del ... self`.
+    #[must_use]
+    pub fn fdb_delete<A: IpFamily>(e: IpFdbEntry<A>) -> Self {
+        A::fdb_request(e, FdbWrite::Delete)
+    }
+
+    /// `ip [-6] route replace`.
+    #[must_use]
+    pub fn route_replace<A: IpFamily>(r: IpRoute<A>) -> Self {
+        A::route_request(r, Write::Replace)
+    }
+
+    /// `ip [-6] route del`.
+    #[must_use]
+    pub fn route_delete<A: IpFamily>(r: IpRoute<A>) -> Self {
+        A::route_request(r, Write::Delete)
+    }
+}
+
+fn fmt_neighbour<A: IpFamily>(
+    f: &mut fmt::Formatter<'_>,
+    write: Write,
+    n: &IpNeighbour<A>,
+) -> fmt::Result {
+    let ip = A::IP_COMMAND;
+    match write {
+        Write::Replace => {
+            write!(f, "{ip} neigh replace {} lladdr ", n.ip)?;
+            match n.mac {
+                Some(m) => write!(f, "{m}")?,
+                None => f.write_str("?")?,
+            }
+            write!(f, " dev #{} nud permanent", n.index)
+        }
+        Write::Delete => write!(f, "{ip} neigh del {} dev #{}", n.ip, n.index),
+    }
+}
+
+fn fmt_fdb<A: IpFamily>(
+    f: &mut fmt::Formatter<'_>,
+    write: FdbWrite,
+    e: &IpFdbEntry<A>,
+) -> fmt::Result {
+    write!(f, "bridge fdb {} {} dev #{}", write.verb(), e.mac, e.index)?;
+    if let Some(d) = e.dst {
+        write!(f, " dst {d}")?;
+    }
+    f.write_str(" self permanent")
+}
+
+fn fmt_route<A: IpFamily>(f: &mut fmt::Formatter<'_>, write: Write, r: &IpRoute<A>) -> fmt::Result {
+    let verb = match write {
+        Write::Replace => "replace",
+        Write::Delete => "del",
+    };
+    write!(f, "{} route {verb} {r}", A::IP_COMMAND)
+}
+
+fn ip_octets(ip: impl Into<IpAddr>) -> Vec<u8> {
+    match ip.into() {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
     }
 }
 
@@ -369,22 +582,11 @@ fn linkinfo(req: &Request, kind: &LinkKind) -> Result<Rtattr<Ifla, Buffer>, Netl
     Ok(info)
 }
 
-/// The family-independent parts of a route message.
-struct RouteParts<'a> {
-    family: RtAddrFamily,
-    dst: &'a [u8],
-    dst_len: u8,
-    gateway: Option<&'a [u8]>,
-    oif: Option<u32>,
-    onlink: bool,
-    table: u32,
-    protocol: u8,
-}
-
-fn route_parts_msg(req: &Request, r: &RouteParts<'_>) -> Result<Rtmsg, NetlinkError> {
-    let mut attrs = vec![typed_attr(Rta::Dst, r.dst)?];
+fn route_msg<A: IpFamily>(req: &Request, r: &IpRoute<A>) -> Result<Rtmsg, NetlinkError> {
+    let dst: IpNetwork = r.dst.into();
+    let mut attrs = vec![typed_attr(Rta::Dst, &ip_octets(dst.network()))?];
     if let Some(gw) = r.gateway {
-        attrs.push(typed_attr(Rta::Gateway, gw)?);
+        attrs.push(typed_attr(Rta::Gateway, &ip_octets(gw))?);
     }
     if let Some(oif) = r.oif {
         attrs.push(typed_attr(Rta::Oif, &oif.to_ne_bytes())?);
@@ -401,8 +603,8 @@ fn route_parts_msg(req: &Request, r: &RouteParts<'_>) -> Result<Rtmsg, NetlinkEr
         RtmF::empty()
     };
     RtmsgBuilder::default()
-        .rtm_family(r.family)
-        .rtm_dst_len(r.dst_len)
+        .rtm_family(A::RT_FAMILY)
+        .rtm_dst_len(dst.prefix())
         .rtm_src_len(0)
         .rtm_tos(0)
         .rtm_table(RtTable::from(u8::try_from(r.table).unwrap_or(0)))
@@ -415,38 +617,74 @@ fn route_parts_msg(req: &Request, r: &RouteParts<'_>) -> Result<Rtmsg, NetlinkEr
         .map_err(|e| enc_err(req, e))
 }
 
-fn route_msg(req: &Request, r: &Route) -> Result<Rtmsg, NetlinkError> {
-    let gw = r.gateway.map(|g| g.octets());
-    route_parts_msg(
-        req,
-        &RouteParts {
-            family: RtAddrFamily::Inet,
-            dst: &r.dst.network().octets(),
-            dst_len: r.dst.prefix(),
-            gateway: gw.as_ref().map(|g| g.as_slice()),
-            oif: r.oif,
-            onlink: r.onlink,
-            table: r.table,
-            protocol: r.protocol,
-        },
-    )
+/// Appends the message of a neighbour write.
+fn push_neighbour<A: IpFamily>(
+    req: &Request,
+    n: &IpNeighbour<A>,
+    write: Write,
+    seq: u32,
+    out: &mut Vec<u8>,
+) -> Result<(), NetlinkError> {
+    let mut attrs = vec![typed_attr(Nda::Dst, &ip_octets(n.ip))?];
+    let (ty, flags) = match write {
+        Write::Replace => {
+            let mac = n
+                .mac
+                .ok_or_else(|| NetlinkError::Invalid(format!("{req}: no lladdr")))?;
+            attrs.push(typed_attr(Nda::Lladdr, &mac.0)?);
+            (Rtm::Newneigh, create_replace())
+        }
+        Write::Delete => (Rtm::Delneigh, ack_request()),
+    };
+    let msg = nd_msg(req, A::RT_FAMILY, n.index, Ntf::empty(), attrs)?;
+    push_msg(out, ty, flags, seq, msg)
 }
 
-fn route6_msg(req: &Request, r: &Route6) -> Result<Rtmsg, NetlinkError> {
-    let gw = r.gateway.map(|g| g.octets());
-    route_parts_msg(
-        req,
-        &RouteParts {
-            family: RtAddrFamily::Inet6,
-            dst: &r.dst.network().octets(),
-            dst_len: r.dst.prefix(),
-            gateway: gw.as_ref().map(|g| g.as_slice()),
-            oif: r.oif,
-            onlink: r.onlink,
-            table: r.table,
-            protocol: r.protocol,
-        },
-    )
+/// Appends the message of an FDB write (family `AF_BRIDGE`, whatever the remote's).
+fn push_fdb<A: IpFamily>(
+    req: &Request,
+    e: &IpFdbEntry<A>,
+    write: FdbWrite,
+    seq: u32,
+    out: &mut Vec<u8>,
+) -> Result<(), NetlinkError> {
+    let mut attrs = vec![typed_attr(Nda::Lladdr, &e.mac.0)?];
+    if let Some(dst) = e.dst {
+        attrs.push(typed_attr(Nda::Dst, &ip_octets(dst))?);
+    }
+    let family = RtAddrFamily::from(AF_BRIDGE);
+    let msg = nd_msg(req, family, e.index, Ntf::SELF, attrs)?;
+    let (ty, flags) = match write {
+        FdbWrite::Append => (Rtm::Newneigh, ack_request() | NlmF::CREATE | NlmF::APPEND),
+        FdbWrite::Replace => (Rtm::Newneigh, create_replace()),
+        FdbWrite::Delete => (Rtm::Delneigh, ack_request()),
+    };
+    push_msg(out, ty, flags, seq, msg)
+}
+
+/// Appends the message of a route write.
+fn push_route<A: IpFamily>(
+    req: &Request,
+    r: &IpRoute<A>,
+    write: Write,
+    seq: u32,
+    out: &mut Vec<u8>,
+) -> Result<(), NetlinkError> {
+    let (ty, flags) = match write {
+        Write::Replace => (Rtm::Newroute, create_replace()),
+        Write::Delete => (Rtm::Delroute, ack_request()),
+    };
+    push_msg(out, ty, flags, seq, route_msg(req, r)?)
+}
+
+/// Every request asks for an ACK.
+fn ack_request() -> NlmF {
+    NlmF::REQUEST | NlmF::ACK
+}
+
+/// `replace`: create, or replace what is there.
+fn create_replace() -> NlmF {
+    ack_request() | NlmF::CREATE | NlmF::REPLACE
 }
 
 fn nd_msg(
@@ -505,9 +743,8 @@ fn addr6_msg(req: &Request, a: &Address6) -> Result<Ifaddrmsg, NetlinkError> {
 impl Request {
     /// Appends this request, with sequence number `seq` and `NLM_F_ACK`, to `out`.
     pub(crate) fn encode(&self, seq: u32, out: &mut Vec<u8>) -> Result<(), NetlinkError> {
-        let req = NlmF::REQUEST | NlmF::ACK;
+        let req = ack_request();
         let create_excl = req | NlmF::CREATE | NlmF::EXCL;
-        let create_replace = req | NlmF::CREATE | NlmF::REPLACE;
         match self {
             Self::LinkAdd { name, kind } => {
                 let mut attrs = vec![typed_attr(Ifla::Ifname, &name_bytes(self, name)?)?];
@@ -556,82 +793,24 @@ impl Request {
                 push_msg(out, Rtm::Newaddr, create_excl, seq, addr_msg(self, a)?)
             }
             Self::AddressDelete(a) => push_msg(out, Rtm::Deladdr, req, seq, addr_msg(self, a)?),
-            Self::NeighbourReplace(n) => {
-                let mac = n
-                    .mac
-                    .ok_or_else(|| NetlinkError::Invalid(format!("{self}: no lladdr")))?;
-                let attrs = vec![
-                    typed_attr(Nda::Dst, &n.ip.octets())?,
-                    typed_attr(Nda::Lladdr, &mac.0)?,
-                ];
-                let msg = nd_msg(self, RtAddrFamily::Inet, n.index, Ntf::empty(), attrs)?;
-                push_msg(out, Rtm::Newneigh, create_replace, seq, msg)
-            }
-            Self::NeighbourDelete(n) => {
-                let attrs = vec![typed_attr(Nda::Dst, &n.ip.octets())?];
-                let msg = nd_msg(self, RtAddrFamily::Inet, n.index, Ntf::empty(), attrs)?;
-                push_msg(out, Rtm::Delneigh, req, seq, msg)
-            }
-            Self::FdbAppend(e) | Self::FdbReplace(e) | Self::FdbDelete(e) => {
-                let mut attrs = vec![typed_attr(Nda::Lladdr, &e.mac.0)?];
-                if let Some(dst) = e.dst {
-                    attrs.push(typed_attr(Nda::Dst, &dst.octets())?);
-                }
-                let family = RtAddrFamily::from(AF_BRIDGE);
-                let msg = nd_msg(self, family, e.index, Ntf::SELF, attrs)?;
-                let (ty, flags) = match self {
-                    Self::FdbAppend(_) => (Rtm::Newneigh, req | NlmF::CREATE | NlmF::APPEND),
-                    Self::FdbReplace(_) => (Rtm::Newneigh, create_replace),
-                    _ => (Rtm::Delneigh, req),
-                };
-                push_msg(out, ty, flags, seq, msg)
-            }
-            Self::RouteReplace(r) => {
-                push_msg(out, Rtm::Newroute, create_replace, seq, route_msg(self, r)?)
-            }
-            Self::RouteDelete(r) => push_msg(out, Rtm::Delroute, req, seq, route_msg(self, r)?),
+            Self::NeighbourReplace(n) => push_neighbour(self, n, Write::Replace, seq, out),
+            Self::NeighbourDelete(n) => push_neighbour(self, n, Write::Delete, seq, out),
+            Self::FdbAppend(e) => push_fdb(self, e, FdbWrite::Append, seq, out),
+            Self::FdbReplace(e) => push_fdb(self, e, FdbWrite::Replace, seq, out),
+            Self::FdbDelete(e) => push_fdb(self, e, FdbWrite::Delete, seq, out),
+            Self::RouteReplace(r) => push_route(self, r, Write::Replace, seq, out),
+            Self::RouteDelete(r) => push_route(self, r, Write::Delete, seq, out),
             Self::AddressAdd6(a) => {
                 push_msg(out, Rtm::Newaddr, create_excl, seq, addr6_msg(self, a)?)
             }
             Self::AddressDelete6(a) => push_msg(out, Rtm::Deladdr, req, seq, addr6_msg(self, a)?),
-            Self::NeighbourReplace6(n) => {
-                let mac = n
-                    .mac
-                    .ok_or_else(|| NetlinkError::Invalid(format!("{self}: no lladdr")))?;
-                let attrs = vec![
-                    typed_attr(Nda::Dst, &n.ip.octets())?,
-                    typed_attr(Nda::Lladdr, &mac.0)?,
-                ];
-                let msg = nd_msg(self, RtAddrFamily::Inet6, n.index, Ntf::empty(), attrs)?;
-                push_msg(out, Rtm::Newneigh, create_replace, seq, msg)
-            }
-            Self::NeighbourDelete6(n) => {
-                let attrs = vec![typed_attr(Nda::Dst, &n.ip.octets())?];
-                let msg = nd_msg(self, RtAddrFamily::Inet6, n.index, Ntf::empty(), attrs)?;
-                push_msg(out, Rtm::Delneigh, req, seq, msg)
-            }
-            Self::FdbAppend6(e) | Self::FdbReplace6(e) | Self::FdbDelete6(e) => {
-                let mut attrs = vec![typed_attr(Nda::Lladdr, &e.mac.0)?];
-                if let Some(dst) = e.dst {
-                    attrs.push(typed_attr(Nda::Dst, &dst.octets())?);
-                }
-                let family = RtAddrFamily::from(AF_BRIDGE);
-                let msg = nd_msg(self, family, e.index, Ntf::SELF, attrs)?;
-                let (ty, flags) = match self {
-                    Self::FdbAppend6(_) => (Rtm::Newneigh, req | NlmF::CREATE | NlmF::APPEND),
-                    Self::FdbReplace6(_) => (Rtm::Newneigh, create_replace),
-                    _ => (Rtm::Delneigh, req),
-                };
-                push_msg(out, ty, flags, seq, msg)
-            }
-            Self::RouteReplace6(r) => push_msg(
-                out,
-                Rtm::Newroute,
-                create_replace,
-                seq,
-                route6_msg(self, r)?,
-            ),
-            Self::RouteDelete6(r) => push_msg(out, Rtm::Delroute, req, seq, route6_msg(self, r)?),
+            Self::NeighbourReplace6(n) => push_neighbour(self, n, Write::Replace, seq, out),
+            Self::NeighbourDelete6(n) => push_neighbour(self, n, Write::Delete, seq, out),
+            Self::FdbAppend6(e) => push_fdb(self, e, FdbWrite::Append, seq, out),
+            Self::FdbReplace6(e) => push_fdb(self, e, FdbWrite::Replace, seq, out),
+            Self::FdbDelete6(e) => push_fdb(self, e, FdbWrite::Delete, seq, out),
+            Self::RouteReplace6(r) => push_route(self, r, Write::Replace, seq, out),
+            Self::RouteDelete6(r) => push_route(self, r, Write::Delete, seq, out),
         }
     }
 }

@@ -1,9 +1,10 @@
 //! Typed values: what we ask the kernel for and what its dumps give back.
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::{Ipv4Network, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 pub use twill_model::MacAddr;
 
@@ -148,23 +149,83 @@ pub struct Address {
     pub addr: Ipv4Network,
 }
 
-/// An IPv4 neighbour (ARP) entry: `ip neigh replace IP lladdr MAC dev INDEX nud permanent`.
+/// An IP address family, named by its address type: [`Ipv4Addr`] or
+/// [`Ipv6Addr`].
+///
+/// The neighbour, FDB and route types are written once over it
+/// ([`IpNeighbour`], [`IpFdbEntry`], [`IpRoute`]) so that a rule about them
+/// (a key, an ownership test, a plan) is written once for both families;
+/// [`Neighbour`]/[`Neighbour6`], [`FdbEntry`]/[`FdbEntry6`] and
+/// [`Route`]/[`Route6`] name the two instances. Sealed: the kernel knows
+/// these two families and [`Request`](crate::Request) a variant for each.
+pub trait IpFamily:
+    crate::request::FamilyWire
+    + Copy
+    + Ord
+    + Hash
+    + fmt::Debug
+    + fmt::Display
+    + Into<IpAddr>
+    + Send
+    + Sync
+    + 'static
+{
+    /// A prefix of this family ([`Ipv4Network`], [`Ipv6Network`]).
+    type Network: Copy
+        + Ord
+        + Hash
+        + fmt::Debug
+        + fmt::Display
+        + Into<IpNetwork>
+        + Send
+        + Sync
+        + 'static;
+
+    /// The first address of `net` (its network address: `10.244.1.0` of
+    /// `10.244.1.0/24`, `fd10:1::` of `fd10:1::/64`).
+    fn network_addr(net: &Self::Network) -> Self;
+}
+
+impl IpFamily for Ipv4Addr {
+    type Network = Ipv4Network;
+
+    fn network_addr(net: &Ipv4Network) -> Self {
+        net.network()
+    }
+}
+
+impl IpFamily for Ipv6Addr {
+    type Network = Ipv6Network;
+
+    fn network_addr(net: &Ipv6Network) -> Self {
+        net.network()
+    }
+}
+
+/// A neighbour entry of family `A`: `ip [-6] neigh replace IP lladdr MAC dev
+/// INDEX nud permanent` (ARP for IPv4, NDP for IPv6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Neighbour {
+pub struct IpNeighbour<A: IpFamily> {
     /// Interface index.
     pub index: u32,
-    /// The IPv4 address.
-    pub ip: Ipv4Addr,
+    /// The neighbour's address.
+    pub ip: A,
     /// Its link-layer address (`None` in dumps for incomplete entries; required to add).
     pub mac: Option<MacAddr>,
     /// Whether the entry is `NUD_PERMANENT` (always true for entries we add).
     pub permanent: bool,
 }
 
-impl Neighbour {
+/// An IPv4 neighbour (ARP) entry: `ip neigh replace IP lladdr MAC dev INDEX nud permanent`.
+pub type Neighbour = IpNeighbour<Ipv4Addr>;
+
+/// An IPv6 neighbour (NDP) entry: `ip -6 neigh replace IP lladdr MAC dev INDEX nud permanent`.
+pub type Neighbour6 = IpNeighbour<Ipv6Addr>;
+
+impl<A: IpFamily> IpNeighbour<A> {
     /// A permanent entry `ip` → `mac` on `index`.
     #[must_use]
-    pub fn permanent(index: u32, ip: Ipv4Addr, mac: MacAddr) -> Self {
+    pub fn permanent(index: u32, ip: A, mac: MacAddr) -> Self {
         Self {
             index,
             ip,
@@ -174,24 +235,34 @@ impl Neighbour {
     }
 }
 
-/// A bridge forwarding database entry on a device (`self`):
+/// A bridge forwarding database entry on a device (`self`) whose remote is
+/// an underlay address of family `A`:
 /// `bridge fdb append MAC dev INDEX dst IP self permanent`.
+///
+/// A dump of one family ([`FdbEntry`] or [`FdbEntry6`]) skips the entries
+/// whose remote is of the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FdbEntry {
+pub struct IpFdbEntry<A: IpFamily> {
     /// Interface index (the VXLAN device).
     pub index: u32,
     /// The MAC address.
     pub mac: MacAddr,
     /// Remote underlay address (`dst`), for VXLAN devices.
-    pub dst: Option<Ipv4Addr>,
+    pub dst: Option<A>,
     /// `NUD_PERMANENT` (always true for entries we add).
     pub permanent: bool,
 }
 
-impl FdbEntry {
+/// An FDB entry with an IPv4 remote (or none).
+pub type FdbEntry = IpFdbEntry<Ipv4Addr>;
+
+/// An FDB entry with an IPv6 remote: `bridge fdb append MAC dev INDEX dst IP6 self permanent`.
+pub type FdbEntry6 = IpFdbEntry<Ipv6Addr>;
+
+impl<A: IpFamily> IpFdbEntry<A> {
     /// A permanent entry `mac` → `dst` on `index`.
     #[must_use]
-    pub fn permanent(index: u32, mac: MacAddr, dst: Ipv4Addr) -> Self {
+    pub fn permanent(index: u32, mac: MacAddr, dst: A) -> Self {
         Self {
             index,
             mac,
@@ -201,13 +272,14 @@ impl FdbEntry {
     }
 }
 
-/// An IPv4 unicast route: `ip route replace DST [via GW] [dev OIF] [onlink] [table T] [proto P]`.
+/// A unicast route of family `A`:
+/// `ip [-6] route replace DST [via GW] [dev OIF] [onlink] [table T] [proto P]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Route {
+pub struct IpRoute<A: IpFamily> {
     /// Destination prefix.
-    pub dst: Ipv4Network,
+    pub dst: A::Network,
     /// Next hop.
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<A>,
     /// Output device index.
     pub oif: Option<u32>,
     /// `RTNH_F_ONLINK`: the gateway is on link even if no prefix says so.
@@ -218,10 +290,16 @@ pub struct Route {
     pub protocol: u8,
 }
 
-impl Route {
+/// An IPv4 unicast route: `ip route replace DST [via GW] [dev OIF] [onlink] [table T] [proto P]`.
+pub type Route = IpRoute<Ipv4Addr>;
+
+/// An IPv6 unicast route: `ip -6 route replace DST [via GW] [dev OIF] [onlink] [table T] [proto P]`.
+pub type Route6 = IpRoute<Ipv6Addr>;
+
+impl<A: IpFamily> IpRoute<A> {
     /// A route to `dst` in the main table with protocol [`TWILL_RTPROT`].
     #[must_use]
-    pub fn new(dst: Ipv4Network) -> Self {
+    pub fn new(dst: A::Network) -> Self {
         Self {
             dst,
             gateway: None,
@@ -234,7 +312,7 @@ impl Route {
 
     /// Sets the gateway.
     #[must_use]
-    pub fn via(mut self, gateway: Ipv4Addr) -> Self {
+    pub fn via(mut self, gateway: A) -> Self {
         self.gateway = Some(gateway);
         self
     }
@@ -268,7 +346,7 @@ impl Route {
     }
 }
 
-impl fmt::Display for Route {
+impl<A: IpFamily> fmt::Display for IpRoute<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.dst)?;
         if let Some(gw) = self.gateway {
@@ -298,146 +376,4 @@ pub struct Address6 {
     pub index: u32,
     /// Address and prefix length (host bits kept: `fd00::2/64`).
     pub addr: Ipv6Network,
-}
-
-/// An IPv6 neighbour (NDP) entry: `ip -6 neigh replace IP lladdr MAC dev INDEX nud permanent`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Neighbour6 {
-    /// Interface index.
-    pub index: u32,
-    /// The IPv6 address.
-    pub ip: Ipv6Addr,
-    /// Its link-layer address (`None` in dumps for incomplete entries; required to add).
-    pub mac: Option<MacAddr>,
-    /// Whether the entry is `NUD_PERMANENT` (always true for entries we add).
-    pub permanent: bool,
-}
-
-impl Neighbour6 {
-    /// A permanent entry `ip` → `mac` on `index`.
-    #[must_use]
-    pub fn permanent(index: u32, ip: Ipv6Addr, mac: MacAddr) -> Self {
-        Self {
-            index,
-            ip,
-            mac: Some(mac),
-            permanent: true,
-        }
-    }
-}
-
-/// A bridge forwarding database entry on a VXLAN device whose remote is an
-/// IPv6 underlay address: `bridge fdb append MAC dev INDEX dst IP6 self permanent`.
-///
-/// [`FdbEntry`] lists the same `self` entries with IPv4 remotes; a dump of
-/// either kind skips the entries of the other family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FdbEntry6 {
-    /// Interface index (the VXLAN device).
-    pub index: u32,
-    /// The MAC address.
-    pub mac: MacAddr,
-    /// Remote IPv6 underlay address (`dst`).
-    pub dst: Option<Ipv6Addr>,
-    /// `NUD_PERMANENT` (always true for entries we add).
-    pub permanent: bool,
-}
-
-impl FdbEntry6 {
-    /// A permanent entry `mac` → `dst` on `index`.
-    #[must_use]
-    pub fn permanent(index: u32, mac: MacAddr, dst: Ipv6Addr) -> Self {
-        Self {
-            index,
-            mac,
-            dst: Some(dst),
-            permanent: true,
-        }
-    }
-}
-
-/// An IPv6 unicast route: `ip -6 route replace DST [via GW] [dev OIF] [onlink] [table T] [proto P]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Route6 {
-    /// Destination prefix.
-    pub dst: Ipv6Network,
-    /// Next hop.
-    pub gateway: Option<Ipv6Addr>,
-    /// Output device index.
-    pub oif: Option<u32>,
-    /// `RTNH_F_ONLINK`: the gateway is on link even if no prefix says so.
-    pub onlink: bool,
-    /// Routing table (default [`MAIN_TABLE`]).
-    pub table: u32,
-    /// Route protocol (`rtm_protocol`); [`TWILL_RTPROT`] for ours.
-    pub protocol: u8,
-}
-
-impl Route6 {
-    /// A route to `dst` in the main table with protocol [`TWILL_RTPROT`].
-    #[must_use]
-    pub fn new(dst: Ipv6Network) -> Self {
-        Self {
-            dst,
-            gateway: None,
-            oif: None,
-            onlink: false,
-            table: MAIN_TABLE,
-            protocol: TWILL_RTPROT,
-        }
-    }
-
-    /// Sets the gateway.
-    #[must_use]
-    pub fn via(mut self, gateway: Ipv6Addr) -> Self {
-        self.gateway = Some(gateway);
-        self
-    }
-
-    /// Sets the output device.
-    #[must_use]
-    pub fn dev(mut self, index: u32) -> Self {
-        self.oif = Some(index);
-        self
-    }
-
-    /// Sets the onlink flag.
-    #[must_use]
-    pub fn onlink(mut self) -> Self {
-        self.onlink = true;
-        self
-    }
-
-    /// Sets the table.
-    #[must_use]
-    pub fn table(mut self, table: u32) -> Self {
-        self.table = table;
-        self
-    }
-
-    /// Sets the protocol.
-    #[must_use]
-    pub fn protocol(mut self, protocol: u8) -> Self {
-        self.protocol = protocol;
-        self
-    }
-}
-
-impl fmt::Display for Route6 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.dst)?;
-        if let Some(gw) = self.gateway {
-            write!(f, " via {gw}")?;
-        }
-        if let Some(oif) = self.oif {
-            write!(f, " dev #{oif}")?;
-        }
-        if self.onlink {
-            f.write_str(" onlink")?;
-        }
-        if self.table != MAIN_TABLE {
-            write!(f, " table {}", self.table)?;
-        }
-        write!(f, " proto {}", self.protocol)
-    }
 }

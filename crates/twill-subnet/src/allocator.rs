@@ -13,28 +13,8 @@ use rand::Rng;
 use twill_model::Ipv4Network;
 use twill_model::NetworkConfig;
 
+use crate::free_index::FreeIndex;
 use crate::SubnetError;
-
-/// Slots per leaf bitmap.
-const LEAF: u32 = 64;
-/// Marks an absent child (index 0 is always the root, never a child).
-const NONE: u32 = 0;
-/// The most slots the tree covers: its span is a `u32` power of two. A
-/// parsed config has at most 2^30 subnets (SubnetLen is at most 30); only a
-/// hand-built one (SubnetLen 32 over the whole space) has more, and the
-/// subnets past this many are then never handed out.
-const MAX_SLOTS: u32 = 1 << 31;
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Node {
-    /// Taken slots in this node's range.
-    taken: u32,
-    /// Children in the arena (internal nodes only); [`NONE`] when absent,
-    /// which means "nothing taken there".
-    children: [u32; 2],
-    /// Taken bitmap (leaves only).
-    bits: u64,
-}
 
 /// Free-subnet bookkeeping for one [`NetworkConfig`]: which of its
 /// `subnet_count()` allocatable subnets are taken, and a uniformly random
@@ -64,27 +44,18 @@ pub struct SubnetAllocator {
     config: NetworkConfig,
     /// Networks no subnet may overlap (see [`SubnetAllocator::exclude`]).
     excluded: Vec<Ipv4Network>,
-    count: u32,
-    /// Size of the root's range: a power of two, at least [`LEAF`].
-    span: u32,
-    nodes: Vec<Node>,
+    /// Allocation indices (`subnet_index`) taken.
+    index: FreeIndex<u32>,
 }
 
 impl SubnetAllocator {
     /// An allocator with every subnet of `config` free.
     #[must_use]
     pub fn new(config: &NetworkConfig) -> Self {
-        let count = config.subnet_count().min(MAX_SLOTS);
-        let span = count
-            .max(LEAF)
-            .checked_next_power_of_two()
-            .unwrap_or(MAX_SLOTS);
         SubnetAllocator {
             config: config.clone(),
             excluded: Vec::new(),
-            count,
-            span,
-            nodes: vec![Node::default()],
+            index: FreeIndex::new(config.subnet_count()),
         }
     }
 
@@ -111,19 +82,19 @@ impl SubnetAllocator {
     /// How many subnets lie in `[SubnetMin, SubnetMax]`.
     #[must_use]
     pub fn total(&self) -> u32 {
-        self.count
+        self.index.count()
     }
 
     /// How many of them are taken.
     #[must_use]
     pub fn taken(&self) -> u32 {
-        self.nodes[0].taken
+        self.index.taken()
     }
 
     /// How many of them are free.
     #[must_use]
     pub fn free(&self) -> u32 {
-        self.count - self.taken()
+        self.index.free()
     }
 
     /// Whether `subnet` is allocatable (in range, right length, aligned) and
@@ -131,7 +102,7 @@ impl SubnetAllocator {
     #[must_use]
     pub fn is_free(&self, subnet: Ipv4Network) -> bool {
         match self.config.subnet_index(subnet) {
-            Some(i) => !self.bit(i),
+            Some(i) => !self.index.is_taken(i),
             None => false,
         }
     }
@@ -141,7 +112,7 @@ impl SubnetAllocator {
     /// allocatable range (such subnets are ignored).
     pub fn mark_taken(&mut self, subnet: Ipv4Network) -> bool {
         match self.config.subnet_index(subnet) {
-            Some(i) => self.set(i, true),
+            Some(i) => self.index.set(i, true),
             None => false,
         }
     }
@@ -153,7 +124,7 @@ impl SubnetAllocator {
             return false;
         }
         match self.config.subnet_index(subnet) {
-            Some(i) => self.set(i, false),
+            Some(i) => self.index.set(i, false),
             None => false,
         }
     }
@@ -207,13 +178,13 @@ impl SubnetAllocator {
         let free = self.free();
         if free == 0 {
             return Err(SubnetError::Exhausted {
-                total: self.count,
+                total: self.total(),
                 taken: self.taken(),
             });
         }
         let k = rng.random_range(0..free);
         self.nth_free(k).ok_or(SubnetError::Exhausted {
-            total: self.count,
+            total: self.total(),
             taken: self.taken(),
         })
     }
@@ -236,145 +207,11 @@ impl SubnetAllocator {
 
     /// The `k`-th free subnet in address order (0-based), in O(log N).
     #[must_use]
-    pub fn nth_free(&self, mut k: u32) -> Option<Ipv4Network> {
-        if k >= self.free() {
-            return None;
-        }
-        let (mut node, mut lo, mut size) = (0u32, 0u32, self.span);
-        loop {
-            let n = self.nodes.get(node as usize)?;
-            if size <= LEAF {
-                let cap = self.cap(lo, size);
-                let free_bits = !n.bits & mask(cap);
-                return self.config.subnet_at(lo + select_bit(free_bits, k)?);
-            }
-            let half = size / 2;
-            let left = n.children[0];
-            let left_free = self.cap(lo, half) - self.taken_of(left);
-            let child = if k < left_free {
-                left
-            } else {
-                k -= left_free;
-                lo += half;
-                n.children[1]
-            };
-            size = half;
-            if child == NONE {
-                // Nothing taken below: the slots are contiguous and free.
-                return self.config.subnet_at(lo + k);
-            }
-            node = child;
-        }
+    pub fn nth_free(&self, k: u32) -> Option<Ipv4Network> {
+        self.index
+            .nth_free(k)
+            .and_then(|i| self.config.subnet_at(i))
     }
-
-    /// Number of allocatable slots in `[lo, lo + size)`.
-    fn cap(&self, lo: u32, size: u32) -> u32 {
-        self.count.saturating_sub(lo).min(size)
-    }
-
-    fn taken_of(&self, node: u32) -> u32 {
-        if node == NONE {
-            0
-        } else {
-            self.nodes.get(node as usize).map_or(0, |n| n.taken)
-        }
-    }
-
-    fn bit(&self, index: u32) -> bool {
-        if index >= self.count {
-            return false;
-        }
-        let (mut node, mut lo, mut size) = (0u32, 0u32, self.span);
-        loop {
-            let Some(n) = self.nodes.get(node as usize) else {
-                return false;
-            };
-            if size <= LEAF {
-                return n.bits >> (index - lo) & 1 == 1;
-            }
-            let half = size / 2;
-            let side = usize::from(index >= lo + half);
-            if side == 1 {
-                lo += half;
-            }
-            node = n.children[side];
-            if node == NONE {
-                return false;
-            }
-            size = half;
-        }
-    }
-
-    fn set(&mut self, index: u32, taken: bool) -> bool {
-        if index >= self.count || self.bit(index) == taken {
-            return false;
-        }
-        let (mut node, mut lo, mut size) = (0usize, 0u32, self.span);
-        loop {
-            let n = &mut self.nodes[node];
-            if taken {
-                n.taken += 1;
-            } else {
-                n.taken -= 1;
-            }
-            if size <= LEAF {
-                n.bits ^= 1 << (index - lo);
-                return true;
-            }
-            let half = size / 2;
-            let side = usize::from(index >= lo + half);
-            if side == 1 {
-                lo += half;
-            }
-            let mut child = n.children[side];
-            if child == NONE {
-                // Only reached when taking: a free slot under an absent node.
-                child = u32::try_from(self.nodes.len()).unwrap_or(u32::MAX);
-                self.nodes.push(Node::default());
-                self.nodes[node].children[side] = child;
-            }
-            node = child as usize;
-            size = half;
-        }
-    }
-}
-
-fn mask(cap: u32) -> u64 {
-    if cap >= 64 {
-        u64::MAX
-    } else {
-        (1u64 << cap) - 1
-    }
-}
-
-/// The position of the `k`-th set bit of `bits`.
-fn select_bit(mut bits: u64, k: u32) -> Option<u32> {
-    if k >= bits.count_ones() {
-        return None;
-    }
-    // Narrow by halves, then by bytes, then bit by bit.
-    let mut base = 0u32;
-    let mut k = k;
-    for width in [32u32, 16, 8] {
-        let low = bits & ((1u64 << width) - 1);
-        let ones = low.count_ones();
-        if k >= ones {
-            k -= ones;
-            bits >>= width;
-            base += width;
-        } else {
-            bits = low;
-        }
-    }
-    for i in 0..8 {
-        if bits >> i & 1 == 1 {
-            if k == 0 {
-                return Some(base + i);
-            }
-            k -= 1;
-        }
-    }
-    None
 }
 
 #[cfg(test)]
@@ -465,20 +302,6 @@ mod tests {
             let _ = a.first_free();
             let _ = a.mark_taken("0.0.0.0/0".parse().unwrap());
         }
-    }
-
-    #[test]
-    fn select_bit_finds_each_set_bit() {
-        let bits =
-            0b1011_0000_0000_0000_0000_0000_0000_0000_0000_0000_0000_0000_0000_0000_1001_0110u64;
-        let positions: Vec<u32> = (0..64).filter(|i| bits >> i & 1 == 1).collect();
-        for (k, p) in positions.iter().enumerate() {
-            assert_eq!(select_bit(bits, u32::try_from(k).unwrap()), Some(*p));
-        }
-        assert_eq!(
-            select_bit(bits, u32::try_from(positions.len()).unwrap()),
-            None
-        );
     }
 
     #[test]

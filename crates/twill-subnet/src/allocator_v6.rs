@@ -1,41 +1,18 @@
 //! Choosing a free IPv6 subnet in `[IPv6SubnetMin, IPv6SubnetMax]`.
 //!
-//! The same design as [`crate::SubnetAllocator`] (a sparse segment tree of
-//! taken-counts over allocation indices, 64-slot bitmap leaves, nodes only
-//! where something is taken, a uniformly random k-th free slot), over
-//! `u128` indices: an IPv6 network holds up to 2^119 subnets twill accepts,
-//! so the tree's depth is at most 122 and its memory stays proportional to
-//! the number of taken subnets. Every step is checked arithmetic: nothing
-//! here panics or wraps, whatever the config's public fields hold.
+//! The same index as [`crate::SubnetAllocator`]'s (a sparse segment tree of
+//! taken-counts over allocation indices, a uniformly random k-th free slot),
+//! over `u128` indices: an IPv6 network holds up to 2^119 subnets twill
+//! accepts, so the tree's depth is at most 122 and its memory stays
+//! proportional to the number of taken subnets. Every step is checked
+//! arithmetic: nothing here panics or wraps, whatever the config's public
+//! fields hold.
 
 use rand::Rng;
 use twill_model::{Ipv6Network, NetworkConfig};
 
+use crate::free_index::FreeIndex;
 use crate::SubnetError;
-
-/// Slots per leaf bitmap.
-const LEAF: u128 = 64;
-/// Marks an absent child (index 0 is always the root, never a child).
-const NONE: u32 = 0;
-/// The most slots the tree covers (its span is a `u128` power of two). A
-/// parsed config has at most 2^119 subnets; a hand-built one with more has
-/// those past this many never handed out.
-const MAX_SLOTS: u128 = 1 << 127;
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Node {
-    /// Taken slots in this node's range: the marks made below it, or the
-    /// whole range for a node an exclusion covers.
-    taken: u128,
-    /// Every slot of the range is excluded ([`Ipv6SubnetAllocator::exclude`]):
-    /// taken for good, with no children; one node stands for any number of
-    /// slots, so excluding a huge range costs O(depth) nodes.
-    full: bool,
-    /// Children in the arena (internal nodes only); [`NONE`] when absent.
-    children: [u32; 2],
-    /// Taken bitmap (leaves only).
-    bits: u64,
-}
 
 /// Free-IPv6-subnet bookkeeping for one [`NetworkConfig`]: which of its
 /// `ipv6_subnet_count()` allocatable subnets are taken, and a uniformly
@@ -60,10 +37,8 @@ struct Node {
 #[derive(Debug, Clone)]
 pub struct Ipv6SubnetAllocator {
     config: NetworkConfig,
-    count: u128,
-    /// Size of the root's range: a power of two, at least [`LEAF`].
-    span: u128,
-    nodes: Vec<Node>,
+    /// Allocation indices (`ipv6_subnet_index`) taken.
+    index: FreeIndex<u128>,
     /// Networks given to [`Ipv6SubnetAllocator::exclude`].
     excluded: Vec<Ipv6Network>,
     /// Their allocation indices, inclusive ranges: never marked or released.
@@ -74,16 +49,9 @@ impl Ipv6SubnetAllocator {
     /// An allocator with every IPv6 subnet of `config` free.
     #[must_use]
     pub fn new(config: &NetworkConfig) -> Self {
-        let count = config.ipv6_subnet_count().min(MAX_SLOTS);
-        let span = count
-            .max(LEAF)
-            .checked_next_power_of_two()
-            .unwrap_or(MAX_SLOTS);
         Ipv6SubnetAllocator {
             config: config.clone(),
-            count,
-            span,
-            nodes: vec![Node::default()],
+            index: FreeIndex::new(config.ipv6_subnet_count()),
             excluded: Vec::new(),
             excluded_ranges: Vec::new(),
         }
@@ -112,19 +80,19 @@ impl Ipv6SubnetAllocator {
     /// How many subnets lie in `[IPv6SubnetMin, IPv6SubnetMax]`.
     #[must_use]
     pub fn total(&self) -> u128 {
-        self.count
+        self.index.count()
     }
 
     /// How many of them are taken.
     #[must_use]
     pub fn taken(&self) -> u128 {
-        self.nodes.first().map_or(0, |n| n.taken)
+        self.index.taken()
     }
 
     /// How many of them are free.
     #[must_use]
     pub fn free(&self) -> u128 {
-        self.count.saturating_sub(self.taken())
+        self.index.free()
     }
 
     /// Whether `subnet` is allocatable (in range, right length, aligned)
@@ -133,14 +101,14 @@ impl Ipv6SubnetAllocator {
     pub fn is_free(&self, subnet: Ipv6Network) -> bool {
         self.config
             .ipv6_subnet_index(subnet)
-            .is_some_and(|i| i < self.count && !self.bit(i))
+            .is_some_and(|i| i < self.total() && !self.index.is_taken(i))
     }
 
     /// Marks `subnet` as taken. Returns whether anything changed: `false`
     /// if it was already taken or is not allocatable (ignored).
     pub fn mark_taken(&mut self, subnet: Ipv6Network) -> bool {
         match self.config.ipv6_subnet_index(subnet) {
-            Some(i) if !self.is_excluded_index(i) => self.set(i, true),
+            Some(i) if !self.is_excluded_index(i) => self.index.set(i, true),
             _ => false,
         }
     }
@@ -149,7 +117,7 @@ impl Ipv6SubnetAllocator {
     /// excluded subnet stays taken).
     pub fn release(&mut self, subnet: Ipv6Network) -> bool {
         match self.config.ipv6_subnet_index(subnet) {
-            Some(i) if !self.is_excluded_index(i) => self.set(i, false),
+            Some(i) if !self.is_excluded_index(i) => self.index.set(i, false),
             _ => false,
         }
     }
@@ -166,7 +134,7 @@ impl Ipv6SubnetAllocator {
             return;
         };
         self.excluded_ranges.push((lo, hi));
-        self.fill(0, 0, self.span, lo, hi);
+        self.index.fill(lo, hi);
     }
 
     /// The first excluded network that `subnet` overlaps, if any.
@@ -186,7 +154,7 @@ impl Ipv6SubnetAllocator {
 
     /// The allocation indices of the allocatable subnets overlapping `net`.
     fn overlapping_indices(&self, net: Ipv6Network) -> Option<(u128, u128)> {
-        if self.count == 0 {
+        if self.total() == 0 {
             return None;
         }
         let len = self.config.ipv6_subnet_len;
@@ -205,76 +173,8 @@ impl Ipv6SubnetAllocator {
                 .and_then(|n| self.config.ipv6_subnet_index(n))
         };
         let lo = at(first.max(min))?;
-        let hi = at(last.min(max))?.min(self.count - 1);
+        let hi = at(last.min(max))?.min(self.total() - 1);
         (lo <= hi).then_some((lo, hi))
-    }
-
-    /// Marks the slots `[a, b]` within node `node` (range `[lo, lo +
-    /// size)`) taken, turning each node wholly inside into a `full` one.
-    /// Returns how many slots became taken. Recursion depth is the tree's
-    /// (at most 122).
-    fn fill(&mut self, node: usize, lo: u128, size: u128, a: u128, b: u128) -> u128 {
-        let cap = self.cap(lo, size);
-        let Some(end) = lo.checked_add(cap.saturating_sub(1)) else {
-            return 0;
-        };
-        if cap == 0 || b < lo || a > end {
-            return 0;
-        }
-        let Some(n) = self.nodes.get(node).copied() else {
-            return 0;
-        };
-        if n.full {
-            return 0;
-        }
-        if a <= lo && end <= b {
-            let added = cap.saturating_sub(n.taken);
-            if let Some(m) = self.nodes.get_mut(node) {
-                *m = Node {
-                    taken: cap,
-                    full: true,
-                    children: [NONE; 2],
-                    bits: if size <= LEAF { mask(cap) } else { 0 },
-                };
-            }
-            return added;
-        }
-        if size <= LEAF {
-            let from = u32::try_from(a.max(lo) - lo).unwrap_or(0);
-            let to = u32::try_from(b.min(end) - lo).unwrap_or(0);
-            let range = mask(u128::from(to) + 1) & !mask(u128::from(from));
-            let bits = n.bits | range;
-            let added = u128::from((bits & !n.bits).count_ones());
-            if let Some(m) = self.nodes.get_mut(node) {
-                m.bits = bits;
-                m.taken = m.taken.saturating_add(added);
-            }
-            return added;
-        }
-        let half = size / 2;
-        let mut added = 0u128;
-        for side in 0..2 {
-            let child_lo = if side == 1 { lo + half } else { lo };
-            if self.cap(child_lo, half) == 0 {
-                continue;
-            }
-            let mut child = self.nodes.get(node).map_or(NONE, |n| n.children[side]);
-            if child == NONE {
-                if self.nodes.len() >= u32::MAX as usize {
-                    continue;
-                }
-                child = u32::try_from(self.nodes.len()).unwrap_or(NONE);
-                self.nodes.push(Node::default());
-                if let Some(parent) = self.nodes.get_mut(node) {
-                    parent.children[side] = child;
-                }
-            }
-            added = added.saturating_add(self.fill(child as usize, child_lo, half, a, b));
-        }
-        if let Some(m) = self.nodes.get_mut(node) {
-            m.taken = m.taken.saturating_add(added);
-        }
-        added
     }
 
     /// Picks a uniformly random free subnet without marking it taken.
@@ -283,7 +183,7 @@ impl Ipv6SubnetAllocator {
     /// [`SubnetError::Ipv6Exhausted`] when every subnet is taken.
     pub fn choose<G: Rng + ?Sized>(&self, rng: &mut G) -> Result<Ipv6Network, SubnetError> {
         let exhausted = SubnetError::Ipv6Exhausted {
-            total: self.count,
+            total: self.total(),
             taken: self.taken(),
         };
         let free = self.free();
@@ -312,152 +212,11 @@ impl Ipv6SubnetAllocator {
 
     /// The `k`-th free subnet in address order (0-based), in O(log N).
     #[must_use]
-    pub fn nth_free(&self, mut k: u128) -> Option<Ipv6Network> {
-        if k >= self.free() {
-            return None;
-        }
-        let (mut node, mut lo, mut size) = (0u32, 0u128, self.span);
-        loop {
-            let n = self.nodes.get(node as usize)?;
-            if size <= LEAF {
-                let cap = self.cap(lo, size);
-                let free_bits = !n.bits & mask(cap);
-                let bit = select_bit(free_bits, u32::try_from(k).ok()?)?;
-                return self.config.ipv6_subnet_at(lo.checked_add(u128::from(bit))?);
-            }
-            let half = size / 2;
-            let left = n.children[0];
-            let left_free = self.cap(lo, half).saturating_sub(self.taken_of(left));
-            let child = if k < left_free {
-                left
-            } else {
-                k -= left_free;
-                lo = lo.checked_add(half)?;
-                n.children[1]
-            };
-            size = half;
-            if child == NONE {
-                // Nothing taken below: the slots are contiguous and free.
-                return self.config.ipv6_subnet_at(lo.checked_add(k)?);
-            }
-            node = child;
-        }
+    pub fn nth_free(&self, k: u128) -> Option<Ipv6Network> {
+        self.index
+            .nth_free(k)
+            .and_then(|i| self.config.ipv6_subnet_at(i))
     }
-
-    /// Number of allocatable slots in `[lo, lo + size)`.
-    fn cap(&self, lo: u128, size: u128) -> u128 {
-        self.count.saturating_sub(lo).min(size)
-    }
-
-    fn taken_of(&self, node: u32) -> u128 {
-        if node == NONE {
-            0
-        } else {
-            self.nodes.get(node as usize).map_or(0, |n| n.taken)
-        }
-    }
-
-    fn bit(&self, index: u128) -> bool {
-        if index >= self.count {
-            return false;
-        }
-        let (mut node, mut lo, mut size) = (0u32, 0u128, self.span);
-        loop {
-            let Some(n) = self.nodes.get(node as usize) else {
-                return false;
-            };
-            if n.full {
-                return true;
-            }
-            if size <= LEAF {
-                return index
-                    .checked_sub(lo)
-                    .and_then(|off| u32::try_from(off).ok())
-                    .and_then(|off| n.bits.checked_shr(off))
-                    .is_some_and(|b| b & 1 == 1);
-            }
-            let half = size / 2;
-            let right = index - lo >= half;
-            if right {
-                lo += half;
-            }
-            node = n.children[usize::from(right)];
-            if node == NONE {
-                return false;
-            }
-            size = half;
-        }
-    }
-
-    fn set(&mut self, index: u128, taken: bool) -> bool {
-        if index >= self.count || self.bit(index) == taken {
-            return false;
-        }
-        // Nodes are addressed by u32: past 2^32 nodes (far more memory than
-        // any host has) a mark is refused rather than corrupting the tree.
-        let depth = self
-            .span
-            .trailing_zeros()
-            .saturating_sub(LEAF.trailing_zeros()) as usize;
-        if taken && self.nodes.len().saturating_add(depth) >= u32::MAX as usize {
-            return false;
-        }
-        let (mut node, mut lo, mut size) = (0usize, 0u128, self.span);
-        loop {
-            let Some(n) = self.nodes.get_mut(node) else {
-                return false;
-            };
-            n.taken = if taken {
-                n.taken.saturating_add(1)
-            } else {
-                n.taken.saturating_sub(1)
-            };
-            if size <= LEAF {
-                let Ok(off) = u32::try_from(index - lo) else {
-                    return false;
-                };
-                n.bits ^= 1u64.checked_shl(off).unwrap_or(0);
-                return true;
-            }
-            let half = size / 2;
-            let side = usize::from(index - lo >= half);
-            if side == 1 {
-                lo += half;
-            }
-            let mut child = n.children[side];
-            if child == NONE {
-                // Only reached when taking: a free slot under an absent node.
-                child = u32::try_from(self.nodes.len()).unwrap_or(NONE);
-                self.nodes.push(Node::default());
-                if let Some(parent) = self.nodes.get_mut(node) {
-                    parent.children[side] = child;
-                }
-            }
-            node = child as usize;
-            size = half;
-        }
-    }
-}
-
-fn mask(cap: u128) -> u64 {
-    if cap >= 64 {
-        u64::MAX
-    } else {
-        1u64.checked_shl(u32::try_from(cap).unwrap_or(0))
-            .map_or(u64::MAX, |b| b - 1)
-    }
-}
-
-/// The position of the `k`-th set bit of `bits`.
-fn select_bit(bits: u64, k: u32) -> Option<u32> {
-    if k >= bits.count_ones() {
-        return None;
-    }
-    let mut rest = bits;
-    for _ in 0..k {
-        rest &= rest - 1; // clear the lowest set bit
-    }
-    Some(rest.trailing_zeros())
 }
 
 #[cfg(test)]
@@ -556,7 +315,8 @@ mod tests {
         // A /17 is half the network: 2^47 subnets, one of them unallocatable.
         a.exclude("fd00::/17".parse().unwrap());
         a.exclude("fd00:8000:0:5::/64".parse().unwrap());
-        assert!(a.nodes.len() < 200, "{} nodes", a.nodes.len());
+        let nodes = a.index.node_count();
+        assert!(nodes < 200, "{nodes} nodes");
         assert_eq!(a.free(), total - ((1u128 << 47) - 1) - 1);
         assert_eq!(a.first_free().unwrap().to_string(), "fd00:8000::/64");
         assert_eq!(a.nth_free(5).unwrap().to_string(), "fd00:8000:0:6::/64");

@@ -23,6 +23,16 @@ pub enum SubnetError {
         /// Of which taken.
         taken: u128,
     },
+    /// The attributes to publish lack what the network config's address
+    /// families need: `PublicIPv6` with `EnableIPv6` (peers would skip a
+    /// lease without it, and it is how a restarted host finds its lease).
+    #[error("{field} is required in the lease attributes: the network config has {because}")]
+    MissingAttribute {
+        /// The missing field, as flannel names it (`PublicIPv6`).
+        field: &'static str,
+        /// The config setting that needs it (`EnableIPv6 true`).
+        because: &'static str,
+    },
     /// The registry failed in a way retrying will not fix (e.g. no config yet).
     #[error(transparent)]
     Registry(#[from] RegistryError),

@@ -50,6 +50,7 @@ mod allocator_v6;
 mod backoff;
 pub mod contract;
 mod error;
+mod free_index;
 pub mod manager;
 mod memory;
 pub mod registry;

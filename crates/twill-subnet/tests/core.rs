@@ -21,7 +21,7 @@ fn key(i: u8) -> SubnetKey {
 
 fn attrs(ip: &str) -> LeaseAttrs {
     let mut a = LeaseAttrs::new(ip.parse().unwrap(), "vxlan");
-    a.backend_data = Some(serde_json::json!({"VtepMAC": "6e:af:8f:41:72:26"}));
+    a.backend_data = Some(serde_json::json!({"VtepMAC": "6e:af:8f:41:72:26"}).into());
     a
 }
 
@@ -126,7 +126,7 @@ fn own_lease_with_new_attributes_is_updated_then_renewed() {
     core.start(t0);
     action(&mut core);
     let mut old = lease(key(3), OUR_IP, 5);
-    old.attrs.backend_data = Some(serde_json::json!({"VtepMAC": "00:00:00:00:00:01"}));
+    old.attrs.backend_data = Some(serde_json::json!({"VtepMAC": "00:00:00:00:00:01"}).into());
     core.handle_input(t0, Input::Listed(Ok(listing(vec![old.clone()], 6))));
     match action(&mut core) {
         Action::Update { held, attrs: a } => {
@@ -393,7 +393,7 @@ fn resync_replaces_the_peer_set() {
     // Changed attributes are an update (a new VtepMAC; a PublicIP changed
     // in place is not followed, see a_peers_public_ip_changed_in_place_...).
     let mut changed = lease(others[1], "10.0.0.3", 14);
-    changed.attrs.backend_data = Some(serde_json::json!({"VtepMAC": "6e:af:8f:41:72:27"}));
+    changed.attrs.backend_data = Some(serde_json::json!({"VtepMAC": "6e:af:8f:41:72:27"}).into());
     core.handle_input(t0, Input::Event(RegistryEvent::Upserted(changed)));
     assert_eq!(events(&mut core), vec![LeaseEvent::PeerUpdated(others[1])]);
 
@@ -822,7 +822,7 @@ fn a_peers_public_ip_changed_in_place_is_not_followed() {
 
     // The owner restores its value, with a new VtepMAC: followed.
     let mut back = lease(key(2), "10.0.0.2", 21);
-    back.attrs.backend_data = Some(serde_json::json!({"VtepMAC": "6e:af:8f:41:72:99"}));
+    back.attrs.backend_data = Some(serde_json::json!({"VtepMAC": "6e:af:8f:41:72:99"}).into());
     core.handle_input(t0, up(back.clone()));
     assert_eq!(*core.peers().leases[&key(2)], back);
     assert!(events(&mut core).contains(&LeaseEvent::PeerUpdated(key(2))));

@@ -229,26 +229,37 @@ async fn missing_config_is_returned_to_the_caller() {
 }
 
 /// Issue 12: an IPv6-only config used to reach the allocator with an
-/// all-zero IPv4 side: a shift overflow panic in debug builds, a
-/// `0.0.0.0-0` lease in release. It is now an invalid config naming
-/// `EnableIPv6`, and nothing is leased.
+/// all-zero IPv4 side (a shift overflow panic in debug builds, a `0.0.0.0-0`
+/// lease in release). Issue 15 leases it: a v6-only key, never an IPv4
+/// subnet; and attributes without the `PublicIPv6` it needs are an error
+/// that leases nothing.
 #[tokio::test(start_paused = true)]
-async fn ipv6_only_config_is_an_error_and_leases_nothing() {
+async fn ipv6_only_config_leases_an_ipv6_subnet_and_needs_public_ipv6() {
     let reg = Arc::new(MemoryRegistry::new());
     reg.set_config(
         r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}"#,
     );
     let mut m = LeaseManager::new(Arc::clone(&reg), config(1, Duration::from_secs(60)));
     match m.acquire().await {
-        Err(SubnetError::Registry(twill_subnet::RegistryError::InvalidConfig {
-            source, ..
-        })) => {
-            assert!(
-                source.to_string().starts_with("EnableIPv6 true:"),
-                "{source}"
-            );
-        }
-        other => panic!("expected InvalidConfig naming EnableIPv6, got {other:?}"),
+        Err(
+            e @ SubnetError::MissingAttribute {
+                field: "PublicIPv6",
+                ..
+            },
+        ) => assert_eq!(
+            e.to_string(),
+            "PublicIPv6 is required in the lease attributes: the network config has EnableIPv6 true"
+        ),
+        other => panic!("expected MissingAttribute PublicIPv6, got {other:?}"),
     }
     assert!(reg.list_leases().await.unwrap().leases.is_empty());
+
+    let mut cfg = config(1, Duration::from_secs(60));
+    cfg.attrs.public_ip = std::net::Ipv4Addr::UNSPECIFIED;
+    cfg.attrs.public_ipv6 = "fd00:ffff::1".parse().ok();
+    let mut m = LeaseManager::new(Arc::clone(&reg), cfg);
+    let held = m.acquire().await.unwrap();
+    assert!(held.lease.key.is_ipv6_only(), "{}", held.lease.key);
+    assert_eq!(held.lease.key.ipv6.unwrap().prefix(), 64);
+    assert_eq!(reg.list_leases().await.unwrap().leases.len(), 1);
 }

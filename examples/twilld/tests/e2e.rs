@@ -197,7 +197,7 @@ fn article_seed_scenario_etcd_kernel_subnet_env_and_container_pings() {
         let attrs = LeaseAttrs::from_json(&l.value).expect("flannel-format lease JSON");
         assert_eq!(attrs.public_ip, c.ip(i));
         assert_eq!(attrs.backend_type, "vxlan");
-        let data = attrs.backend_data.expect("BackendData");
+        let data = attrs.backend_data.expect("BackendData").to_value();
         assert_eq!(
             data.get("VtepMAC").and_then(|v| v.as_str()),
             Some(macs[i].to_string().as_str()),

@@ -238,7 +238,7 @@ impl WgCluster {
 
     fn published_key(&self, i: usize) -> String {
         let attrs = self.lease(i).expect("a lease");
-        attrs.backend_data.expect("BackendData")["PublicKey"]
+        attrs.backend_data.expect("BackendData").to_value()["PublicKey"]
             .as_str()
             .expect("PublicKey")
             .to_string()
@@ -408,7 +408,7 @@ fn three_hosts_ping_through_the_tunnel_and_the_underlay_sees_only_wireguard() {
         let pair = KeyPair::load_or_create(&c.key_file(i)).expect("key file");
         assert_eq!(
             attrs.backend_data,
-            Some(serde_json::json!({ "PublicKey": encode_key(&pair.public) }))
+            Some(serde_json::json!({ "PublicKey": encode_key(&pair.public) }).into())
         );
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(c.key_file(i))

@@ -224,7 +224,7 @@ impl Backend for WireguardBackend {
         });
         self.ensure_device(mtu).await?;
         let mut attrs = LeaseAttrs::new(host.public_ip, BACKEND_TYPE);
-        attrs.backend_data = Some(serde_json::json!({ "PublicKey": self.public_key() }));
+        attrs.backend_data = Some(serde_json::json!({ "PublicKey": self.public_key() }).into());
         Ok(LocalSetup { attrs, mtu })
     }
 

@@ -57,7 +57,7 @@ pub async fn bring_up(
 
 pub fn vxlan_attrs(public: Ipv4Addr, mac: &str) -> LeaseAttrs {
     let mut a = LeaseAttrs::new(public, "vxlan");
-    a.backend_data = Some(serde_json::json!({ "VNI": 1, "VtepMAC": mac }));
+    a.backend_data = Some(serde_json::json!({ "VNI": 1, "VtepMAC": mac }).into());
     a
 }
 

@@ -36,7 +36,7 @@ pub async fn raw(etcd: &EtcdServer) -> etcd_client::Client {
 
 pub fn attrs(ip: &str) -> LeaseAttrs {
     let mut a = LeaseAttrs::new(ip.parse().unwrap(), "vxlan");
-    a.backend_data = Some(serde_json::json!({"VtepMAC": "6e:af:8f:41:72:26"}));
+    a.backend_data = Some(serde_json::json!({"VtepMAC": "6e:af:8f:41:72:26"}).into());
     a
 }
 

@@ -193,6 +193,12 @@ impl<R: Registry + ?Sized + 'static> LeaseManager<R> {
                 }
             }
         };
+        if network.enable_ipv6 && self.config.attrs.public_ipv6.is_none() {
+            return Err(SubnetError::MissingAttribute {
+                field: "PublicIPv6",
+                because: "EnableIPv6 true",
+            });
+        }
         let mut core = match self.core.take() {
             Some(c) if *c.network() == network => c,
             _ => LeaseCore::new(
