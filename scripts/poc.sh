@@ -55,14 +55,16 @@ our_pids() {
 cleanup() {
     pids=$(our_pids)
     # shellcheck disable=SC2086
-    [ -n "$pids" ] && kill $pids 2>/dev/null
+    # `|| true`: a process may exit between the listing and the kill; under set -e that
+    # failed kill would end the EXIT trap, and the run, with status 1 after a success.
+    [ -n "$pids" ] && { kill $pids 2>/dev/null || true; }
     # SIGTERM first (etcd and twilld stop cleanly on it), SIGKILL only what is left after 5 s.
     for _ in $(seq 1 50); do
         pids=$(our_pids); [ -z "$pids" ] && break
         sleep 0.1
     done
     # shellcheck disable=SC2086
-    [ -n "$pids" ] && kill -9 $pids 2>/dev/null
+    [ -n "$pids" ] && { kill -9 $pids 2>/dev/null || true; }
     for ns in $(ip netns list | awk '{print $1}' | grep "^$P-" || true); do
         ip netns delete "$ns" 2>/dev/null || true
     done
