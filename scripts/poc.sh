@@ -139,8 +139,6 @@ cat > "$STATE/flannel-network.json" <<'JSON'
     "EnableIPv6": true,
     "IPv6Network": "fd00:192:168::/48",
     "IPv6SubnetLen": 64,
-    "IPv6SubnetMin": "fd00:192:168::",
-    "IPv6SubnetMax": "fd00:192:168:5::",
     "Backend": {
         "Type": "vxlan",
         "VNI": 100,
@@ -196,6 +194,20 @@ for h in "${HOSTS[@]}"; do
     for _ in $(seq 1 100); do
         ip netns exec "$P-$h" curl -sf http://127.0.0.1:8471/readyz >/dev/null && break
         sleep 0.1
+    done
+done
+
+# Ready means "lease held, first pass done": a host ready before the others leased learns
+# them from the watch afterwards. Wait (up to 15 s each) until every host's VXLAN devices
+# hold an FDB entry for both peers, so what is shown and pinged below is the whole overlay.
+devs=flannel.100
+[ "$DUAL" = 1 ] && devs="$devs flannel-v6.100"
+for h in "${HOSTS[@]}"; do
+    for d in $devs; do
+        for _ in $(seq 1 150); do
+            [ "$(ip netns exec "$P-$h" bridge fdb show dev "$d" 2>/dev/null | grep -c ' dst .*permanent')" -ge 2 ] && break
+            sleep 0.1
+        done
     done
 done
 
