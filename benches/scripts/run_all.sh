@@ -28,9 +28,14 @@ unset TINY
     echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo "loadavg_at_start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$OUTDIR/machine.txt"
-for s in allocation program_peers convergence startup memory responsiveness dataplane; do
+# An entry may start with VAR=value words (FAMILY=6: the IPv6 variants).
+for s in allocation program_peers "FAMILY=6 program_peers" convergence startup memory responsiveness \
+    dataplane "FAMILY=6 dataplane"; do
     echo "=== $s ($(date +%T), load $(cut -d' ' -f1 /proc/loadavg))" >&2
-    bash "benches/scripts/$s.sh"
+    read -ra words <<<"$s"
+    script="${words[-1]}"
+    unset 'words[-1]'
+    env "${words[@]}" bash "benches/scripts/$script.sh"
 done
 echo "loadavg_at_end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUTDIR/machine.txt"
 python3 benches/scripts/plot.py "$SAMPLES_DIR" "$OUTDIR"

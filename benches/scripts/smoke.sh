@@ -8,13 +8,19 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 export TINY=1 PROFILE="${PROFILE:-debug}"
-SCRIPTS=(program_peers.sh convergence.sh startup.sh memory.sh responsiveness.sh dataplane.sh allocation.sh)
+# An entry may start with VAR=value words, the environment for that run
+# (FAMILY=6: the IPv6 variants).
+SCRIPTS=(program_peers.sh "FAMILY=6 program_peers.sh" convergence.sh startup.sh memory.sh
+    responsiveness.sh dataplane.sh "FAMILY=6 dataplane.sh" allocation.sh)
 failed=()
 start=$(date +%s)
 for s in "${SCRIPTS[@]}"; do
     t0=$(date +%s)
     echo "=== smoke: $s"
-    if out=$(bash "./$s" 2> >(sed "s/^/  [$s] /" >&2)); then
+    read -ra words <<<"$s"
+    script="${words[-1]}"
+    unset 'words[-1]'
+    if out=$(env "${words[@]}" bash "./$script" 2> >(sed "s/^/  [$s] /" >&2)); then
         figures=$(grep -cE '^[A-Za-z0-9_]+: [^ ]+ .+$' <<<"$out" || true)
         if [[ "$figures" -eq 0 ]]; then
             echo "=== smoke: $s printed no figure" >&2

@@ -54,9 +54,7 @@ use twill_netlink::{
 use crate::peers::{
     check_common, check_ipv6, claim_order, dedupe, dedupe6, on_segment, Claimed, Claimed6,
 };
-use crate::plan::{
-    plan, route_conflicts, vxlan_peer, DataplaneState, DataplaneState6, Op, Op6, Owner,
-};
+use crate::plan::{plan, route_conflicts, vxlan_peer, DataplaneState, DataplaneState6, Owner};
 use crate::{
     Backend, BackendError, FailedOp, HostContext, Ipv6Underlay, LocalSetup, ReconcileReport,
     UnderlayInterface,
@@ -782,9 +780,9 @@ fn disable_accept_ra(device: &str) {
 /// FDB entries, the routes of its table), reports routes of others that are
 /// in the way of `desired` as skipped, and applies [`plan()`]'s ops in one
 /// netlink batch: the reconcile step every route/neighbour/FDB-based backend
-/// shares, also for backends outside this crate. Fills `report.planned`,
+/// shares, also for backends outside this crate. Adds to `report.planned`,
 /// `report.applied` (ops the kernel acknowledged, and deletes whose target
-/// was already gone: [`Op::is_done_despite`]) and `report.failed` (every
+/// was already gone: [`IpOp::is_done_despite`](crate::IpOp::is_done_despite)) and `report.failed` (every
 /// other refusal, e.g. a route whose device or gateway is missing, with its
 /// request and errno).
 ///
@@ -807,34 +805,9 @@ pub fn converge(
         },
         routes: nl.route().list(Some(owner.table))?,
     };
-    for r in route_conflicts(desired, &observed, owner) {
-        report
-            .skipped
-            .push((SubnetKey::v4(r.dst), SkipReason::ForeignRoute(r.dst)));
-    }
-    let ops = plan(desired, &observed, owner);
-    report.planned = ops.len();
-    if ops.is_empty() {
-        return Ok(());
-    }
-    let requests: Vec<_> = ops.iter().map(Op::to_request).collect();
-    let outcome = nl.execute(&requests)?;
-    // One result per request, in order. Counting every EEXIST/ENOENT/ENODEV
-    // as applied reported a route add refused for a missing device as done.
-    for ((op, request), r) in ops.iter().zip(requests).zip(outcome.results) {
-        match r {
-            Ok(()) => report.applied += 1,
-            Err(e) if op.is_done_despite(&e) => report.applied += 1,
-            Err(e) => report.failed.push(FailedOp::new(request, &e)),
-        }
-    }
-    tracing::debug!(
-        planned = report.planned,
-        applied = report.applied,
-        failed = report.failed.len(),
-        "reconciled"
-    );
-    Ok(())
+    apply_plan(nl, desired, &observed, owner, report, |dst| {
+        (SubnetKey::v4(dst), SkipReason::ForeignRoute(dst))
+    })
 }
 
 /// [`converge`] for the IPv6 half: dumps `owner`'s IPv6 neighbours, FDB
@@ -861,24 +834,41 @@ pub fn converge6(
         },
         routes: nl.route().list6(Some(owner.table))?,
     };
-    for r in route_conflicts(desired, &observed, owner) {
-        report.skipped.push((
-            SubnetKey::v6_only(r.dst),
+    apply_plan(nl, desired, &observed, owner, report, |dst| {
+        (
+            SubnetKey::v6_only(dst),
             SkipReason::Malformed {
-                reason: format!(
-                    "a route to {} that twill did not create is in the way",
-                    r.dst
-                ),
+                reason: format!("a route to {dst} that twill did not create is in the way"),
             },
-        ));
-    }
-    let ops = plan(desired, &observed, owner);
+        )
+    })
+}
+
+/// The family-independent part of [`converge`] and [`converge6`]: reports
+/// the foreign routes in the way (as `foreign` names them), plans, applies
+/// the ops in one batch and adds the counts to `report`.
+fn apply_plan<A: twill_netlink::IpFamily>(
+    nl: &mut NetlinkHandle,
+    desired: &crate::IpDataplaneState<A>,
+    observed: &crate::IpDataplaneState<A>,
+    owner: &Owner,
+    report: &mut ReconcileReport,
+    foreign: impl Fn(A::Network) -> (SubnetKey, SkipReason),
+) -> Result<(), BackendError> {
+    report.skipped.extend(
+        route_conflicts(desired, observed, owner)
+            .into_iter()
+            .map(|r| foreign(r.dst)),
+    );
+    let ops = plan(desired, observed, owner);
     report.planned += ops.len();
     if ops.is_empty() {
         return Ok(());
     }
-    let requests: Vec<_> = ops.iter().map(Op6::to_request).collect();
+    let requests: Vec<_> = ops.iter().map(crate::IpOp::to_request).collect();
     let outcome = nl.execute(&requests)?;
+    // One result per request, in order. Counting every EEXIST/ENOENT/ENODEV
+    // as applied reported a route add refused for a missing device as done.
     for ((op, request), r) in ops.iter().zip(requests).zip(outcome.results) {
         match r {
             Ok(()) => report.applied += 1,
@@ -886,6 +876,12 @@ pub fn converge6(
             Err(e) => report.failed.push(FailedOp::new(request, &e)),
         }
     }
+    tracing::debug!(
+        planned = report.planned,
+        applied = report.applied,
+        failed = report.failed.len(),
+        "reconciled"
+    );
     Ok(())
 }
 

@@ -214,6 +214,69 @@ fn racing_hosts_on_one_ipv4_subnet_ask_for_one_key() {
     ));
 }
 
+/// The race create-if-absent cannot settle: two hosts created different
+/// keys sharing their IPv4 half (their listings missed each other, one
+/// reused a previous IPv6 half). The one later in claim order (higher
+/// revision) gives its lease up and takes another subnet; the first keeps
+/// its own, whichever order the two learn of each other in.
+#[test]
+fn dual_stack_keys_sharing_a_half_leave_one_holder() {
+    let t0 = Instant::now();
+    let mut c = core(DUAL, config(DUAL), 7);
+    let ours = create_after_listing(t0, &mut c, vec![]);
+    grant(t0, &mut c, ours, DUAL); // revision 11
+    let _ = events(&mut c);
+    let twin = |rev: i64| {
+        let other6 = if ours.ipv6.unwrap().to_string() == "fd00:5:0:77::/64" {
+            "fd00:5:0:78::"
+        } else {
+            "fd00:5:0:77::"
+        };
+        let mut l = lease(
+            &format!("{}-24&{other6}-64", ours.ipv4.network()),
+            "10.0.0.9",
+            Some("fd00::9"),
+            rev,
+        );
+        l.attrs.backend_type = "vxlan".into();
+        l
+    };
+    // Created after ours: it is the one to move, we keep ours.
+    c.handle_input(t0, Input::Event(RegistryEvent::Upserted(twin(12))));
+    assert!(c.is_held());
+    assert_eq!(c.poll_action(), None);
+    // Created before ours: ours is deleted, and a new
+    // subnet acquired from a fresh listing.
+    let mut d = core(DUAL, config(DUAL), 7);
+    assert_eq!(create_after_listing(t0, &mut d, vec![]), ours);
+    grant(t0, &mut d, ours, DUAL);
+    let _ = events(&mut d);
+    d.handle_input(t0, Input::Event(RegistryEvent::Upserted(twin(9))));
+    assert!(!d.is_held());
+    assert!(events(&mut d).iter().any(|e| matches!(
+        e,
+        LeaseEvent::Lost { key, reason } if *key == ours && reason.contains("shares a subnet")
+    )));
+    assert_eq!(action(&mut d), Action::Delete { key: ours });
+    assert_eq!(d.poll_action(), None, "nothing before the deletion answers");
+    d.handle_input(t0, Input::Deleted(Ok(())));
+    assert_eq!(action(&mut d), Action::List);
+    d.handle_input(t0, Input::Listed(Ok(listing(vec![twin(9)], 13))));
+    let Action::Create { key: next, .. } = action(&mut d) else {
+        panic!("expected Create")
+    };
+    assert_ne!(next.ipv4, ours.ipv4, "the IPv4 half is the other host's");
+    // A reservation sharing a half is the operator's: it never makes us
+    // yield (and is never created by a race).
+    let mut e = core(DUAL, config(DUAL), 7);
+    create_after_listing(t0, &mut e, vec![]);
+    grant(t0, &mut e, ours, DUAL);
+    let mut reserved = twin(1);
+    reserved.kind = LeaseKind::Reservation;
+    e.handle_input(t0, Input::Event(RegistryEvent::Upserted(reserved)));
+    assert!(e.is_held());
+}
+
 #[test]
 fn ipv6_only_lost_race_moves_to_another_subnet() {
     let t0 = Instant::now();

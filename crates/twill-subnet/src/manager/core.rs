@@ -405,6 +405,9 @@ enum Pending {
     Update,
     Restore,
     Delete,
+    /// Deleting our own key after [`LeaseCore::yield_if_shared`] gave it
+    /// up; then acquire again.
+    Yield(SubnetKey),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -640,6 +643,21 @@ impl LeaseCore {
             Input::Renewed(r) => self.on_renewed(now, r),
             Input::Updated(r) => self.on_updated(now, r),
             Input::Restored(r) => self.on_restored(r),
+            Input::Deleted(r) if matches!(self.pending, Some(Pending::Yield(_))) => {
+                if let Some(Pending::Yield(key)) = self.pending.take() {
+                    match r {
+                        Ok(()) | Err(RegistryError::LeaseNotFound { .. }) => {
+                            self.remove_known(&key);
+                        }
+                        // Not renewed any more, it expires with its TTL;
+                        // the next listing tells.
+                        Err(e) => self.events.push_back(LeaseEvent::AcquireRetry {
+                            attempts: self.attempts,
+                            reason: format!("deleting {key}, given up: {e}"),
+                        }),
+                    }
+                }
+            }
             Input::Deleted(r) => {
                 self.pending = None;
                 let key = match &self.state {
@@ -978,6 +996,8 @@ impl LeaseCore {
         self.events.push_back(ev);
         // Our key is no longer a peer; leases claiming our IP are skipped.
         self.rebuild_peers();
+        let keys: Vec<SubnetKey> = self.known.keys().copied().collect();
+        self.yield_if_shared(&keys);
     }
 
     fn lose(&mut self, reason: String, phase: Phase) {
@@ -1031,6 +1051,9 @@ impl LeaseCore {
                 if let Some(ttl) = ttl {
                     self.events.push_back(LeaseEvent::Renewed { key, ttl });
                 }
+                // A competing key seen while this renewal was in flight.
+                let keys: Vec<SubnetKey> = self.known.keys().copied().collect();
+                self.yield_if_shared(&keys);
             }
             (LeaseState::Held { .. }, Err(RegistryError::LeaseNotFound { key })) => {
                 self.lose(
@@ -1198,6 +1221,7 @@ impl LeaseCore {
                 self.pin_if_moved_in_place(&lease);
                 self.insert_known(lease);
                 self.update_peer(key);
+                self.yield_if_shared(&[key]);
             }
             RegistryEvent::Removed { key, revision } => {
                 self.revision = self.revision.max(revision);
@@ -1299,8 +1323,58 @@ impl LeaseCore {
                     format!("{key} is missing from a full listing"),
                     Phase::Create(key),
                 );
+                return;
             }
         }
+        let keys: Vec<SubnetKey> = self.known.keys().copied().collect();
+        self.yield_if_shared(&keys);
+    }
+
+    /// The dual-stack race that create-if-absent cannot settle: two hosts
+    /// whose listings missed each other can create different keys sharing a
+    /// half (`10.5.1.0-24&fd00:5:0:a::-64` and `10.5.1.0-24&fd00:5:0:b::-64`;
+    /// the seeded IPv6 draw of [`Self::choose_key`] makes it rare, a reused
+    /// previous half can still cause it). Of two such expiring leases the
+    /// backends program the one first in claim order (lower store revision,
+    /// then smaller key); if that is not ours, ours is given up: deleted, and
+    /// another subnet acquired. Twill's renewals keep the revision (etcd
+    /// keep-alive, no put), so both hosts agree on the order. `candidates`
+    /// are the keys to compare with ours (the one an event changed, or all
+    /// after a listing). Reservations are the operator's and never yield.
+    fn yield_if_shared(&mut self, candidates: &[SubnetKey]) {
+        if self.pending.is_some() {
+            return;
+        }
+        let (ours, rev) = match &self.state {
+            LeaseState::Held { held, .. } if held.ttl.is_some() && !held.lease.is_reservation() => {
+                (held.lease.key, held.lease.revision)
+            }
+            _ => return,
+        };
+        let v4 = self.network.enable_ipv4;
+        let shares = |k: &SubnetKey| {
+            (v4 && k.ipv4 == ours.ipv4) || (k.ipv6.is_some() && k.ipv6 == ours.ipv6)
+        };
+        let first = candidates
+            .iter()
+            .filter_map(|k| self.known.get(k))
+            .find(|l| {
+                l.key != ours
+                    && l.kind == LeaseKind::Expiring
+                    && shares(&l.key)
+                    && !self.is_ours(&l.attrs)
+                    && (l.revision, l.key) < (rev, ours)
+            })
+            .map(|l| l.key);
+        let Some(first) = first else {
+            return;
+        };
+        self.lose(
+            format!("{ours} shares a subnet with {first}, which another host created first; taking another subnet"),
+            Phase::NeedList,
+        );
+        self.pending = Some(Pending::Yield(ours));
+        self.actions.push_back(Action::Delete { key: ours });
     }
 
     fn report_skip(&mut self, key: String, reason: SkipReason) {
