@@ -55,17 +55,25 @@ fn start(b: TwillClusterBuilder) -> TwillCluster {
     if let Err(e) = c.wait_all_ready(DEADLINE) {
         panic!("twilld not ready: {e}\n{}", c.logs());
     }
-    // Two hosts must never hold one IPv6 subnet (under different IPv4
-    // halves the combined keys differ, so etcd's create compare alone does
-    // not stop it): said plainly here rather than as a convergence timeout.
-    let leases = c.leases().expect("reading leases");
-    let halves: std::collections::BTreeSet<_> = leases.iter().filter_map(|l| l.subnet6).collect();
-    assert_eq!(
-        halves.len(),
-        leases.iter().filter(|l| l.subnet6.is_some()).count(),
-        "two hosts leased the same IPv6 subnet: {:#?}",
-        leases.iter().map(|l| l.key.as_str()).collect::<Vec<_>>()
-    );
+    // Two hosts whose listings missed each other may briefly hold keys
+    // sharing one IPv6 half (create-if-absent cannot see it: the keys
+    // differ); the later holder yields and takes another subnet. Wait for
+    // one holder per IPv6 subnet and one lease per host, said plainly if
+    // it never happens rather than as a convergence timeout.
+    let distinct = || {
+        let Ok(leases) = c.leases() else { return false };
+        let halves: std::collections::BTreeSet<_> =
+            leases.iter().filter_map(|l| l.subnet6).collect();
+        halves.len() == leases.len() && leases.len() == c.len()
+    };
+    if TwillCluster::poll(DEADLINE, "one holder per IPv6 subnet", distinct).is_err() {
+        panic!(
+            "two hosts hold one IPv6 subnet: {:#?}\n{}",
+            c.leases()
+                .map(|l| l.into_iter().map(|l| l.key).collect::<Vec<_>>()),
+            c.logs()
+        );
+    }
     // Ready means "lease held and first pass done": a host ready before the
     // others leased learns them from the watch afterwards.
     if let Err(e) = c.wait_converged(DEADLINE) {
