@@ -12,22 +12,30 @@
 #   ./scripts/poc.sh          run, show, ping, clean up
 #   ./scripts/poc.sh --keep   leave everything running (prints how to enter it)
 #   ./scripts/poc.sh --clean  remove what a --keep run left
+#   ./scripts/poc.sh --dual-stack [--keep]
+#                             the same with a dual-stack underlay (eth0 also holds fd00:10::N/64)
+#                             and config (EnableIPv6, IPv6Network fd00:192:168::/48): shows
+#                             flannel-v6.100 too and pings containers over IPv4 and IPv6
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 P=twpoc                       # every namespace, file and process we make is named with this
 STATE=/run/$P
 KEEP=0
-case "${1:-}" in
-    --keep) KEEP=1 ;;
-    --clean) CLEAN_ONLY=1 ;;
-    "") ;;
-    *) echo "usage: $0 [--keep|--clean]" >&2; exit 2 ;;
-esac
+DUAL=0
+for arg in "$@"; do
+    case "$arg" in
+        --keep) KEEP=1 ;;
+        --clean) CLEAN_ONLY=1 ;;
+        --dual-stack) DUAL=1 ;;
+        *) echo "usage: $0 [--dual-stack] [--keep|--clean]" >&2; exit 2 ;;
+    esac
+done
 [ "$(id -u)" = 0 ] || { echo "poc.sh needs root (network namespaces): run it as root, or sudo $0 $*" >&2; exit 1; }
 
 HOSTS=(test test2 test3)
 declare -A IP=([test]=10.0.0.2 [test2]=10.0.0.3 [test3]=10.0.0.4)
+declare -A IP6=([test]=fd00:10::2 [test2]=fd00:10::3 [test3]=fd00:10::4)
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '%s@%s# %s\n' root "$1" "${*:2}"; ip netns exec "$P-$1" "${@:2}"; }
@@ -47,14 +55,16 @@ our_pids() {
 cleanup() {
     pids=$(our_pids)
     # shellcheck disable=SC2086
-    [ -n "$pids" ] && kill $pids 2>/dev/null
+    # `|| true`: a process may exit between the listing and the kill; under set -e that
+    # failed kill would end the EXIT trap, and the run, with status 1 after a success.
+    [ -n "$pids" ] && { kill $pids 2>/dev/null || true; }
     # SIGTERM first (etcd and twilld stop cleanly on it), SIGKILL only what is left after 5 s.
     for _ in $(seq 1 50); do
         pids=$(our_pids); [ -z "$pids" ] && break
         sleep 0.1
     done
     # shellcheck disable=SC2086
-    [ -n "$pids" ] && kill -9 $pids 2>/dev/null
+    [ -n "$pids" ] && { kill -9 $pids 2>/dev/null || true; }
     for ns in $(ip netns list | awk '{print $1}' | grep "^$P-" || true); do
         ip netns delete "$ns" 2>/dev/null || true
     done
@@ -66,7 +76,7 @@ if [ "${CLEAN_ONLY:-0}" = 1 ]; then cleanup; echo "cleaned up"; exit 0; fi
 say "Installing what the demo needs (etcd, iproute2, ...) and building twilld"
 bash scripts/install-deps.sh
 cargo build --release -q -p twilld
-TWILLD=$ROOT/target/release/twilld
+TWILLD=${CARGO_TARGET_DIR:-$ROOT/target}/release/twilld
 
 cleanup
 mkdir -p "$STATE"
@@ -88,7 +98,14 @@ for h in "${HOSTS[@]}"; do
     ip -n "$P-$h" link set eth0 up
     ip -n "$P-$h" route add default via 10.0.0.1 dev eth0 onlink
     ip netns exec "$P-$h" sysctl -qw net.ipv4.ip_forward=1
-    echo "  $h: ${IP[$h]} (namespace $P-$h)"
+    if [ "$DUAL" = 1 ]; then
+        # nodad: usable at once, not after duplicate address detection.
+        ip -n "$P-$h" -6 addr add "${IP6[$h]}/64" dev eth0 nodad
+        ip netns exec "$P-$h" sysctl -qw net.ipv6.conf.all.forwarding=1
+        echo "  $h: ${IP[$h]} and ${IP6[$h]} (namespace $P-$h)"
+    else
+        echo "  $h: ${IP[$h]} (namespace $P-$h)"
+    fi
 done
 
 say "A 3-member etcd cluster, one member per host"
@@ -111,6 +128,25 @@ for _ in $(seq 1 100); do
 done
 run test2 etcdctl endpoint health --cluster
 
+if [ "$DUAL" = 1 ]; then
+say "The article's config with an IPv6 half, at /coreos.com/network/config"
+cat > "$STATE/flannel-network.json" <<'JSON'
+{
+    "Network": "192.168.0.0/16",
+    "SubnetLen": 24,
+    "SubnetMin": "192.168.0.0",
+    "SubnetMax": "192.168.5.0",
+    "EnableIPv6": true,
+    "IPv6Network": "fd00:192:168::/48",
+    "IPv6SubnetLen": 64,
+    "Backend": {
+        "Type": "vxlan",
+        "VNI": 100,
+        "Port": 8472
+    }
+}
+JSON
+else
 say "The article's config, at /coreos.com/network/config"
 cat > "$STATE/flannel-network.json" <<'JSON'
 {
@@ -125,11 +161,16 @@ cat > "$STATE/flannel-network.json" <<'JSON'
     }
 }
 JSON
+fi
 cat "$STATE/flannel-network.json"
 echo 'root@test# etcdctl put /coreos.com/network/config "$(cat flannel-network.json)"'
 ip netns exec "$P-test" etcdctl put /coreos.com/network/config "$(cat "$STATE/flannel-network.json")"
 
-say "One twilld per host, with the article's flags (-iface=<eth0's IP>)"
+if [ "$DUAL" = 1 ]; then
+    say "One twilld per host, with the article's flags (-iface=<eth0's IP>; the IPv6 address is found on eth0)"
+else
+    say "One twilld per host, with the article's flags (-iface=<eth0's IP>)"
+fi
 for h in "${HOSTS[@]}"; do
     # Three hosts share this machine's /run, so each gets its own subnet file.
     echo "  $h: twilld -iface=${IP[$h]} -subnet-file=$STATE/$h/subnet.env"
@@ -153,6 +194,20 @@ for h in "${HOSTS[@]}"; do
     for _ in $(seq 1 100); do
         ip netns exec "$P-$h" curl -sf http://127.0.0.1:8471/readyz >/dev/null && break
         sleep 0.1
+    done
+done
+
+# Ready means "lease held, first pass done": a host ready before the others leased learns
+# them from the watch afterwards. Wait (up to 15 s each) until every host's VXLAN devices
+# hold an FDB entry for both peers, so what is shown and pinged below is the whole overlay.
+devs=flannel.100
+[ "$DUAL" = 1 ] && devs="$devs flannel-v6.100"
+for h in "${HOSTS[@]}"; do
+    for d in $devs; do
+        for _ in $(seq 1 150); do
+            [ "$(ip netns exec "$P-$h" bridge fdb show dev "$d" 2>/dev/null | grep -c ' dst .*permanent')" -ge 2 ] && break
+            sleep 0.1
+        done
     done
 done
 
@@ -183,6 +238,18 @@ for h in "${HOSTS[@]}"; do
     ip -n "$P-$h-c" route add default via "$gw"
     echo "  $h: docker0 $FLANNEL_SUBNET mtu $FLANNEL_MTU, container $cip (namespace $P-$h-c)"
     echo "$cip" > "$STATE/$h.cip"
+    if [ "$DUAL" = 1 ]; then
+        # FLANNEL_IPV6_SUBNET is the subnet's ::1/64: the bridge's, the container takes ::2.
+        gw6=${FLANNEL_IPV6_SUBNET%/*}
+        len6=${FLANNEL_IPV6_SUBNET#*/}
+        cip6=${gw6%1}2
+        ip -n "$P-$h" -6 addr add "$FLANNEL_IPV6_SUBNET" dev docker0 nodad
+        ip -n "$P-$h-c" -6 addr add "$cip6/$len6" dev eth0 nodad
+        ip -n "$P-$h-c" -6 route add default via "$gw6"
+        echo "  $h: docker0 $FLANNEL_IPV6_SUBNET, container $cip6"
+        echo "$cip6" > "$STATE/$h.cip6"
+    fi
+    unset FLANNEL_IPV6_NETWORK FLANNEL_IPV6_SUBNET
 done
 
 say "What the article shows, on test2"
@@ -191,18 +258,29 @@ run test2 ip addr show flannel.100
 run test2 bridge fdb show dev flannel.100
 run test2 ip route
 run test2 ip neigh show dev flannel.100
+if [ "$DUAL" = 1 ]; then
+    say "The IPv6 half, on test2: flannel-v6.100 (local = eth0's IPv6 address, MTU underlay - 70)"
+    run test2 ip -d link show flannel-v6.100
+    run test2 ip -6 addr show flannel-v6.100
+    run test2 bridge fdb show dev flannel-v6.100
+    run test2 ip -6 route show proto 241
+    run test2 ip -6 neigh show dev flannel-v6.100
+fi
 
 say "Container to container, across hosts"
 fail=0
 for a in "${HOSTS[@]}"; do
     for b in "${HOSTS[@]}"; do
         [ "$a" = "$b" ] && continue
-        dst=$(cat "$STATE/$b.cip")
-        if ip netns exec "$P-$a-c" ping -c 2 -W 2 -q "$dst" >"$STATE/ping.out" 2>&1; then
-            printf '  %-5s -> %-5s %-12s ok   %s\n' "$a" "$b" "$dst" "$(grep -o 'rtt.*' "$STATE/ping.out")"
-        else
-            printf '  %-5s -> %-5s %-12s FAILED\n' "$a" "$b" "$dst"; cat "$STATE/ping.out"; fail=1
-        fi
+        dsts=$(cat "$STATE/$b.cip")
+        [ "$DUAL" = 1 ] && dsts="$dsts $(cat "$STATE/$b.cip6")"
+        for dst in $dsts; do
+            if ip netns exec "$P-$a-c" ping -c 2 -W 2 -q "$dst" >"$STATE/ping.out" 2>&1; then
+                printf '  %-5s -> %-5s %-12s ok   %s\n' "$a" "$b" "$dst" "$(grep -o 'rtt.*' "$STATE/ping.out")"
+            else
+                printf '  %-5s -> %-5s %-12s FAILED\n' "$a" "$b" "$dst"; cat "$STATE/ping.out"; fail=1
+            fi
+        done
     done
 done
 
@@ -219,6 +297,19 @@ if command -v tcpdump >/dev/null 2>&1; then
     ip netns exec "$P-test2-c" ping -c 2 -q "$(cat "$STATE/test3.cip")" >/dev/null 2>&1 || true
     wait "$tpid" 2>/dev/null || true
     sed 's/^/  /' "$STATE/tcpdump.out"
+    if [ "$DUAL" = 1 ]; then
+        say "VXLAN over IPv6 on the wire (test2's eth0, UDP 8472 in IPv6, VNI 100)"
+        ip netns exec "$P-test2" timeout 10 tcpdump -l -i eth0 -n -c 4 ip6 and udp port 8472 \
+            >"$STATE/tcpdump.out" 2>"$STATE/tcpdump.err" &
+        tpid=$!
+        for _ in $(seq 1 50); do
+            grep -q 'listening on' "$STATE/tcpdump.err" 2>/dev/null && break
+            sleep 0.1
+        done
+        ip netns exec "$P-test2-c" ping -c 2 -q "$(cat "$STATE/test3.cip6")" >/dev/null 2>&1 || true
+        wait "$tpid" 2>/dev/null || true
+        sed 's/^/  /' "$STATE/tcpdump.out"
+    fi
 fi
 
 if [ "$fail" != 0 ]; then
@@ -226,7 +317,11 @@ if [ "$fail" != 0 ]; then
     tail -n 20 "$STATE"/twilld-*.log
     exit 1
 fi
-say "All containers reach each other across hosts through twill's VXLAN overlay"
+if [ "$DUAL" = 1 ]; then
+    say "All containers reach each other across hosts over IPv4 and IPv6 through twill's VXLAN overlays"
+else
+    say "All containers reach each other across hosts through twill's VXLAN overlay"
+fi
 if [ "$KEEP" = 1 ]; then
     echo "Left running. Enter a host:      sudo ip netns exec $P-test2 bash"
     echo "Enter a container:               sudo ip netns exec $P-test2-c bash"

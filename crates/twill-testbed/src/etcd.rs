@@ -6,7 +6,9 @@
 //! certificates (client certificates required), [`EtcdCluster::start`] runs a
 //! multi-member cluster, and [`EtcdOptions::netns`] runs a member inside a
 //! network namespace, listening on `<ip>:2379` and `127.0.0.1:2379` as each
-//! host of the article's setup does.
+//! host of the article's setup does; [`EtcdOptions::in_netns_v6`] the same
+//! on an IPv6 address (`http://[fd00:10::2]:2379`, peers over IPv6 too), for
+//! hosts without IPv4 on their LAN.
 //!
 //! etcd's own log goes to a file in the member's directory, never to the test
 //! output; when start-up fails, the error carries its tail. Every process is
@@ -24,7 +26,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -254,6 +256,10 @@ pub struct EtcdOptions {
     /// The address to listen and advertise on besides `127.0.0.1`
     /// (required with `netns`; must be reachable by the other members).
     pub listen_ip: Option<Ipv4Addr>,
+    /// An IPv6 address to listen and advertise on besides `127.0.0.1`,
+    /// in place of `listen_ip` (which is then not used): clients and peers
+    /// reach the member at `[listen_ipv6]`.
+    pub listen_ipv6: Option<Ipv6Addr>,
     /// Extra command-line arguments for etcd.
     pub extra_args: Vec<String>,
 }
@@ -267,6 +273,23 @@ impl EtcdOptions {
             listen_ip: Some(ip),
             ..EtcdOptions::default()
         }
+    }
+
+    /// Options for a member in network namespace `netns` at the IPv6 address `ip`.
+    #[must_use]
+    pub fn in_netns_v6(netns: &str, ip: Ipv6Addr) -> Self {
+        EtcdOptions {
+            netns: Some(netns.into()),
+            listen_ipv6: Some(ip),
+            ..EtcdOptions::default()
+        }
+    }
+
+    /// The address the member listens and advertises on besides loopback.
+    fn advertised_ip(&self) -> Option<IpAddr> {
+        self.listen_ipv6
+            .map(IpAddr::V6)
+            .or(self.listen_ip.map(IpAddr::V4))
     }
 }
 
@@ -370,7 +393,7 @@ impl EtcdServer {
                 None => free_ports(1)?.pop().unwrap_or(NETNS_PORTS),
             };
             let name = unique("etcd");
-            let ips: Vec<IpAddr> = opts.listen_ip.map(IpAddr::V4).into_iter().collect();
+            let ips: Vec<IpAddr> = opts.advertised_ip().into_iter().collect();
             let mut server = Self::prepare(
                 name.clone(),
                 unique("twill"),
@@ -425,8 +448,15 @@ impl EtcdServer {
         })
     }
 
-    fn ip(&self) -> Ipv4Addr {
-        self.opts.listen_ip.unwrap_or(Ipv4Addr::LOCALHOST)
+    fn ip(&self) -> IpAddr {
+        self.opts
+            .advertised_ip()
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// `scheme://ip:port`, with the brackets an IPv6 address needs.
+    fn url(&self, scheme: &str, port: u16) -> String {
+        format!("{scheme}://{}", SocketAddr::new(self.ip(), port))
     }
 
     fn scheme(&self) -> &'static str {
@@ -438,7 +468,7 @@ impl EtcdServer {
     }
 
     fn peer_url(&self) -> String {
-        format!("http://{}:{}", self.ip(), self.ports.peer)
+        self.url("http", self.ports.peer)
     }
 
     fn log_path(&self) -> PathBuf {
@@ -456,7 +486,7 @@ impl EtcdServer {
     /// from the other namespaces).
     #[must_use]
     pub fn endpoint(&self) -> String {
-        format!("{}://{}:{}", self.scheme(), self.ip(), self.ports.client)
+        self.url(self.scheme(), self.ports.client)
     }
 
     /// All client URLs of this member (one).
@@ -500,9 +530,9 @@ impl EtcdServer {
     fn args(&self) -> Vec<String> {
         let ip = self.ip();
         let s = self.scheme();
-        let mut client_urls = format!("{s}://{ip}:{}", self.ports.client);
-        let mut metrics_urls = format!("http://{ip}:{}", self.ports.metrics);
-        if ip != Ipv4Addr::LOCALHOST {
+        let mut client_urls = self.url(s, self.ports.client);
+        let mut metrics_urls = self.url("http", self.ports.metrics);
+        if ip != IpAddr::V4(Ipv4Addr::LOCALHOST) {
             client_urls.push_str(&format!(",{s}://127.0.0.1:{}", self.ports.client));
             metrics_urls.push_str(&format!(",http://127.0.0.1:{}", self.ports.metrics));
         }
@@ -514,7 +544,7 @@ impl EtcdServer {
             "--listen-client-urls",
             &client_urls,
             "--advertise-client-urls",
-            &format!("{s}://{ip}:{}", self.ports.client),
+            &self.url(s, self.ports.client),
             "--listen-peer-urls",
             &self.peer_url(),
             "--initial-advertise-peer-urls",
@@ -856,10 +886,7 @@ impl EtcdCluster {
         let mut members: Vec<EtcdServer> = Vec::with_capacity(opts.len());
         let mut free = free_ports(opts.iter().filter(|o| o.netns.is_none()).count())?.into_iter();
         // One PKI for all members: its server certificate names every member's IP.
-        let ips: Vec<IpAddr> = opts
-            .iter()
-            .filter_map(|o| o.listen_ip.map(IpAddr::V4))
-            .collect();
+        let ips: Vec<IpAddr> = opts.iter().filter_map(EtcdOptions::advertised_ip).collect();
         let mut shared_tls: Option<TlsFiles> = None;
         for (i, o) in opts.into_iter().enumerate() {
             let ports = match o.netns {
@@ -1118,5 +1145,41 @@ mod tests {
         etcd.kill().unwrap();
         assert!(etcd.pid().is_none());
         assert!(!etcd.is_healthy());
+    }
+    #[test]
+    fn members_on_ipv6_addresses_form_a_cluster_reachable_at_bracketed_urls() {
+        if !have_etcd() {
+            return;
+        }
+        if let Err(reason) = crate::check_root() {
+            crate::skip_or_fail(&reason);
+            return;
+        }
+        let lan = crate::netns::Lan::with_underlay(2, crate::netns::Underlay::Ipv6Only).unwrap();
+        let opts: Vec<EtcdOptions> = lan
+            .hosts
+            .iter()
+            .map(|h| EtcdOptions::in_netns_v6(h.ns.name(), h.addr6.unwrap()))
+            .collect();
+        let c = EtcdCluster::start_with(opts).unwrap();
+        assert_eq!(
+            c.endpoints(),
+            vec!["http://[fd00:10::2]:2379", "http://[fd00:10::3]:2379"]
+        );
+        c.member(0).unwrap().etcdctl(&["put", "k", "v6"]).unwrap();
+        // From the other host, over IPv6 only.
+        let out = lan.hosts[1]
+            .ns
+            .exec(
+                "etcdctl",
+                &[
+                    "--endpoints=http://[fd00:10::2]:2379",
+                    "get",
+                    "k",
+                    "--print-value-only",
+                ],
+            )
+            .unwrap();
+        assert_eq!(out.trim(), "v6");
     }
 }

@@ -7,6 +7,13 @@
 //! `10.0.0.(i+1)/24`, MTU 1500, loopback up. Traffic never leaves these
 //! namespaces.
 //!
+//! [`Lan::with_underlay`] builds the same LAN with an IPv6 underlay as well
+//! ([`Underlay::DualStack`]: `eth0` also holds `fd00:10::(i+1)/64`) or
+//! instead ([`Underlay::Ipv6Only`]: only `fd00:10::(i+1)/64`, no IPv4
+//! address on the LAN at all, [`Host::addr`] is `0.0.0.0` as flannel's
+//! `PublicIP` of such a host is). IPv6 addresses are added `nodad` so they are
+//! usable at once instead of after duplicate address detection.
+//!
 //! ```no_run
 //! use twill_testbed::netns::Lan;
 //! let lan = Lan::new(2).unwrap();
@@ -16,11 +23,11 @@
 //! ```
 
 use std::fs::File;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use nix::sched::{setns, CloneFlags};
 use twill_netlink::{NetlinkError, NetlinkHandle};
 
@@ -232,13 +239,54 @@ pub fn own_namespaces() -> Result<Vec<String>, NetnsError> {
         .collect())
 }
 
+/// The address families of the underlay LAN.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Underlay {
+    /// `10.0.0.(i+1)/24` only (the seed article's LAN).
+    #[default]
+    Ipv4,
+    /// `10.0.0.(i+1)/24` and `fd00:10::(i+1)/64` on the same `eth0`.
+    DualStack,
+    /// `fd00:10::(i+1)/64` only: no IPv4 address on the LAN.
+    Ipv6Only,
+}
+
+impl Underlay {
+    /// Whether hosts have an IPv4 address on the LAN.
+    #[must_use]
+    pub fn has_ipv4(self) -> bool {
+        self != Underlay::Ipv6Only
+    }
+
+    /// Whether hosts have an IPv6 address on the LAN.
+    #[must_use]
+    pub fn has_ipv6(self) -> bool {
+        self != Underlay::Ipv4
+    }
+}
+
+/// Addresses of a container's `eth0` and the gateways (the bridge's
+/// addresses) its default routes go through; either family may be absent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContainerAddrs {
+    /// IPv4 address with the subnet's prefix, and the gateway.
+    pub v4: Option<(Ipv4Network, Ipv4Addr)>,
+    /// IPv6 address with the subnet's prefix, and the gateway.
+    pub v6: Option<(Ipv6Network, Ipv6Addr)>,
+}
+
 /// A host on the LAN: a namespace with `eth0` on the underlay.
 #[derive(Debug)]
 pub struct Host {
     /// `h1`, `h2`, ...
     pub name: String,
-    /// Underlay address of `eth0` (10.0.0.(i+1)).
+    /// Underlay address of `eth0` (10.0.0.(i+1)); `0.0.0.0` on an
+    /// IPv6-only LAN.
     pub addr: Ipv4Addr,
+    /// IPv6 underlay address of `eth0` (`fd00:10::(i+1)`), on a
+    /// dual-stack or IPv6-only LAN.
+    pub addr6: Option<Ipv6Addr>,
     /// Name of the underlay device (`eth0`).
     pub underlay: String,
     /// Containers added with [`Host::add_container`]. Declared before `ns` so
@@ -262,10 +310,37 @@ impl Host {
         addr: Ipv4Network,
         gw: Ipv4Addr,
     ) -> Result<&Netns, NetnsError> {
+        self.add_container_with(
+            bridge,
+            ContainerAddrs {
+                v4: Some((addr, gw)),
+                v6: None,
+            },
+        )
+    }
+
+    /// [`Host::add_container`] for any mix of families: the bridge gets
+    /// each family's gateway (with the address's prefix) when it is created,
+    /// the container each address and a default route per family.
+    ///
+    /// # Errors
+    /// When an `ip` command fails.
+    pub fn add_container_with(
+        &mut self,
+        bridge: &str,
+        addrs: ContainerAddrs,
+    ) -> Result<&Netns, NetnsError> {
         if self.ns.ip(&["link", "show", bridge]).is_err() {
             self.ns.ip(&["link", "add", bridge, "type", "bridge"])?;
-            let gw_net = format!("{gw}/{}", addr.prefix());
-            self.ns.ip(&["addr", "add", &gw_net, "dev", bridge])?;
+            if let Some((addr, gw)) = addrs.v4 {
+                let gw_net = format!("{gw}/{}", addr.prefix());
+                self.ns.ip(&["addr", "add", &gw_net, "dev", bridge])?;
+            }
+            if let Some((addr, gw)) = addrs.v6 {
+                let gw_net = format!("{gw}/{}", addr.prefix());
+                self.ns
+                    .ip(&["-6", "addr", "add", &gw_net, "dev", bridge, "nodad"])?;
+            }
             self.ns.ip(&["link", "set", bridge, "up"])?;
         }
         let c = Netns::new(&format!("{}c{}", self.name, self.containers.len() + 1))?;
@@ -284,9 +359,27 @@ impl Host {
         ])?;
         self.ns
             .ip(&["link", "set", &host_end, "master", bridge, "up"])?;
-        c.ip(&["addr", "add", &addr.to_string(), "dev", "eth0"])?;
+        if let Some((addr, _)) = addrs.v4 {
+            c.ip(&["addr", "add", &addr.to_string(), "dev", "eth0"])?;
+        }
+        if let Some((addr, _)) = addrs.v6 {
+            c.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &addr.to_string(),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+        }
         c.ip(&["link", "set", "eth0", "up"])?;
-        c.ip(&["route", "add", "default", "via", &gw.to_string()])?;
+        if let Some((_, gw)) = addrs.v4 {
+            c.ip(&["route", "add", "default", "via", &gw.to_string()])?;
+        }
+        if let Some((_, gw)) = addrs.v6 {
+            c.ip(&["-6", "route", "add", "default", "via", &gw.to_string()])?;
+        }
         self.containers.push(c);
         let last = self.containers.len() - 1;
         Ok(&self.containers[last])
@@ -305,12 +398,25 @@ pub struct Lan {
 impl Lan {
     /// The underlay prefix (`10.0.0.0/24`).
     pub const UNDERLAY: &'static str = "10.0.0.0/24";
+    /// The IPv6 underlay prefix (`fd00:10::/64`) of a dual-stack or
+    /// IPv6-only LAN.
+    pub const UNDERLAY6: &'static str = "fd00:10::/64";
 
     /// Builds the LAN with `n` hosts (`n` ≤ 250), host `i` (1-based) at `10.0.0.(i+1)/24`.
     ///
     /// # Errors
     /// When an `ip` command fails (not root?).
     pub fn new(n: usize) -> Result<Self, NetnsError> {
+        Self::with_underlay(n, Underlay::Ipv4)
+    }
+
+    /// Builds the LAN with `n` hosts (`n` ≤ 250) and the `underlay`'s
+    /// families: host `i` (1-based) at `10.0.0.(i+1)/24` and/or
+    /// `fd00:10::(i+1)/64`.
+    ///
+    /// # Errors
+    /// When an `ip` command fails (not root?).
+    pub fn with_underlay(n: usize, underlay: Underlay) -> Result<Self, NetnsError> {
         let lan = Netns::new("lan")?;
         lan.ip(&["link", "add", "br0", "type", "bridge"])?;
         lan.ip(&["link", "set", "br0", "mtu", "1500", "up"])?;
@@ -319,19 +425,26 @@ impl Lan {
             lan,
         };
         for i in 1..=n {
-            lan.add_host(i)?;
+            lan.add_host(i, underlay)?;
         }
         Ok(lan)
     }
 
-    fn add_host(&mut self, i: usize) -> Result<(), NetnsError> {
+    fn add_host(&mut self, i: usize, underlay: Underlay) -> Result<(), NetnsError> {
         let name = format!("h{i}");
         let ns = Netns::new(&name)?;
         let octet = u8::try_from(i + 1).map_err(|_| NetnsError::Io {
             what: format!("host number {i}"),
             source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
         })?;
-        let addr = Ipv4Addr::new(10, 0, 0, octet);
+        let addr = if underlay.has_ipv4() {
+            Ipv4Addr::new(10, 0, 0, octet)
+        } else {
+            Ipv4Addr::UNSPECIFIED
+        };
+        let addr6 = underlay
+            .has_ipv6()
+            .then(|| Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, u16::from(octet)));
         let port = format!("p{i}");
         self.lan.ip(&[
             "link",
@@ -351,11 +464,25 @@ impl Lan {
         ])?;
         self.lan
             .ip(&["link", "set", &port, "master", "br0", "up"])?;
-        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        if underlay.has_ipv4() {
+            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        }
+        if let Some(a6) = addr6 {
+            ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{a6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+        }
         ns.ip(&["link", "set", "eth0", "up"])?;
         self.hosts.push(Host {
             name,
             addr,
+            addr6,
             underlay: "eth0".into(),
             containers: Vec::new(),
             ns,

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::{io_err, json_number_field, ClusterError, TwillCluster, DEFAULT_PREFIX};
 use crate::etcd::{EtcdCluster, EtcdOptions};
-use crate::netns::Lan;
+use crate::netns::{Lan, Underlay};
 
 /// Builds a [`TwillCluster`]; see the module docs.
 #[derive(Debug, Clone)]
@@ -21,6 +21,7 @@ pub struct TwillClusterBuilder {
     pub(super) without_daemon: Vec<usize>,
     pub(super) no_daemons: bool,
     pub(super) vxlan_device: Option<String>,
+    pub(super) underlay: Underlay,
 }
 
 impl Default for TwillClusterBuilder {
@@ -37,6 +38,7 @@ impl Default for TwillClusterBuilder {
             without_daemon: Vec::new(),
             no_daemons: false,
             vxlan_device: None,
+            underlay: Underlay::Ipv4,
         }
     }
 }
@@ -124,6 +126,15 @@ impl TwillClusterBuilder {
         self
     }
 
+    /// The LAN's address families (default [`Underlay::Ipv4`]). On
+    /// [`Underlay::Ipv6Only`] etcd listens on the hosts' IPv6 addresses and
+    /// the daemons reach it there (see the module docs).
+    #[must_use]
+    pub fn underlay(mut self, underlay: Underlay) -> Self {
+        self.underlay = underlay;
+        self
+    }
+
     /// Builds the LAN, etcd, the config and the daemons (does not wait for
     /// the daemons to be ready: see [`TwillCluster::wait_all_ready`]).
     ///
@@ -150,7 +161,7 @@ impl TwillClusterBuilder {
             .prefix("twill-cluster-")
             .tempdir()
             .map_err(io_err("creating the cluster's directory"))?;
-        let mut lan = Lan::new(n)?;
+        let mut lan = Lan::with_underlay(n, self.underlay)?;
         let names: Vec<String> = if self.names.is_empty() {
             lan.hosts.iter().map(|h| h.name.clone()).collect()
         } else {
@@ -160,20 +171,28 @@ impl TwillClusterBuilder {
             h.name.clone_from(name);
             // Hosts route between their containers, as the article's do.
             h.ns.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+            if self.underlay.has_ipv6() {
+                h.ns.exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])?;
+            }
         }
         let opts: Vec<EtcdOptions> = lan.hosts[..members]
             .iter()
-            .map(|h| EtcdOptions::in_netns(h.ns.name(), h.addr))
+            .map(|h| match (self.underlay, h.addr6) {
+                (Underlay::Ipv6Only, Some(a6)) => EtcdOptions::in_netns_v6(h.ns.name(), a6),
+                _ => EtcdOptions::in_netns(h.ns.name(), h.addr),
+            })
             .collect();
         let etcd = EtcdCluster::start_with(opts)?;
-        let vxlan_device = self.vxlan_device.clone().unwrap_or_else(|| {
-            let vni = self
-                .config
-                .as_deref()
-                .and_then(|c| json_number_field(c, "VNI"))
-                .unwrap_or(1);
-            format!("flannel.{vni}")
-        });
+        let vni = self
+            .config
+            .as_deref()
+            .and_then(|c| json_number_field(c, "VNI"))
+            .unwrap_or(1);
+        let vxlan_device = self
+            .vxlan_device
+            .clone()
+            .unwrap_or_else(|| format!("flannel.{vni}"));
+        let vxlan6_device = format!("flannel-v6.{vni}");
         let mut cluster = TwillCluster {
             daemons: (0..n).map(|_| None).collect(),
             etcd,
@@ -183,6 +202,7 @@ impl TwillClusterBuilder {
             binary: binary.as_ref().to_path_buf(),
             settings: self,
             vxlan_device,
+            vxlan6_device,
             dir,
         };
         if let Some(config) = cluster.settings.config.clone() {

@@ -1,25 +1,35 @@
 //! The leases in etcd, read with `etcdctl` (the tool an operator would
 //! use, so the tests see what flannel's own tooling sees).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
+use twill_model::SubnetKey;
 
 use super::{ClusterError, TwillCluster};
 
 /// A subnet lease as stored in etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredLease {
-    /// The full key (`/coreos.com/network/subnets/192.168.4.0-24`).
+    /// The full key (`/coreos.com/network/subnets/192.168.4.0-24`, or
+    /// `10.1.2.0-24&fd00:1:2::-64` dual-stack, `0.0.0.0-0&fd00:1:2::-64`
+    /// IPv6-only).
     pub key: String,
-    /// The subnet named by the key.
+    /// The IPv4 subnet named by the key; `0.0.0.0/0` (flannel's empty
+    /// network) in an IPv6-only key.
     pub subnet: Ipv4Network,
-    /// The value's `PublicIP`.
+    /// The IPv6 subnet named by the key, in a dual-stack or IPv6-only key.
+    pub subnet6: Option<Ipv6Network>,
+    /// The value's `PublicIP` (`0.0.0.0` in an IPv6-only lease).
     pub public_ip: Option<Ipv4Addr>,
+    /// The value's `PublicIPv6`.
+    pub public_ipv6: Option<Ipv6Addr>,
     /// The value's `BackendType`.
     pub backend_type: Option<String>,
     /// The value's `BackendData.VtepMAC`.
     pub vtep_mac: Option<String>,
+    /// The value's `BackendV6Data.VtepMAC`.
+    pub vtep_mac6: Option<String>,
     /// The raw value (flannel's JSON).
     pub value: String,
 }
@@ -29,17 +39,61 @@ impl StoredLease {
     #[must_use]
     pub fn parse(key: &str, value: &str) -> Option<Self> {
         let last = key.rsplit('/').next()?;
-        let (ip, len) = last.split_once('-')?;
-        let subnet = Ipv4Network::new(ip.parse().ok()?, len.parse().ok()?).ok()?;
+        // A non-canonical IPv4 key (`192.168.4.0-024`, as hostile tests
+        // write them) is still read, so that a test can see it in etcd.
+        let parsed: SubnetKey = match last.parse() {
+            Ok(k) => k,
+            Err(_) => {
+                let (ip, len) = last.split_once('-')?;
+                SubnetKey::v4(Ipv4Network::new(ip.parse().ok()?, len.parse().ok()?).ok()?)
+            }
+        };
+        let v6_data = json_object_field(value, "BackendV6Data");
         Some(StoredLease {
             key: key.into(),
-            subnet,
+            subnet: parsed.ipv4,
+            subnet6: parsed.ipv6,
             public_ip: json_string_field(value, "PublicIP").and_then(|s| s.parse().ok()),
+            public_ipv6: json_string_field(value, "PublicIPv6").and_then(|s| s.parse().ok()),
             backend_type: json_string_field(value, "BackendType"),
-            vtep_mac: json_string_field(value, "VtepMAC"),
+            vtep_mac: json_object_field(value, "BackendData")
+                .and_then(|data| json_string_field(data, "VtepMAC")),
+            vtep_mac6: v6_data.and_then(|data| json_string_field(data, "VtepMAC")),
             value: value.into(),
         })
     }
+
+    /// Whether this is an IPv6-only lease (no IPv4 subnet in its key).
+    #[must_use]
+    pub fn is_v6_only(&self) -> bool {
+        self.subnet.prefix() == 0 && self.subnet6.is_some()
+    }
+}
+
+/// The text of the object value of the first `"field": {...}` in a JSON text
+/// (braces matched; flannel's lease values hold no braces inside strings).
+#[must_use]
+pub fn json_object_field<'a>(json: &'a str, field: &str) -> Option<&'a str> {
+    let pat = format!("\"{field}\"");
+    let at = json.find(&pat)? + pat.len();
+    let rest = json[at..].trim_start().strip_prefix(':')?.trim_start();
+    if !rest.starts_with('{') {
+        return None;
+    }
+    let mut depth = 0usize;
+    for (n, ch) in rest.char_indices() {
+        match ch {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(&rest[..=n]);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The string value of the first `"field": "..."` in a JSON text (enough for
@@ -106,18 +160,33 @@ impl TwillCluster {
         Ok(leases)
     }
 
-    /// The lease whose `PublicIP` is host `i`'s address, if any.
+    /// Whether `lease` names host `i` as its writer: its `PublicIP` is the
+    /// host's IPv4 address or (on an IPv6 LAN) its `PublicIPv6` the host's
+    /// IPv6 address.
+    ///
+    /// # Panics
+    /// When `i` is out of range (a test bug).
+    #[must_use]
+    pub fn is_lease_of(&self, i: usize, lease: &StoredLease) -> bool {
+        let h = &self.lan.hosts[i];
+        let by_v4 = !h.addr.is_unspecified() && lease.public_ip == Some(h.addr);
+        let by_v6 = h.addr6.is_some() && lease.public_ipv6 == h.addr6;
+        by_v4 || by_v6
+    }
+
+    /// The lease whose `PublicIP` (or `PublicIPv6`, see
+    /// [`TwillCluster::is_lease_of`]) is host `i`'s address, if any.
     ///
     /// # Errors
     /// etcdctl's failure, or [`ClusterError::Parse`] when two leases name
     /// this host (a duplicate).
     pub fn own_lease(&self, i: usize) -> Result<Option<StoredLease>, ClusterError> {
         self.check(i)?;
-        let ip = self.ip(i);
+        let ip = self.ip_label(i);
         let mut own: Vec<StoredLease> = self
             .leases()?
             .into_iter()
-            .filter(|l| l.public_ip == Some(ip))
+            .filter(|l| self.is_lease_of(i, l))
             .collect();
         match own.len() {
             0 | 1 => Ok(own.pop()),
@@ -150,6 +219,30 @@ mod tests {
         assert_eq!(l.backend_type.as_deref(), Some("vxlan"));
         assert_eq!(l.vtep_mac.as_deref(), Some("aa:bb:cc:00:00:99"));
         assert!(StoredLease::parse("/coreos.com/network/config", "{}").is_none());
+        assert_eq!(l.subnet6, None);
+        assert_eq!(l.vtep_mac6, None);
+        // flannel's dual-stack lease: both MACs, each from its own object.
+        let d = StoredLease::parse(
+            "/coreos.com/network/subnets/10.5.3.0-24&fd00:5:3::-64",
+            r#"{"PublicIP":"10.0.0.2","PublicIPv6":"fd00:10::2","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:00:00:01"},"BackendV6Data":{"VNI":1,"VtepMAC":"aa:bb:cc:00:00:02"}}"#,
+        )
+        .unwrap();
+        assert_eq!(d.subnet.to_string(), "10.5.3.0/24");
+        assert_eq!(d.subnet6.unwrap().to_string(), "fd00:5:3::/64");
+        assert_eq!(d.public_ipv6, Some("fd00:10::2".parse().unwrap()));
+        assert_eq!(d.vtep_mac.as_deref(), Some("aa:bb:cc:00:00:01"));
+        assert_eq!(d.vtep_mac6.as_deref(), Some("aa:bb:cc:00:00:02"));
+        assert!(!d.is_v6_only());
+        // IPv6-only: no IPv4 MAC even though a VtepMAC comes first in the text.
+        let v6 = StoredLease::parse(
+            "/coreos.com/network/subnets/0.0.0.0-0&fd00:5:3::-64",
+            r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:10::2","BackendType":"vxlan","BackendData":null,"BackendV6Data":{"VNI":1,"VtepMAC":"aa:bb:cc:00:00:02"}}"#,
+        )
+        .unwrap();
+        assert!(v6.is_v6_only());
+        assert_eq!(v6.vtep_mac, None);
+        assert_eq!(v6.vtep_mac6.as_deref(), Some("aa:bb:cc:00:00:02"));
+        assert_eq!(v6.public_ip, Some(Ipv4Addr::UNSPECIFIED));
         assert_eq!(
             json_number_field(r#"{"Backend":{"Type":"vxlan","VNI": 100}}"#, "VNI"),
             Some(100)

@@ -32,6 +32,20 @@
 //! negative check ("the bad lease is not programmed") is made only after
 //! the daemon has provably run passes that saw the event, never after a sleep.
 //!
+//! IPv6: [`TwillClusterBuilder::underlay`] gives the hosts a dual-stack or
+//! an IPv6-only LAN ([`Underlay`]). On an IPv6-only LAN the etcd members
+//! listen on the hosts' IPv6 addresses and every daemon is given
+//! `-iface=<its IPv6 address>` and `-etcd-endpoints=http://[fd00:10::2]:2379,...`.
+//! The IPv6 halves are read as the IPv4 ones: [`StoredLease::subnet6`],
+//! [`StoredLease::public_ipv6`], [`StoredLease::vtep_mac6`] (etcd),
+//! [`TwillCluster::vxlan6_link`], [`TwillCluster::vtep_mac6`],
+//! [`TwillCluster::fdb6`], [`TwillCluster::neigh6`], [`TwillCluster::routes6`]
+//! (the kernel, `flannel-v6.<VNI>`), and [`KernelState`]'s IPv6 sets take part
+//! in [`TwillCluster::wait_converged`]. Containers get an address of each
+//! family their host's subnet.env has ([`TwillCluster::container_ip6`],
+//! [`TwillCluster::ping6`]); [`TwillCluster::show`] runs `ip`/`bridge` for
+//! the text an operator would read.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use twill_testbed::cluster::TwillCluster;
@@ -68,16 +82,17 @@ mod subnet_env;
 mod wait;
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::daemon::{Daemon, DaemonError};
 use crate::etcd::{EtcdCluster, EtcdServerError};
+pub use crate::netns::Underlay;
 use crate::netns::{Lan, Netns, NetnsError};
 
 pub use builder::TwillClusterBuilder;
-pub use etcdctl::{json_number_field, json_string_field, StoredLease};
+pub use etcdctl::{json_number_field, json_object_field, json_string_field, StoredLease};
 pub use kernel::KernelState;
 pub use subnet_env::SubnetEnvFile;
 
@@ -157,13 +172,15 @@ pub struct TwillCluster {
     // Drop order: daemons, etcd, containers, hosts, files.
     daemons: Vec<Option<Daemon>>,
     etcd: EtcdCluster,
-    /// Per host: the container added by [`TwillCluster::add_containers`] and its address.
-    containers: Vec<Option<Ipv4Addr>>,
+    /// Per host: the addresses of the container added by
+    /// [`TwillCluster::add_containers`], once added.
+    containers: Vec<Option<(Option<Ipv4Addr>, Option<Ipv6Addr>)>>,
     lan: Lan,
     names: Vec<String>,
     binary: PathBuf,
     settings: TwillClusterBuilder,
     vxlan_device: String,
+    vxlan6_device: String,
     dir: tempfile::TempDir,
 }
 
@@ -234,6 +251,35 @@ impl TwillCluster {
         self.lan.hosts[i].addr
     }
 
+    /// Host `i`'s IPv6 underlay address (dual-stack or IPv6-only LAN).
+    ///
+    /// # Panics
+    /// When `i` is out of range (a test bug).
+    #[must_use]
+    pub fn ip6(&self, i: usize) -> Option<Ipv6Addr> {
+        self.lan.hosts[i].addr6
+    }
+
+    /// Host `i`'s underlay address for messages: its IPv4 address, or its
+    /// IPv6 one on an IPv6-only LAN.
+    ///
+    /// # Panics
+    /// When `i` is out of range (a test bug).
+    #[must_use]
+    pub fn ip_label(&self, i: usize) -> String {
+        let h = &self.lan.hosts[i];
+        match h.addr6 {
+            Some(a6) if h.addr.is_unspecified() => a6.to_string(),
+            _ => h.addr.to_string(),
+        }
+    }
+
+    /// The LAN's address families.
+    #[must_use]
+    pub fn underlay(&self) -> Underlay {
+        self.settings.underlay
+    }
+
     /// Host `i`'s namespace.
     ///
     /// # Panics
@@ -285,5 +331,22 @@ impl TwillCluster {
     #[must_use]
     pub fn vxlan_device(&self) -> &str {
         &self.vxlan_device
+    }
+
+    /// The IPv6 VXLAN device name the kernel readers look at
+    /// (`flannel-v6.<VNI>`).
+    #[must_use]
+    pub fn vxlan6_device(&self) -> &str {
+        &self.vxlan6_device
+    }
+
+    /// Runs `program args...` (`ip -6 route`, `bridge fdb show`, ...) in
+    /// host `i`'s namespace and returns its stdout: what an operator reads.
+    ///
+    /// # Errors
+    /// As [`Netns::exec`].
+    pub fn show(&self, i: usize, program: &str, args: &[&str]) -> Result<String, ClusterError> {
+        self.check(i)?;
+        Ok(self.ns(i).exec(program, args)?)
     }
 }

@@ -39,8 +39,15 @@ impl TwillCluster {
     #[must_use]
     pub fn base_args(&self, i: usize) -> Vec<String> {
         let h = &self.lan.hosts[i];
+        // Without IPv4 on the LAN the daemon is named its IPv6 address
+        // (flannel's -iface takes either family) and etcd's IPv6 URLs.
+        let v6_only = !self.settings.underlay.has_ipv4();
+        let iface = match h.addr6 {
+            Some(a6) if v6_only => a6.to_string(),
+            _ => h.addr.to_string(),
+        };
         let mut args = vec![
-            format!("-iface={}", h.addr),
+            format!("-iface={iface}"),
             format!("-subnet-file={}", self.subnet_file(i).display()),
             "-healthz-ip=127.0.0.1".to_string(),
             format!("-healthz-port={}", self.settings.healthz_port),
@@ -49,7 +56,7 @@ impl TwillCluster {
         if self.settings.prefix != DEFAULT_PREFIX {
             args.push(format!("-etcd-prefix={}", self.settings.prefix));
         }
-        if i >= self.etcd.len() {
+        if i >= self.etcd.len() || v6_only {
             args.push(format!(
                 "-etcd-endpoints={}",
                 self.etcd.endpoints().join(",")
@@ -122,7 +129,7 @@ impl TwillCluster {
                 s.push_str(&format!(
                     "--- {} ({}) ---\n{}\n",
                     self.names[i],
-                    self.ip(i),
+                    self.ip_label(i),
                     d.log()
                 ));
             }
