@@ -36,11 +36,39 @@ pub(crate) fn on_segment(connected: &[Ipv4Network], ip: Ipv4Addr) -> bool {
     connected.iter().any(|n| n.prefix() < 32 && n.contains(ip))
 }
 
-/// Peer subnets accepted so far by [`dedupe`]: disjoint ranges keyed by
+/// Peer subnets accepted so far by [`dedupe`] ([`dedupe6`] for IPv6):
+/// disjoint ranges of the address as an integer (`u32`, `u128`), keyed by
 /// their first address (first → (last, key)), so a check is O(log n), not a
 /// scan of every accepted peer (10,000 peers: 50 M overlap tests per reconcile).
-#[derive(Debug, Default)]
-pub(crate) struct Claimed(BTreeMap<u32, (u32, SubnetKey)>);
+#[derive(Debug)]
+pub(crate) struct Claimed<T = u32>(BTreeMap<T, (T, SubnetKey)>);
+
+// Not derived: a derive would ask `T: Default`.
+impl<T> Default for Claimed<T> {
+    fn default() -> Self {
+        Claimed(BTreeMap::new())
+    }
+}
+
+impl<T: Ord + Copy> Claimed<T> {
+    /// Claims `[first, last]` for `key`, unless a claimed range overlaps it.
+    fn claim(&mut self, first: T, last: T, key: SubnetKey) -> Result<(), SkipReason> {
+        // The claimed ranges are disjoint, so an overlapping one either
+        // starts at or before `first` and reaches it, or starts inside
+        // [first, last].
+        let before = self
+            .0
+            .range(..=first)
+            .next_back()
+            .filter(|(_, (end, _))| *end >= first);
+        let inside = || self.0.range(first..=last).next();
+        if let Some((_, (_, k))) = before.or_else(inside) {
+            return Err(SkipReason::OverlapsPeer(*k));
+        }
+        self.0.insert(first, (last, key));
+        Ok(())
+    }
+}
 
 /// The order in which peers claim their subnets (see [`dedupe`]): leases of
 /// the configured `SubnetLen` first (two of them can only overlap if they
@@ -60,26 +88,12 @@ pub(crate) fn claim_order<'a>(
 /// Drops overlapping peer subnets after the first (in [`claim_order`]) so
 /// two leases never fight over one route; the loser is reported.
 pub(crate) fn dedupe(claimed: &mut Claimed, key: SubnetKey) -> Result<(), SkipReason> {
-    let first = u32::from(key.ipv4.network());
-    let last = u32::from(key.ipv4.broadcast());
-    // The claimed ranges are disjoint, so an overlapping one either starts
-    // at or before `first` and reaches it, or starts inside [first, last].
-    let before = claimed
-        .0
-        .range(..=first)
-        .next_back()
-        .filter(|(_, (end, _))| *end >= first);
-    let inside = || claimed.0.range(first..=last).next();
-    if let Some((_, (_, k))) = before.or_else(inside) {
-        return Err(SkipReason::OverlapsPeer(*k));
-    }
-    claimed.0.insert(first, (last, key));
-    Ok(())
+    let (first, last) = (key.ipv4.network(), key.ipv4.broadcast());
+    claimed.claim(u32::from(first), u32::from(last), key)
 }
 
 /// [`Claimed`] for IPv6 subnets.
-#[derive(Debug, Default)]
-pub(crate) struct Claimed6(BTreeMap<u128, (u128, SubnetKey)>);
+pub(crate) type Claimed6 = Claimed<u128>;
 
 /// [`dedupe`] for the IPv6 subnet of `key` (which has one).
 pub(crate) fn dedupe6(
@@ -87,30 +101,8 @@ pub(crate) fn dedupe6(
     key: SubnetKey,
     subnet: Ipv6Network,
 ) -> Result<(), SkipReason> {
-    let first = u128::from(subnet.network());
-    let last = u128::from(subnet.broadcast());
-    let before = claimed
-        .0
-        .range(..=first)
-        .next_back()
-        .filter(|(_, (end, _))| *end >= first);
-    let inside = || claimed.0.range(first..=last).next();
-    if let Some((_, (_, k))) = before.or_else(inside) {
-        return Err(SkipReason::OverlapsPeer(*k));
-    }
-    claimed.0.insert(first, (last, key));
-    Ok(())
-}
-
-/// Whether a peer can be reached at `ip` over an IPv6 underlay: not
-/// unspecified, loopback, multicast, link-local (it needs a scope no lease
-/// carries) or IPv4-mapped.
-pub(crate) fn is_usable_public_ipv6(ip: Ipv6Addr) -> bool {
-    !(ip.is_unspecified()
-        || ip.is_loopback()
-        || ip.is_multicast()
-        || ip.is_unicast_link_local()
-        || u128::from(ip) >> 32 == 0xffff)
+    let (first, last) = (subnet.network(), subnet.broadcast());
+    claimed.claim(u128::from(first), u128::from(last), key)
 }
 
 /// The host rules for the IPv6 half of a peer that passed
@@ -151,7 +143,7 @@ pub(crate) fn check_ipv6(
     let Some(public) = peer.attrs.public_ipv6 else {
         return skip(format!("IPv6 subnet {subnet} but no PublicIPv6"));
     };
-    if !is_usable_public_ipv6(public) {
+    if !twill_model::is_usable_public_ipv6(public) {
         return skip(format!(
             "PublicIPv6 {public} is not a global or unique local unicast address"
         ));
