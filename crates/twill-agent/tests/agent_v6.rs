@@ -202,14 +202,19 @@ async fn ipv6_only_writes_no_ipv4_lines_and_sees_ipv6_peers() {
     );
 }
 
-/// EnableIPv6 without a `public_ipv6`: an error naming the option, before
+/// Runs the agent on `config` with `change` made to the options, and
+/// checks it stops with an error naming `option` and saying `says`, before
 /// any lease is taken.
-#[tokio::test(flavor = "current_thread")]
-async fn ipv6_network_without_public_ipv6_is_refused() {
+async fn refused(
+    config: &str,
+    change: impl FnOnce(&mut AgentOptions),
+    option: AgentOption,
+    says: &str,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let registry = registry(DUAL);
+    let registry = registry(config);
     let mut o = options(&dir.path().join("subnet.env"), 1);
-    o.public_ipv6 = None;
+    change(&mut o);
     let h = start(registry.clone(), o);
     let err = tokio::time::timeout(DEADLINE, h.running)
         .await
@@ -217,55 +222,40 @@ async fn ipv6_network_without_public_ipv6_is_refused() {
         .unwrap()
         .unwrap_err();
     assert!(
-        matches!(
-            err,
-            AgentError::InvalidOption {
-                option: AgentOption::PublicIpv6,
-                ..
-            }
-        ),
+        matches!(&err, AgentError::InvalidOption { option: o, .. } if *o == option),
         "{err}"
     );
+    assert!(err.to_string().contains(says), "{err}");
     assert!(registry.list_leases().await.unwrap().leases.is_empty());
-    // The message names the underlay that has no IPv6 address.
-    assert!(
-        err.to_string()
-            .contains("underlay eth0 has no global IPv6 address"),
-        "{err}"
-    );
+}
+
+/// EnableIPv6 without a `public_ipv6`: an error naming the option and the
+/// underlay that has no IPv6 address, before any lease is taken.
+#[tokio::test(flavor = "current_thread")]
+async fn ipv6_network_without_public_ipv6_is_refused() {
+    refused(
+        DUAL,
+        |o| o.public_ipv6 = None,
+        AgentOption::PublicIpv6,
+        "underlay eth0 has no global IPv6 address",
+    )
+    .await;
 }
 
 /// An IPv6-only host (no IPv4 address) on a network with IPv4 on: an error
 /// naming the option and the underlay, before any lease is taken.
 #[tokio::test(flavor = "current_thread")]
 async fn ipv4_network_on_an_ipv6_only_host_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = registry(DUAL);
-    let mut o = options(&dir.path().join("subnet.env"), 1);
-    o.underlay.addr = None;
-    o.public_ip = None;
-    let h = start(registry.clone(), o);
-    let err = tokio::time::timeout(DEADLINE, h.running)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            AgentError::InvalidOption {
-                option: AgentOption::PublicIp,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(
-        err.to_string()
-            .contains("EnableIPv4 true and underlay eth0 has no IPv4 address"),
-        "{err}"
-    );
-    assert!(registry.list_leases().await.unwrap().leases.is_empty());
+    refused(
+        DUAL,
+        |o| {
+            o.underlay.addr = None;
+            o.public_ip = None;
+        },
+        AgentOption::PublicIp,
+        "EnableIPv4 true and underlay eth0 has no IPv4 address",
+    )
+    .await;
 }
 
 /// `-ip-masq` on a dual-stack network, on the real kernel: the agent (and
