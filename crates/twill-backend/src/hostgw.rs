@@ -199,7 +199,7 @@ impl HostGwBackend {
                     continue;
                 }
             }
-            let verdict = check_ipv6(peer, self.own.as_ref(), u.public_ip, &r.config).and_then(
+            let verdict = check_ipv6(peer, u.public_ip).and_then(
                 |half| {
                     let Some((subnet, public)) = half else {
                         return Ok(None);

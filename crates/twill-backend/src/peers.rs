@@ -105,51 +105,26 @@ pub(crate) fn dedupe6(
     claimed.claim(u128::from(first), u128::from(last), key)
 }
 
-/// The host rules for the IPv6 half of a peer that passed
-/// [`check_common`]: `Ok(None)` when it has no IPv6 subnet (an IPv4-only
-/// lease in a dual-stack network is programmed on its IPv4 side only), else
-/// its IPv6 subnet and `PublicIPv6`, or why its IPv6 half is skipped.
+/// The IPv6 half of a peer that passed [`check_common`]: `Ok(None)` when it
+/// has no IPv6 subnet (an IPv4-only lease in a dual-stack network is
+/// programmed on its IPv4 side only), else its IPv6 subnet and `PublicIPv6`.
 ///
-/// The IPv6 reasons travel as [`SkipReason::Malformed`] until the model has
-/// typed IPv6 variants; their text names the field.
+/// [`check_common`] has already applied the model's IPv6 rules
+/// ([`NetworkConfig::check_peer_dual`]: the subnet inside `IPv6Network` and
+/// apart from ours, a usable `PublicIPv6`), skipping the whole peer when
+/// one fails. What it cannot know is our own `PublicIPv6`: a peer claiming
+/// it has its IPv6 half skipped here (as [`SkipReason::Malformed`]).
 pub(crate) fn check_ipv6(
     peer: &SubnetLease,
-    own: Option<&SubnetKey>,
     our_public_ipv6: Ipv6Addr,
-    config: &NetworkConfig,
 ) -> Result<Option<(Ipv6Network, Ipv6Addr)>, SkipReason> {
-    let Some(subnet) = peer.key.ipv6 else {
+    let (Some(subnet), Some(public)) = (peer.key.ipv6, peer.attrs.public_ipv6) else {
         return Ok(None);
     };
-    let skip = |reason: String| Err(SkipReason::Malformed { reason });
-    match config.ipv6_network {
-        Some(net) if subnet.prefix() >= net.prefix() && net.contains(subnet.network()) => {}
-        Some(net) => {
-            return skip(format!(
-                "IPv6 subnet {subnet} is not inside IPv6Network {net}"
-            ))
-        }
-        None => {
-            return skip(format!(
-                "IPv6 subnet {subnet} but no IPv6Network is configured"
-            ))
-        }
-    }
-    if let Some(own6) = own.and_then(|k| k.ipv6) {
-        if own6.contains(subnet.network()) || subnet.contains(own6.network()) {
-            return skip(format!("IPv6 subnet overlaps our own {own6}"));
-        }
-    }
-    let Some(public) = peer.attrs.public_ipv6 else {
-        return skip(format!("IPv6 subnet {subnet} but no PublicIPv6"));
-    };
-    if !twill_model::is_usable_public_ipv6(public) {
-        return skip(format!(
-            "PublicIPv6 {public} is not a global or unique local unicast address"
-        ));
-    }
     if public == our_public_ipv6 {
-        return skip(format!("it claims our PublicIPv6 {public}"));
+        return Err(SkipReason::Malformed {
+            reason: format!("it claims our PublicIPv6 {public}"),
+        });
     }
     Ok(Some((subnet, public)))
 }

@@ -683,7 +683,7 @@ impl VxlanBackend {
                     continue;
                 }
             }
-            match self.peer_entries6(r, r6, dev, peer, &mut accepted, &mut macs) {
+            match self.peer_entries6(r6, dev, peer, &mut accepted, &mut macs) {
                 Ok(Some((neigh, fdb, route))) => {
                     state.neighbours.push(neigh);
                     state.fdb.push(fdb);
@@ -699,16 +699,13 @@ impl VxlanBackend {
     /// The IPv6 entries of one peer, `None` when it has no IPv6 subnet.
     fn peer_entries6(
         &self,
-        r: &Ready,
         r6: &Ready6,
         dev: u32,
         peer: &SubnetLease,
         accepted: &mut Claimed6,
         macs: &mut BTreeMap<MacAddr, SubnetKey>,
     ) -> Result<Option<(Neighbour6, FdbEntry6, Route6)>, SkipReason> {
-        let Some((subnet, public)) =
-            check_ipv6(peer, self.own.as_ref(), r6.underlay.public_ip, &r.config)?
-        else {
+        let Some((subnet, public)) = check_ipv6(peer, r6.underlay.public_ip)? else {
             return Ok(None);
         };
         let data: VxlanLeaseData =
