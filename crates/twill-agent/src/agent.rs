@@ -1,7 +1,7 @@
 //! The agent loop: config → backend set-up → lease → subnet.env and
 //! activation → reconcile on every peer change and on a timer → shutdown.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -197,6 +197,8 @@ impl<R: Registry + ?Sized + 'static> Agent<R> {
             report_log: LogBudget::new(SKIP_LOG_LIMIT, SKIP_LOG_WINDOW),
             in_flight: None,
             wanted: false,
+            sent: None,
+            full_due: true,
             stored: ConfigDrift::Same,
         };
         let result = run
@@ -463,6 +465,12 @@ struct Running<'a, R: Registry + ?Sized + 'static> {
     /// started: run another when it ends. Changes during a pass coalesce
     /// into one more pass over the latest set.
     wanted: bool,
+    /// The generation of the peer set the last pass sent to the backend
+    /// covered: the next pass need only apply what changed since.
+    sent: Option<u64>,
+    /// The next pass must be a full one (the first, the timer's, after our
+    /// subnet changed or an incremental pass failed).
+    full_due: bool,
     /// The stored config at the last drift check.
     stored: ConfigDrift,
 }
@@ -488,6 +496,10 @@ impl<R: Registry + ?Sized + 'static> Running<'_, R> {
                     self.want(&mut peers)?;
                 }
                 _ = tick.tick() => {
+                    // The safety net: a full pass repairs what no lease
+                    // event announces (entries changed by hand, a device
+                    // deleted).
+                    self.full_due = true;
                     self.want(&mut peers)?;
                     self.check_config_drift().await;
                 }
@@ -499,7 +511,8 @@ impl<R: Registry + ?Sized + 'static> Running<'_, R> {
                 }, if self.in_flight.is_some() => {
                     self.in_flight = None;
                     if let Ok(done) = done {
-                        self.reconciled(done, peers.borrow().skipped);
+                        let skipped = peers.borrow().skipped;
+                        self.reconciled(done, skipped);
                     }
                     if self.wanted {
                         self.want(&mut peers)?;
@@ -513,6 +526,8 @@ impl<R: Registry + ?Sized + 'static> Running<'_, R> {
                         warn!(old = %self.own, new = %held.lease.key, "our subnet changed: re-activating");
                         let previous = std::mem::replace(&mut self.own, held.lease.key);
                         self.activate(&held).await?;
+                        self.full_due = true;
+                        self.want(&mut peers)?;
                         self.agent.emit(AgentEvent::LeaseChanged { previous, lease: held.lease.clone() });
                     }
                 }
@@ -536,9 +551,19 @@ impl<R: Registry + ?Sized + 'static> Running<'_, R> {
             return Ok(());
         }
         self.wanted = false;
-        // A PeerSet copy shares its leases (Arc): cheap.
+        // A PeerSet copy shares its map and its leases: O(1).
         let set = peers.borrow_and_update().clone();
-        self.in_flight = Some(self.worker.reconcile(set)?);
+        let changed = match self.sent {
+            Some(g) if !self.full_due => set.changed_since(g),
+            _ => None,
+        };
+        if changed.as_ref().is_some_and(BTreeSet::is_empty) {
+            // Only the skipped count moved: nothing to program.
+            return Ok(());
+        }
+        self.full_due = false;
+        self.sent = Some(set.generation);
+        self.in_flight = Some(self.worker.reconcile(set, changed)?);
         Ok(())
     }
 
@@ -580,9 +605,25 @@ impl<R: Registry + ?Sized + 'static> Running<'_, R> {
             .store(micros, std::sync::atomic::Ordering::Relaxed);
         s.peers
             .store(done.peers as u64, std::sync::atomic::Ordering::Relaxed);
+        if done.changed.is_some() {
+            AgentStatus::count(&s.incremental_reconciles, 1);
+            // A failed event pass is retried as a full one, at once: an
+            // error there may come from entries the event path cannot see.
+            let failed = done.result.as_ref().map_or(true, |r| !r.failed.is_empty());
+            if failed {
+                self.full_due = true;
+                self.wanted = true;
+            }
+        }
         let result = match done.result {
             Ok(report) => {
-                self.report(&report, done.peers, micros, lease_skipped);
+                self.report(
+                    &report,
+                    done.changed.as_ref(),
+                    done.peers,
+                    micros,
+                    lease_skipped,
+                );
                 Ok(report)
             }
             Err(e) => {
@@ -599,9 +640,13 @@ impl<R: Registry + ?Sized + 'static> Running<'_, R> {
             })));
     }
 
+    /// Logs and counts a pass. `changed`: the peers an incremental pass
+    /// applied, whose skip verdicts alone it reports (a full pass reports
+    /// every peer's).
     fn report(
         &mut self,
         report: &twill_backend::ReconcileReport,
+        changed: Option<&BTreeSet<SubnetKey>>,
         peers: usize,
         micros: u64,
         lease_skipped: usize,
@@ -617,7 +662,16 @@ impl<R: Registry + ?Sized + 'static> Running<'_, R> {
                 );
             }
         }
-        let current: HashSet<(SubnetKey, SkipReason)> = report.skipped.iter().cloned().collect();
+        let mut current: HashSet<(SubnetKey, SkipReason)> =
+            report.skipped.iter().cloned().collect();
+        if let Some(changed) = changed {
+            current.extend(
+                self.reported
+                    .iter()
+                    .filter(|(k, _)| !changed.contains(k))
+                    .cloned(),
+            );
+        }
         for (key, reason) in &report.skipped {
             if self.reported.contains(&(*key, reason.clone())) {
                 continue;

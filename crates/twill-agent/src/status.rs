@@ -19,6 +19,7 @@ pub struct AgentStatus {
     pub(crate) peers: AtomicU64,
     pub(crate) lease_events: AtomicU64,
     pub(crate) reconciles: AtomicU64,
+    pub(crate) incremental_reconciles: AtomicU64,
     pub(crate) reconcile_failures: AtomicU64,
     pub(crate) reconcile_micros: AtomicU64,
     pub(crate) last_reconcile_micros: AtomicU64,
@@ -51,6 +52,10 @@ pub struct StatusSnapshot {
     pub lease_events: u64,
     /// Reconcile passes run.
     pub reconciles: u64,
+    /// Of those, passes that applied lease events alone
+    /// ([`twill_backend::Backend::apply_changes`]); the others were full
+    /// passes (the first, the periodic ones, and those an event needed).
+    pub incremental_reconciles: u64,
     /// Passes that failed, entirely or in part.
     pub reconcile_failures: u64,
     /// Time spent reconciling, in total.
@@ -94,6 +99,7 @@ impl AgentStatus {
             peers: g(&self.peers),
             lease_events: g(&self.lease_events),
             reconciles: g(&self.reconciles),
+            incremental_reconciles: g(&self.incremental_reconciles),
             reconcile_failures: g(&self.reconcile_failures),
             reconcile_time: Duration::from_micros(g(&self.reconcile_micros)),
             last_reconcile_time: Duration::from_micros(g(&self.last_reconcile_micros)),

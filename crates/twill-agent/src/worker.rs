@@ -5,6 +5,7 @@
 //! channel. The thread drives the backend's futures with the runtime's
 //! handle, so a backend may still spawn tasks or use tokio's timers and IO.
 
+use std::collections::BTreeSet;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -12,10 +13,10 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use twill_backend::{
-    Backend, BackendError, HostContext, Ipv6Underlay, LocalSetup, ReconcileReport,
+    Backend, BackendError, HostContext, Ipv6Underlay, LocalSetup, PeerChange, ReconcileReport,
     UnderlayInterface,
 };
-use twill_model::{NetworkConfig, SubnetLease};
+use twill_model::{NetworkConfig, SubnetKey, SubnetLease};
 use twill_subnet::PeerSet;
 
 use crate::AgentError;
@@ -25,6 +26,8 @@ pub(crate) struct Reconciled {
     pub(crate) peers: usize,
     pub(crate) duration: Duration,
     pub(crate) result: Result<ReconcileReport, BackendError>,
+    /// The peers an incremental pass applied; `None` for a full pass.
+    pub(crate) changed: Option<BTreeSet<SubnetKey>>,
 }
 
 enum Job {
@@ -41,6 +44,9 @@ enum Job {
     },
     Reconcile {
         peers: PeerSet,
+        /// The keys changed since the previous pass, when known: the
+        /// backend may then apply those alone.
+        changed: Option<BTreeSet<SubnetKey>>,
         reply: oneshot::Sender<Reconciled>,
     },
 }
@@ -84,15 +90,18 @@ impl BackendWorker {
                         Job::Activate { own, reply } => {
                             let _ = reply.send(runtime.block_on(backend.activate(&own)));
                         }
-                        Job::Reconcile { peers, reply } => {
-                            let leases: Vec<&SubnetLease> =
-                                peers.leases.values().map(AsRef::as_ref).collect();
+                        Job::Reconcile {
+                            peers,
+                            changed,
+                            reply,
+                        } => {
                             let started = Instant::now();
-                            let result = runtime.block_on(backend.reconcile(&leases));
+                            let (result, changed) = pass(&mut *backend, &runtime, &peers, changed);
                             let _ = reply.send(Reconciled {
-                                peers: leases.len(),
+                                peers: peers.len(),
                                 duration: started.elapsed(),
                                 result,
+                                changed,
                             });
                         }
                     }
@@ -143,14 +152,20 @@ impl BackendWorker {
         rx.await.map_err(|_| gone())
     }
 
-    /// Queues a pass over `peers` (a cheap copy: the leases are shared);
+    /// Queues a pass over `peers` (a cheap copy: the map is persistent
+    /// and the leases are shared), incremental over `changed` when given;
     /// the receiver yields it when done.
     pub(crate) fn reconcile(
         &self,
         peers: PeerSet,
+        changed: Option<BTreeSet<SubnetKey>>,
     ) -> Result<oneshot::Receiver<Reconciled>, AgentError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Job::Reconcile { peers, reply })?;
+        self.send(Job::Reconcile {
+            peers,
+            changed,
+            reply,
+        })?;
         Ok(rx)
     }
 
@@ -161,6 +176,36 @@ impl BackendWorker {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
     }
+}
+
+/// One pass: the backend's incremental path over `changed` when known and
+/// the backend takes it, else a full reconcile over every peer. Returns
+/// the keys applied incrementally (`None` for a full pass).
+fn pass(
+    backend: &mut dyn Backend,
+    runtime: &Handle,
+    peers: &PeerSet,
+    changed: Option<BTreeSet<SubnetKey>>,
+) -> (
+    Result<ReconcileReport, BackendError>,
+    Option<BTreeSet<SubnetKey>>,
+) {
+    if let Some(keys) = changed {
+        let changes: Vec<PeerChange<'_>> = keys
+            .iter()
+            .map(|k| PeerChange {
+                key: *k,
+                lease: peers.leases.get(k).map(AsRef::as_ref),
+            })
+            .collect();
+        match runtime.block_on(backend.apply_changes(&changes)) {
+            Ok(Some(report)) => return (Ok(report), Some(keys)),
+            Err(e) => return (Err(e), Some(keys)),
+            Ok(None) => {}
+        }
+    }
+    let leases: Vec<&SubnetLease> = peers.leases.values().map(AsRef::as_ref).collect();
+    (runtime.block_on(backend.reconcile(&leases)), None)
 }
 
 impl Drop for BackendWorker {

@@ -4,19 +4,18 @@
 //! PublicIPv6> dev <underlay> proto 241` for each peer whose `PublicIPv6` is
 //! on an IPv6 prefix of the underlay.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use twill_model::{BackendConfig, LeaseAttrs, NetworkConfig, SkipReason, SubnetKey, SubnetLease};
 use twill_netlink::{NetlinkHandle, MAIN_TABLE, TWILL_RTPROT};
 
-use crate::peers::{
-    check_common, check_ipv6, claim_order, dedupe, dedupe6, on_segment, Claimed, Claimed6,
-};
-use crate::plan::{hostgw_peer, DataplaneState, DataplaneState6, Owner};
+use crate::incremental::{apply_delta, Claims, PeerEntries, PeerTable};
+use crate::peers::{check_common, check_ipv6, claim_order, dedupe, dedupe6, on_segment};
+use crate::plan::{hostgw_peer, Owner};
 use crate::vxlan::{converge, converge6};
 use crate::{
-    Backend, BackendError, HostContext, Ipv6Underlay, LocalSetup, ReconcileReport,
+    Backend, BackendError, HostContext, Ipv6Underlay, LocalSetup, PeerChange, ReconcileReport,
     UnderlayInterface,
 };
 
@@ -39,6 +38,10 @@ pub struct HostGwBackend {
     nl: NetlinkHandle,
     ready: Option<Ready>,
     own: Option<SubnetKey>,
+    /// What the last pass routed per peer, for [`Backend::apply_changes`].
+    table: Option<PeerTable<Ipv4Addr, u32>>,
+    /// The same for the IPv6 halves.
+    table6: Option<PeerTable<Ipv6Addr, u128>>,
 }
 
 impl HostGwBackend {
@@ -58,6 +61,8 @@ impl HostGwBackend {
             nl,
             ready: None,
             own: None,
+            table: None,
+            table6: None,
         }
     }
 }
@@ -71,6 +76,7 @@ impl Backend for HostGwBackend {
     async fn setup(&mut self, host: &HostContext<'_>) -> Result<LocalSetup, BackendError> {
         host.ipv4_side("host-gw")?;
         let ipv6 = host.ipv6_side("host-gw")?;
+        (self.table, self.table6) = (None, None);
         self.ready = Some(Ready {
             config: host.config.clone(),
             public_ip: host.public_ip,
@@ -92,6 +98,7 @@ impl Backend for HostGwBackend {
             .ok_or(BackendError::NotReady("activate", "setup"))?;
         BackendError::check_own_lease(&r.config, own)?;
         self.own = Some(own.key);
+        (self.table, self.table6) = (None, None);
         Ok(())
     }
 
@@ -100,13 +107,8 @@ impl Backend for HostGwBackend {
             .ready
             .clone()
             .ok_or(BackendError::NotReady("reconcile", "setup"))?;
-        let connected: Vec<Ipv4Network> = self
-            .nl
-            .address()
-            .list(Some(r.underlay.index))?
-            .into_iter()
-            .map(|a| a.addr)
-            .collect();
+        (self.table, self.table6) = (None, None);
+        let connected = self.connected(&r)?;
         // IPv4 off: no IPv4 route is wanted, and converging to none removes
         // any left from an IPv4 config.
         let sorted = if r.config.enable_ipv4 {
@@ -115,117 +117,211 @@ impl Backend for HostGwBackend {
             Vec::new()
         };
         let mut report = ReconcileReport::default();
-        let mut desired = DataplaneState::default();
-        let mut accepted = Claimed::default();
-        for peer in sorted {
-            let verdict = check_common(peer, self.own.as_ref(), r.public_ip, &r.config, "host-gw")
-                .and_then(|is_peer| {
-                    if !is_peer {
-                        return Ok(None);
-                    }
-                    if !on_segment(&connected, peer.attrs.public_ip) {
-                        return Err(SkipReason::NotOnSegment {
-                            public_ip: peer.attrs.public_ip,
-                            underlay: r.underlay.name.clone(),
-                            connected: connected.clone(),
-                        });
-                    }
-                    dedupe(&mut accepted, peer.key)?;
-                    Ok(Some(()))
-                });
-            match verdict {
-                Ok(Some(())) => desired.routes.push(hostgw_peer(
-                    peer.key.ipv4,
-                    peer.attrs.public_ip,
-                    r.underlay.index,
-                )),
-                Ok(None) => {}
-                Err(reason) => report.skipped.push((peer.key, reason)),
-            }
+        let owner = owner(&r);
+        let (mut table, skipped) = PeerTable::build(
+            sorted,
+            claim_of,
+            |peer: &SubnetLease, claims: &mut Claims<u32>| {
+                self.accept(&r, &connected.0, peer, claims)
+            },
+        );
+        report.skipped = skipped;
+        let before = report.skipped.len();
+        converge(&mut self.nl, &table.desired(), &owner, &mut report)?;
+        if report.skipped.len() > before {
+            table.found_foreign_routes();
         }
-        let owner = Owner {
-            device: None,
-            protocol: TWILL_RTPROT,
-            table: MAIN_TABLE,
-            route_oifs: vec![r.underlay.index],
-        };
-        converge(&mut self.nl, &desired, &owner, &mut report)?;
         if let Some(u) = r.ipv6 {
-            let desired6 = self.desired6(&r, u, peers, &mut report)?;
-            converge6(&mut self.nl, &desired6, &owner, &mut report)?;
+            let mut sorted = claim_order(peers.iter().copied(), &r.config);
+            let order6 = order6(&r.config);
+            sorted.sort_by_key(|p| (order6(p), p.key));
+            let (mut table6, skipped) = PeerTable::build(
+                sorted,
+                claim_of6,
+                |peer: &SubnetLease, claims: &mut Claims<u128>| {
+                    self.accept6(&r, u, &connected.1, peer, claims)
+                },
+            );
+            report.skipped.extend(skipped);
+            let before = report.skipped.len();
+            converge6(&mut self.nl, &table6.desired(), &owner, &mut report)?;
+            if report.skipped.len() > before {
+                table6.found_foreign_routes();
+            }
+            self.table6 = Some(table6);
         }
+        self.table = Some(table);
         Ok(report)
+    }
+
+    async fn apply_changes(
+        &mut self,
+        changes: &[PeerChange<'_>],
+    ) -> Result<Option<ReconcileReport>, BackendError> {
+        let (table, table6) = (self.table.take(), self.table6.take());
+        let Some(r) = self.ready.clone() else {
+            return Ok(None);
+        };
+        let connected = self.connected(&r)?;
+        let Some(table) = table else {
+            return Ok(None);
+        };
+        let this = &*self;
+        let order = |p: &SubnetLease| (p.key.ipv4.prefix() != r.config.subnet_len, p.revision);
+        let accept = |peer: &SubnetLease, claims: &mut Claims<u32>| {
+            this.accept(&r, &connected.0, peer, claims)
+        };
+        // IPv4 off: the table stays empty, as the full pass left it.
+        let changes4: &[PeerChange<'_>] = if r.config.enable_ipv4 { changes } else { &[] };
+        let Some((table, delta)) = table.update(changes4, order, accept) else {
+            return Ok(None);
+        };
+        let delta6 = match (r.ipv6, table6) {
+            (None, _) => None,
+            (Some(_), None) => return Ok(None),
+            (Some(u), Some(t)) => {
+                let accept6 = |peer: &SubnetLease, claims: &mut Claims<u128>| {
+                    this.accept6(&r, u, &connected.1, peer, claims)
+                };
+                match t.update(changes, order6(&r.config), accept6) {
+                    Some(x) => Some(x),
+                    None => return Ok(None),
+                }
+            }
+        };
+        let owner = owner(&r);
+        let mut report = ReconcileReport::default();
+        if !apply_delta(&mut self.nl, &delta, &owner, &mut report)? {
+            return Ok(None);
+        }
+        if let Some((t6, d6)) = delta6 {
+            if !apply_delta(&mut self.nl, &d6, &owner, &mut report)? {
+                return Ok(None);
+            }
+            self.table6 = Some(t6);
+        }
+        self.table = Some(table);
+        Ok(Some(report))
+    }
+}
+
+/// Ours: our protocol's routes over the underlay.
+fn owner(r: &Ready) -> Owner {
+    Owner {
+        device: None,
+        protocol: TWILL_RTPROT,
+        table: MAIN_TABLE,
+        route_oifs: vec![r.underlay.index],
+    }
+}
+
+/// The claim key of a peer's IPv4 subnet: its first address.
+fn claim_of(key: &SubnetKey) -> Option<u32> {
+    Some(u32::from(key.ipv4.network()))
+}
+
+/// The claim key of a peer's IPv6 subnet, when it has one.
+fn claim_of6(key: &SubnetKey) -> Option<u128> {
+    key.ipv6.map(|n| u128::from(n.network()))
+}
+
+/// The claim order of the IPv6 pass for one lease.
+fn order6(config: &NetworkConfig) -> impl Fn(&SubnetLease) -> (bool, i64) + '_ {
+    |p| {
+        (
+            p.key.ipv6.map(|n| n.prefix()) != Some(config.ipv6_subnet_len),
+            p.revision,
+        )
     }
 }
 
 impl HostGwBackend {
-    /// The IPv6 routes for `peers`; IPv6 halves that cannot be routed are
-    /// put in `report.skipped` (peers the IPv4 pass skipped are left out
-    /// silently: their reason is there already, unless IPv4 is off).
-    fn desired6(
+    /// The underlay's IPv4 prefixes and (with IPv6) its global IPv6
+    /// prefixes: the L2 segment a peer must be on.
+    fn connected(
         &mut self,
         r: &Ready,
-        u: Ipv6Underlay,
-        peers: &[&SubnetLease],
-        report: &mut ReconcileReport,
-    ) -> Result<DataplaneState6, BackendError> {
-        let connected: Vec<Ipv6Network> = self
+    ) -> Result<(Vec<Ipv4Network>, Vec<Ipv6Network>), BackendError> {
+        let v4 = self
             .nl
             .address()
-            .list6(Some(r.underlay.index))?
+            .list(Some(r.underlay.index))?
             .into_iter()
             .map(|a| a.addr)
-            .filter(|n| !n.ip().is_unicast_link_local() && n.prefix() < 128)
             .collect();
-        let mut sorted = claim_order(peers.iter().copied(), &r.config);
-        sorted.sort_by_key(|p| {
-            (
-                p.key.ipv6.map(|n| n.prefix()) != Some(r.config.ipv6_subnet_len),
-                p.revision,
-                p.key,
-            )
-        });
-        let mut desired = DataplaneState6::default();
-        let mut accepted = Claimed6::default();
-        for peer in sorted {
-            match check_common(peer, self.own.as_ref(), r.public_ip, &r.config, "host-gw") {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(reason) => {
-                    // Reported by the IPv4 pass, unless IPv4 is off.
-                    if !r.config.enable_ipv4 {
-                        report.skipped.push((peer.key, reason));
-                    }
-                    continue;
-                }
-            }
-            let verdict = check_ipv6(peer, u.public_ip).and_then(
-                |half| {
-                    let Some((subnet, public)) = half else {
-                        return Ok(None);
-                    };
-                    if !connected.iter().any(|n| n.contains(public)) {
-                        return Err(SkipReason::Malformed {
-                            reason: format!(
-                                "PublicIPv6 {public} is not on our L2 segment ({} has no IPv6 prefix holding it)",
-                                r.underlay.name
-                            ),
-                        });
-                    }
-                    dedupe6(&mut accepted, peer.key, subnet)?;
-                    Ok(Some((subnet, public)))
-                },
-            );
-            match verdict {
-                Ok(Some((subnet, public))) => {
-                    desired
-                        .routes
-                        .push(hostgw_peer(subnet, public, r.underlay.index));
-                }
-                Ok(None) => {}
-                Err(reason) => report.skipped.push((peer.key, reason)),
-            }
+        let v6 = match r.ipv6 {
+            Some(_) => self
+                .nl
+                .address()
+                .list6(Some(r.underlay.index))?
+                .into_iter()
+                .map(|a| a.addr)
+                .filter(|n| !n.ip().is_unicast_link_local() && n.prefix() < 128)
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok((v4, v6))
+    }
+
+    /// The IPv4 route of a peer, if it can have one.
+    fn accept(
+        &self,
+        r: &Ready,
+        connected: &[Ipv4Network],
+        peer: &SubnetLease,
+        claims: &mut Claims<u32>,
+    ) -> Result<Option<PeerEntries<Ipv4Addr>>, SkipReason> {
+        if !check_common(peer, self.own.as_ref(), r.public_ip, &r.config, "host-gw")? {
+            return Ok(None);
         }
-        Ok(desired)
+        if !on_segment(connected, peer.attrs.public_ip) {
+            return Err(SkipReason::NotOnSegment {
+                public_ip: peer.attrs.public_ip,
+                underlay: r.underlay.name.clone(),
+                connected: connected.to_vec(),
+            });
+        }
+        dedupe(&mut claims.subnets, peer.key)?;
+        Ok(Some(PeerEntries::route(hostgw_peer(
+            peer.key.ipv4,
+            peer.attrs.public_ip,
+            r.underlay.index,
+        ))))
+    }
+
+    /// The IPv6 route of a peer's IPv6 half, if it can have one. A peer
+    /// the IPv4 rules skip is left out silently (the IPv4 pass reports
+    /// it), unless IPv4 is off.
+    fn accept6(
+        &self,
+        r: &Ready,
+        u: Ipv6Underlay,
+        connected: &[Ipv6Network],
+        peer: &SubnetLease,
+        claims: &mut Claims<u128>,
+    ) -> Result<Option<PeerEntries<Ipv6Addr>>, SkipReason> {
+        match check_common(peer, self.own.as_ref(), r.public_ip, &r.config, "host-gw") {
+            Ok(true) => {}
+            Ok(false) => return Ok(None),
+            Err(reason) if !r.config.enable_ipv4 => return Err(reason),
+            Err(_) => return Ok(None),
+        }
+        let Some((subnet, public)) = check_ipv6(peer, u.public_ip)? else {
+            return Ok(None);
+        };
+        if !connected.iter().any(|n| n.contains(public)) {
+            return Err(SkipReason::Malformed {
+                reason: format!(
+                    "PublicIPv6 {public} is not on our L2 segment ({} has no IPv6 prefix holding it)",
+                    r.underlay.name
+                ),
+            });
+        }
+        dedupe6(&mut claims.subnets, peer.key, subnet)?;
+        Ok(Some(PeerEntries::route(hostgw_peer(
+            subnet,
+            public,
+            r.underlay.index,
+        ))))
     }
 }

@@ -48,6 +48,7 @@ use std::sync::Arc;
 use twill_model::{BackendConfig, LeaseAttrs, NetworkConfig, SubnetKey, SubnetLease};
 
 mod hostgw;
+mod incremental;
 mod peers;
 pub mod plan;
 mod vxlan;
@@ -255,6 +256,17 @@ pub struct ReconcileReport {
     pub skipped: Vec<(SubnetKey, SkipReason)>,
 }
 
+/// A peer whose lease changed since the backend's previous pass, for
+/// [`Backend::apply_changes`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeerChange<'a> {
+    /// The lease's subnet.
+    pub key: SubnetKey,
+    /// The lease now; `None` when it is gone (expired, deleted, no longer
+    /// a usable peer).
+    pub lease: Option<&'a SubnetLease>,
+}
+
 /// A request of a reconcile that did not take effect: an op of [`plan()`]
 /// or a device repair (`ip link set ... up`).
 ///
@@ -382,8 +394,8 @@ impl BackendError {
 /// with that lease, then [`Backend::reconcile`] on every lease event and on a
 /// timer with the full current set of leases.
 ///
-/// Three required methods and no defaults: an implementation that compiles
-/// is complete.
+/// Three required methods: an implementation that compiles is complete.
+/// [`Backend::apply_changes`] is an optional fast path for lease events.
 #[async_trait]
 pub trait Backend: Send {
     /// The `Backend.Type` this implements (`vxlan`, `host-gw`).
@@ -409,6 +421,28 @@ pub trait Backend: Send {
     /// bytes a lease: 6 MB at 10,000 peers). An embedder holding owned
     /// leases passes `&leases.iter().collect::<Vec<_>>()`.
     async fn reconcile(&mut self, peers: &[&SubnetLease]) -> Result<ReconcileReport, BackendError>;
+
+    /// The fast path of a lease event: makes the kernel match for the
+    /// peers in `changes` only, given that the previous
+    /// [`Backend::reconcile`] or `apply_changes` saw every other peer as it
+    /// still is. Its cost should depend on the changes, not on the number
+    /// of peers (the built-in backends plan the changed peers' entries
+    /// against what they gave them last, without dumping the kernel).
+    ///
+    /// `Ok(None)` asks the caller for a full [`Backend::reconcile`] now:
+    /// the backend cannot decide from the changes alone (no full pass yet,
+    /// a claim contested between peers, a route it did not make in the
+    /// way), or does not implement this (the default). Ops it applied
+    /// before answering `None` are not reported; the full pass finds them
+    /// in place. The periodic full pass stays the repair of anything
+    /// changed behind the backend's back.
+    async fn apply_changes(
+        &mut self,
+        changes: &[PeerChange<'_>],
+    ) -> Result<Option<ReconcileReport>, BackendError> {
+        let _ = changes;
+        Ok(None)
+    }
 }
 
 impl BackendError {

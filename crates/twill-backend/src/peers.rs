@@ -52,7 +52,7 @@ impl<T> Default for Claimed<T> {
 
 impl<T: Ord + Copy> Claimed<T> {
     /// Claims `[first, last]` for `key`, unless a claimed range overlaps it.
-    fn claim(&mut self, first: T, last: T, key: SubnetKey) -> Result<(), SkipReason> {
+    pub(crate) fn claim(&mut self, first: T, last: T, key: SubnetKey) -> Result<(), SkipReason> {
         // The claimed ranges are disjoint, so an overlapping one either
         // starts at or before `first` and reaches it, or starts inside
         // [first, last].
@@ -67,6 +67,13 @@ impl<T: Ord + Copy> Claimed<T> {
         }
         self.0.insert(first, (last, key));
         Ok(())
+    }
+
+    /// Gives back the range starting at `first`, if `key` holds it.
+    pub(crate) fn release(&mut self, first: T, key: &SubnetKey) {
+        if self.0.get(&first).is_some_and(|(_, k)| k == key) {
+            self.0.remove(&first);
+        }
     }
 }
 

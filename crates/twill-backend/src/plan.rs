@@ -118,6 +118,12 @@ pub enum IpOp<A: IpFamily> {
     DeleteFdb(IpFdbEntry<A>),
     /// Add or replace a route.
     ReplaceRoute(IpRoute<A>),
+    /// Add a route where the kernel holds none at its destination
+    /// (`NLM_F_EXCL`). Never planned by [`plan`], which knows the kernel's
+    /// routes; an incremental pass, which knows only what it programmed
+    /// itself, adds a new peer's route this way so that a route someone
+    /// else made at that destination is refused (`EEXIST`), not replaced.
+    AddRoute(IpRoute<A>),
     /// Remove a route.
     DeleteRoute(IpRoute<A>),
 }
@@ -139,6 +145,7 @@ impl<A: IpFamily> IpOp<A> {
             Self::ReplaceFdb(e) => Request::fdb_replace(e),
             Self::DeleteFdb(e) => Request::fdb_delete(e),
             Self::ReplaceRoute(r) => Request::route_replace(r),
+            Self::AddRoute(r) => Request::route_add(r),
             Self::DeleteRoute(r) => Request::route_delete(r),
         }
     }
@@ -160,11 +167,12 @@ impl<A: IpFamily> IpOp<A> {
     /// Every other refusal is a failure, per op kind:
     /// - a replace or append answering not-found means its device, gateway
     ///   or table is missing: nothing was programmed;
-    /// - `EEXIST` is never "already there": no op asks for exclusive
-    ///   creation (`NLM_F_EXCL`), so the kernel answers success to a replace
-    ///   or append of what it already holds (`ip neigh replace`, `ip route
-    ///   replace`, `bridge fdb replace/append` all do), and an `EEXIST`
-    ///   means a conflicting object refused the op.
+    /// - `EEXIST` is never "already there": the kernel answers success to a
+    ///   replace or append of what it already holds (`ip neigh replace`,
+    ///   `ip route replace`, `bridge fdb replace/append` all do), so an
+    ///   `EEXIST` means a conflicting object refused the op; for
+    ///   [`IpOp::AddRoute`], the one exclusive op, a route at its
+    ///   destination that the caller did not know of.
     #[must_use]
     pub fn is_done_despite(&self, err: &NetlinkError) -> bool {
         self.is_delete() && err.is_not_found()
@@ -421,6 +429,16 @@ pub fn simulate<A: IpFamily>(state: &IpDataplaneState<A>, ops: &[IpOp<A>]) -> Ip
                 {
                     *x = r;
                 } else {
+                    s.routes.push(r);
+                }
+            }
+            // EEXIST when the destination has a route: nothing changes.
+            IpOp::AddRoute(r) => {
+                if !s
+                    .routes
+                    .iter()
+                    .any(|x| (x.table, x.dst) == (r.table, r.dst))
+                {
                     s.routes.push(r);
                 }
             }

@@ -37,7 +37,6 @@
 //! VNI/port/local/underlay no longer match the config is re-created, and
 //! stale routes of ours are garbage-collected.
 
-use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
@@ -46,18 +45,16 @@ use twill_model::{
     BackendConfig, LeaseAttrs, MacAddr, NetworkConfig, SkipReason, SubnetKey, SubnetLease,
 };
 use twill_netlink::{
-    Address, Address6, FdbEntry, FdbEntry6, Link, LinkChange, Neighbour, Neighbour6, NetlinkError,
-    NetlinkHandle, Request, Route, Route6, VxlanSpec, LINUX_VXLAN_DEFAULT_PORT, MAIN_TABLE,
-    TWILL_RTPROT,
+    Address, Address6, Link, LinkChange, NetlinkError, NetlinkHandle, Request, Route, VxlanSpec,
+    LINUX_VXLAN_DEFAULT_PORT, MAIN_TABLE, TWILL_RTPROT,
 };
 
-use crate::peers::{
-    check_common, check_ipv6, claim_order, dedupe, dedupe6, on_segment, Claimed, Claimed6,
-};
+use crate::incremental::{apply_delta, Claims, PeerEntries, PeerTable, Skipped};
+use crate::peers::{check_common, check_ipv6, claim_order, dedupe, dedupe6, on_segment};
 use crate::plan::{plan, route_conflicts, vxlan_peer, DataplaneState, DataplaneState6, Owner};
 use crate::{
-    Backend, BackendError, FailedOp, HostContext, Ipv6Underlay, LocalSetup, ReconcileReport,
-    UnderlayInterface,
+    Backend, BackendError, FailedOp, HostContext, Ipv6Underlay, LocalSetup, PeerChange,
+    ReconcileReport, UnderlayInterface,
 };
 
 /// VXLAN encapsulation overhead flannel subtracts from the underlay MTU.
@@ -299,6 +296,22 @@ pub struct VxlanBackend {
     /// The handle is in this thread's namespace, so its `/proc/sys` is ours
     /// to set (not known for a handle given to [`Self::with_handle`]).
     sysctls: bool,
+    /// What the last pass programmed per peer on `flannel.<VNI>` (its
+    /// index first), for [`Backend::apply_changes`]; `None` until a full
+    /// pass, and after anything that invalidates it.
+    table: Option<(u32, PeerTable<Ipv4Addr, u32>)>,
+    /// The same on `flannel-v6.<VNI>`.
+    table6: Option<(u32, PeerTable<Ipv6Addr, u128>)>,
+}
+
+/// The claim key of a peer's IPv4 subnet: its first address.
+fn claim_of(key: &SubnetKey) -> Option<u32> {
+    Some(u32::from(key.ipv4.network()))
+}
+
+/// The claim key of a peer's IPv6 subnet, when it has one.
+fn claim_of6(key: &SubnetKey) -> Option<u128> {
+    key.ipv6.map(|n| u128::from(n.network()))
 }
 
 impl VxlanBackend {
@@ -325,6 +338,56 @@ impl VxlanBackend {
             ready6: None,
             own: None,
             sysctls: false,
+            table: None,
+            table6: None,
+        }
+    }
+
+    /// The underlay's IPv4 prefixes, when `DirectRouting` needs them.
+    fn connected(&mut self, underlay: u32) -> Result<Vec<Ipv4Network>, BackendError> {
+        if !self.opts.direct_routing {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .nl
+            .address()
+            .list(Some(underlay))?
+            .into_iter()
+            .map(|a| a.addr)
+            .collect())
+    }
+
+    /// The claim order of the IPv4 pass ([`claim_order`]) for one lease.
+    fn order(config: &NetworkConfig) -> impl Fn(&SubnetLease) -> (bool, i64) + '_ {
+        |p| (p.key.ipv4.prefix() != config.subnet_len, p.revision)
+    }
+
+    /// The claim order of the IPv6 pass for one lease.
+    fn order6(config: &NetworkConfig) -> impl Fn(&SubnetLease) -> (bool, i64) + '_ {
+        |p| {
+            (
+                p.key.ipv6.map(|n| n.prefix()) != Some(config.ipv6_subnet_len),
+                p.revision,
+            )
+        }
+    }
+
+    /// The IPv6 pass's verdict on a peer: the rules common to both passes
+    /// first (a peer they skip is reported by the IPv4 pass, or here when
+    /// there is none), then its IPv6 half.
+    fn accept6(
+        &self,
+        r: &Ready,
+        r6: &Ready6,
+        dev: u32,
+        peer: &SubnetLease,
+        claims: &mut Claims<u128>,
+    ) -> Result<Option<PeerEntries<Ipv6Addr>>, SkipReason> {
+        match check_common(peer, self.own.as_ref(), r.public_ip, &r.config, "vxlan") {
+            Ok(true) => self.peer_entries6(r6, dev, peer, claims),
+            Ok(false) => Ok(None),
+            Err(reason) if r.local.is_none() => Err(reason),
+            Err(_) => Ok(None),
         }
     }
 
@@ -568,52 +631,33 @@ impl VxlanBackend {
         Ok(self.nl.address().set_only(want)?)
     }
 
-    /// The desired kernel state for `peers`, and the peers skipped with why.
+    /// What each of `peers` gets on `dev`, and the peers skipped with why.
     fn desired(
         &mut self,
         r: &Ready,
         dev: u32,
         peers: &[&SubnetLease],
-    ) -> Result<(DataplaneState, Vec<(SubnetKey, SkipReason)>), BackendError> {
-        let connected: Vec<Ipv4Network> = if self.opts.direct_routing {
-            self.nl
-                .address()
-                .list(Some(r.underlay.index))?
-                .into_iter()
-                .map(|a| a.addr)
-                .collect()
-        } else {
-            Vec::new()
-        };
+    ) -> Result<(PeerTable<Ipv4Addr, u32>, Skipped), BackendError> {
+        let connected = self.connected(r.underlay.index)?;
         let sorted = claim_order(peers.iter().copied(), &r.config);
-        let mut state = DataplaneState::default();
-        let mut skipped = Vec::new();
-        let mut accepted = Claimed::default();
-        let mut macs = BTreeMap::new();
-        for peer in sorted {
-            match self.peer_entries(r, dev, peer, &connected, &mut accepted, &mut macs) {
-                Ok(Some((neigh, fdb, route))) => {
-                    state.neighbours.extend(neigh);
-                    state.fdb.extend(fdb);
-                    state.routes.push(route);
-                }
-                Ok(None) => {}
-                Err(reason) => skipped.push((peer.key, reason)),
-            }
-        }
-        Ok((state, skipped))
+        let this = &*self;
+        Ok(PeerTable::build(
+            sorted,
+            claim_of,
+            |peer: &SubnetLease, claims: &mut Claims<u32>| {
+                this.peer_entries(r, dev, peer, &connected, claims)
+            },
+        ))
     }
 
-    #[allow(clippy::type_complexity)]
     fn peer_entries(
         &self,
         r: &Ready,
         dev: u32,
         peer: &SubnetLease,
         connected: &[Ipv4Network],
-        accepted: &mut Claimed,
-        macs: &mut BTreeMap<MacAddr, SubnetKey>,
-    ) -> Result<Option<(Option<Neighbour>, Option<FdbEntry>, Route)>, SkipReason> {
+        claims: &mut Claims<u32>,
+    ) -> Result<Option<PeerEntries<Ipv4Addr>>, SkipReason> {
         if !check_common(peer, self.own.as_ref(), r.public_ip, &r.config, "vxlan")? {
             return Ok(None);
         }
@@ -632,68 +676,46 @@ impl VxlanBackend {
         // would go to the first one. Checked before `dedupe` so a skipped
         // peer claims no subnet; the first in claim order keeps the MAC.
         if !direct {
-            if let Some(first) = macs.get(&mac) {
+            if let Some(first) = claims.macs.get(&mac) {
                 return Err(SkipReason::VtepMacInUse { mac, peer: *first });
             }
         }
-        dedupe(accepted, peer.key)?;
+        dedupe(&mut claims.subnets, peer.key)?;
         if direct {
             let route = Route::new(peer.key.ipv4).via(public).dev(r.underlay.index);
-            return Ok(Some((None, None, route)));
+            return Ok(Some(PeerEntries::route(route)));
         }
-        macs.insert(mac, peer.key);
+        claims.macs.insert(mac, peer.key);
         let (neigh, fdb, route) = vxlan_peer(dev, peer.key.ipv4, mac, public);
-        Ok(Some((Some(neigh), Some(fdb), route)))
+        Ok(Some(PeerEntries {
+            neighbour: Some(neigh),
+            fdb: Some(fdb),
+            route,
+        }))
     }
 }
 
 impl VxlanBackend {
-    /// The desired IPv6 kernel state for `peers` (their IPv6 halves), and
-    /// the peers whose IPv6 half is skipped with why. A peer the IPv4 pass
-    /// skips ([`check_common`]) is left out here too, reported only when
-    /// there is no IPv4 pass (IPv4 off) to report it.
+    /// What each of `peers` gets on the IPv6 device `dev` (their IPv6
+    /// halves), and the peers whose IPv6 half is skipped with why. A peer
+    /// the IPv4 pass skips ([`check_common`]) is left out here too,
+    /// reported only when there is no IPv4 pass (IPv4 off) to report it.
     fn desired6(
         &self,
         r: &Ready,
         r6: &Ready6,
         dev: u32,
         peers: &[&SubnetLease],
-    ) -> (DataplaneState6, Vec<(SubnetKey, SkipReason)>) {
+    ) -> (PeerTable<Ipv6Addr, u128>, Skipped) {
         let mut sorted = claim_order(peers.iter().copied(), &r.config);
         // IPv6 subnets claim in the same way by their own prefix length.
-        sorted.sort_by_key(|p| {
-            (
-                p.key.ipv6.map(|n| n.prefix()) != Some(r.config.ipv6_subnet_len),
-                p.revision,
-                p.key,
-            )
-        });
-        let mut state = DataplaneState6::default();
-        let mut skipped = Vec::new();
-        let mut accepted = Claimed6::default();
-        let mut macs = BTreeMap::new();
-        for peer in sorted {
-            match check_common(peer, self.own.as_ref(), r.public_ip, &r.config, "vxlan") {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(reason) => {
-                    if r.local.is_none() {
-                        skipped.push((peer.key, reason));
-                    }
-                    continue;
-                }
-            }
-            match self.peer_entries6(r6, dev, peer, &mut accepted, &mut macs) {
-                Ok(Some((neigh, fdb, route))) => {
-                    state.neighbours.push(neigh);
-                    state.fdb.push(fdb);
-                    state.routes.push(route);
-                }
-                Ok(None) => {}
-                Err(reason) => skipped.push((peer.key, reason)),
-            }
-        }
-        (state, skipped)
+        let order6 = Self::order6(&r.config);
+        sorted.sort_by_key(|p| (order6(p), p.key));
+        PeerTable::build(
+            sorted,
+            claim_of6,
+            |peer: &SubnetLease, claims: &mut Claims<u128>| self.accept6(r, r6, dev, peer, claims),
+        )
     }
 
     /// The IPv6 entries of one peer, `None` when it has no IPv6 subnet.
@@ -702,9 +724,8 @@ impl VxlanBackend {
         r6: &Ready6,
         dev: u32,
         peer: &SubnetLease,
-        accepted: &mut Claimed6,
-        macs: &mut BTreeMap<MacAddr, SubnetKey>,
-    ) -> Result<Option<(Neighbour6, FdbEntry6, Route6)>, SkipReason> {
+        claims: &mut Claims<u128>,
+    ) -> Result<Option<PeerEntries<Ipv6Addr>>, SkipReason> {
         let Some((subnet, public)) = check_ipv6(peer, r6.underlay.public_ip)? else {
             return Ok(None);
         };
@@ -715,12 +736,17 @@ impl VxlanBackend {
                     reason: e.to_string(),
                 })?;
         let mac = data.check(r6.mac, self.opts.vni)?;
-        if let Some(first) = macs.get(&mac) {
+        if let Some(first) = claims.macs.get(&mac) {
             return Err(SkipReason::VtepMacInUse { mac, peer: *first });
         }
-        dedupe6(accepted, peer.key, subnet)?;
-        macs.insert(mac, peer.key);
-        Ok(Some(vxlan_peer(dev, subnet, mac, public)))
+        dedupe6(&mut claims.subnets, peer.key, subnet)?;
+        claims.macs.insert(mac, peer.key);
+        let (neigh, fdb, route) = vxlan_peer(dev, subnet, mac, public);
+        Ok(Some(PeerEntries {
+            neighbour: Some(neigh),
+            fdb: Some(fdb),
+            route,
+        }))
     }
 }
 
@@ -930,6 +956,7 @@ impl Backend for VxlanBackend {
             .opts
             .mtu
             .unwrap_or_else(|| host.underlay.mtu.saturating_sub(VXLAN_OVERHEAD));
+        (self.table, self.table6) = (None, None);
         self.ready = Some(Ready {
             config: host.config.clone(),
             public_ip: host.public_ip,
@@ -987,6 +1014,8 @@ impl Backend for VxlanBackend {
             .ok_or(BackendError::NotReady("activate", "setup"))?;
         BackendError::check_own_lease(&r.config, own)?;
         self.own = Some(own.key);
+        // Whether a lease is a peer depends on our own.
+        (self.table, self.table6) = (None, None);
         if r.local.is_some() {
             self.ensure_device_or_fail()?;
         }
@@ -1001,6 +1030,7 @@ impl Backend for VxlanBackend {
             .ready
             .clone()
             .ok_or(BackendError::NotReady("reconcile", "setup"))?;
+        (self.table, self.table6) = (None, None);
         let mut report = ReconcileReport::default();
         if r.local.is_some() {
             let mut repairs_failed = Vec::new();
@@ -1013,15 +1043,14 @@ impl Backend for VxlanBackend {
             if repaired {
                 tracing::info!(device = %self.opts.device_name(), "repaired VXLAN device");
             }
-            let (desired, skipped) = self.desired(&r, dev, peers)?;
+            let (mut table, skipped) = self.desired(&r, dev, peers)?;
             report.skipped = skipped;
-            let owner = Owner {
-                device: Some(dev),
-                protocol: TWILL_RTPROT,
-                table: MAIN_TABLE,
-                route_oifs: vec![dev, r.underlay.index],
-            };
-            converge(&mut self.nl, &desired, &owner, &mut report)?;
+            let before = report.skipped.len();
+            converge(&mut self.nl, &table.desired(), &owner(dev, &r), &mut report)?;
+            if report.skipped.len() > before {
+                table.found_foreign_routes();
+            }
+            self.table = Some((dev, table));
         }
         if let Some(r6) = self.ready6.clone() {
             let mut repairs_failed = Vec::new();
@@ -1034,17 +1063,94 @@ impl Backend for VxlanBackend {
             if repaired {
                 tracing::info!(device = %self.opts.device_name6(), "repaired IPv6 VXLAN device");
             }
-            let (desired6, skipped6) = self.desired6(&r, &r6, dev6, peers);
+            let (mut table6, skipped6) = self.desired6(&r, &r6, dev6, peers);
             report.skipped.extend(skipped6);
-            let owner6 = Owner {
-                device: Some(dev6),
-                protocol: TWILL_RTPROT,
-                table: MAIN_TABLE,
-                route_oifs: vec![dev6, r.underlay.index],
-            };
-            converge6(&mut self.nl, &desired6, &owner6, &mut report)?;
+            let before = report.skipped.len();
+            converge6(
+                &mut self.nl,
+                &table6.desired(),
+                &owner(dev6, &r),
+                &mut report,
+            )?;
+            if report.skipped.len() > before {
+                table6.found_foreign_routes();
+            }
+            self.table6 = Some((dev6, table6));
         }
         Ok(report)
+    }
+
+    async fn apply_changes(
+        &mut self,
+        changes: &[PeerChange<'_>],
+    ) -> Result<Option<ReconcileReport>, BackendError> {
+        // Taken out: a change this cannot decide leaves both to be rebuilt
+        // by the full pass the caller then runs.
+        let (table, table6) = (self.table.take(), self.table6.take());
+        let Some(underlay) = self.ready.as_ref().map(|r| r.underlay.index) else {
+            return Ok(None);
+        };
+        let connected = self.connected(underlay)?;
+        let this = &*self;
+        let Some(r) = this.ready.as_ref() else {
+            return Ok(None);
+        };
+        let delta = match (r.local, table) {
+            (None, _) => None,
+            (Some(_), None) => return Ok(None),
+            (Some(_), Some((dev, t))) => {
+                let accept = |peer: &SubnetLease, claims: &mut Claims<u32>| {
+                    this.peer_entries(r, dev, peer, &connected, claims)
+                };
+                match t.update(changes, Self::order(&r.config), accept) {
+                    Some((t, d)) => Some((dev, t, d)),
+                    None => return Ok(None),
+                }
+            }
+        };
+        let delta6 = match (this.ready6.as_ref(), table6) {
+            (None, _) => None,
+            (Some(_), None) => return Ok(None),
+            (Some(r6), Some((dev, t))) => {
+                let accept = |peer: &SubnetLease, claims: &mut Claims<u128>| {
+                    this.accept6(r, r6, dev, peer, claims)
+                };
+                match t.update(changes, Self::order6(&r.config), accept) {
+                    Some((t, d)) => Some((dev, t, d)),
+                    None => return Ok(None),
+                }
+            }
+        };
+        let owners = (
+            delta.as_ref().map(|(dev, ..)| owner(*dev, r)),
+            delta6.as_ref().map(|(dev, ..)| owner(*dev, r)),
+        );
+        let mut report = ReconcileReport::default();
+        if let (Some((dev, t, d)), Some(o)) = (delta, owners.0) {
+            if !apply_delta(&mut self.nl, &d, &o, &mut report)? {
+                return Ok(None);
+            }
+            self.table = Some((dev, t));
+        }
+        if let (Some((dev, t, d)), Some(o)) = (delta6, owners.1) {
+            if !apply_delta(&mut self.nl, &d, &o, &mut report)? {
+                self.table = None;
+                return Ok(None);
+            }
+            self.table6 = Some((dev, t));
+        }
+        Ok(Some(report))
+    }
+}
+
+/// What is ours on a VXLAN device `dev`: its neighbours and FDB entries,
+/// our protocol's routes over it or (direct routing) the underlay.
+fn owner(dev: u32, r: &Ready) -> Owner {
+    Owner {
+        device: Some(dev),
+        protocol: TWILL_RTPROT,
+        table: MAIN_TABLE,
+        route_oifs: vec![dev, r.underlay.index],
     }
 }
 

@@ -74,6 +74,9 @@ pub enum Request {
     FdbDelete(FdbEntry),
     /// `ip route replace`.
     RouteReplace(Route),
+    /// `ip route add` (`NLM_F_EXCL`): refused with `EEXIST` when a route
+    /// already holds the destination, whoever made it.
+    RouteAdd(Route),
     /// `ip route del`.
     RouteDelete(Route),
     /// `ip -6 addr add ... nodad` (`EEXIST` if present).
@@ -92,6 +95,9 @@ pub enum Request {
     FdbDelete6(FdbEntry6),
     /// `ip -6 route replace`.
     RouteReplace6(Route6),
+    /// `ip -6 route add` (`NLM_F_EXCL`): `EEXIST` when a route already
+    /// holds the destination.
+    RouteAdd6(Route6),
     /// `ip -6 route del`.
     RouteDelete6(Route6),
 }
@@ -153,6 +159,7 @@ impl fmt::Display for Request {
             Self::FdbReplace(e) => fmt_fdb(f, FdbWrite::Replace, e),
             Self::FdbDelete(e) => fmt_fdb(f, FdbWrite::Delete, e),
             Self::RouteReplace(r) => fmt_route(f, Write::Replace, r),
+            Self::RouteAdd(r) => fmt_route(f, Write::Add, r),
             Self::RouteDelete(r) => fmt_route(f, Write::Delete, r),
             Self::AddressAdd6(a) => write!(f, "ip -6 addr add {} dev #{} nodad", a.addr, a.index),
             Self::AddressDelete6(a) => write!(f, "ip -6 addr del {} dev #{}", a.addr, a.index),
@@ -162,6 +169,7 @@ impl fmt::Display for Request {
             Self::FdbReplace6(e) => fmt_fdb(f, FdbWrite::Replace, e),
             Self::FdbDelete6(e) => fmt_fdb(f, FdbWrite::Delete, e),
             Self::RouteReplace6(r) => fmt_route(f, Write::Replace, r),
+            Self::RouteAdd6(r) => fmt_route(f, Write::Add, r),
             Self::RouteDelete6(r) => fmt_route(f, Write::Delete, r),
         }
     }
@@ -172,6 +180,8 @@ impl fmt::Display for Request {
 pub enum Write {
     /// `replace` (`NLM_F_CREATE | NLM_F_REPLACE`).
     Replace,
+    /// `add` (`NLM_F_CREATE | NLM_F_EXCL`): only where nothing is.
+    Add,
     /// `del`.
     Delete,
 }
@@ -254,7 +264,8 @@ impl FamilyWire for Ipv4Addr {
 
     fn neighbour_request(n: Neighbour, write: Write) -> Request {
         match write {
-            Write::Replace => Request::NeighbourReplace(n),
+            // No exclusive neighbour write is ever asked for: a replace.
+            Write::Replace | Write::Add => Request::NeighbourReplace(n),
             Write::Delete => Request::NeighbourDelete(n),
         }
     }
@@ -270,6 +281,7 @@ impl FamilyWire for Ipv4Addr {
     fn route_request(r: Route, write: Write) -> Request {
         match write {
             Write::Replace => Request::RouteReplace(r),
+            Write::Add => Request::RouteAdd(r),
             Write::Delete => Request::RouteDelete(r),
         }
     }
@@ -294,7 +306,7 @@ impl FamilyWire for Ipv6Addr {
 
     fn neighbour_request(n: Neighbour6, write: Write) -> Request {
         match write {
-            Write::Replace => Request::NeighbourReplace6(n),
+            Write::Replace | Write::Add => Request::NeighbourReplace6(n),
             Write::Delete => Request::NeighbourDelete6(n),
         }
     }
@@ -310,6 +322,7 @@ impl FamilyWire for Ipv6Addr {
     fn route_request(r: Route6, write: Write) -> Request {
         match write {
             Write::Replace => Request::RouteReplace6(r),
+            Write::Add => Request::RouteAdd6(r),
             Write::Delete => Request::RouteDelete6(r),
         }
     }
@@ -356,6 +369,12 @@ impl Request {
         A::route_request(r, Write::Replace)
     }
 
+    /// `ip [-6] route add`: `EEXIST` when a route holds the destination.
+    #[must_use]
+    pub fn route_add<A: IpFamily>(r: IpRoute<A>) -> Self {
+        A::route_request(r, Write::Add)
+    }
+
     /// `ip [-6] route del`.
     #[must_use]
     pub fn route_delete<A: IpFamily>(r: IpRoute<A>) -> Self {
@@ -370,7 +389,7 @@ fn fmt_neighbour<A: IpFamily>(
 ) -> fmt::Result {
     let ip = A::IP_COMMAND;
     match write {
-        Write::Replace => {
+        Write::Replace | Write::Add => {
             write!(f, "{ip} neigh replace {} lladdr ", n.ip)?;
             match n.mac {
                 Some(m) => write!(f, "{m}")?,
@@ -397,6 +416,7 @@ fn fmt_fdb<A: IpFamily>(
 fn fmt_route<A: IpFamily>(f: &mut fmt::Formatter<'_>, write: Write, r: &IpRoute<A>) -> fmt::Result {
     let verb = match write {
         Write::Replace => "replace",
+        Write::Add => "add",
         Write::Delete => "del",
     };
     write!(f, "{} route {verb} {r}", A::IP_COMMAND)
@@ -627,7 +647,7 @@ fn push_neighbour<A: IpFamily>(
 ) -> Result<(), NetlinkError> {
     let mut attrs = vec![typed_attr(Nda::Dst, &ip_octets(n.ip))?];
     let (ty, flags) = match write {
-        Write::Replace => {
+        Write::Replace | Write::Add => {
             let mac = n
                 .mac
                 .ok_or_else(|| NetlinkError::Invalid(format!("{req}: no lladdr")))?;
@@ -672,6 +692,7 @@ fn push_route<A: IpFamily>(
 ) -> Result<(), NetlinkError> {
     let (ty, flags) = match write {
         Write::Replace => (Rtm::Newroute, create_replace()),
+        Write::Add => (Rtm::Newroute, ack_request() | NlmF::CREATE | NlmF::EXCL),
         Write::Delete => (Rtm::Delroute, ack_request()),
     };
     push_msg(out, ty, flags, seq, route_msg(req, r)?)
@@ -799,6 +820,7 @@ impl Request {
             Self::FdbReplace(e) => push_fdb(self, e, FdbWrite::Replace, seq, out),
             Self::FdbDelete(e) => push_fdb(self, e, FdbWrite::Delete, seq, out),
             Self::RouteReplace(r) => push_route(self, r, Write::Replace, seq, out),
+            Self::RouteAdd(r) => push_route(self, r, Write::Add, seq, out),
             Self::RouteDelete(r) => push_route(self, r, Write::Delete, seq, out),
             Self::AddressAdd6(a) => {
                 push_msg(out, Rtm::Newaddr, create_excl, seq, addr6_msg(self, a)?)
@@ -810,6 +832,7 @@ impl Request {
             Self::FdbReplace6(e) => push_fdb(self, e, FdbWrite::Replace, seq, out),
             Self::FdbDelete6(e) => push_fdb(self, e, FdbWrite::Delete, seq, out),
             Self::RouteReplace6(r) => push_route(self, r, Write::Replace, seq, out),
+            Self::RouteAdd6(r) => push_route(self, r, Write::Add, seq, out),
             Self::RouteDelete6(r) => push_route(self, r, Write::Delete, seq, out),
         }
     }

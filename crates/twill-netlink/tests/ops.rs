@@ -305,3 +305,52 @@ fn batch_maps_each_ack_to_its_request() {
     assert_eq!(ours, 2499);
     assert!(out.ok_ignoring_exists_and_missing().is_ok());
 }
+
+/// `ip route add` creates only where no route is: a second add, and an add
+/// over someone else's route at the same destination, are refused with
+/// `EEXIST` and leave what is there.
+#[test]
+fn route_add_is_exclusive() {
+    twill_testbed::require_root!();
+    let (ns, mut nl, eth0, dev) = setup("routeadd");
+    let r = Route::new("10.244.6.0/24".parse().expect("net"))
+        .via(ip("10.244.6.0"))
+        .dev(dev)
+        .onlink();
+    let foreign = Route::new("10.244.7.0/24".parse().expect("net"))
+        .via(ip("10.0.0.9"))
+        .dev(eth0);
+    ns.ip(&[
+        "route",
+        "add",
+        "10.244.7.0/24",
+        "via",
+        "10.0.0.9",
+        "dev",
+        "eth0",
+    ])
+    .expect("a route twill did not make");
+    let ours_there = Route::new("10.244.7.0/24".parse().expect("net"))
+        .via(ip("10.244.7.0"))
+        .dev(dev)
+        .onlink();
+    let out = nl
+        .execute(&[
+            Request::route_add(r),
+            Request::route_add(r),
+            Request::route_add(ours_there),
+        ])
+        .expect("execute");
+    assert!(out.results[0].is_ok(), "{:?}", out.results[0]);
+    assert!(out.results[1].as_ref().expect_err("twice").is_exists());
+    assert!(out.results[2].as_ref().expect_err("foreign").is_exists());
+    assert_eq!(
+        Request::route_add(r).to_string(),
+        format!("ip route add {r}")
+    );
+    let table = nl.route().list(Some(MAIN_TABLE)).expect("list");
+    assert!(table.contains(&r), "{table:?}");
+    let at7: Vec<&Route> = table.iter().filter(|x| x.dst == foreign.dst).collect();
+    assert_eq!(at7.len(), 1, "{at7:?}");
+    assert_eq!(at7[0].gateway, Some(ip("10.0.0.9")), "{at7:?}");
+}

@@ -59,8 +59,8 @@ pub use allocator::SubnetAllocator;
 pub use allocator_v6::Ipv6SubnetAllocator;
 pub use error::SubnetError;
 pub use manager::core::{
-    Action, CoreConfig, Input, LeaseCore, LeaseEvent, LogBudget, PeerSet, RetryPolicy,
-    DEFAULT_RENEW_MARGIN, DEFAULT_TTL, SKIP_LOG_LIMIT, SKIP_LOG_WINDOW,
+    Action, CoreConfig, Input, LeaseCore, LeaseEvent, LogBudget, PeerMap, PeerSet, RetryPolicy,
+    DEFAULT_RENEW_MARGIN, DEFAULT_TTL, PEER_JOURNAL, SKIP_LOG_LIMIT, SKIP_LOG_WINDOW,
 };
 pub use manager::{LeaseHandle, LeaseManager, LeaseManagerConfig};
 pub use memory::{MemoryRegistry, DEFAULT_PREFIX};

@@ -928,3 +928,65 @@ fn peers_with_a_non_unicast_ip_or_overlapping_our_subnet_are_skipped_with_a_type
         ]
     );
 }
+
+/// The peer set names what changed since a generation a reader saw: each
+/// added, updated or removed key once, and nothing for the ones untouched;
+/// past the journal's reach it says it no longer knows.
+#[test]
+fn peer_set_names_the_keys_changed_since_a_generation() {
+    let t0 = Instant::now();
+    let (mut core, k) = acquired(t0, vec![]);
+    let others: Vec<SubnetKey> = (0..6).map(key).filter(|x| *x != k).collect();
+    let upsert = |core: &mut LeaseCore, i: usize, ip: &str, rev: i64| {
+        core.handle_input(
+            t0,
+            Input::Event(RegistryEvent::Upserted(lease(others[i], ip, rev))),
+        );
+    };
+    upsert(&mut core, 0, "10.0.0.2", 12);
+    upsert(&mut core, 1, "10.0.0.3", 13);
+    let seen = core.peers().generation;
+    assert_eq!(core.peers().changed_since(seen), Some(Default::default()));
+
+    upsert(&mut core, 2, "10.0.0.4", 14);
+    let mut changed = lease(others[1], "10.0.0.3", 15);
+    changed.attrs.backend_data = Some(serde_json::json!({"VtepMAC": "6e:af:8f:41:72:27"}).into());
+    core.handle_input(t0, Input::Event(RegistryEvent::Upserted(changed.clone())));
+    core.handle_input(
+        t0,
+        Input::Event(RegistryEvent::Removed {
+            key: others[1],
+            revision: 16,
+        }),
+    );
+    // The same value again changes nothing.
+    upsert(&mut core, 0, "10.0.0.2", 12);
+    let set = core.peers().clone();
+    assert_eq!(
+        set.changed_since(seen),
+        Some([others[1], others[2]].into_iter().collect())
+    );
+    assert_eq!(set.generation, seen + 3, "one generation per change");
+    assert_eq!(
+        set.changed_since(set.generation + 1),
+        None,
+        "a generation it never had"
+    );
+
+    // More changes than the journal holds: a reader that saw `seen` must
+    // take every peer as changed, one that saw the latest need not.
+    for n in 0..=twill_subnet::PEER_JOURNAL as i64 {
+        let mut l = lease(others[3], "10.0.0.6", 20 + n);
+        l.attrs.backend_data = Some(
+            serde_json::json!({"VtepMAC": format!("6e:af:8f:41:{:02x}:{:02x}", n / 256, n % 256)})
+                .into(),
+        );
+        core.handle_input(t0, Input::Event(RegistryEvent::Upserted(l)));
+    }
+    let latest = core.peers();
+    assert_eq!(latest.changed_since(seen), None);
+    assert_eq!(
+        latest.changed_since(latest.generation - 1),
+        Some([others[3]].into_iter().collect())
+    );
+}

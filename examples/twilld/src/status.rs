@@ -68,6 +68,12 @@ fn metrics(st: &StatusSnapshot) -> String {
         st.reconciles.to_string(),
     );
     metric(
+        "twill_reconciles_incremental_total",
+        "counter",
+        "Reconcile passes that applied lease events alone, without a full pass.",
+        st.incremental_reconciles.to_string(),
+    );
+    metric(
         "twill_reconcile_failures_total",
         "counter",
         "Reconcile passes that failed.",

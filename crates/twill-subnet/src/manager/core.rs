@@ -336,23 +336,78 @@ pub enum LeaseEvent {
     },
 }
 
+/// The peers by subnet: a persistent map, so a copy shares every node
+/// with the original (O(1)) and a change copies only its path (O(log n)).
+pub type PeerMap = imbl::OrdMap<SubnetKey, Arc<SubnetLease>>;
+
+/// How many changes a [`PeerSet`] remembers for [`PeerSet::changed_since`]:
+/// more between two looks and the reader does a full pass.
+pub const PEER_JOURNAL: usize = 1024;
+
 /// The other hosts' leases, the desired state for the backend.
 ///
-/// Each lease is shared (`Arc`) with the manager's own view of the store, so
-/// publishing a new peer set copies the map, never the leases: at 10,000
-/// peers that is the difference between ~0.3 MB and ~5 MB per copy.
+/// Publishing a new peer set copies nothing: the map is persistent
+/// ([`PeerMap`]) and each lease is shared (`Arc`) with the manager's own
+/// view of the store. So a lease event costs the same at 10 peers as at
+/// 10,000, and a reader learns what changed from [`PeerSet::changed_since`]
+/// instead of comparing two sets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerSet {
     /// Peers by subnet.
-    pub leases: BTreeMap<SubnetKey, Arc<SubnetLease>>,
-    /// Incremented on every change of `leases`.
+    pub leases: PeerMap,
+    /// Incremented on every change of `leases`, one per changed key.
     pub generation: u64,
     /// How many stored keys are skipped (malformed or unusable as peers),
     /// for metrics; a change is published without a new generation.
     pub skipped: usize,
+    /// `(generation, key)` of the last [`PEER_JOURNAL`] changes, oldest
+    /// first.
+    changes: imbl::Vector<(u64, SubnetKey)>,
 }
 
 impl PeerSet {
+    /// The keys whose lease was added, changed or removed after
+    /// `generation`, each once; `None` when the set no longer remembers
+    /// them all (more than [`PEER_JOURNAL`] changes since, or a
+    /// `generation` this set never had): the reader should then treat
+    /// every peer as changed.
+    ///
+    /// ```
+    /// use twill_subnet::PeerSet;
+    /// let set = PeerSet::default();
+    /// assert_eq!(set.changed_since(0), Some(Default::default()));
+    /// assert_eq!(set.changed_since(5), None);
+    /// ```
+    #[must_use]
+    pub fn changed_since(&self, generation: u64) -> Option<BTreeSet<SubnetKey>> {
+        if generation > self.generation {
+            return None;
+        }
+        if generation < self.generation {
+            let oldest = self.changes.front()?.0;
+            if oldest > generation + 1 {
+                return None;
+            }
+        }
+        Some(
+            self.changes
+                .iter()
+                .rev()
+                .take_while(|(g, _)| *g > generation)
+                .map(|(_, k)| *k)
+                .collect(),
+        )
+    }
+
+    /// Counts a change of `key`'s lease.
+    fn record(&mut self, key: SubnetKey) {
+        self.generation += 1;
+        self.changes.push_back((self.generation, key));
+        if self.changes.len() > PEER_JOURNAL {
+            self.changes.pop_front();
+        }
+    }
+
     /// Number of peers.
     #[must_use]
     pub fn len(&self) -> usize {
@@ -1508,7 +1563,7 @@ impl LeaseCore {
             }
         };
         if changed {
-            self.peers.generation += 1;
+            self.peers.record(key);
         }
         self.peers.skipped = self.skipped.len();
     }
