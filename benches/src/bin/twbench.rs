@@ -407,6 +407,13 @@ async fn converge(opts: &Opts) -> Result<()> {
     let mut put_lat = Vec::new();
     let mut watch_lat = Vec::new();
     let mut kv = client.kv_client();
+    // `--cpu-of PID`: the CPU time that process (all its threads) spends
+    // over the trials, i.e. per lease event.
+    let cpu_of: Option<u32> = match opts.named.get("cpu-of") {
+        Some(p) => Some(p.parse().with_context(|| format!("--cpu-of {p}"))?),
+        None => None,
+    };
+    let cpu_before = cpu_of.map(cpu_ns).transpose()?;
     for (i, p) in &peers {
         let key = p.key(&prefix);
         let t0 = Instant::now();
@@ -451,6 +458,13 @@ async fn converge(opts: &Opts) -> Result<()> {
         watch_lat.push(ms(t_watch - t0));
         tokio::time::sleep(gap).await;
     }
+    if let (Some(pid), Some(before)) = (cpu_of, cpu_before) {
+        let used = cpu_ns(pid)?.saturating_sub(before);
+        println!(
+            "converge_cpu_per_event_us: {:.1} us",
+            used as f64 / 1e3 / f64::from(trials.max(1))
+        );
+    }
     client.lease_revoke(lease).await?;
 
     let (total, put_lat, watch_lat) = (sorted(total), sorted(put_lat), sorted(watch_lat));
@@ -475,6 +489,23 @@ async fn converge(opts: &Opts) -> Result<()> {
         std::fs::write(path, text.join("\n") + "\n")?;
     }
     Ok(())
+}
+
+/// CPU time used so far by every thread of `pid`, in nanoseconds: the sum
+/// of the first field of `/proc/PID/task/*/schedstat` (time on a CPU).
+fn cpu_ns(pid: u32) -> Result<u64> {
+    let mut sum = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = task?.path().join("schedstat");
+        // A thread that ended meanwhile has no file any more.
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let ns = text.split_whitespace().next().unwrap_or("0");
+            sum += ns
+                .parse::<u64>()
+                .with_context(|| format!("{}", path.display()))?;
+        }
+    }
+    Ok(sum)
 }
 
 /// Waits until every peer in `pending` has all three entries; returns when
