@@ -71,7 +71,10 @@ pid=$TW_LAST_PID
 wait_peers "$largest"
 trials "events_${largest}_periodic" "$pid"
 metrics=$(ip netns exec "$ns" curl -sf http://127.0.0.1:8471/metrics || true)
-tw_result events_periodic_full_passes \
-    "$(( $(awk '/^twill_reconciles_total/ {print $2}' <<<"$metrics") - $(awk '/^twill_reconciles_incremental_total/ {print $2}' <<<"$metrics" || echo 0) ))" n
+# Passes since the restart that were full ones (the metric is new: 0 when
+# an older twilld does not have it).
+all=$(awk '/^twill_reconciles_total/ {print $2}' <<<"$metrics")
+incremental=$(awk '/^twill_reconciles_incremental_total/ {print $2}' <<<"$metrics")
+tw_result events_periodic_full_passes "$(( ${all:-0} - ${incremental:-0} ))" n
 kill -0 "$pid" || { echo "twilld died" >&2; tail "$TW_STATE/twilld.log" >&2; exit 1; }
 tw_report
