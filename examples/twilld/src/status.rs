@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use twill_agent::StatusSnapshot;
+use twill_agent::{HealthReport, Reachability, StatusSnapshot};
 
 /// Where the server reads the daemon's state: the agent's status
 /// ([`twill_agent::AgentStatus::snapshot`]), read per request without
@@ -110,8 +110,67 @@ fn metrics(st: &StatusSnapshot) -> String {
         "Errors talking to the registry.",
         st.registry_errors.to_string(),
     );
+    if let Some(health) = &st.health {
+        peer_metrics(&mut s, health);
+    }
     s
 }
+
+/// The per-peer gauges of the health probes: a peer not probed yet has no
+/// `twill_peer_reachable` sample (neither 1 nor 0 would be true), one never
+/// answered no `twill_peer_rtt_seconds`.
+fn peer_metrics(s: &mut String, health: &HealthReport) {
+    let _ = writeln!(
+        s,
+        "# HELP twill_peer_reachable 1 if the peer answers the health probes through the overlay (host-gw: on the underlay), 0 if it stopped.\n# TYPE twill_peer_reachable gauge"
+    );
+    for p in &health.peers {
+        let value = match p.reachability {
+            Reachability::Reachable => 1,
+            Reachability::Unreachable(_) => 0,
+            _ => continue,
+        };
+        let _ = writeln!(
+            s,
+            "twill_peer_reachable{{peer=\"{}\",subnet=\"{}\"}} {value}",
+            p.public_ip, p.key
+        );
+    }
+    let _ = writeln!(
+        s,
+        "# HELP twill_peer_rtt_seconds Round trip of the peer's last answered health probe.\n# TYPE twill_peer_rtt_seconds gauge"
+    );
+    for p in &health.peers {
+        if let Some(rtt) = p.rtt {
+            let _ = writeln!(
+                s,
+                "twill_peer_rtt_seconds{{peer=\"{}\",subnet=\"{}\"}} {:.6}",
+                p.public_ip,
+                p.key,
+                rtt.as_secs_f64()
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "# HELP twill_peer_probes_total Health probes sent.\n# TYPE twill_peer_probes_total counter\ntwill_peer_probes_total {}",
+        health.probes_sent
+    );
+}
+
+/// The body of `/readyz`: the verdict, then the peers' health when probed
+/// (a peer down does not make this host unready: its own dataplane is
+/// programmed, and the answer would flap with every other host).
+fn readyz_body(st: &StatusSnapshot) -> String {
+    let mut body = String::from(if st.is_ready() { "ready\n" } else { "not ready\n" });
+    if let Some(health) = &st.health {
+        body.push_str(&health.summary(READYZ_UNREACHABLE_LISTED));
+    }
+    body
+}
+
+/// Unreachable peers named in `/readyz`; the count says how many more.
+const READYZ_UNREACHABLE_LISTED: usize = 20;
 
 /// Longest request head (request line and headers) read: probes and
 /// Prometheus send a few hundred bytes; past this the answer is 431.
@@ -245,8 +304,15 @@ fn answer(head: &[u8], status: &StatusSource) -> (Response, bool) {
     let path = target.split_once('?').map_or(target, |(p, _)| p);
     let r = match path {
         "/healthz" => Response::text("200 OK", "ok\n"),
-        "/readyz" if status().is_ready() => Response::text("200 OK", "ready\n"),
-        "/readyz" => Response::text("503 Service Unavailable", "not ready\n"),
+        "/readyz" => {
+            let st = status();
+            let code = if st.is_ready() {
+                "200 OK"
+            } else {
+                "503 Service Unavailable"
+            };
+            Response::text(code, readyz_body(&st))
+        }
         "/metrics" => Response {
             content_type: "text/plain; version=0.0.4",
             ..Response::text("200 OK", metrics(&status()))

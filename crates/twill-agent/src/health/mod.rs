@@ -207,3 +207,21 @@ pub fn target_of(lease: &twill_model::SubnetLease, tunnel: Option<u16>) -> Optio
         overlay: tunnel.map(|_| lease.key.network_addr()),
     })
 }
+
+/// Probes `targets` once, as the agent does, and returns each peer's
+/// verdict: reachable at the first answer, unreachable after
+/// `options.misses` unanswered probes (with the cause), unknown if
+/// `deadline` came first. Blocking; opens its own ICMP socket in the calling
+/// thread's network namespace (root or `CAP_NET_RAW`). For one-shot tools
+/// such as `twilld diagnose`.
+///
+/// # Errors
+/// The socket's error (EPERM without `CAP_NET_RAW`).
+pub fn probe_once(
+    targets: &[ProbeTarget],
+    tunnel_port: Option<u16>,
+    options: HealthOptions,
+    deadline: std::time::Instant,
+) -> std::io::Result<HealthReport> {
+    prober::probe_until(targets, tunnel_port, options, deadline)
+}

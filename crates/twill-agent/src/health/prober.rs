@@ -189,3 +189,46 @@ fn report_change(change: &HealthChange, events: &broadcast::Sender<AgentEvent>) 
         }
     }
 }
+
+/// Probes `targets` once, blocking, until each has a verdict or `deadline`
+/// passes (see [`super::probe_once`]).
+pub(crate) fn probe_until(
+    targets: &[super::ProbeTarget],
+    tunnel_port: Option<u16>,
+    options: HealthOptions,
+    deadline: Instant,
+) -> std::io::Result<HealthReport> {
+    let n = INSTANCES.fetch_add(1, Ordering::Relaxed);
+    #[allow(clippy::cast_possible_truncation)] // any 16 bits of the pid do
+    let ident = (std::process::id() as u16) ^ n.wrapping_mul(0x9e37) ^ 0x5a5a;
+    let socket = EchoSocket::open(ident)?;
+    let mut core = HealthCore::new(options, tunnel_port, Instant::now());
+    core.set_targets(targets, Instant::now());
+    loop {
+        let now = Instant::now();
+        while let Some(probe) = core.poll_probe(now) {
+            // A probe not sent times out like a lost one.
+            let _ = socket.send(probe.dst, probe.seq);
+        }
+        while core.poll_change().is_some() {}
+        let report = core.report();
+        if now >= deadline
+            || report
+                .iter()
+                .all(|p| p.reachability != super::Reachability::Unknown)
+        {
+            return Ok(HealthReport {
+                peers: report,
+                probes_sent: core.probes_sent(),
+            });
+        }
+        let wait = core
+            .poll_timeout()
+            .map_or(TICK, |t| t.saturating_duration_since(Instant::now()))
+            .min(deadline.saturating_duration_since(Instant::now()))
+            .min(TICK);
+        if let Some(reply) = socket.recv(wait)? {
+            core.handle_reply(reply.seq, reply.from, Instant::now());
+        }
+    }
+}
