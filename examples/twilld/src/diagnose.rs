@@ -112,7 +112,11 @@ pub async fn run(flags: &Flags) -> anyhow::Result<ExitCode> {
             None
         }
         Err(_) => {
-            r.check("etcd", false, format!("{endpoints}: no answer in {ANSWER_TIMEOUT:?}"));
+            r.check(
+                "etcd",
+                false,
+                format!("{endpoints}: no answer in {ANSWER_TIMEOUT:?}"),
+            );
             r.problem(
                 format!("etcd at {endpoints} does not answer within {ANSWER_TIMEOUT:?}"),
                 "check -etcd-endpoints, that etcd runs, and that this host reaches it",
@@ -128,7 +132,11 @@ pub async fn run(flags: &Flags) -> anyhow::Result<ExitCode> {
                 r.check(
                     "etcd",
                     true,
-                    format!("{endpoints}: network {}, {} leases", config.network, leases.len()),
+                    format!(
+                        "{endpoints}: network {}, {} leases",
+                        config.network,
+                        leases.len()
+                    ),
                 );
                 network = Some(config.network);
                 state = Some((config, leases));
@@ -137,7 +145,10 @@ pub async fn run(flags: &Flags) -> anyhow::Result<ExitCode> {
                 r.check("etcd", false, format!("{endpoints}: {e}"));
                 r.problem(
                     format!("cannot read the network config or the leases: {e}"),
-                    format!("check -etcd-prefix ({}) and the config at {}/config", flags.etcd_prefix, flags.etcd_prefix),
+                    format!(
+                        "check -etcd-prefix ({}) and the config at {}/config",
+                        flags.etcd_prefix, flags.etcd_prefix
+                    ),
                 );
             }
         }
@@ -171,14 +182,27 @@ pub async fn run(flags: &Flags) -> anyhow::Result<ExitCode> {
                 }
             }
             None => {
-                r.check("our lease", false, format!("no lease with PublicIP {public_ip}"));
+                r.check(
+                    "our lease",
+                    false,
+                    format!("no lease with PublicIP {public_ip}"),
+                );
                 r.problem(
                     format!("etcd holds no lease with this host's PublicIP {public_ip}"),
                     "start twilld on this host (with the same -iface/-public-ip), or check -public-ip",
                 );
             }
         }
-        overlay_checks(&config, &leases, own.as_ref(), public_ip, &underlay, flags, &mut r).await;
+        overlay_checks(
+            &config,
+            &leases,
+            own.as_ref(),
+            public_ip,
+            &underlay,
+            flags,
+            &mut r,
+        )
+        .await;
     }
     forward_policy(&mut r, network);
     if flags.json {
@@ -244,9 +268,17 @@ async fn agent_status(flags: &Flags, r: &mut Report) {
         Ok(Ok((code, body))) => {
             let summary = body.lines().collect::<Vec<_>>().join("; ");
             if code == 200 {
-                r.check("twilld status", true, format!("http://{addr}/readyz: {summary}"));
+                r.check(
+                    "twilld status",
+                    true,
+                    format!("http://{addr}/readyz: {summary}"),
+                );
             } else {
-                r.check("twilld status", false, format!("http://{addr}/readyz {code}: {summary}"));
+                r.check(
+                    "twilld status",
+                    false,
+                    format!("http://{addr}/readyz {code}: {summary}"),
+                );
                 r.problem(
                     format!("twilld reports not ready (http://{addr}/readyz answers {code})"),
                     "its log says why: no lease, the dataplane not programmed, or etcd unreachable",
@@ -261,7 +293,11 @@ async fn agent_status(flags: &Flags, r: &mut Report) {
             );
         }
         Err(_) => {
-            r.check("twilld status", false, format!("http://{addr}/readyz: no answer"));
+            r.check(
+                "twilld status",
+                false,
+                format!("http://{addr}/readyz: no answer"),
+            );
             r.problem(
                 format!("twilld does not answer at http://{addr}/readyz within {ANSWER_TIMEOUT:?}"),
                 "check that twilld runs and is not stuck (its log)",
@@ -329,7 +365,11 @@ fn forward_policy(r: &mut Report, network: Option<twill_model::Ipv4Network>) {
         return;
     };
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
-        r.check("FORWARD policy", true, "not checked: nft's answer did not parse");
+        r.check(
+            "FORWARD policy",
+            true,
+            "not checked: nft's answer did not parse",
+        );
         return;
     };
     let items = v["nftables"].as_array().cloned().unwrap_or_default();
@@ -350,7 +390,11 @@ fn forward_policy(r: &mut Report, network: Option<twill_model::Ipv4Network>) {
         r.check("FORWARD policy", true, "accept");
     } else {
         let network = network.map_or("<Network>".into(), |n| n.to_string());
-        r.check("FORWARD policy", false, format!("drop in {}", dropping.join(", ")));
+        r.check(
+            "FORWARD policy",
+            false,
+            format!("drop in {}", dropping.join(", ")),
+        );
         r.problem(
             format!("the FORWARD chain {} drops by default", dropping.join(", ")),
             format!(
@@ -400,7 +444,10 @@ async fn overlay_checks(
     let kernel = match kernel {
         Ok(k) => Some(k),
         Err(e) => {
-            r.problem(format!("cannot read the kernel's state: {e:#}"), "run diagnose as root on the host");
+            r.problem(
+                format!("cannot read the kernel's state: {e:#}"),
+                "run diagnose as root on the host",
+            );
             None
         }
     };
@@ -433,7 +480,9 @@ async fn overlay_checks(
                 if !link.up {
                     r.problem(
                         format!("{name} is down"),
-                        format!("ip link set {name} up (twilld sets it up at start; check its log)"),
+                        format!(
+                            "ip link set {name} up (twilld sets it up at start; check its log)"
+                        ),
                     );
                 }
                 if link.mtu > fits {
@@ -446,7 +495,10 @@ async fn overlay_checks(
                     );
                 } else if link.mtu != want {
                     r.problem(
-                        format!("{name} MTU {} is not the {want} twilld sets for underlay {} MTU {}", link.mtu, underlay.name, underlay.mtu),
+                        format!(
+                            "{name} MTU {} is not the {want} twilld sets for underlay {} MTU {}",
+                            link.mtu, underlay.name, underlay.mtu
+                        ),
                         "restart twilld: it sets the MTU at start, and pods get it from subnet.env",
                     );
                 }
@@ -482,16 +534,21 @@ async fn overlay_checks(
     let probed = match tunnel {
         Some(t) if !targets.is_empty() => {
             let targets = targets.clone();
-            tokio::task::spawn_blocking(move || health::probe_once(&targets, t, probe_options, deadline))
-                .await
-                .ok()
+            tokio::task::spawn_blocking(move || {
+                health::probe_once(&targets, t, probe_options, deadline)
+            })
+            .await
+            .ok()
         }
         _ => None,
     };
     let probed = match probed {
         Some(Ok(report)) => Some(report),
         Some(Err(e)) => {
-            r.problem(format!("cannot probe peers: {e}"), "run diagnose as root (it sends ICMP echoes)");
+            r.problem(
+                format!("cannot probe peers: {e}"),
+                "run diagnose as root (it sends ICMP echoes)",
+            );
             None
         }
         None => None,
@@ -512,7 +569,10 @@ async fn overlay_checks(
         if let PeerVerdict::Skip(reason) = &verdict {
             row.lease = format!("skipped: {reason}");
             r.problem(
-                format!("lease {} (PublicIP {}) is not usable: {reason}", lease.key, lease.attrs.public_ip),
+                format!(
+                    "lease {} (PublicIP {}) is not usable: {reason}",
+                    lease.key, lease.attrs.public_ip
+                ),
                 "fix or delete the key in etcd (its writer is another host or a person)",
             );
             r.peers.push(row);
@@ -522,7 +582,11 @@ async fn overlay_checks(
             .attrs
             .backend_data_as::<serde_json::Value>()
             .ok()
-            .and_then(|d| d.get("VtepMAC").and_then(|m| m.as_str()).map(str::to_string))
+            .and_then(|d| {
+                d.get("VtepMAC")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+            })
             .and_then(|m| m.parse::<twill_netlink::MacAddr>().ok());
         if let Some(k) = &kernel {
             let missing = kernel_entries(k, lease, mac, &backend, underlay_index);
@@ -552,14 +616,19 @@ async fn overlay_checks(
                         let (what, todo) = unreachable_advice(lease, public_ip, cause);
                         r.problem(what, todo);
                         match cause {
-                            UnreachableCause::TunnelBlocked { port } => format!("unreachable (UDP {port} blocked)"),
+                            UnreachableCause::TunnelBlocked { port } => {
+                                format!("unreachable (UDP {port} blocked)")
+                            }
                             UnreachableCause::HostDown => "unreachable (host down)".into(),
                             _ => "unreachable".into(),
                         }
                     }
                     _ => {
                         r.problem(
-                            format!("peer {} (subnet {}) gave no verdict within {PROBE_DEADLINE:?}", lease.attrs.public_ip, lease.key.ipv4),
+                            format!(
+                                "peer {} (subnet {}) gave no verdict within {PROBE_DEADLINE:?}",
+                                lease.attrs.public_ip, lease.key.ipv4
+                            ),
                             "run diagnose again; a host this slow to answer is overloaded",
                         );
                         "no verdict".into()
@@ -576,7 +645,9 @@ async fn overlay_checks(
             .filter(|p| {
                 matches!(
                     p.verdict,
-                    Some(Reachability::Unreachable(UnreachableCause::TunnelBlocked { .. }))
+                    Some(Reachability::Unreachable(
+                        UnreachableCause::TunnelBlocked { .. }
+                    ))
                 )
             })
             .count();
@@ -588,7 +659,10 @@ async fn overlay_checks(
         r.check(
             format!("VXLAN port {p}"),
             blocked == 0,
-            format!("{answering} of {} peers answer through the tunnel, {blocked} blocked", r.peers.len()),
+            format!(
+                "{answering} of {} peers answer through the tunnel, {blocked} blocked",
+                r.peers.len()
+            ),
         );
     }
     if let Some(k) = &kernel {
@@ -620,7 +694,11 @@ async fn overlay_checks(
     }
 }
 
-fn unreachable_advice(lease: &SubnetLease, ours: Ipv4Addr, cause: UnreachableCause) -> (String, String) {
+fn unreachable_advice(
+    lease: &SubnetLease,
+    ours: Ipv4Addr,
+    cause: UnreachableCause,
+) -> (String, String) {
     let peer = lease.attrs.public_ip;
     let subnet = lease.key.ipv4;
     match cause {
@@ -687,12 +765,18 @@ fn kernel_entries(
             let Some(dev) = k.link.as_ref().map(|l| l.index) else {
                 return vec!["overlay device"];
             };
-            if !k.routes.iter().any(|r| {
-                r.dst == subnet && r.gateway == Some(gw) && r.oif == Some(dev) && r.onlink
-            }) {
+            if !k
+                .routes
+                .iter()
+                .any(|r| r.dst == subnet && r.gateway == Some(gw) && r.oif == Some(dev) && r.onlink)
+            {
                 missing.push("route");
             }
-            if !k.neigh.iter().any(|n| n.ip == gw && mac.is_some() && n.mac == mac) {
+            if !k
+                .neigh
+                .iter()
+                .any(|n| n.ip == gw && mac.is_some() && n.mac == mac)
+            {
                 missing.push("ARP entry");
             }
             if !k
@@ -740,8 +824,10 @@ fn to_text(r: &Report) -> String {
             p.lease,
             p.kernel,
             p.overlay,
-            p.rtt
-                .map_or("-".into(), |d| format!("{:.2} ms", d.as_secs_f64() * 1000.0))
+            p.rtt.map_or("-".into(), |d| format!(
+                "{:.2} ms",
+                d.as_secs_f64() * 1000.0
+            ))
         );
     }
     if r.peers.is_empty() {

@@ -162,7 +162,11 @@ fn peer_metrics(s: &mut String, health: &HealthReport) {
 /// (a peer down does not make this host unready: its own dataplane is
 /// programmed, and the answer would flap with every other host).
 fn readyz_body(st: &StatusSnapshot) -> String {
-    let mut body = String::from(if st.is_ready() { "ready\n" } else { "not ready\n" });
+    let mut body = String::from(if st.is_ready() {
+        "ready\n"
+    } else {
+        "not ready\n"
+    });
     if let Some(health) = &st.health {
         body.push_str(&health.summary(READYZ_UNREACHABLE_LISTED));
     }
