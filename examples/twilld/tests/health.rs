@@ -198,6 +198,14 @@ fn a_blocked_vxlan_port_is_reported_by_the_others_and_by_diagnose() {
             c.name(i)
         );
     }
+    for l in c
+        .daemon(0)
+        .log()
+        .lines()
+        .filter(|l| l.contains("reachable again"))
+    {
+        eprintln!("test log: {l}");
+    }
     let out = diagnose(&c, 0, SLOW, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, watch};
 use tracing::{debug, info, warn};
-use twill_subnet::PeerSet;
+use twill_subnet::{LogBudget, PeerSet, SKIP_LOG_LIMIT, SKIP_LOG_WINDOW};
 
 use super::icmp::EchoSocket;
 use super::{target_of, HealthChange, HealthCore, HealthOptions, HealthReport, UnreachableCause};
@@ -94,6 +94,9 @@ fn run(
     let mut first = true;
     let mut published: Option<Instant> = None;
     let mut send_error_logged = false;
+    // A partition that takes 10,000 peers away logs the first ones, then a
+    // count: one line each for the few peers an operator looks for.
+    let mut log_budget = LogBudget::new(SKIP_LOG_LIMIT, SKIP_LOG_WINDOW);
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         match peers.has_changed() {
@@ -128,7 +131,16 @@ fn run(
         let mut changed = false;
         while let Some(change) = core.poll_change() {
             changed = true;
-            report_change(&change, events);
+            let logged = log_budget.admit(now);
+            report_change(&change, logged, events);
+        }
+        if log_budget.summary_due().is_some_and(|t| t <= now) {
+            if let Some(n) = log_budget.take_suppressed() {
+                warn!(
+                    count = n,
+                    "... and {n} more peer health changes (see twill_peer_reachable and the debug log)"
+                );
+            }
         }
         if changed || published.is_none_or(|t| now.saturating_duration_since(t) >= PUBLISH_EVERY) {
             status.set_health(Some(Arc::new(HealthReport {
@@ -153,7 +165,9 @@ fn run(
     status.set_health(None);
 }
 
-fn report_change(change: &HealthChange, events: &broadcast::Sender<AgentEvent>) {
+/// Logs a change (at warn/info when `logged`, else at debug) and sends its
+/// event.
+fn report_change(change: &HealthChange, logged: bool, events: &broadcast::Sender<AgentEvent>) {
     match change {
         HealthChange::Unreachable { target, cause } => {
             let advice = match cause {
@@ -164,11 +178,15 @@ fn report_change(change: &HealthChange, events: &broadcast::Sender<AgentEvent>) 
                 UnreachableCause::HostDown => "; check that the host is up and on the network".into(),
                 UnreachableCause::NoReply => String::new(),
             };
-            warn!(
-                peer = %target.public_ip, subnet = %target.key,
+            let line = format!(
                 "peer {} (subnet {}) unreachable: {cause}{advice}",
                 target.public_ip, target.key
             );
+            if logged {
+                warn!(peer = %target.public_ip, subnet = %target.key, "{line}");
+            } else {
+                debug!(peer = %target.public_ip, subnet = %target.key, "{line}");
+            }
             let _ = events.send(AgentEvent::PeerUnreachable {
                 key: target.key,
                 public_ip: target.public_ip,
@@ -176,11 +194,15 @@ fn report_change(change: &HealthChange, events: &broadcast::Sender<AgentEvent>) 
             });
         }
         HealthChange::Recovered { target, rtt } => {
-            info!(
-                peer = %target.public_ip, subnet = %target.key,
+            let line = format!(
                 "peer {} (subnet {}) reachable again (round trip {rtt:?})",
                 target.public_ip, target.key
             );
+            if logged {
+                info!(peer = %target.public_ip, subnet = %target.key, "{line}");
+            } else {
+                debug!(peer = %target.public_ip, subnet = %target.key, "{line}");
+            }
             let _ = events.send(AgentEvent::PeerRecovered {
                 key: target.key,
                 public_ip: target.public_ip,
