@@ -6,7 +6,8 @@
 # WINDOW seconds once every peer is programmed: probes sent per second
 # (twill_peer_probes_total), packets out of flannel.1 and eth0 per second
 # (sysfs tx_packets), and twilld's CPU (utime+stime from /proc/<pid>/stat)
-# as a share of one core. Anchor, same run: the same daemon and peers with
+# as a share of one core (the probe counter is published once a second, so
+# a window may count up to a second more of probes). Anchor, same run: the same daemon and peers with
 # -peer-health=false.
 #
 # Usage: benches/scripts/health.sh          (10,000 peers, 30 s windows)
@@ -60,7 +61,7 @@ pid=$TW_LAST_PID
 measure probes "$pid"
 unreachable=$(ip netns exec "$ns" curl -sf http://127.0.0.1:8471/metrics | grep -c '^twill_peer_reachable{.*} 0$' || true)
 tw_result "health_${PEERS}_probes_unreachable_reported" "$unreachable" peers
-warnings=$(grep -c 'unreachable' "$TW_STATE/twilld-probes.log" || true)
+warnings=$(grep -c ') unreachable: ' "$TW_STATE/twilld-probes.log" || true)
 tw_result "health_${PEERS}_probes_unreachable_log_lines" "$warnings" lines
 tw_stop "$pid"
 
