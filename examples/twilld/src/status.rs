@@ -664,6 +664,52 @@ mod tests {
     }
 
     #[test]
+    fn peer_health_is_in_metrics_and_the_readyz_body() {
+        use twill_agent::{PeerHealth, UnreachableCause};
+        let key = |s: &str| s.parse::<twill_agent::SubnetKey>().unwrap();
+        let mut report = HealthReport::default();
+        report.probes_sent = 42;
+        report.peers = vec![
+            PeerHealth {
+                key: key("10.5.1.0-24"),
+                public_ip: "192.0.2.1".parse().unwrap(),
+                target: "10.5.1.0".parse().unwrap(),
+                reachability: Reachability::Reachable,
+                rtt: Some(Duration::from_micros(250)),
+            },
+            PeerHealth {
+                key: key("10.5.2.0-24"),
+                public_ip: "192.0.2.2".parse().unwrap(),
+                target: "10.5.2.0".parse().unwrap(),
+                reachability: Reachability::Unreachable(UnreachableCause::TunnelBlocked {
+                    port: 8472,
+                }),
+                rtt: None,
+            },
+            PeerHealth {
+                key: key("10.5.3.0-24"),
+                public_ip: "192.0.2.3".parse().unwrap(),
+                target: "10.5.3.0".parse().unwrap(),
+                reachability: Reachability::Unknown,
+                rtt: None,
+            },
+        ];
+        let mut st = StatusSnapshot::default();
+        st.health = Some(Arc::new(report));
+        let m = metrics(&st);
+        assert!(m.contains("twill_peer_reachable{peer=\"192.0.2.1\",subnet=\"10.5.1.0-24\"} 1\n"), "{m}");
+        assert!(m.contains("twill_peer_reachable{peer=\"192.0.2.2\",subnet=\"10.5.2.0-24\"} 0\n"), "{m}");
+        assert!(!m.contains("peer=\"192.0.2.3\""), "no verdict, no sample: {m}");
+        assert!(m.contains("twill_peer_rtt_seconds{peer=\"192.0.2.1\",subnet=\"10.5.1.0-24\"} 0.000250\n"), "{m}");
+        assert!(m.contains("twill_peer_probes_total 42\n"), "{m}");
+        let body = readyz_body(&st);
+        assert_eq!(
+            body,
+            "not ready\npeers: 1 reachable, 1 unreachable, 1 not yet probed\nunreachable: 192.0.2.2 (subnet 10.5.2.0-24, probed at 10.5.2.0): the tunnel is blocked: the host answers on the underlay but not through VXLAN (UDP port 8472)\n"
+        );
+    }
+
+    #[test]
     fn backoff_grows_to_its_cap_and_reports_once_per_burst() {
         let t0 = tokio::time::Instant::now();
         let mut b = AcceptBackoff::default();

@@ -285,7 +285,7 @@ fn diagnose_names_an_mtu_mismatch_and_a_stale_route() {
             &[
                 "stale route 192.168.200.0/24",
                 "ip route del 192.168.200.0/24",
-                "(-reconcile-interval, 1h)"
+                "(-reconcile-interval, 1h0m)"
             ]
         ),
         1,

@@ -109,7 +109,6 @@ pub enum Reachability {
 
 /// One peer's health.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct PeerHealth {
     /// The peer's lease.
     pub key: SubnetKey,
