@@ -411,7 +411,10 @@ fn forward_policy(r: &mut Report, network: Option<twill_model::Ipv4Network>) {
 /// host cannot see.
 fn offload_state(dev: &str, r: &mut Report) {
     let name = format!("checksum offload ({dev})");
-    let Ok(out) = std::process::Command::new("ethtool").args(["-k", dev]).output() else {
+    let Ok(out) = std::process::Command::new("ethtool")
+        .args(["-k", dev])
+        .output()
+    else {
         r.check(name, true, "not checked: ethtool is not installed");
         return;
     };

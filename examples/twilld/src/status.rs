@@ -697,10 +697,24 @@ mod tests {
         let mut st = StatusSnapshot::default();
         st.health = Some(Arc::new(report));
         let m = metrics(&st);
-        assert!(m.contains("twill_peer_reachable{peer=\"192.0.2.1\",subnet=\"10.5.1.0-24\"} 1\n"), "{m}");
-        assert!(m.contains("twill_peer_reachable{peer=\"192.0.2.2\",subnet=\"10.5.2.0-24\"} 0\n"), "{m}");
-        assert!(!m.contains("peer=\"192.0.2.3\""), "no verdict, no sample: {m}");
-        assert!(m.contains("twill_peer_rtt_seconds{peer=\"192.0.2.1\",subnet=\"10.5.1.0-24\"} 0.000250\n"), "{m}");
+        assert!(
+            m.contains("twill_peer_reachable{peer=\"192.0.2.1\",subnet=\"10.5.1.0-24\"} 1\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("twill_peer_reachable{peer=\"192.0.2.2\",subnet=\"10.5.2.0-24\"} 0\n"),
+            "{m}"
+        );
+        assert!(
+            !m.contains("peer=\"192.0.2.3\""),
+            "no verdict, no sample: {m}"
+        );
+        assert!(
+            m.contains(
+                "twill_peer_rtt_seconds{peer=\"192.0.2.1\",subnet=\"10.5.1.0-24\"} 0.000250\n"
+            ),
+            "{m}"
+        );
         assert!(m.contains("twill_peer_probes_total 42\n"), "{m}");
         let body = readyz_body(&st);
         assert_eq!(

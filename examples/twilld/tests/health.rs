@@ -151,6 +151,9 @@ fn a_blocked_vxlan_port_is_reported_by_the_others_and_by_diagnose() {
     );
     for i in [0, 1] {
         let log = c.daemon(i).log();
+        for l in log.lines().filter(|l| l.contains(" unreachable: ")) {
+            eprintln!("{} log: {l}", c.name(i));
+        }
         assert_eq!(
             lines_with(
                 &log,
