@@ -815,12 +815,12 @@ fn kernel_entries(
                 missing.push("FDB entry");
             }
         }
-        "host-gw" => {
+        "host-gw"
             if !k.routes.iter().any(|r| {
                 r.dst == subnet && r.gateway == Some(public) && r.oif == Some(underlay_index)
-            }) {
-                missing.push("route");
-            }
+            }) =>
+        {
+            missing.push("route");
         }
         _ => {}
     }
