@@ -30,7 +30,7 @@ unset TINY
 } >"$OUTDIR/machine.txt"
 # An entry may start with VAR=value words (FAMILY=6: the IPv6 variants).
 for s in allocation program_peers "FAMILY=6 program_peers" convergence startup memory responsiveness \
-    dataplane "FAMILY=6 dataplane" scale; do
+    dataplane "FAMILY=6 dataplane" scale health; do
     echo "=== $s ($(date +%T), load $(cut -d' ' -f1 /proc/loadavg))" >&2
     read -ra words <<<"$s"
     script="${words[-1]}"

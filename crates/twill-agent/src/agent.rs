@@ -18,6 +18,7 @@ use twill_subnet::{
 };
 
 use crate::event::{ConfigDrift, ConfigProblem, ReconcileOutcome};
+use crate::health::prober::HealthProber;
 use crate::worker::{BackendWorker, Reconciled};
 use crate::{
     host, masq, subnet_file, AgentError, AgentEvent, AgentOption, AgentOptions, AgentStatus,
@@ -200,6 +201,7 @@ impl<R: Registry + ?Sized + 'static> Agent<R> {
             sent: None,
             full_due: true,
             stored: ConfigDrift::Same,
+            health: None,
         };
         let result = run
             .main_loop(&handle, &held, &mut lease_events, &mut stop)
@@ -207,6 +209,10 @@ impl<R: Registry + ?Sized + 'static> Agent<R> {
         if let Some(pass) = run.in_flight.take() {
             // Let the kernel batch in progress finish before we exit.
             let _ = pass.await;
+        }
+        if let Some(prober) = run.health.take() {
+            // Joins within the prober's 100 ms tick.
+            let _ = tokio::task::spawn_blocking(move || prober.stop()).await;
         }
         run.worker.stop().await;
         result?;
@@ -473,6 +479,8 @@ struct Running<'a, R: Registry + ?Sized + 'static> {
     full_due: bool,
     /// The stored config at the last drift check.
     stored: ConfigDrift,
+    /// The peer health prober, once started.
+    health: Option<HealthProber>,
 }
 
 impl<R: Registry + ?Sized + 'static> Running<'_, R> {
@@ -484,6 +492,7 @@ impl<R: Registry + ?Sized + 'static> Running<'_, R> {
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), AgentError> {
         self.activate(held).await?;
+        self.start_health(handle);
         let mut peers = handle.peers();
         let mut lease = handle.lease();
         let mut tick = tokio::time::interval(self.agent.options.reconcile_interval);
@@ -540,6 +549,45 @@ impl<R: Registry + ?Sized + 'static> Running<'_, R> {
                 },
                 () = stop_requested(stop) => return Ok(()),
             }
+        }
+    }
+
+    /// Starts probing the peers, if the options and the backend allow: a
+    /// failure (no `CAP_NET_RAW`) is logged and leaves the agent without
+    /// health reports, never stops it.
+    fn start_health(&mut self, handle: &LeaseHandle) {
+        let options = self.agent.options.health;
+        if !options.enabled {
+            info!("peer health probes off");
+            return;
+        }
+        let Some(tunnel) = crate::health::probe_mode(&self.config) else {
+            info!(
+                backend = %self.config.backend.backend_type,
+                "peer health probes not run: the backend's data path is its own (vxlan and host-gw are probed)"
+            );
+            return;
+        };
+        match HealthProber::start(
+            options,
+            tunnel,
+            handle.peers(),
+            self.agent.status.clone(),
+            self.agent.events.clone(),
+        ) {
+            Ok(prober) => {
+                info!(
+                    interval = ?options.interval,
+                    budget = options.max_probes_per_second,
+                    "probing peers' health ({})",
+                    match tunnel {
+                        Some(port) => format!("ICMP through the tunnel, UDP port {port}, and over the underlay when it fails"),
+                        None => "ICMP to their PublicIP: host-gw has no tunnel".into(),
+                    }
+                );
+                self.health = Some(prober);
+            }
+            Err(e) => warn!("peer health probes not run: cannot open an ICMP socket: {e}"),
         }
     }
 

@@ -26,6 +26,14 @@ pub enum AgentOption {
     ReconcileInterval,
     /// [`crate::AgentOptions::retry_interval`].
     RetryInterval,
+    /// [`crate::health::HealthOptions::interval`].
+    HealthInterval,
+    /// [`crate::health::HealthOptions::timeout`].
+    HealthTimeout,
+    /// [`crate::health::HealthOptions::max_probes_per_second`].
+    HealthBudget,
+    /// [`crate::health::HealthOptions::misses`].
+    HealthMisses,
 }
 
 impl fmt::Display for AgentOption {
@@ -39,6 +47,10 @@ impl fmt::Display for AgentOption {
             AgentOption::RenewMargin => "renew_margin",
             AgentOption::ReconcileInterval => "reconcile_interval",
             AgentOption::RetryInterval => "retry_interval",
+            AgentOption::HealthInterval => "health.interval",
+            AgentOption::HealthTimeout => "health.timeout",
+            AgentOption::HealthBudget => "health.max_probes_per_second",
+            AgentOption::HealthMisses => "health.misses",
         })
     }
 }

@@ -123,6 +123,24 @@ pub enum AgentEvent {
     },
     /// A reconcile pass ended.
     Reconciled(Arc<ReconcileOutcome>),
+    /// A peer stopped answering the health probes ([`crate::health`]).
+    PeerUnreachable {
+        /// The peer.
+        key: SubnetKey,
+        /// Its `PublicIP`.
+        public_ip: std::net::Ipv4Addr,
+        /// What the probes tell of why.
+        cause: crate::health::UnreachableCause,
+    },
+    /// A peer that was unreachable answers again.
+    PeerRecovered {
+        /// The peer.
+        key: SubnetKey,
+        /// Its `PublicIP`.
+        public_ip: std::net::Ipv4Addr,
+        /// The answer's round trip.
+        rtt: Duration,
+    },
     /// The registry answered again, or stopped answering.
     RegistryReachable(bool),
     /// Any other lease-manager event (renewals, retries, overwrites,

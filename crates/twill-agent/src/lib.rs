@@ -65,6 +65,7 @@
 mod agent;
 mod error;
 mod event;
+pub mod health;
 pub mod host;
 pub mod masq;
 mod options;
@@ -75,8 +76,10 @@ mod worker;
 pub use agent::{Agent, ShutdownHandle};
 pub use error::{AgentError, AgentOption};
 pub use event::{AgentEvent, ConfigDrift, ConfigProblem, ReconcileOutcome};
+pub use health::{HealthOptions, HealthReport, PeerHealth, Reachability, UnreachableCause};
 pub use options::{
     check_public_ip, check_public_ipv6, parse_duration, AgentOptions, MIN_INTERVAL, MIN_LEASE_TTL,
+    MIN_PROBE_TIMEOUT,
 };
 pub use status::{AgentStatus, StatusSnapshot};
 // The types of other crates this API exposes, so an embedder needs no

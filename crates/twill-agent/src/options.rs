@@ -8,6 +8,7 @@ use std::time::Duration;
 use twill_backend::UnderlayInterface;
 use twill_model::{Ipv4Network, Ipv6Network};
 
+use crate::health::HealthOptions;
 use crate::{host, subnet_file, AgentError, AgentOption};
 
 /// Shortest reconcile and retry interval: a zero interval would spin on
@@ -15,6 +16,9 @@ use crate::{host, subnet_file, AgentError, AgentOption};
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Shortest lease TTL: etcd grants whole seconds.
 pub const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
+/// Shortest health-probe timeout: a round trip on a LAN is well under it,
+/// and less would call busy peers unreachable.
+pub const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(10);
 
 /// The agent's options. Start from [`AgentOptions::new`] (flannel's
 /// defaults) and set what differs; [`AgentOptions::validate`] says what is
@@ -70,6 +74,8 @@ pub struct AgentOptions {
     pub protected_v6: Vec<Ipv6Network>,
     /// Seed of the random subnet choice (tests); random when `None`.
     pub rng_seed: Option<u64>,
+    /// Probing the peers' health ([`crate::health`]): on by default.
+    pub health: HealthOptions,
 }
 
 impl AgentOptions {
@@ -94,6 +100,7 @@ impl AgentOptions {
             protected: Vec::new(),
             protected_v6: Vec::new(),
             rng_seed: None,
+            health: HealthOptions::default(),
         }
     }
 
@@ -116,6 +123,16 @@ impl AgentOptions {
                 MIN_INTERVAL,
             ),
             (AgentOption::LeaseTtl, self.lease_ttl, MIN_LEASE_TTL),
+            (
+                AgentOption::HealthInterval,
+                self.health.interval,
+                MIN_INTERVAL,
+            ),
+            (
+                AgentOption::HealthTimeout,
+                self.health.timeout,
+                MIN_PROBE_TIMEOUT,
+            ),
         ] {
             if value < min {
                 return Err(AgentError::option(
@@ -124,6 +141,20 @@ impl AgentOptions {
                     format!("is too short: it must be at least {min:?}"),
                 ));
             }
+        }
+        if self.health.max_probes_per_second == 0 {
+            return Err(AgentError::option(
+                AgentOption::HealthBudget,
+                0,
+                "is too small: it must be at least 1 probe per second (turn probes off instead)",
+            ));
+        }
+        if self.health.misses == 0 {
+            return Err(AgentError::option(
+                AgentOption::HealthMisses,
+                0,
+                "is too small: a peer is unreachable after at least 1 unanswered probe",
+            ));
         }
         if let Some(ip) = self.public_ip {
             check_public_ip(ip).map_err(|reason| {

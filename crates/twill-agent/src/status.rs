@@ -4,10 +4,12 @@
 //! health check must answer while a reconcile programs 10,000 peers.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use twill_model::SubnetKey;
+
+use crate::health::HealthReport;
 
 /// The live counters, shared between the agent and its readers
 /// ([`crate::Agent::status`]). Read them with [`AgentStatus::snapshot`].
@@ -29,6 +31,7 @@ pub struct AgentStatus {
     pub(crate) leases_skipped: AtomicU64,
     pub(crate) lease_overwrites: AtomicU64,
     pub(crate) subnet: Mutex<Option<SubnetKey>>,
+    pub(crate) health: Mutex<Option<Arc<HealthReport>>>,
 }
 
 /// The agent's state at one moment.
@@ -74,6 +77,10 @@ pub struct StatusSnapshot {
     /// Times our lease was overwritten in place by another writer (and
     /// restored).
     pub lease_overwrites: u64,
+    /// The peers' health from the probes ([`crate::health`]); `None` when
+    /// probing is off or not running (no lease yet, no `CAP_NET_RAW`, a
+    /// backend that is not probed). Shared, not copied, per snapshot.
+    pub health: Option<Arc<HealthReport>>,
 }
 
 impl StatusSnapshot {
@@ -108,6 +115,7 @@ impl AgentStatus {
             renewals: g(&self.renewals),
             leases_skipped: g(&self.leases_skipped),
             lease_overwrites: g(&self.lease_overwrites),
+            health: self.health(),
         }
     }
 
@@ -125,6 +133,18 @@ impl AgentStatus {
 
     pub(crate) fn set(flag: &AtomicBool, value: bool) -> bool {
         flag.swap(value, Ordering::Relaxed)
+    }
+
+    /// The peers' health alone (what [`StatusSnapshot::health`] holds).
+    #[must_use]
+    pub fn health(&self) -> Option<Arc<HealthReport>> {
+        self.health.lock().map_or(None, |h| h.clone())
+    }
+
+    pub(crate) fn set_health(&self, report: Option<Arc<HealthReport>>) {
+        if let Ok(mut h) = self.health.lock() {
+            *h = report;
+        }
     }
 
     pub(crate) fn set_subnet(&self, key: Option<SubnetKey>) {

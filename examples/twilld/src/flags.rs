@@ -100,6 +100,18 @@ pub struct Flags {
     /// How long to wait for etcd and the config before retrying (e.g. `1s`).
     #[arg(long, env = "TWILLD_RETRY_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub retry_interval: Duration,
+    /// Probe every peer's health through the overlay (ICMP; `-peer-health=false` sends none).
+    #[arg(long, env = "TWILLD_PEER_HEALTH", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", action = ArgAction::Set)]
+    pub peer_health: bool,
+    /// Time between two health probes of one peer, at least (stretched by -peer-health-budget with many peers).
+    #[arg(long, env = "TWILLD_PEER_HEALTH_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub peer_health_interval: Duration,
+    /// Health probes sent per second at most, whatever the number of peers.
+    #[arg(long, env = "TWILLD_PEER_HEALTH_BUDGET", default_value_t = 100)]
+    pub peer_health_budget: u32,
+    /// `twilld diagnose` only: print the report as JSON.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub json: bool,
 }
 
 impl Flags {

@@ -6,6 +6,7 @@
 // Modules of a binary: `pub` marks what main uses, nothing is exported.
 #![allow(unreachable_pub)]
 
+mod diagnose;
 mod flags;
 mod iface;
 mod status;
@@ -26,7 +27,14 @@ use twill_model::{Ipv4Network, Ipv6Network};
 use crate::flags::Flags;
 
 fn main() -> ExitCode {
-    let flags = match Flags::parse_from_go_style(std::env::args()) {
+    let mut args: Vec<String> = std::env::args().collect();
+    // `twilld diagnose [the daemon's flags] [--json]`: the same flags, so the
+    // daemon's unit file or environment can be reused as is.
+    let diagnose = args.get(1).map(String::as_str) == Some("diagnose");
+    if diagnose {
+        args.remove(1);
+    }
+    let flags = match Flags::parse_from_go_style(args) {
         Ok(f) => f,
         Err(e)
             if matches!(
@@ -51,6 +59,9 @@ fn main() -> ExitCode {
         println!("twilld {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
+    if diagnose {
+        return run_diagnose(&flags);
+    }
     init_logging(&flags);
     // One thread: the agent waits on etcd and netlink, it never computes for
     // long, and a single malloc arena keeps RSS flat across peer churn (two
@@ -72,6 +83,28 @@ fn main() -> ExitCode {
             // not logged as well.
             eprintln!("twilld: {}", one_line(&format!("{e:#}")));
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `twilld diagnose`: exit 0 when all is well, 1 with problems, 2 when it
+/// cannot diagnose at all.
+fn run_diagnose(flags: &Flags) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("twilld diagnose: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(diagnose::run(flags)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("twilld diagnose: {}", one_line(&format!("{e:#}")));
+            ExitCode::from(2)
         }
     }
 }
@@ -227,6 +260,9 @@ fn agent_options(
     o.retry_interval = flags.retry_interval;
     o.ip_masq = flags.ip_masq;
     o.release_on_exit = flags.release_on_exit;
+    o.health.enabled = flags.peer_health;
+    o.health.interval = flags.peer_health_interval;
+    o.health.max_probes_per_second = flags.peer_health_budget;
     // The etcd endpoints given as addresses; DNS names are not resolved.
     for ip in flags
         .etcd_endpoints
@@ -261,6 +297,8 @@ fn flag_error(flags: &Flags, iface: &str, e: AgentError) -> anyhow::Error {
                 AgentOption::RenewMargin => "-subnet-lease-renew-margin".into(),
                 AgentOption::ReconcileInterval => "-reconcile-interval".into(),
                 AgentOption::RetryInterval => "-retry-interval".into(),
+                AgentOption::HealthInterval => "-peer-health-interval".into(),
+                AgentOption::HealthBudget => "-peer-health-budget".into(),
                 other => other.to_string(),
             };
             anyhow::anyhow!("{flag} {value} {reason}")

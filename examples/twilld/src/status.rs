@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use twill_agent::StatusSnapshot;
+use twill_agent::{HealthReport, Reachability, StatusSnapshot};
 
 /// Where the server reads the daemon's state: the agent's status
 /// ([`twill_agent::AgentStatus::snapshot`]), read per request without
@@ -116,8 +116,71 @@ fn metrics(st: &StatusSnapshot) -> String {
         "Errors talking to the registry.",
         st.registry_errors.to_string(),
     );
+    if let Some(health) = &st.health {
+        peer_metrics(&mut s, health);
+    }
     s
 }
+
+/// The per-peer gauges of the health probes: a peer not probed yet has no
+/// `twill_peer_reachable` sample (neither 1 nor 0 would be true), one never
+/// answered no `twill_peer_rtt_seconds`.
+fn peer_metrics(s: &mut String, health: &HealthReport) {
+    let _ = writeln!(
+        s,
+        "# HELP twill_peer_reachable 1 if the peer answers the health probes through the overlay (host-gw: on the underlay), 0 if it stopped.\n# TYPE twill_peer_reachable gauge"
+    );
+    for p in &health.peers {
+        let value = match p.reachability {
+            Reachability::Reachable => 1,
+            Reachability::Unreachable(_) => 0,
+            _ => continue,
+        };
+        let _ = writeln!(
+            s,
+            "twill_peer_reachable{{peer=\"{}\",subnet=\"{}\"}} {value}",
+            p.public_ip, p.key
+        );
+    }
+    let _ = writeln!(
+        s,
+        "# HELP twill_peer_rtt_seconds Round trip of the peer's last answered health probe.\n# TYPE twill_peer_rtt_seconds gauge"
+    );
+    for p in &health.peers {
+        if let Some(rtt) = p.rtt {
+            let _ = writeln!(
+                s,
+                "twill_peer_rtt_seconds{{peer=\"{}\",subnet=\"{}\"}} {:.6}",
+                p.public_ip,
+                p.key,
+                rtt.as_secs_f64()
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "# HELP twill_peer_probes_total Health probes sent.\n# TYPE twill_peer_probes_total counter\ntwill_peer_probes_total {}",
+        health.probes_sent
+    );
+}
+
+/// The body of `/readyz`: the verdict, then the peers' health when probed
+/// (a peer down does not make this host unready: its own dataplane is
+/// programmed, and the answer would flap with every other host).
+fn readyz_body(st: &StatusSnapshot) -> String {
+    let mut body = String::from(if st.is_ready() {
+        "ready\n"
+    } else {
+        "not ready\n"
+    });
+    if let Some(health) = &st.health {
+        body.push_str(&health.summary(READYZ_UNREACHABLE_LISTED));
+    }
+    body
+}
+
+/// Unreachable peers named in `/readyz`; the count says how many more.
+const READYZ_UNREACHABLE_LISTED: usize = 20;
 
 /// Longest request head (request line and headers) read: probes and
 /// Prometheus send a few hundred bytes; past this the answer is 431.
@@ -251,8 +314,15 @@ fn answer(head: &[u8], status: &StatusSource) -> (Response, bool) {
     let path = target.split_once('?').map_or(target, |(p, _)| p);
     let r = match path {
         "/healthz" => Response::text("200 OK", "ok\n"),
-        "/readyz" if status().is_ready() => Response::text("200 OK", "ready\n"),
-        "/readyz" => Response::text("503 Service Unavailable", "not ready\n"),
+        "/readyz" => {
+            let st = status();
+            let code = if st.is_ready() {
+                "200 OK"
+            } else {
+                "503 Service Unavailable"
+            };
+            Response::text(code, readyz_body(&st))
+        }
         "/metrics" => Response {
             content_type: "text/plain; version=0.0.4",
             ..Response::text("200 OK", metrics(&status()))
@@ -597,6 +667,66 @@ mod tests {
             "the 4th accept's connection"
         );
         assert_eq!(attempts.load(Ordering::Relaxed), 5);
+    }
+
+    #[test]
+    fn peer_health_is_in_metrics_and_the_readyz_body() {
+        use twill_agent::{PeerHealth, UnreachableCause};
+        let key = |s: &str| s.parse::<twill_agent::SubnetKey>().unwrap();
+        let mut report = HealthReport::default();
+        report.probes_sent = 42;
+        report.peers = vec![
+            PeerHealth {
+                key: key("10.5.1.0-24"),
+                public_ip: "192.0.2.1".parse().unwrap(),
+                target: "10.5.1.0".parse().unwrap(),
+                reachability: Reachability::Reachable,
+                rtt: Some(Duration::from_micros(250)),
+            },
+            PeerHealth {
+                key: key("10.5.2.0-24"),
+                public_ip: "192.0.2.2".parse().unwrap(),
+                target: "10.5.2.0".parse().unwrap(),
+                reachability: Reachability::Unreachable(UnreachableCause::TunnelBlocked {
+                    port: 8472,
+                }),
+                rtt: None,
+            },
+            PeerHealth {
+                key: key("10.5.3.0-24"),
+                public_ip: "192.0.2.3".parse().unwrap(),
+                target: "10.5.3.0".parse().unwrap(),
+                reachability: Reachability::Unknown,
+                rtt: None,
+            },
+        ];
+        let mut st = StatusSnapshot::default();
+        st.health = Some(Arc::new(report));
+        let m = metrics(&st);
+        assert!(
+            m.contains("twill_peer_reachable{peer=\"192.0.2.1\",subnet=\"10.5.1.0-24\"} 1\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("twill_peer_reachable{peer=\"192.0.2.2\",subnet=\"10.5.2.0-24\"} 0\n"),
+            "{m}"
+        );
+        assert!(
+            !m.contains("peer=\"192.0.2.3\""),
+            "no verdict, no sample: {m}"
+        );
+        assert!(
+            m.contains(
+                "twill_peer_rtt_seconds{peer=\"192.0.2.1\",subnet=\"10.5.1.0-24\"} 0.000250\n"
+            ),
+            "{m}"
+        );
+        assert!(m.contains("twill_peer_probes_total 42\n"), "{m}");
+        let body = readyz_body(&st);
+        assert_eq!(
+            body,
+            "not ready\npeers: 1 reachable, 1 unreachable, 1 not yet probed\nunreachable: 192.0.2.2 (subnet 10.5.2.0-24, probed at 10.5.2.0): the tunnel is blocked: the host answers on the underlay but not through VXLAN (UDP port 8472)\n"
+        );
     }
 
     #[test]
