@@ -47,14 +47,17 @@ use twill_model::{
 };
 use twill_netlink::{
     Address, Address6, FdbEntry, FdbEntry6, Link, LinkChange, Neighbour, Neighbour6, NetlinkError,
-    NetlinkHandle, Request, Route, Route6, VxlanSpec, LINUX_VXLAN_DEFAULT_PORT, MAIN_TABLE,
-    TWILL_RTPROT,
+    NetlinkHandle, Nexthop, Request, Route, Route6, VxlanSpec, LINUX_VXLAN_DEFAULT_PORT,
+    MAIN_TABLE, TWILL_RTPROT,
 };
 
 use crate::peers::{
     check_common, check_ipv6, claim_order, dedupe, dedupe6, on_segment, Claimed, Claimed6,
 };
-use crate::plan::{plan, route_conflicts, vxlan_peer, DataplaneState, DataplaneState6, Owner};
+use crate::plan::{
+    peer_nexthop_id, plan, route_conflicts, via_nexthop, vxlan_peer, DataplaneState,
+    DataplaneState6, Owner,
+};
 use crate::{
     Backend, BackendError, FailedOp, HostContext, Ipv6Underlay, LocalSetup, ReconcileReport,
     UnderlayInterface,
@@ -92,6 +95,33 @@ pub struct VxlanOptions {
     /// `MTU`: overrides underlay MTU − 50 (twill extension).
     #[serde(rename = "MTU")]
     pub mtu: Option<u32>,
+    /// `Nexthops`: whether peers' routes go through nexthop objects (twill
+    /// extension; flanneld ignores the key). Read by
+    /// [`VxlanOptions::from_config`] only.
+    #[serde(skip)]
+    pub nexthops: NexthopMode,
+}
+
+/// How routes to peers are laid out (`"Nexthops"` in the `Backend` object).
+///
+/// flannel's route carries its gateway (`<subnet> via <subnet>.0 dev
+/// flannel.N onlink`); the kernel's insert of such routes is quadratic in
+/// their number on one device (docs/benchmarks.md §4). Through nexthop
+/// objects (`ip nexthop replace id <id> via <subnet>.0 dev flannel.N onlink`,
+/// `ip route replace <subnet> nhid <id>`) the forwarding is the same and a
+/// cold start with 10,000 peers several times faster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum NexthopMode {
+    /// Absent, `null` or `"auto"`: nexthop objects when the kernel has them
+    /// (a nexthop dump at setup is answered), flannel's routes otherwise.
+    #[default]
+    Auto,
+    /// `true`: nexthop objects, and setup fails where the kernel has none.
+    On,
+    /// `false`: flannel's routes exactly; objects of ours left from an
+    /// earlier run are removed.
+    Off,
 }
 
 impl Default for VxlanOptions {
@@ -103,6 +133,7 @@ impl Default for VxlanOptions {
             learning: false,
             direct_routing: false,
             mtu: None,
+            nexthops: NexthopMode::Auto,
         }
     }
 }
@@ -126,6 +157,8 @@ struct RawVxlanOptions {
     direct_routing: bool,
     #[serde(rename = "MTU")]
     mtu: Option<serde_json::Value>,
+    #[serde(rename = "Nexthops")]
+    nexthops: Option<serde_json::Value>,
 }
 
 /// Largest VNI: 24 bits.
@@ -197,6 +230,21 @@ impl VxlanOptions {
                 "68 to the underlay's MTU - 50",
             )?;
             o.mtu = u32::try_from(mtu).ok();
+        }
+        if let Some(v) = &raw.nexthops {
+            o.nexthops = match v {
+                serde_json::Value::Bool(true) => NexthopMode::On,
+                serde_json::Value::Bool(false) => NexthopMode::Off,
+                serde_json::Value::String(s) if s.eq_ignore_ascii_case("auto") => NexthopMode::Auto,
+                other => {
+                    return Err(BackendError::Config {
+                        backend: "vxlan",
+                        reason: format!(
+                            "Nexthops {other} is not a choice: it must be true, false or \"auto\""
+                        ),
+                    })
+                }
+            };
         }
         Ok(o)
     }
@@ -286,6 +334,8 @@ struct Ready {
     local: Option<Ipv4Addr>,
     mac: MacAddr,
     mtu: u32,
+    /// Peers' IPv4 routes go through nexthop objects (decided at setup).
+    nexthops: bool,
 }
 
 /// flannel's `vxlan` backend over the kernel's VXLAN driver.
@@ -534,6 +584,31 @@ impl VxlanBackend {
         }
     }
 
+    /// Whether peers' routes go through nexthop objects: as the options say,
+    /// and for [`NexthopMode::Auto`] as the kernel says, by answering a
+    /// nexthop dump (Linux 5.3 and later) or refusing it (`EOPNOTSUPP`).
+    fn use_nexthops(&mut self) -> Result<bool, BackendError> {
+        if self.opts.nexthops == NexthopMode::Off {
+            return Ok(false);
+        }
+        match self.nl.nexthop().list() {
+            Ok(_) => Ok(true),
+            Err(e) => match e.errno() {
+                Some(errno) if self.opts.nexthops == NexthopMode::On => {
+                    Err(BackendError::NexthopsUnsupported { errno })
+                }
+                Some(errno) => {
+                    tracing::info!(
+                        errno,
+                        "the kernel has no nexthop objects ({e}): peers' routes carry their gateway"
+                    );
+                    Ok(false)
+                }
+                None => Err(e.into()),
+            },
+        }
+    }
+
     /// Deletes our devices of a previous config (a VNI change): left in
     /// place, `flannel.<old VNI>` keeps its routes to the peers, which are in
     /// the way of ours (reported as routes twill did not create) and keep
@@ -592,9 +667,10 @@ impl VxlanBackend {
         let mut macs = BTreeMap::new();
         for peer in sorted {
             match self.peer_entries(r, dev, peer, &connected, &mut accepted, &mut macs) {
-                Ok(Some((neigh, fdb, route))) => {
+                Ok(Some((neigh, fdb, nexthop, route))) => {
                     state.neighbours.extend(neigh);
                     state.fdb.extend(fdb);
+                    state.nexthops.extend(nexthop);
                     state.routes.push(route);
                 }
                 Ok(None) => {}
@@ -613,7 +689,8 @@ impl VxlanBackend {
         connected: &[Ipv4Network],
         accepted: &mut Claimed,
         macs: &mut BTreeMap<MacAddr, SubnetKey>,
-    ) -> Result<Option<(Option<Neighbour>, Option<FdbEntry>, Route)>, SkipReason> {
+    ) -> Result<Option<(Option<Neighbour>, Option<FdbEntry>, Option<Nexthop>, Route)>, SkipReason>
+    {
         if !check_common(peer, self.own.as_ref(), r.public_ip, &r.config, "vxlan")? {
             return Ok(None);
         }
@@ -639,11 +716,17 @@ impl VxlanBackend {
         dedupe(accepted, peer.key)?;
         if direct {
             let route = Route::new(peer.key.ipv4).via(public).dev(r.underlay.index);
-            return Ok(Some((None, None, route)));
+            return Ok(Some((None, None, None, route)));
         }
         macs.insert(mac, peer.key);
         let (neigh, fdb, route) = vxlan_peer(dev, peer.key.ipv4, mac, public);
-        Ok(Some((Some(neigh), Some(fdb), route)))
+        match peer_nexthop_id(peer.key.ipv4).filter(|_| r.nexthops) {
+            Some(id) => {
+                let (nexthop, route) = via_nexthop(route, id);
+                Ok(Some((Some(neigh), Some(fdb), Some(nexthop), route)))
+            }
+            None => Ok(Some((Some(neigh), Some(fdb), None, route))),
+        }
     }
 }
 
@@ -774,7 +857,8 @@ fn disable_accept_ra(device: &str) {
 }
 
 /// Dumps the kernel state relevant to `owner` (its device's neighbours and
-/// FDB entries, the routes of its table), reports routes of others that are
+/// FDB entries, the routes of its table, and with a device every nexthop
+/// object, none where the kernel has no such objects), reports routes of others that are
 /// in the way of `desired` as skipped, and applies [`plan()`]'s ops in one
 /// netlink batch: the reconcile step every route/neighbour/FDB-based backend
 /// shares, also for backends outside this crate. Adds to `report.planned`,
@@ -801,10 +885,24 @@ pub fn converge(
             None => Vec::new(),
         },
         routes: nl.route().list(Some(owner.table))?,
+        nexthops: match owner.device {
+            Some(_) => observed_nexthops(nl)?,
+            None => Vec::new(),
+        },
     };
     apply_plan(nl, desired, &observed, owner, report, |dst| {
         (SubnetKey::v4(dst), SkipReason::ForeignRoute(dst))
     })
+}
+
+/// Every nexthop object (read as IPv4), or none where the kernel refuses
+/// the dump (no nexthop objects: before Linux 5.3).
+fn observed_nexthops(nl: &mut NetlinkHandle) -> Result<Vec<Nexthop>, BackendError> {
+    match nl.nexthop().list() {
+        Ok(n) => Ok(n),
+        Err(e) if e.errno().is_some() => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// [`converge`] for the IPv6 half: dumps `owner`'s IPv6 neighbours, FDB
@@ -830,6 +928,10 @@ pub fn converge6(
             None => Vec::new(),
         },
         routes: nl.route().list6(Some(owner.table))?,
+        // IPv6 peers' routes carry their gateway: a /64 gives no 32-bit id
+        // that follows from the lease alone, and the IPv6 insert is not
+        // quadratic in this layout (docs/benchmarks.md § IPv6).
+        nexthops: Vec::new(),
     };
     apply_plan(nl, desired, &observed, owner, report, |dst| {
         (
@@ -930,6 +1032,10 @@ impl Backend for VxlanBackend {
             .opts
             .mtu
             .unwrap_or_else(|| host.underlay.mtu.saturating_sub(VXLAN_OVERHEAD));
+        let nexthops = match local {
+            Some(_) => self.use_nexthops()?,
+            None => false,
+        };
         self.ready = Some(Ready {
             config: host.config.clone(),
             public_ip: host.public_ip,
@@ -937,6 +1043,7 @@ impl Backend for VxlanBackend {
             local,
             mac,
             mtu,
+            nexthops,
         });
         let mut attrs = LeaseAttrs::new(host.public_ip, "vxlan");
         if local.is_some() {
