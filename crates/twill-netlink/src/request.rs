@@ -1081,6 +1081,40 @@ mod tests {
     }
 
     #[test]
+    fn nexthop_requests_describe_themselves_like_ip_commands() {
+        let nh = Nexthop::via(5, "10.244.1.0".parse().expect("ip"), 4).onlink();
+        assert_eq!(
+            Request::NexthopReplace(nh).to_string(),
+            "ip nexthop replace id 5 via 10.244.1.0 dev #4 onlink proto 241"
+        );
+        assert_eq!(
+            Request::NexthopDelete(nh).to_string(),
+            "ip nexthop del id 5"
+        );
+        let r = Route::new("10.244.1.0/24".parse().expect("net"))
+            .via("10.244.1.0".parse().expect("ip"))
+            .dev(4)
+            .onlink()
+            .nexthop(5);
+        assert_eq!(
+            Request::RouteReplace(r).to_string(),
+            "ip route replace 10.244.1.0/24 nhid 5 proto 241"
+        );
+        let mut out = Vec::new();
+        let zero = Request::NexthopReplace(Nexthop { id: 0, ..nh });
+        assert!(matches!(
+            zero.encode(1, &mut out),
+            Err(NetlinkError::Invalid(_))
+        ));
+        Request::NexthopReplace(nh)
+            .encode(9, &mut out)
+            .expect("encode");
+        // nlmsghdr (16 bytes), then struct nhmsg: family, scope, protocol.
+        assert_eq!(u16::from_ne_bytes([out[4], out[5]]), 104, "RTM_NEWNEXTHOP");
+        assert_eq!((out[16], out[18]), (AF_INET, 241));
+    }
+
+    #[test]
     fn ipv6_requests_describe_themselves_like_ip_commands() {
         let r = Request::RouteReplace6(
             Route6::new("fd10:1:2::/64".parse().expect("net"))

@@ -364,17 +364,19 @@ impl<A: IpFamily> IpRoute<A> {
 impl<A: IpFamily> fmt::Display for IpRoute<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.dst)?;
+        // Through an object, the id is what is sent (and all `ip` takes).
         if let Some(id) = self.nexthop_id {
             write!(f, " nhid {id}")?;
-        }
-        if let Some(gw) = self.gateway {
-            write!(f, " via {gw}")?;
-        }
-        if let Some(oif) = self.oif {
-            write!(f, " dev #{oif}")?;
-        }
-        if self.onlink {
-            f.write_str(" onlink")?;
+        } else {
+            if let Some(gw) = self.gateway {
+                write!(f, " via {gw}")?;
+            }
+            if let Some(oif) = self.oif {
+                write!(f, " dev #{oif}")?;
+            }
+            if self.onlink {
+                f.write_str(" onlink")?;
+            }
         }
         if self.table != MAIN_TABLE {
             write!(f, " table {}", self.table)?;
