@@ -1306,8 +1306,7 @@ mod tests {
                 IpOp::DeleteRoute(r) => prop_assert!(o.owns_route(r)),
                 IpOp::ReplaceRoute(r) => {
                     // Never overwrites a foreign route at the same destination.
-                    prop_assert!(!observed
-                        .routes
+                    prop_assert!(!resolve_nexthops(&observed.routes, &observed.nexthops)
                         .iter()
                         .any(|h| (h.table, h.dst) == (r.table, r.dst)
                             && !o.owns_route(h)
