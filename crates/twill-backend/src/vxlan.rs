@@ -1292,6 +1292,38 @@ mod tests {
         }
     }
 
+    /// Issue 16: `Nexthops` (twill's key; flanneld ignores it) is true,
+    /// false or "auto", matched as Go matches keys; anything else names
+    /// the field and the choices.
+    #[test]
+    fn nexthops_option_is_true_false_or_auto() {
+        for (backend, want) in [
+            (r#"{"Type":"vxlan"}"#, NexthopMode::Auto),
+            (r#"{"Type":"vxlan","Nexthops":null}"#, NexthopMode::Auto),
+            (r#"{"Type":"vxlan","Nexthops":"auto"}"#, NexthopMode::Auto),
+            (r#"{"Type":"vxlan","nexthops":"AUTO"}"#, NexthopMode::Auto),
+            (r#"{"Type":"vxlan","Nexthops":true}"#, NexthopMode::On),
+            (r#"{"Type":"vxlan","NEXTHOPS":false}"#, NexthopMode::Off),
+        ] {
+            assert_eq!(options(backend).nexthops, want, "{backend}");
+        }
+        for bad in [r#"1"#, r#""yes""#, r#"[]"#] {
+            let cfg = NetworkConfig::parse(&format!(
+                r#"{{"Network":"10.5.0.0/16","Backend":{{"Type":"vxlan","Nexthops":{bad}}}}}"#
+            ))
+            .unwrap();
+            let err = VxlanOptions::from_config(&cfg.backend)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!(
+                    r#"Nexthops {bad} is not a choice: it must be true, false or "auto""#
+                )),
+                "{err}"
+            );
+        }
+    }
+
     /// Issue 13: only our devices of another VNI are stale: kind vxlan,
     /// named `flannel.<N>`, with our underlay address as `local`.
     #[test]
