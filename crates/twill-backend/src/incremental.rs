@@ -19,7 +19,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use twill_model::{SkipReason, SubnetKey, SubnetLease};
-use twill_netlink::{IpFamily, IpFdbEntry, IpNeighbour, IpRoute, MacAddr, NetlinkHandle};
+use twill_netlink::{
+    IpFamily, IpFdbEntry, IpNeighbour, IpNexthop, IpRoute, MacAddr, NetlinkHandle,
+};
 
 use crate::peers::Claimed;
 use crate::plan::{plan, IpDataplaneState, IpOp, Owner};
@@ -47,12 +49,14 @@ impl<C> Default for Claims<C> {
 /// Peers not programmed, with why.
 pub(crate) type Skipped = Vec<(SubnetKey, SkipReason)>;
 
-/// What one peer gets in one family: a route, and on a VXLAN device its
-/// neighbour and FDB entries.
+/// What one peer gets in one family: a route, on a VXLAN device its
+/// neighbour and FDB entries, and the nexthop object its route goes
+/// through when the kernel has them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PeerEntries<A: IpFamily> {
     pub(crate) neighbour: Option<IpNeighbour<A>>,
     pub(crate) fdb: Option<IpFdbEntry<A>>,
+    pub(crate) nexthop: Option<IpNexthop<A>>,
     pub(crate) route: IpRoute<A>,
 }
 
@@ -62,6 +66,7 @@ impl<A: IpFamily> PeerEntries<A> {
         Self {
             neighbour: None,
             fdb: None,
+            nexthop: None,
             route,
         }
     }
@@ -69,6 +74,7 @@ impl<A: IpFamily> PeerEntries<A> {
     fn push_into(&self, state: &mut IpDataplaneState<A>) {
         state.neighbours.extend(self.neighbour);
         state.fdb.extend(self.fdb);
+        state.nexthops.extend(self.nexthop);
         state.routes.push(self.route);
     }
 }
@@ -242,21 +248,30 @@ impl<A: IpFamily, C: Ord + Copy> PeerTable<A, C> {
 }
 
 /// The ops of `delta`: [`plan()`](crate::plan()) of its desired against its observed
-/// entries, with each route to a destination the changed peers did not
-/// hold added exclusively ([`IpOp::AddRoute`]): only a full pass, which
-/// dumps the table, may decide about a route it did not know of.
+/// entries, with each route to a destination, and each nexthop object of
+/// an id, that the changed peers did not hold added exclusively
+/// ([`IpOp::AddRoute`], [`IpOp::AddNexthop`]): only a full pass, which
+/// dumps the kernel, may decide about what it did not know of.
 pub(crate) fn delta_ops<A: IpFamily>(delta: &Delta<A>, owner: &Owner) -> Vec<IpOp<A>> {
     let mut ops = plan(&delta.desired, &delta.observed, owner);
     for op in &mut ops {
-        if let IpOp::ReplaceRoute(r) = *op {
-            let held = delta
-                .observed
-                .routes
-                .iter()
-                .any(|o| (o.table, o.dst) == (r.table, r.dst));
-            if !held {
-                *op = IpOp::AddRoute(r);
+        match *op {
+            IpOp::ReplaceRoute(r) => {
+                let held = delta
+                    .observed
+                    .routes
+                    .iter()
+                    .any(|o| (o.table, o.dst) == (r.table, r.dst));
+                if !held {
+                    *op = IpOp::AddRoute(r);
+                }
             }
+            IpOp::ReplaceNexthop(n) => {
+                if !delta.observed.nexthops.iter().any(|o| o.id == n.id) {
+                    *op = IpOp::AddNexthop(n);
+                }
+            }
+            _ => {}
         }
     }
     ops
@@ -277,21 +292,35 @@ pub(crate) fn apply_delta<A: IpFamily>(
     report.skipped.extend(delta.skipped.iter().cloned());
     let ops = delta_ops(delta, owner);
     report.planned += ops.len();
-    if ops.is_empty() {
-        return Ok(true);
-    }
-    let requests: Vec<_> = ops.iter().map(IpOp::to_request).collect();
-    let outcome = nl.execute(&requests)?;
-    let mut complete = true;
-    for ((op, request), r) in ops.iter().zip(requests).zip(outcome.results) {
-        match r {
-            Ok(()) => report.applied += 1,
-            Err(e) if op.is_done_despite(&e) => report.applied += 1,
-            Err(e) if matches!(op, IpOp::AddRoute(_)) && e.is_exists() => complete = false,
-            Err(e) => report.failed.push(FailedOp::new(request, &e)),
+    // New objects first, in a batch of their own: a route must never be
+    // sent through an id that turns out to be someone else's object.
+    let (objects, rest): (Vec<IpOp<A>>, Vec<IpOp<A>>) = ops
+        .into_iter()
+        .partition(|op| matches!(op, IpOp::AddNexthop(_)));
+    for batch in [objects, rest] {
+        if batch.is_empty() {
+            continue;
+        }
+        let requests: Vec<_> = batch.iter().map(IpOp::to_request).collect();
+        let outcome = nl.execute(&requests)?;
+        let mut complete = true;
+        for ((op, request), r) in batch.iter().zip(requests).zip(outcome.results) {
+            match r {
+                Ok(()) => report.applied += 1,
+                Err(e) if op.is_done_despite(&e) => report.applied += 1,
+                Err(e)
+                    if matches!(op, IpOp::AddRoute(_) | IpOp::AddNexthop(_)) && e.is_exists() =>
+                {
+                    complete = false;
+                }
+                Err(e) => report.failed.push(FailedOp::new(request, &e)),
+            }
+        }
+        if !complete {
+            return Ok(false);
         }
     }
-    Ok(complete)
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -363,6 +392,7 @@ mod tests {
         Ok(Some(PeerEntries {
             neighbour: Some(n),
             fdb: Some(f),
+            nexthop: None,
             route: r,
         }))
     }

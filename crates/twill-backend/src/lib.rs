@@ -68,19 +68,19 @@ pub use async_trait::async_trait;
 pub use hostgw::HostGwBackend;
 pub use peers::{select_peers, PeerContext, PeerSelection};
 pub use plan::{
-    hostgw_peer, plan, vxlan_peer, DataplaneState, DataplaneState6, IpDataplaneState, IpOp, Op,
-    Op6, Owner,
+    hostgw_peer, peer_nexthop_id, plan, resolve_nexthops, via_nexthop, vxlan_peer, DataplaneState,
+    DataplaneState6, IpDataplaneState, IpOp, Op, Op6, Owner,
 };
 pub use vxlan::{
-    converge, converge6, derived_vtep_mac, derived_vtep_mac6, VxlanBackend, VxlanOptions,
-    VXLAN6_OVERHEAD, VXLAN_OVERHEAD,
+    converge, converge6, derived_vtep_mac, derived_vtep_mac6, NexthopMode, VxlanBackend,
+    VxlanOptions, VXLAN6_OVERHEAD, VXLAN_OVERHEAD,
 };
 
 // The twill-netlink types this crate's API takes and returns, so that a
 // backend written on it needs no twill-netlink dependency of its own.
 pub use twill_netlink::{
-    Address, FdbEntry, IpFamily, Neighbour, NetlinkError, NetlinkHandle, Request, Route,
-    MAIN_TABLE, TWILL_RTPROT,
+    Address, FdbEntry, IpFamily, IpNexthop, Neighbour, NetlinkError, NetlinkHandle, Nexthop,
+    Request, Route, MAIN_TABLE, TWILL_RTPROT,
 };
 // The reason type of `ReconcileReport::skipped`, shared with the lease core.
 pub use twill_model::SkipReason;
@@ -351,6 +351,13 @@ pub enum BackendError {
         underlay: String,
         /// The underlay interface's MTU.
         underlay_mtu: u32,
+    },
+    /// `"Nexthops": true` asks for nexthop objects and the kernel has none:
+    /// it refused a nexthop dump with `errno` (`EOPNOTSUPP` before Linux 5.3).
+    #[error("invalid vxlan backend config: Nexthops true: this kernel has no nexthop objects (a nexthop dump answered {}, errno {errno}); leave Nexthops out (or \"auto\") to fall back to gateway routes", std::io::Error::from_raw_os_error(*errno))]
+    NexthopsUnsupported {
+        /// The kernel's answer to the dump (positive errno).
+        errno: i32,
     },
     /// A netlink operation failed.
     #[error(transparent)]

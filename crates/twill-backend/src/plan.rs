@@ -14,10 +14,13 @@
 //! what it would without IPv6; an [`Owner`] for the IPv6 pass names the
 //! IPv6 device.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use twill_netlink::{IpFamily, IpFdbEntry, IpNeighbour, IpRoute, MacAddr, NetlinkError, Request};
+use ipnetwork::Ipv4Network;
+use twill_netlink::{
+    IpFamily, IpFdbEntry, IpNeighbour, IpNexthop, IpRoute, MacAddr, NetlinkError, Request,
+};
 
 /// What the kernel should hold for the current set of peers, in family `A`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,8 +31,15 @@ pub struct IpDataplaneState<A: IpFamily> {
     /// `dst` per unicast MAC on a device (more only for the all-zeros and
     /// multicast MACs used for flooding), and [`plan`] programs them that way.
     pub fdb: Vec<IpFdbEntry<A>>,
-    /// Routes.
+    /// Routes. A route through a nexthop object (`nexthop_id`) is planned
+    /// by the object's forwarding: its `gateway`, `oif` and `onlink` are
+    /// the object's ([`resolve_nexthops`]), whatever the dump said.
     pub routes: Vec<IpRoute<A>>,
+    /// Nexthop objects (empty where the kernel has none, or where routes
+    /// carry their own gateway). Desired: one per route that names it.
+    /// Observed: every object of the namespace, since ids are one space
+    /// shared with everyone else's.
+    pub nexthops: Vec<IpNexthop<A>>,
 }
 
 // Not derived: a derive would ask `A: Default`, which addresses are not.
@@ -39,6 +49,7 @@ impl<A: IpFamily> Default for IpDataplaneState<A> {
             neighbours: Vec::new(),
             fdb: Vec::new(),
             routes: Vec::new(),
+            nexthops: Vec::new(),
         }
     }
 }
@@ -84,16 +95,29 @@ impl Owner {
             && r.oif.is_some_and(|o| self.route_oifs.contains(&o))
     }
 
+    /// Whether a nexthop object is ours: our protocol, on our device or
+    /// one of our route devices, with a gateway of the family planned (a
+    /// group, a blackhole or an object of the other family never is).
+    #[must_use]
+    pub fn owns_nexthop<A: IpFamily>(&self, n: &IpNexthop<A>) -> bool {
+        n.protocol == self.protocol
+            && n.gateway.is_some()
+            && n.oif.is_some_and(|o| self.route_oifs.contains(&o))
+    }
+
     /// Whether `observed`, a route we did not create, is exactly `desired`
-    /// but for its protocol: flanneld's own route for the same lease (same
-    /// destination, gateway, device, onlink flag and table). Taking it over
-    /// changes no forwarding and lets twilld replace flanneld in place; any
-    /// other foreign route is left alone.
+    /// but for its protocol and nexthop object: flanneld's own route for
+    /// the same lease (same destination, gateway, device, onlink flag and
+    /// table; flanneld's carries its gateway itself, ours may go through a
+    /// nexthop object to the same place). Taking it over changes no
+    /// forwarding and lets twilld replace flanneld in place; any other
+    /// foreign route is left alone.
     #[must_use]
     pub fn adopts_route<A: IpFamily>(&self, observed: &IpRoute<A>, desired: &IpRoute<A>) -> bool {
         !self.owns_route(observed)
             && IpRoute {
                 protocol: desired.protocol,
+                nexthop_id: desired.nexthop_id,
                 ..*observed
             } == *desired
     }
@@ -126,6 +150,15 @@ pub enum IpOp<A: IpFamily> {
     AddRoute(IpRoute<A>),
     /// Remove a route.
     DeleteRoute(IpRoute<A>),
+    /// Add or replace a nexthop object (before any route through it).
+    ReplaceNexthop(IpNexthop<A>),
+    /// Add a nexthop object whose id nothing holds (`NLM_F_EXCL`): as
+    /// [`IpOp::AddRoute`], only from an incremental pass, so an object
+    /// someone else made with that id is refused (`EEXIST`), not replaced.
+    AddNexthop(IpNexthop<A>),
+    /// Remove a nexthop object (after the routes it served moved away: the
+    /// kernel deletes the routes still through it).
+    DeleteNexthop(IpNexthop<A>),
 }
 
 /// One change to the kernel's IPv4 state.
@@ -147,6 +180,9 @@ impl<A: IpFamily> IpOp<A> {
             Self::ReplaceRoute(r) => Request::route_replace(r),
             Self::AddRoute(r) => Request::route_add(r),
             Self::DeleteRoute(r) => Request::route_delete(r),
+            Self::ReplaceNexthop(n) => Request::nexthop_replace(n),
+            Self::AddNexthop(n) => Request::nexthop_add(n),
+            Self::DeleteNexthop(n) => Request::nexthop_delete(n),
         }
     }
 
@@ -155,7 +191,10 @@ impl<A: IpFamily> IpOp<A> {
     pub fn is_delete(&self) -> bool {
         matches!(
             self,
-            Self::DeleteNeighbour(_) | Self::DeleteFdb(_) | Self::DeleteRoute(_)
+            Self::DeleteNeighbour(_)
+                | Self::DeleteFdb(_)
+                | Self::DeleteRoute(_)
+                | Self::DeleteNexthop(_)
         )
     }
 
@@ -171,8 +210,9 @@ impl<A: IpFamily> IpOp<A> {
     ///   replace or append of what it already holds (`ip neigh replace`,
     ///   `ip route replace`, `bridge fdb replace/append` all do), so an
     ///   `EEXIST` means a conflicting object refused the op; for
-    ///   [`IpOp::AddRoute`], the one exclusive op, a route at its
-    ///   destination that the caller did not know of.
+    ///   [`IpOp::AddRoute`] and [`IpOp::AddNexthop`], the exclusive ops, a
+    ///   route at its destination or an object with its id that the caller
+    ///   did not know of.
     #[must_use]
     pub fn is_done_despite(&self, err: &NetlinkError) -> bool {
         self.is_delete() && err.is_not_found()
@@ -303,14 +343,23 @@ pub fn plan<A: IpFamily>(
         }
     }
 
+    // Nexthop objects, keyed by id: the kernel's one space for everyone's.
+    let nexthops = Nexthops::new(desired, observed, owner);
+    for n in nexthops.want.values() {
+        if !nexthops.blocked.contains(&n.id) && nexthops.have.get(&n.id) != Some(&n) {
+            adds.push(IpOp::ReplaceNexthop(*n));
+        }
+    }
+
     // Routes, keyed by (table, dst).
     let want: BTreeMap<RouteKey<A>, IpRoute<A>> = desired
         .routes
         .iter()
-        .map(|r| ((r.table, r.dst), *r))
+        .map(|r| ((r.table, r.dst), nexthops.effective(r)))
         .collect();
+    let observed_routes = resolve_nexthops(&observed.routes, &observed.nexthops);
     let mut have: BTreeMap<RouteKey<A>, Vec<&IpRoute<A>>> = BTreeMap::new();
-    for r in &observed.routes {
+    for r in &observed_routes {
         have.entry((r.table, r.dst)).or_default().push(r);
     }
     for (k, r) in &want {
@@ -339,8 +388,132 @@ pub fn plan<A: IpFamily>(
         }
     }
 
+    // Last: an object of ours no route of ours wants any more. One a route
+    // we leave alone still goes through is kept: deleting it would delete
+    // that route too.
+    let kept: BTreeSet<u32> = observed_routes
+        .iter()
+        .filter(|r| !owner.owns_route(r))
+        .filter_map(|r| r.nexthop_id)
+        .collect();
+    for (id, n) in &nexthops.have {
+        if owner.owns_nexthop(n) && !nexthops.want.contains_key(id) && !kept.contains(id) {
+            dels.push(IpOp::DeleteNexthop(**n));
+        }
+    }
+
     adds.extend(dels);
     adds
+}
+
+/// The nexthop objects of one plan: those wanted, those the kernel has, and
+/// the wanted ids someone else's object holds.
+struct Nexthops<'a, A: IpFamily> {
+    want: BTreeMap<u32, IpNexthop<A>>,
+    have: BTreeMap<u32, &'a IpNexthop<A>>,
+    /// Wanted ids held by an object that is not ours: never touched; the
+    /// routes that would go through them carry their gateway instead.
+    blocked: BTreeSet<u32>,
+}
+
+impl<'a, A: IpFamily> Nexthops<'a, A> {
+    fn new(
+        desired: &IpDataplaneState<A>,
+        observed: &'a IpDataplaneState<A>,
+        owner: &Owner,
+    ) -> Self {
+        let want: BTreeMap<u32, IpNexthop<A>> = desired
+            .nexthops
+            .iter()
+            .filter(|n| n.id != 0)
+            .map(|n| (n.id, *n))
+            .collect();
+        let have: BTreeMap<u32, &IpNexthop<A>> =
+            observed.nexthops.iter().map(|n| (n.id, n)).collect();
+        let blocked = want
+            .keys()
+            .filter(|id| have.get(id).is_some_and(|h| !owner.owns_nexthop(h)))
+            .copied()
+            .collect();
+        Self {
+            want,
+            have,
+            blocked,
+        }
+    }
+
+    /// The route as it is to be programmed: through its object, with the
+    /// object's forwarding, when that object is wanted and its id free;
+    /// otherwise with the gateway itself (flannel's route), so that a peer
+    /// whose id someone else holds is still reached.
+    fn effective(&self, r: &IpRoute<A>) -> IpRoute<A> {
+        let Some(id) = r.nexthop_id else {
+            return *r;
+        };
+        let Some(n) = self.want.get(&id) else {
+            return IpRoute {
+                nexthop_id: None,
+                ..*r
+            };
+        };
+        IpRoute {
+            gateway: n.gateway,
+            oif: n.oif,
+            onlink: n.onlink,
+            nexthop_id: (!self.blocked.contains(&id)).then_some(id),
+            ..*r
+        }
+    }
+}
+
+/// `routes` with the forwarding of each route through a nexthop object
+/// taken from that object in `nexthops`: the kernel reports it beside the
+/// id only in its compatibility mode (`net.ipv4.nexthop_compat_mode`), and
+/// ownership ([`Owner::owns_route`]) and comparison need it either way. A
+/// route whose object is not in `nexthops` is left as it is.
+#[must_use]
+pub fn resolve_nexthops<A: IpFamily>(
+    routes: &[IpRoute<A>],
+    nexthops: &[IpNexthop<A>],
+) -> Vec<IpRoute<A>> {
+    let by_id: BTreeMap<u32, &IpNexthop<A>> = nexthops.iter().map(|n| (n.id, n)).collect();
+    routes
+        .iter()
+        .map(|r| match r.nexthop_id.and_then(|id| by_id.get(&id)) {
+            Some(n) => IpRoute {
+                gateway: n.gateway,
+                oif: n.oif,
+                onlink: n.onlink,
+                ..*r
+            },
+            None => *r,
+        })
+        .collect()
+}
+
+/// The nexthop object id of the IPv4 `subnet`'s peer: the subnet's network
+/// address as a number (`10.244.1.0` is 183,763,200), so that it follows
+/// from the lease alone, is the same on every pass and every restart, and
+/// no two subnets share one. `None` for `0.0.0.0`, whose 0 is no id.
+#[must_use]
+pub fn peer_nexthop_id(subnet: Ipv4Network) -> Option<u32> {
+    Some(u32::from(subnet.network())).filter(|id| *id != 0)
+}
+
+/// `route`, which carries its gateway, as a nexthop object `id` with that
+/// gateway, device and onlink flag, and the route through it (`nhid id`):
+/// the same forwarding, without the kernel's quadratic insert of many
+/// gateways on one device (docs/benchmarks.md §4).
+#[must_use]
+pub fn via_nexthop<A: IpFamily>(route: IpRoute<A>, id: u32) -> (IpNexthop<A>, IpRoute<A>) {
+    let nexthop = IpNexthop {
+        id,
+        gateway: route.gateway,
+        oif: route.oif,
+        onlink: route.onlink,
+        protocol: route.protocol,
+    };
+    (nexthop, route.nexthop(id))
 }
 
 /// Desired routes that [`plan`] will not program because a route we do not
@@ -353,8 +526,9 @@ pub fn route_conflicts<A: IpFamily>(
 ) -> Vec<IpRoute<A>> {
     // A set, not a scan per desired route: O(n log n) at 10,000 peers
     // instead of 100 M comparisons per reconcile.
+    let observed_routes = resolve_nexthops(&observed.routes, &observed.nexthops);
     let mut foreign: BTreeMap<RouteKey<A>, Vec<&IpRoute<A>>> = BTreeMap::new();
-    for h in observed.routes.iter().filter(|h| !owner.owns_route(h)) {
+    for h in observed_routes.iter().filter(|h| !owner.owns_route(h)) {
         foreign.entry((h.table, h.dst)).or_default().push(h);
     }
     desired
@@ -374,6 +548,7 @@ pub fn route_conflicts<A: IpFamily>(
 #[must_use]
 pub fn simulate<A: IpFamily>(state: &IpDataplaneState<A>, ops: &[IpOp<A>]) -> IpDataplaneState<A> {
     let mut s = state.clone();
+    s.routes = resolve_nexthops(&s.routes, &s.nexthops);
     for op in ops {
         match *op {
             IpOp::ReplaceNeighbour(n) => {
@@ -420,7 +595,13 @@ pub fn simulate<A: IpFamily>(state: &IpDataplaneState<A>, ops: &[IpOp<A>]) -> Ip
             IpOp::DeleteFdb(e) => s.fdb.retain(|x| {
                 (x.index, x.mac) != (e.index, e.mac) || e.dst.is_some_and(|d| x.dst != Some(d))
             }),
+            // Through an object the kernel does not have: refused (EINVAL),
+            // so an object must come before the routes through it.
+            IpOp::ReplaceRoute(r)
+                if r.nexthop_id
+                    .is_some_and(|id| !s.nexthops.iter().any(|n| n.id == id)) => {}
             IpOp::ReplaceRoute(r) => {
+                let r = resolve_nexthops(&[r], &s.nexthops)[0];
                 // NLM_F_REPLACE replaces the first route with the same table/dst.
                 if let Some(x) = s
                     .routes
@@ -443,9 +624,37 @@ pub fn simulate<A: IpFamily>(state: &IpDataplaneState<A>, ops: &[IpOp<A>]) -> Ip
                 }
             }
             IpOp::DeleteRoute(r) => {
-                if let Some(pos) = s.routes.iter().position(|x| *x == r) {
+                // Through an object the kernel matches by its id, not by
+                // the gateway or device.
+                let same = |x: &IpRoute<A>| match r.nexthop_id {
+                    Some(id) => {
+                        (x.table, x.dst, x.protocol, x.nexthop_id)
+                            == (r.table, r.dst, r.protocol, Some(id))
+                    }
+                    None => *x == r,
+                };
+                if let Some(pos) = s.routes.iter().position(same) {
                     s.routes.remove(pos);
                 }
+            }
+            IpOp::ReplaceNexthop(n) => {
+                match s.nexthops.iter_mut().find(|x| x.id == n.id) {
+                    Some(x) => *x = n,
+                    None => s.nexthops.push(n),
+                }
+                // The routes through it follow it.
+                s.routes = resolve_nexthops(&s.routes, &s.nexthops);
+            }
+            // EEXIST when the id is taken: nothing changes.
+            IpOp::AddNexthop(n) => {
+                if !s.nexthops.iter().any(|x| x.id == n.id) {
+                    s.nexthops.push(n);
+                    s.routes = resolve_nexthops(&s.routes, &s.nexthops);
+                }
+            }
+            IpOp::DeleteNexthop(n) => {
+                s.nexthops.retain(|x| x.id != n.id);
+                s.routes.retain(|x| x.nexthop_id != Some(n.id));
             }
         }
     }
@@ -552,6 +761,13 @@ mod tests {
         changed_route_is_replaced_in_place_not_deleted,
         foreign_route_at_our_destination_is_not_replaced,
         flanneld_route_identical_but_for_protocol_is_taken_over,
+        routes_through_objects_come_after_their_objects,
+        stale_object_is_deleted_after_its_route,
+        an_id_someone_else_holds_falls_back_to_the_gateway_route,
+        flanneld_route_is_taken_over_by_a_route_through_an_object,
+        turning_objects_off_moves_routes_then_deletes_objects,
+        routes_dumped_without_compat_mode_are_read_through_their_object,
+        an_object_a_foreign_route_uses_is_kept,
     );
 
     const DEV: u32 = 5;
@@ -578,6 +794,25 @@ mod tests {
             IpFdbEntry::permanent(DEV, mac(i), A::underlay(i)),
             IpRoute::new(A::subnet(i)).via(gw).dev(DEV).onlink(),
         )
+    }
+
+    /// Peer `i`'s nexthop object id in these cases.
+    fn nh_id(i: u8) -> u32 {
+        100 + u32::from(i)
+    }
+
+    /// Peers `ids` as the vxlan backend lays them out through nexthop objects.
+    fn nh_state<A: Fixture>(ids: &[u8]) -> IpDataplaneState<A> {
+        let mut s = IpDataplaneState::default();
+        for &i in ids {
+            let (n, f, r) = peer(i);
+            let (nh, r) = via_nexthop(r, nh_id(i));
+            s.neighbours.push(n);
+            s.fdb.push(f);
+            s.nexthops.push(nh);
+            s.routes.push(r);
+        }
+        s
     }
 
     fn state<A: Fixture>(ids: &[u8]) -> IpDataplaneState<A> {
@@ -784,6 +1019,136 @@ mod tests {
         assert!(!ops.iter().any(|o| matches!(o, IpOp::ReplaceRoute(_))));
     }
 
+    fn routes_through_objects_come_after_their_objects<A: Fixture>() {
+        let desired = nh_state::<A>(&[1, 2]);
+        let ops = plan(&desired, &IpDataplaneState::default(), &owner());
+        assert_eq!(ops.len(), 8, "{ops:?}");
+        let first_route = ops
+            .iter()
+            .position(|o| matches!(o, IpOp::ReplaceRoute(_)))
+            .expect("routes");
+        let objects: Vec<IpOp<A>> = ops[..first_route]
+            .iter()
+            .filter(|o| matches!(o, IpOp::ReplaceNexthop(_)))
+            .copied()
+            .collect();
+        let want: Vec<IpOp<A>> = desired
+            .nexthops
+            .iter()
+            .map(|n| IpOp::ReplaceNexthop(*n))
+            .collect();
+        assert_eq!(objects, want);
+        let after = simulate(&IpDataplaneState::default(), &ops);
+        let (_, _, r1) = peer::<A>(1);
+        assert!(after.routes.contains(&r1.nexthop(nh_id(1))), "{after:?}");
+        assert!(plan(&desired, &after, &owner()).is_empty());
+    }
+
+    fn stale_object_is_deleted_after_its_route<A: Fixture>() {
+        let observed = nh_state::<A>(&[1, 2]);
+        let ops = plan(&nh_state(&[1]), &observed, &owner());
+        let (n2, f2, r2) = peer::<A>(2);
+        let (nh2, r2) = via_nexthop(r2, nh_id(2));
+        assert_eq!(
+            ops,
+            vec![
+                IpOp::DeleteNeighbour(n2),
+                IpOp::DeleteFdb(f2),
+                IpOp::DeleteRoute(r2),
+                IpOp::DeleteNexthop(nh2),
+            ]
+        );
+    }
+
+    fn an_id_someone_else_holds_falls_back_to_the_gateway_route<A: Fixture>() {
+        let foreign = IpNexthop::via(nh_id(1), A::elsewhere(), OTHER).protocol(4);
+        let observed = IpDataplaneState {
+            nexthops: vec![foreign],
+            ..IpDataplaneState::default()
+        };
+        let desired = nh_state::<A>(&[1]);
+        let ops = plan(&desired, &observed, &owner());
+        let (_, _, r1) = peer::<A>(1);
+        assert!(ops.contains(&IpOp::ReplaceRoute(r1)), "{ops:?}");
+        assert!(
+            !ops.iter()
+                .any(|o| matches!(o, IpOp::ReplaceNexthop(_) | IpOp::DeleteNexthop(_))),
+            "{ops:?}"
+        );
+        let after = simulate(&observed, &ops);
+        assert_eq!(after.nexthops, vec![foreign]);
+        assert!(plan(&desired, &after, &owner()).is_empty());
+    }
+
+    fn flanneld_route_is_taken_over_by_a_route_through_an_object<A: Fixture>() {
+        let (_, _, r) = peer::<A>(3);
+        let observed = IpDataplaneState {
+            routes: vec![r.protocol(3)],
+            ..IpDataplaneState::default()
+        };
+        let desired = nh_state::<A>(&[3]);
+        assert!(route_conflicts(&desired, &observed, &owner()).is_empty());
+        let ops = plan(&desired, &observed, &owner());
+        let after = simulate(&observed, &ops);
+        assert_eq!(after.routes, vec![r.nexthop(nh_id(3))]);
+        assert!(plan(&desired, &after, &owner()).is_empty());
+    }
+
+    fn turning_objects_off_moves_routes_then_deletes_objects<A: Fixture>() {
+        let observed = nh_state::<A>(&[1, 2]);
+        let desired = state::<A>(&[1, 2]);
+        let ops = plan(&desired, &observed, &owner());
+        assert_eq!(ops.len(), 4, "{ops:?}");
+        assert!(ops[..2].iter().all(|o| matches!(o, IpOp::ReplaceRoute(_))));
+        assert!(ops[2..].iter().all(|o| matches!(o, IpOp::DeleteNexthop(_))));
+        let after = simulate(&observed, &ops);
+        assert_eq!(after.routes, desired.routes);
+        assert!(after.nexthops.is_empty());
+    }
+
+    fn routes_dumped_without_compat_mode_are_read_through_their_object<A: Fixture>() {
+        let mut observed = nh_state::<A>(&[1]);
+        for r in &mut observed.routes {
+            (r.gateway, r.oif, r.onlink) = (None, None, false);
+        }
+        assert!(plan(&nh_state(&[1]), &observed, &owner()).is_empty());
+    }
+
+    fn an_object_a_foreign_route_uses_is_kept<A: Fixture>() {
+        let mut observed = nh_state::<A>(&[1]);
+        observed.routes[0].protocol = 4;
+        let ops = plan(&IpDataplaneState::default(), &observed, &owner());
+        assert!(
+            !ops.iter().any(|o| matches!(o, IpOp::DeleteNexthop(_))),
+            "{ops:?}"
+        );
+    }
+
+    /// A nexthop id: a peer's (`nh_id`), or a low one someone else's might have.
+    fn arb_nh_id() -> impl Strategy<Value = u32> {
+        prop_oneof![(0u8..12).prop_map(nh_id), 1u32..4]
+    }
+
+    fn arb_nexthop<A: Fixture>() -> impl Strategy<Value = IpNexthop<A>> {
+        (
+            arb_nh_id(),
+            prop::option::of(prop_oneof![
+                (0u8..12).prop_map(A::overlay),
+                Just(A::elsewhere())
+            ]),
+            prop_oneof![Just(DEV), Just(ETH0), Just(OTHER)],
+            prop::bool::ANY,
+            prop_oneof![Just(TWILL_RTPROT), Just(4u8)],
+        )
+            .prop_map(|(id, gateway, oif, onlink, protocol)| IpNexthop {
+                id,
+                gateway,
+                oif: Some(oif),
+                onlink,
+                protocol,
+            })
+    }
+
     fn arb_route<A: Fixture>() -> impl Strategy<Value = IpRoute<A>> {
         (
             0u8..12,
@@ -791,14 +1156,16 @@ mod tests {
             prop_oneof![Just(DEV), Just(ETH0), Just(OTHER)],
             prop_oneof![Just(TWILL_RTPROT), Just(4u8), Just(3u8)],
             prop_oneof![Just(MAIN_TABLE), Just(100u32)],
+            prop::option::weighted(0.3, arb_nh_id()),
         )
-            .prop_map(|(i, onlink, oif, proto, table)| {
+            .prop_map(|(i, onlink, oif, proto, table, nexthop_id)| {
                 let mut r = IpRoute::new(A::subnet(i))
                     .via(A::underlay(i))
                     .dev(oif)
                     .protocol(proto)
                     .table(table);
                 r.onlink = onlink;
+                r.nexthop_id = nexthop_id;
                 r
             })
     }
@@ -849,12 +1216,25 @@ mod tests {
             prop::collection::vec(arb_neigh::<A>(), 0..8),
             prop::collection::vec(arb_fdb::<A>(), 0..8),
             prop::collection::vec(arb_route::<A>(), 0..8),
+            prop::collection::vec(arb_nexthop::<A>(), 0..6),
         )
-            .prop_map(|(n, f, r)| IpDataplaneState {
-                neighbours: dedup(n, |a, b| (a.index, a.ip) == (b.index, b.ip)),
-                // One entry per unicast MAC and device, as the kernel holds them.
-                fdb: dedup(f, |a, b| fdb_key(a) == fdb_key(b)),
-                routes: dedup(r, |a, b| (a.table, a.dst) == (b.table, b.dst)),
+            .prop_map(|(n, f, r, nh)| {
+                let nexthops = dedup(nh, |a, b| a.id == b.id);
+                // The kernel holds no route through an object it lacks.
+                let routes = dedup(r, |a, b| (a.table, a.dst) == (b.table, b.dst))
+                    .into_iter()
+                    .filter(|r| {
+                        r.nexthop_id
+                            .is_none_or(|id| nexthops.iter().any(|n| n.id == id))
+                    })
+                    .collect();
+                IpDataplaneState {
+                    neighbours: dedup(n, |a, b| (a.index, a.ip) == (b.index, b.ip)),
+                    // One entry per unicast MAC and device, as the kernel holds them.
+                    fdb: dedup(f, |a, b| fdb_key(a) == fdb_key(b)),
+                    routes,
+                    nexthops,
+                }
             })
     }
 
@@ -864,8 +1244,9 @@ mod tests {
             prop::collection::btree_set(0u8..12, 0..8),
             prop::collection::vec(prop::bool::ANY, 8),
             prop::collection::vec(prop::bool::ANY, 8),
+            prop::collection::vec(prop::bool::ANY, 8),
         )
-            .prop_map(|(ids, direct, flood)| {
+            .prop_map(|(ids, direct, flood, through_object)| {
                 let mut s = IpDataplaneState::default();
                 for (k, i) in ids.into_iter().enumerate() {
                     let (n, f, r) = peer::<A>(i);
@@ -875,7 +1256,13 @@ mod tests {
                     } else {
                         s.neighbours.push(n);
                         s.fdb.push(f);
-                        s.routes.push(r);
+                        if through_object[k % 8] {
+                            let (nh, r) = via_nexthop(r, nh_id(i));
+                            s.nexthops.push(nh);
+                            s.routes.push(r);
+                        } else {
+                            s.routes.push(r);
+                        }
                     }
                     // Head-end replication: one all-zeros entry per remote.
                     if flood[k % 8] {
@@ -905,9 +1292,43 @@ mod tests {
     ) -> Result<(), TestCaseError> {
         let o = owner();
         let ops = plan(desired, observed, &o);
+        let objects = Nexthops::new(desired, observed, &o);
+        let foreign_object = |id: u32| {
+            observed
+                .nexthops
+                .iter()
+                .any(|n| n.id == id && !o.owns_nexthop(n))
+        };
+        // Objects before the routes through them, the routes they freed
+        // before them.
+        let last_object_add = ops
+            .iter()
+            .rposition(|op| matches!(op, IpOp::ReplaceNexthop(_)));
+        let first_route = ops
+            .iter()
+            .position(|op| matches!(op, IpOp::ReplaceRoute(_) | IpOp::DeleteRoute(_)));
+        let last_route = ops
+            .iter()
+            .rposition(|op| matches!(op, IpOp::ReplaceRoute(_) | IpOp::DeleteRoute(_)));
+        let first_object_del = ops
+            .iter()
+            .position(|op| matches!(op, IpOp::DeleteNexthop(_)));
+        if let (Some(a), Some(r)) = (last_object_add, first_route) {
+            prop_assert!(a < r, "{:?}", ops);
+        }
+        if let (Some(r), Some(d)) = (last_route, first_object_del) {
+            prop_assert!(r < d, "{:?}", ops);
+        }
         // Deletes only ever target entries we own.
         for op in &ops {
             match op {
+                IpOp::ReplaceNexthop(n) => prop_assert!(!foreign_object(n.id), "{:?}", n),
+                IpOp::DeleteNexthop(n) => {
+                    prop_assert!(o.owns_nexthop(n) && observed.nexthops.contains(n));
+                }
+                IpOp::ReplaceRoute(r) if r.nexthop_id.is_some_and(foreign_object) => {
+                    prop_assert!(false, "through someone else's object: {:?}", r);
+                }
                 IpOp::DeleteNeighbour(n) => prop_assert!(o.owns_neighbour(n)),
                 IpOp::DeleteFdb(e) => prop_assert!(o.owns_fdb(e)),
                 IpOp::AppendFdb(e) => {
@@ -916,8 +1337,7 @@ mod tests {
                 IpOp::DeleteRoute(r) => prop_assert!(o.owns_route(r)),
                 IpOp::ReplaceRoute(r) => {
                     // Never overwrites a foreign route at the same destination.
-                    prop_assert!(!observed
-                        .routes
+                    prop_assert!(!resolve_nexthops(&observed.routes, &observed.nexthops)
                         .iter()
                         .any(|h| (h.table, h.dst) == (r.table, r.dst)
                             && !o.owns_route(h)
@@ -928,10 +1348,30 @@ mod tests {
         }
         let after = simulate(observed, &ops);
         // Foreign routes and FDB entries survive untouched.
-        // (but for flanneld's identical routes, which are taken over).
-        for r in observed.routes.iter().filter(|r| !o.owns_route(r)) {
-            let adopted = desired.routes.iter().any(|d| o.adopts_route(r, d));
-            prop_assert!(adopted || after.routes.contains(r));
+        // (but for flanneld's identical routes, which are taken over, and
+        // the forwarding of one through an object of ours, which follows it).
+        let observed_routes = resolve_nexthops(&observed.routes, &observed.nexthops);
+        for r in observed_routes.iter().filter(|r| !o.owns_route(r)) {
+            let adopted = desired
+                .routes
+                .iter()
+                .any(|d| o.adopts_route(r, &objects.effective(d)));
+            let same = |x: &IpRoute<A>| match r.nexthop_id {
+                Some(id) => {
+                    (x.table, x.dst, x.protocol, x.nexthop_id)
+                        == (r.table, r.dst, r.protocol, Some(id))
+                }
+                None => x == r,
+            };
+            prop_assert!(
+                adopted || after.routes.iter().any(same),
+                "{:?} gone: {:?}",
+                r,
+                after.routes
+            );
+        }
+        for n in observed.nexthops.iter().filter(|n| !o.owns_nexthop(n)) {
+            prop_assert!(after.nexthops.contains(n));
         }
         // (but for the one entry of a unicast MAC we need, which is ours
         // now, and the state of a flooding entry we append to, which the
@@ -956,7 +1396,19 @@ mod tests {
         // Everything desired (and not blocked by a foreign route) is there.
         let blocked = route_conflicts(desired, observed, &o);
         for r in desired.routes.iter().filter(|r| !blocked.contains(r)) {
-            prop_assert!(after.routes.contains(r));
+            let want = objects.effective(r);
+            prop_assert!(
+                after.routes.contains(&want),
+                "{:?} missing: {:?}",
+                want,
+                after.routes
+            );
+            if let Some(id) = want.nexthop_id {
+                prop_assert!(after
+                    .nexthops
+                    .iter()
+                    .any(|n| n.id == id && o.owns_nexthop(n)));
+            }
         }
         for e in &desired.fdb {
             prop_assert!(after.fdb.contains(e));

@@ -45,13 +45,16 @@ use twill_model::{
     BackendConfig, LeaseAttrs, MacAddr, NetworkConfig, SkipReason, SubnetKey, SubnetLease,
 };
 use twill_netlink::{
-    Address, Address6, Link, LinkChange, NetlinkError, NetlinkHandle, Request, Route, VxlanSpec,
-    LINUX_VXLAN_DEFAULT_PORT, MAIN_TABLE, TWILL_RTPROT,
+    Address, Address6, Link, LinkChange, NetlinkError, NetlinkHandle, Nexthop, Request, Route,
+    VxlanSpec, LINUX_VXLAN_DEFAULT_PORT, MAIN_TABLE, TWILL_RTPROT,
 };
 
 use crate::incremental::{apply_delta, Claims, PeerEntries, PeerTable, Skipped};
 use crate::peers::{check_common, check_ipv6, claim_order, dedupe, dedupe6, on_segment};
-use crate::plan::{plan, route_conflicts, vxlan_peer, DataplaneState, DataplaneState6, Owner};
+use crate::plan::{
+    peer_nexthop_id, plan, route_conflicts, via_nexthop, vxlan_peer, DataplaneState,
+    DataplaneState6, Owner,
+};
 use crate::{
     Backend, BackendError, FailedOp, HostContext, Ipv6Underlay, LocalSetup, PeerChange,
     ReconcileReport, UnderlayInterface,
@@ -89,6 +92,33 @@ pub struct VxlanOptions {
     /// `MTU`: overrides underlay MTU − 50 (twill extension).
     #[serde(rename = "MTU")]
     pub mtu: Option<u32>,
+    /// `Nexthops`: whether peers' routes go through nexthop objects (twill
+    /// extension; flanneld ignores the key). Read by
+    /// [`VxlanOptions::from_config`] only.
+    #[serde(skip)]
+    pub nexthops: NexthopMode,
+}
+
+/// How routes to peers are laid out (`"Nexthops"` in the `Backend` object).
+///
+/// flannel's route carries its gateway (`<subnet> via <subnet>.0 dev
+/// flannel.N onlink`); the kernel's insert of such routes is quadratic in
+/// their number on one device (docs/benchmarks.md §4). Through nexthop
+/// objects (`ip nexthop replace id <id> via <subnet>.0 dev flannel.N onlink`,
+/// `ip route replace <subnet> nhid <id>`) the forwarding is the same and a
+/// cold start with 10,000 peers several times faster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum NexthopMode {
+    /// Absent, `null` or `"auto"`: nexthop objects when the kernel has them
+    /// (a nexthop dump at setup is answered), flannel's routes otherwise.
+    #[default]
+    Auto,
+    /// `true`: nexthop objects, and setup fails where the kernel has none.
+    On,
+    /// `false`: flannel's routes exactly; objects of ours left from an
+    /// earlier run are removed.
+    Off,
 }
 
 impl Default for VxlanOptions {
@@ -100,6 +130,7 @@ impl Default for VxlanOptions {
             learning: false,
             direct_routing: false,
             mtu: None,
+            nexthops: NexthopMode::Auto,
         }
     }
 }
@@ -123,6 +154,8 @@ struct RawVxlanOptions {
     direct_routing: bool,
     #[serde(rename = "MTU")]
     mtu: Option<serde_json::Value>,
+    #[serde(rename = "Nexthops")]
+    nexthops: Option<serde_json::Value>,
 }
 
 /// Largest VNI: 24 bits.
@@ -194,6 +227,21 @@ impl VxlanOptions {
                 "68 to the underlay's MTU - 50",
             )?;
             o.mtu = u32::try_from(mtu).ok();
+        }
+        if let Some(v) = &raw.nexthops {
+            o.nexthops = match v {
+                serde_json::Value::Bool(true) => NexthopMode::On,
+                serde_json::Value::Bool(false) => NexthopMode::Off,
+                serde_json::Value::String(s) if s.eq_ignore_ascii_case("auto") => NexthopMode::Auto,
+                other => {
+                    return Err(BackendError::Config {
+                        backend: "vxlan",
+                        reason: format!(
+                            "Nexthops {other} is not a choice: it must be true, false or \"auto\""
+                        ),
+                    })
+                }
+            };
         }
         Ok(o)
     }
@@ -283,6 +331,8 @@ struct Ready {
     local: Option<Ipv4Addr>,
     mac: MacAddr,
     mtu: u32,
+    /// Peers' IPv4 routes go through nexthop objects (decided at setup).
+    nexthops: bool,
 }
 
 /// flannel's `vxlan` backend over the kernel's VXLAN driver.
@@ -597,6 +647,31 @@ impl VxlanBackend {
         }
     }
 
+    /// Whether peers' routes go through nexthop objects: as the options say,
+    /// and for [`NexthopMode::Auto`] as the kernel says, by answering a
+    /// nexthop dump (Linux 5.3 and later) or refusing it (`EOPNOTSUPP`).
+    fn use_nexthops(&mut self) -> Result<bool, BackendError> {
+        if self.opts.nexthops == NexthopMode::Off {
+            return Ok(false);
+        }
+        match self.nl.nexthop().list() {
+            Ok(_) => Ok(true),
+            Err(e) => match e.errno() {
+                Some(errno) if self.opts.nexthops == NexthopMode::On => {
+                    Err(BackendError::NexthopsUnsupported { errno })
+                }
+                Some(errno) => {
+                    tracing::info!(
+                        errno,
+                        "the kernel has no nexthop objects ({e}): peers' routes carry their gateway"
+                    );
+                    Ok(false)
+                }
+                None => Err(e.into()),
+            },
+        }
+    }
+
     /// Deletes our devices of a previous config (a VNI change): left in
     /// place, `flannel.<old VNI>` keeps its routes to the peers, which are in
     /// the way of ours (reported as routes twill did not create) and keep
@@ -687,9 +762,17 @@ impl VxlanBackend {
         }
         claims.macs.insert(mac, peer.key);
         let (neigh, fdb, route) = vxlan_peer(dev, peer.key.ipv4, mac, public);
+        let (nexthop, route) = match peer_nexthop_id(peer.key.ipv4).filter(|_| r.nexthops) {
+            Some(id) => {
+                let (nexthop, route) = via_nexthop(route, id);
+                (Some(nexthop), route)
+            }
+            None => (None, route),
+        };
         Ok(Some(PeerEntries {
             neighbour: Some(neigh),
             fdb: Some(fdb),
+            nexthop,
             route,
         }))
     }
@@ -745,6 +828,7 @@ impl VxlanBackend {
         Ok(Some(PeerEntries {
             neighbour: Some(neigh),
             fdb: Some(fdb),
+            nexthop: None,
             route,
         }))
     }
@@ -800,7 +884,8 @@ fn disable_accept_ra(device: &str) {
 }
 
 /// Dumps the kernel state relevant to `owner` (its device's neighbours and
-/// FDB entries, the routes of its table), reports routes of others that are
+/// FDB entries, the routes of its table, and with a device every nexthop
+/// object, none where the kernel has no such objects), reports routes of others that are
 /// in the way of `desired` as skipped, and applies [`plan()`]'s ops in one
 /// netlink batch: the reconcile step every route/neighbour/FDB-based backend
 /// shares, also for backends outside this crate. Adds to `report.planned`,
@@ -827,10 +912,24 @@ pub fn converge(
             None => Vec::new(),
         },
         routes: nl.route().list(Some(owner.table))?,
+        nexthops: match owner.device {
+            Some(_) => observed_nexthops(nl)?,
+            None => Vec::new(),
+        },
     };
     apply_plan(nl, desired, &observed, owner, report, |dst| {
         (SubnetKey::v4(dst), SkipReason::ForeignRoute(dst))
     })
+}
+
+/// Every nexthop object (read as IPv4), or none where the kernel refuses
+/// the dump (no nexthop objects: before Linux 5.3).
+fn observed_nexthops(nl: &mut NetlinkHandle) -> Result<Vec<Nexthop>, BackendError> {
+    match nl.nexthop().list() {
+        Ok(n) => Ok(n),
+        Err(e) if e.errno().is_some() => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// [`converge`] for the IPv6 half: dumps `owner`'s IPv6 neighbours, FDB
@@ -856,6 +955,10 @@ pub fn converge6(
             None => Vec::new(),
         },
         routes: nl.route().list6(Some(owner.table))?,
+        // IPv6 peers' routes carry their gateway: a /64 gives no 32-bit id
+        // that follows from the lease alone, and the IPv6 insert is not
+        // quadratic in this layout (docs/benchmarks.md § IPv6).
+        nexthops: Vec::new(),
     };
     apply_plan(nl, desired, &observed, owner, report, |dst| {
         (
@@ -957,6 +1060,10 @@ impl Backend for VxlanBackend {
             .mtu
             .unwrap_or_else(|| host.underlay.mtu.saturating_sub(VXLAN_OVERHEAD));
         (self.table, self.table6) = (None, None);
+        let nexthops = match local {
+            Some(_) => self.use_nexthops()?,
+            None => false,
+        };
         self.ready = Some(Ready {
             config: host.config.clone(),
             public_ip: host.public_ip,
@@ -964,6 +1071,7 @@ impl Backend for VxlanBackend {
             local,
             mac,
             mtu,
+            nexthops,
         });
         let mut attrs = LeaseAttrs::new(host.public_ip, "vxlan");
         if local.is_some() {
@@ -1288,6 +1396,38 @@ mod tests {
         ] {
             let o = options(&format!(r#"{{"Type":"vxlan",{backend}}}"#));
             assert_eq!((o.vni, o.port, o.mtu), (vni, port, Some(mtu)), "{backend}");
+        }
+    }
+
+    /// Issue 16: `Nexthops` (twill's key; flanneld ignores it) is true,
+    /// false or "auto", matched as Go matches keys; anything else names
+    /// the field and the choices.
+    #[test]
+    fn nexthops_option_is_true_false_or_auto() {
+        for (backend, want) in [
+            (r#"{"Type":"vxlan"}"#, NexthopMode::Auto),
+            (r#"{"Type":"vxlan","Nexthops":null}"#, NexthopMode::Auto),
+            (r#"{"Type":"vxlan","Nexthops":"auto"}"#, NexthopMode::Auto),
+            (r#"{"Type":"vxlan","nexthops":"AUTO"}"#, NexthopMode::Auto),
+            (r#"{"Type":"vxlan","Nexthops":true}"#, NexthopMode::On),
+            (r#"{"Type":"vxlan","NEXTHOPS":false}"#, NexthopMode::Off),
+        ] {
+            assert_eq!(options(backend).nexthops, want, "{backend}");
+        }
+        for bad in [r#"1"#, r#""yes""#, r#"[]"#] {
+            let cfg = NetworkConfig::parse(&format!(
+                r#"{{"Network":"10.5.0.0/16","Backend":{{"Type":"vxlan","Nexthops":{bad}}}}}"#
+            ))
+            .unwrap();
+            let err = VxlanOptions::from_config(&cfg.backend)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!(
+                    r#"Nexthops {bad} is not a choice: it must be true, false or "auto""#
+                )),
+                "{err}"
+            );
         }
     }
 

@@ -2,7 +2,9 @@
 
 mod common;
 
-use common::{bring_up, config, count_lines, lease, refs, underlay, vxlan_attrs};
+use common::IpRoutes;
+
+use common::{bring_up, config, count_lines, lease, refs, underlay, vxlan_attrs, PEER_OPS};
 use twill_backend::{Backend, HostContext, VxlanBackend, VxlanOptions};
 use twill_model::{LeaseAttrs, SkipReason, SubnetLease};
 use twill_testbed::netns::Lan;
@@ -42,8 +44,8 @@ async fn two_hosts_get_the_flannel_layout_and_ping() {
     }
     for b in &mut backends {
         let report = b.reconcile(&refs(&leases)).await.expect("reconcile");
-        assert_eq!(report.planned, 3, "{report:?}");
-        assert_eq!(report.applied, 3, "{report:?}");
+        assert_eq!(report.planned, PEER_OPS, "{report:?}");
+        assert_eq!(report.applied, PEER_OPS, "{report:?}");
         assert!(
             report.failed.is_empty() && report.skipped.is_empty(),
             "{report:?}"
@@ -81,7 +83,9 @@ async fn two_hosts_get_the_flannel_layout_and_ping() {
         .ip(&["neigh", "show", "dev", "flannel.1"])
         .expect("neigh");
     assert_eq!(neigh.trim(), format!("10.244.2.0 lladdr {mac2} PERMANENT"));
-    let routes = h1.ip(&["route", "show", "proto", "241"]).expect("route");
+    let routes = h1
+        .ip_routes(&["route", "show", "proto", "241"])
+        .expect("route");
     assert_eq!(
         routes.trim(),
         "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink"
@@ -122,7 +126,11 @@ async fn three_hosts_reach_containers_behind_each_others_bridges() {
     }
     for b in &mut backends {
         let r = b.reconcile(&refs(&leases)).await.expect("reconcile");
-        assert_eq!((r.planned, r.applied), (6, 6), "{r:?}");
+        assert_eq!(
+            (r.planned, r.applied),
+            (2 * PEER_OPS, 2 * PEER_OPS),
+            "{r:?}"
+        );
     }
     for (i, h) in lan.hosts.iter_mut().enumerate() {
         h.ns.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
@@ -143,7 +151,7 @@ async fn three_hosts_reach_containers_behind_each_others_bridges() {
     assert_eq!(count_lines(&fdb, " dst "), 2, "{fdb}");
     let routes = h1
         .ns
-        .ip(&["route", "show", "proto", "241"])
+        .ip_routes(&["route", "show", "proto", "241"])
         .expect("routes");
     assert!(
         routes.contains("10.244.2.0/24 via 10.244.2.0 dev flannel.7 onlink"),
@@ -179,7 +187,10 @@ async fn reconcile_repairs_collects_garbage_and_keeps_foreign_entries() {
         vxlan_attrs("10.0.0.3".parse().expect("ip"), "0e:00:00:00:00:02"),
     );
     let peers = vec![peer.clone()];
-    assert_eq!(b.reconcile(&refs(&peers)).await.expect("first").planned, 3);
+    assert_eq!(
+        b.reconcile(&refs(&peers)).await.expect("first").planned,
+        PEER_OPS
+    );
 
     // A stale route of ours, a foreign static route and a foreign boot route.
     ns.ip(&[
@@ -222,7 +233,7 @@ async fn reconcile_repairs_collects_garbage_and_keeps_foreign_entries() {
     .expect("foreign boot");
     let r = b.reconcile(&refs(&peers)).await.expect("gc");
     assert_eq!(r.planned, 1, "{r:?}");
-    let routes = ns.ip(&["route", "show"]).expect("routes");
+    let routes = ns.ip_routes(&["route", "show"]).expect("routes");
     assert!(!routes.contains("10.244.99.0/24"), "{routes}");
     assert!(
         routes.contains("10.244.98.0/24 via 10.0.0.9 dev eth0 proto static"),
@@ -242,7 +253,7 @@ async fn reconcile_repairs_collects_garbage_and_keeps_foreign_entries() {
     let mac_before = ns.ip(&["link", "show", "flannel.1"]).expect("link");
     ns.ip(&["link", "del", "flannel.1"]).expect("del");
     let r = b.reconcile(&refs(&peers)).await.expect("repair");
-    assert_eq!(r.planned, 3, "{r:?}");
+    assert_eq!(r.planned, PEER_OPS, "{r:?}");
     let mac_after = ns.ip(&["link", "show", "flannel.1"]).expect("link");
     let mac_of = |s: &str| s.split("link/ether ").nth(1).map(|x| x[..17].to_string());
     assert_eq!(mac_of(&mac_before), mac_of(&mac_after));
@@ -260,7 +271,7 @@ async fn reconcile_repairs_collects_garbage_and_keeps_foreign_entries() {
         .expect("addr")
         .contains("inet 10.244.1.0/32"));
     assert!(ns
-        .ip(&["route", "show", "proto", "241"])
+        .ip_routes(&["route", "show", "proto", "241"])
         .expect("r")
         .contains("10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink"));
 
@@ -359,10 +370,12 @@ async fn invalid_peers_are_skipped_with_a_reason() {
         SkipReason::VtepMacNotUnicast("01:00:5e:00:00:01".parse().expect("mac"))
     );
     assert_eq!(
-        r.planned, 3,
+        r.planned, PEER_OPS,
         "only the old-style lease is programmed: {r:?}"
     );
-    let routes = h.ns.ip(&["route", "show", "proto", "241"]).expect("routes");
+    let routes =
+        h.ns.ip_routes(&["route", "show", "proto", "241"])
+            .expect("routes");
     assert_eq!(
         routes.trim(),
         "10.244.8.0/24 via 10.244.8.0 dev flannel.1 onlink"
@@ -388,14 +401,14 @@ async fn thousand_peers_then_half_removed_leaves_exactly_half() {
     let r = b.reconcile(&refs(&peers)).await.expect("1000");
     assert_eq!(
         (r.planned, r.applied),
-        (3000, 3000),
+        (1000 * PEER_OPS, 1000 * PEER_OPS),
         "failed: {:?}",
         r.failed.first()
     );
     let r = b.reconcile(&refs(&peers[..500])).await.expect("500");
     assert_eq!(
         (r.planned, r.applied),
-        (1500, 1500),
+        (500 * PEER_OPS, 500 * PEER_OPS),
         "failed: {:?}",
         r.failed.first()
     );
@@ -418,7 +431,7 @@ async fn thousand_peers_then_half_removed_leaves_exactly_half() {
         .count();
     assert_eq!((routes, neigh, fdb), (500, 500, 500));
     let shown =
-        h.ns.ip(&["route", "show", "proto", "241"])
+        h.ns.ip_routes(&["route", "show", "proto", "241"])
             .expect("ip route");
     assert_eq!(shown.lines().count(), 500);
     assert_eq!(
@@ -475,12 +488,16 @@ async fn flanneld_routes_are_taken_over_in_place() {
         .await
         .expect("reconcile");
     assert!(report.skipped.is_empty(), "{report:?}");
-    let ours = h1.ip(&["route", "show", "proto", "241"]).expect("route");
+    let ours = h1
+        .ip_routes(&["route", "show", "proto", "241"])
+        .expect("route");
     assert_eq!(
         ours.trim(),
         "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink"
     );
-    let boot = h1.ip(&["route", "show", "proto", "boot"]).expect("route");
+    let boot = h1
+        .ip_routes(&["route", "show", "proto", "boot"])
+        .expect("route");
     assert_eq!(
         boot.trim(),
         "10.244.9.0/24 via 10.244.9.0 dev flannel.1 onlink",
@@ -531,7 +548,11 @@ async fn peers_sharing_a_vtep_mac_converge_to_zero_ops() {
         },
         "{first:?}"
     );
-    assert_eq!((first.planned, first.applied), (3, 3), "{first:?}");
+    assert_eq!(
+        (first.planned, first.applied),
+        (PEER_OPS, PEER_OPS),
+        "{first:?}"
+    );
     let fdb =
         h.ns.exec("bridge", &["fdb", "show", "dev", "flannel.1"])
             .expect("fdb");
@@ -558,7 +579,7 @@ async fn a_peer_whose_public_ip_moved_keeps_its_fdb_entry() {
     let mac = "0e:00:00:00:00:02";
     let before = vec![lease("10.244.2.0/24", vxlan_attrs(ip("10.0.0.3"), mac))];
     let r = b.reconcile(&refs(&before)).await.expect("first");
-    assert_eq!((r.planned, r.applied), (3, 3), "{r:?}");
+    assert_eq!((r.planned, r.applied), (PEER_OPS, PEER_OPS), "{r:?}");
     let moved = vec![lease("10.244.2.0/24", vxlan_attrs(ip("10.0.0.4"), mac))];
     let r = b.reconcile(&refs(&moved)).await.expect("moved");
     assert!(r.failed.is_empty(), "{r:?}");
@@ -607,7 +628,7 @@ async fn a_refused_device_repair_is_reported_with_its_request_and_errno() {
     assert!(f.to_string().ends_with("(errno 22)"), "{f}");
     assert_eq!(
         (r.planned, r.applied),
-        (3, 3),
+        (PEER_OPS, PEER_OPS),
         "peers still programmed: {r:?}"
     );
 }

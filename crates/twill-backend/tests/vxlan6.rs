@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::IpRoutes;
+
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use common::{count_lines, refs, underlay};
@@ -127,8 +129,9 @@ async fn dual_stack_hosts_get_flannels_v6_layout_and_ping6() {
     );
     for b in &mut backends {
         let report = b.reconcile(&refs(&leases)).await.expect("reconcile");
-        // Three ops per family for the one peer.
-        assert_eq!((report.planned, report.applied), (6, 6), "{report:?}");
+        // Four IPv4 ops (ARP, FDB, nexthop object, route) and three IPv6
+        // ones (NDP, FDB, route: IPv6 routes carry their gateway).
+        assert_eq!((report.planned, report.applied), (7, 7), "{report:?}");
         assert!(
             report.failed.is_empty() && report.skipped.is_empty(),
             "{report:?}"
@@ -192,7 +195,9 @@ async fn dual_stack_hosts_get_flannels_v6_layout_and_ping6() {
     assert!(routes.contains("onlink"), "{routes}");
     assert_eq!(routes.trim().lines().count(), 1, "{routes}");
     // The IPv4 half is as before.
-    let routes4 = h1.ip(&["route", "show", "proto", "241"]).expect("route");
+    let routes4 = h1
+        .ip_routes(&["route", "show", "proto", "241"])
+        .expect("route");
     assert_eq!(
         routes4.trim(),
         "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink"
@@ -222,7 +227,7 @@ async fn ipv6_half_repairs_gc_and_skips_like_the_ipv4_half() {
     let b1 = &mut backends[0];
     let h1 = &lan.hosts[0].ns;
     let first = b1.reconcile(&refs(&leases)).await.expect("reconcile");
-    assert_eq!(first.planned, 6, "{first:?}");
+    assert_eq!(first.planned, 7, "{first:?}");
 
     // A route of someone else's in the main table stays untouched.
     h1.ip(&[
@@ -297,9 +302,9 @@ async fn ipv6_half_repairs_gc_and_skips_like_the_ipv4_half() {
     assert!(r.failed.is_empty(), "{r:?}");
     // A lease outside IPv6Network or without a PublicIPv6 in a dual-stack
     // network is skipped whole by the host rules (NetworkConfig::check_peer,
-    // as the lease core does); the other two keep their IPv4 halves: three
-    // ops each.
-    assert_eq!(r.planned, 6, "{r:?}");
+    // as the lease core does); the other two keep their IPv4 halves: four
+    // ops each (ARP, FDB, nexthop object, route).
+    assert_eq!(r.planned, 8, "{r:?}");
     let routes6 = h1
         .ip(&["-6", "route", "show", "proto", "241"])
         .expect("routes");
@@ -438,7 +443,7 @@ async fn ipv6_only_hosts_get_only_the_v6_device_and_ping6() {
         "{routes}"
     );
     assert_eq!(
-        h1.ip(&["route", "show", "proto", "241"])
+        h1.ip_routes(&["route", "show", "proto", "241"])
             .expect("route")
             .trim(),
         ""

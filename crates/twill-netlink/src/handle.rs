@@ -14,10 +14,12 @@ use nix::sys::socket::{
 };
 
 use crate::parse;
-use crate::request::{encode_dump, encode_get_link, Request, AF_BRIDGE, AF_INET, AF_INET6};
+use crate::request::{
+    encode_dump, encode_get_link, encode_nexthop_dump, Request, AF_BRIDGE, AF_INET, AF_INET6,
+};
 use crate::types::{
-    Address, Address6, FdbEntry, FdbEntry6, IpFamily, IpFdbEntry, IpNeighbour, IpRoute, Link,
-    LinkChange, LinkKind, Neighbour, Neighbour6, Route, Route6, VxlanSpec,
+    Address, Address6, FdbEntry, FdbEntry6, IpFamily, IpFdbEntry, IpNeighbour, IpNexthop, IpRoute,
+    Link, LinkChange, LinkKind, Neighbour, Neighbour6, Nexthop, Nexthop6, Route, Route6, VxlanSpec,
 };
 use crate::NetlinkError;
 
@@ -175,6 +177,11 @@ impl NetlinkHandle {
     /// `ip route` operations.
     pub fn route(&mut self) -> RouteHandle<'_> {
         RouteHandle(self)
+    }
+
+    /// `ip nexthop` operations (nexthop objects, Linux 5.3 and later).
+    pub fn nexthop(&mut self) -> NexthopHandle<'_> {
+        NexthopHandle(self)
     }
 
     /// Sends all `requests`, many per `send(2)`, each with `NLM_F_ACK` and
@@ -339,6 +346,15 @@ impl NetlinkHandle {
             .filter_map(|p| parse::fdb(p))
             .filter(|e| index.is_none_or(|i| e.index == i))
             .collect())
+    }
+
+    /// Every nexthop object, read as family `A` ([`IpNexthop`] says how).
+    fn nexthops<A: IpFamily>(&mut self) -> Result<Vec<IpNexthop<A>>, NetlinkError> {
+        let seq = self.next_seq();
+        let mut out = Vec::new();
+        encode_nexthop_dump(seq, &mut out)?;
+        let p = self.transact(&out, seq, "ip nexthop show")?;
+        Ok(p.iter().filter_map(|p| parse::nexthop(p)).collect())
     }
 
     /// The unicast routes of family `A` in `table` (all tables when `None`).
@@ -843,5 +859,63 @@ impl RouteHandle<'_> {
     /// Socket failures.
     pub fn list6(&mut self, table: Option<u32>) -> Result<Vec<Route6>, NetlinkError> {
         self.0.routes(table, "ip -6 route show")
+    }
+}
+
+/// `ip nexthop`: nexthop objects, which routes name by id (`nhid`).
+#[derive(Debug)]
+pub struct NexthopHandle<'a>(&'a mut NetlinkHandle);
+
+impl NexthopHandle<'_> {
+    /// `ip nexthop replace id ID via GW dev OIF [onlink] proto P`.
+    ///
+    /// # Errors
+    /// The kernel's refusal (`EOPNOTSUPP` without nexthop objects) or a
+    /// socket failure.
+    pub fn replace(&mut self, n: Nexthop) -> Result<(), NetlinkError> {
+        self.0.execute_one(&Request::NexthopReplace(n))
+    }
+
+    /// `ip nexthop del id ID`; the kernel deletes the routes through it with it.
+    ///
+    /// # Errors
+    /// The kernel's refusal (`ENOENT` if absent) or a socket failure.
+    pub fn delete(&mut self, n: Nexthop) -> Result<(), NetlinkError> {
+        self.0.execute_one(&Request::NexthopDelete(n))
+    }
+
+    /// Dumps every nexthop object, read as IPv4 ([`IpNexthop`] says how
+    /// those of IPv6, groups and blackholes read).
+    ///
+    /// # Errors
+    /// The kernel's refusal (`EOPNOTSUPP` from a kernel without nexthop
+    /// objects: how support is detected) or a socket failure.
+    pub fn list(&mut self) -> Result<Vec<Nexthop>, NetlinkError> {
+        self.0.nexthops()
+    }
+
+    /// `ip -6 nexthop replace id ID via GW dev OIF [onlink] proto P`.
+    ///
+    /// # Errors
+    /// As [`Self::replace`].
+    pub fn replace6(&mut self, n: Nexthop6) -> Result<(), NetlinkError> {
+        self.0.execute_one(&Request::NexthopReplace6(n))
+    }
+
+    /// Dumps every nexthop object, read as IPv6.
+    ///
+    /// # Errors
+    /// As [`Self::list`].
+    pub fn list6(&mut self) -> Result<Vec<Nexthop6>, NetlinkError> {
+        self.0.nexthops()
+    }
+
+    /// Every nexthop object read as family `A`, for code written once over
+    /// [`IpFamily`].
+    ///
+    /// # Errors
+    /// As [`Self::list`].
+    pub fn list_as<A: IpFamily>(&mut self) -> Result<Vec<IpNexthop<A>>, NetlinkError> {
+        self.0.nexthops()
     }
 }

@@ -10,7 +10,8 @@
 //! | [`NetlinkHandle::address`] | `ip addr add/del/show` |
 //! | [`NetlinkHandle::neighbour`] | `ip neigh replace/del/show` (`nud permanent`) |
 //! | [`NetlinkHandle::fdb`] | `bridge fdb append/replace/del/show ... self` |
-//! | [`NetlinkHandle::route`] | `ip route replace/del/show` (gateway, onlink, table, protocol) |
+//! | [`NetlinkHandle::route`] | `ip route replace/del/show` (gateway, onlink, table, protocol, `nhid`) |
+//! | [`NetlinkHandle::nexthop`] | `ip nexthop replace/del/show` (nexthop objects: id, gateway, device, onlink, protocol) |
 //!
 //! Each IPv4 operation has an IPv6 twin with a `6` suffix ([`Address6`],
 //! [`Neighbour6`], [`FdbEntry6`] (IPv6 remote), [`Route6`]), batched by the
@@ -69,7 +70,12 @@
 //! - `VETH_INFO_PEER` (`<linux/veth.h>`; in neither crate: the value 1 is written here);
 //! - `SO_RCVBUFFORCE` / `SO_SNDBUFFORCE` (neli only sets `SO_RCVBUF`, capped by
 //!   `rmem_max`): we open the socket with `nix` and use neli for messages only;
-//! - any route protocol beyond `static` (`Rtprot::UnrecognizedConst` carries ours).
+//! - any route protocol beyond `static` (`Rtprot::UnrecognizedConst` carries ours);
+//! - nexthop objects: `RTM_*NEXTHOP` and `RTA_NH_ID` come from
+//!   `linux-raw-sys` as numbers (`Rtm`/`Rta` carry them as unrecognised
+//!   constants); `struct nhmsg` and `NHA_*` (`<linux/nexthop.h>`) are in
+//!   neither crate and are written here, the attributes built as the VXLAN
+//!   ones are (raw `u16` types).
 
 mod error;
 mod handle;
@@ -80,11 +86,11 @@ mod types;
 pub use error::NetlinkError;
 pub use handle::{
     AddressHandle, BatchOutcome, FdbHandle, LinkHandle, NeighbourHandle, NetlinkHandle,
-    RouteHandle, DEFAULT_BATCH,
+    NexthopHandle, RouteHandle, DEFAULT_BATCH,
 };
 pub use request::Request;
 pub use types::{
-    Address, Address6, FdbEntry, FdbEntry6, IpFamily, IpFdbEntry, IpNeighbour, IpRoute, Link,
-    LinkChange, LinkKind, MacAddr, Neighbour, Neighbour6, Route, Route6, VxlanInfo, VxlanSpec,
-    LINUX_VXLAN_DEFAULT_PORT, MAIN_TABLE, TWILL_RTPROT,
+    Address, Address6, FdbEntry, FdbEntry6, IpFamily, IpFdbEntry, IpNeighbour, IpNexthop, IpRoute,
+    Link, LinkChange, LinkKind, MacAddr, Neighbour, Neighbour6, Nexthop, Nexthop6, Route, Route6,
+    VxlanInfo, VxlanSpec, LINUX_VXLAN_DEFAULT_PORT, MAIN_TABLE, TWILL_RTPROT,
 };

@@ -7,12 +7,13 @@ use ipnetwork::{Ipv4Network, Ipv6Network};
 use linux_raw_sys::netlink as k;
 use neli::consts::rtnl::{Iff, Ifla, Nda, Ntf, Nud, Rta, RtaType};
 use neli::rtnl::{Ifaddrmsg, Ifinfomsg, Ndmsg, Rtattr, Rtmsg};
-use neli::types::Buffer;
+use neli::types::{Buffer, RtBuffer};
 use neli::{FromBytesWithInput, Header};
 
-use crate::request::{c16, c8};
+use crate::request::{c16, c8, nh};
 use crate::types::{
-    Address, Address6, IpFamily, IpFdbEntry, IpNeighbour, IpRoute, Link, MacAddr, VxlanInfo,
+    Address, Address6, IpFamily, IpFdbEntry, IpNeighbour, IpNexthop, IpRoute, Link, MacAddr,
+    VxlanInfo,
 };
 
 fn decode<T: FromBytesWithInput<Input = usize> + Header>(payload: &[u8]) -> Option<T> {
@@ -171,13 +172,43 @@ pub(crate) fn route<A: IpFamily>(payload: &[u8]) -> Option<IpRoute<A>> {
     let table = find(attrs, Rta::Table)
         .and_then(u32_of)
         .unwrap_or_else(|| u32::from(u8::from(*msg.rtm_table())));
+    let nh_id = Rta::from(c16(k::rtattr_type_t::RTA_NH_ID as u32));
     Some(IpRoute {
         dst: A::network(dst_ip, *msg.rtm_dst_len())?,
+        // Through a nexthop object, these are the object's, as the kernel's
+        // compatibility mode reports them (absent with it off).
         gateway: find(attrs, Rta::Gateway).and_then(A::from_attr),
         oif: find(attrs, Rta::Oif).and_then(u32_of),
         onlink: msg.rtm_flags().bits() & k::RTNH_F_ONLINK != 0,
         table,
         protocol: u8::from(*msg.rtm_protocol()),
+        nexthop_id: find(attrs, nh_id).and_then(u32_of),
+    })
+}
+
+/// A nexthop object from an `RTM_NEWNEXTHOP` dump message: `struct nhmsg`
+/// then attributes. Read as family `A` whatever its family: the gateway of
+/// another family is left out, so the object is never taken for one of
+/// `A`'s while its id still counts.
+pub(crate) fn nexthop<A: IpFamily>(payload: &[u8]) -> Option<IpNexthop<A>> {
+    let header = payload.get(..nh::NHMSG_LEN)?;
+    let (family, protocol) = (header[0], header[2]);
+    let flags = u32_of(&header[4..8])?;
+    let rest = &payload[nh::NHMSG_LEN..];
+    let attrs: RtBuffer<u16, Buffer> =
+        RtBuffer::from_bytes_with_input(&mut Cursor::new(rest), rest.len()).ok()?;
+    let attrs = attrs.as_ref();
+    let get = |ty: u16| find_raw(attrs, ty).map(|a| a.rta_payload().as_ref());
+    let single = get(nh::NHA_GROUP).is_none() && get(nh::NHA_BLACKHOLE).is_none();
+    let same_family = family == u8::from(A::RT_FAMILY);
+    Some(IpNexthop {
+        id: get(nh::NHA_ID).and_then(u32_of)?,
+        gateway: get(nh::NHA_GATEWAY)
+            .filter(|_| single && same_family)
+            .and_then(A::from_attr),
+        oif: get(nh::NHA_OIF).and_then(u32_of).filter(|_| single),
+        onlink: flags & k::RTNH_F_ONLINK != 0,
+        protocol,
     })
 }
 

@@ -21,8 +21,8 @@ use neli::types::{Buffer, RtBuffer};
 use neli::{Size, ToBytes};
 
 use crate::types::{
-    Address, Address6, FdbEntry, FdbEntry6, IpFamily, IpFdbEntry, IpNeighbour, IpRoute, LinkChange,
-    LinkKind, Neighbour, Neighbour6, Route, Route6, VxlanSpec,
+    Address, Address6, FdbEntry, FdbEntry6, IpFamily, IpFdbEntry, IpNeighbour, IpNexthop, IpRoute,
+    LinkChange, LinkKind, Neighbour, Neighbour6, Nexthop, Nexthop6, Route, Route6, VxlanSpec,
 };
 use crate::NetlinkError;
 
@@ -37,6 +37,28 @@ pub(crate) const AF_INET: u8 = linux_raw_sys::net::AF_INET as u8;
 pub(crate) const AF_INET6: u8 = linux_raw_sys::net::AF_INET6 as u8;
 /// `VETH_INFO_PEER` from `<linux/veth.h>`: in neither neli nor linux-raw-sys.
 const VETH_INFO_PEER: u16 = 1;
+/// `<linux/nexthop.h>`, in neither neli nor linux-raw-sys (which has only
+/// `RTM_*NEXTHOP` and `RTA_NH_ID`): the attributes of `struct nhmsg`.
+pub(crate) mod nh {
+    /// `NHA_ID`: u32, the object's id.
+    pub(crate) const NHA_ID: u16 = 1;
+    /// `NHA_GROUP`: an array of `struct nexthop_grp` (a group object).
+    pub(crate) const NHA_GROUP: u16 = 2;
+    /// `NHA_BLACKHOLE`: flag.
+    pub(crate) const NHA_BLACKHOLE: u16 = 4;
+    /// `NHA_OIF`: u32, the device.
+    pub(crate) const NHA_OIF: u16 = 5;
+    /// `NHA_GATEWAY`: be32 or in6_addr.
+    pub(crate) const NHA_GATEWAY: u16 = 6;
+    /// `sizeof(struct nhmsg)`: family, scope, protocol, reserved (one byte
+    /// each), flags (u32).
+    pub(crate) const NHMSG_LEN: usize = 8;
+}
+/// `RTM_NEWNEXTHOP` (104), `RTM_DELNEXTHOP`, `RTM_GETNEXTHOP`: neli's `Rtm`
+/// has no variant for them.
+pub(crate) fn rtm_nexthop(ty: u32) -> Rtm {
+    Rtm::from(c16(ty))
+}
 /// Longest interface name (`IFNAMSIZ - 1`).
 const IFNAME_MAX: usize = 15;
 
@@ -100,6 +122,18 @@ pub enum Request {
     RouteAdd6(Route6),
     /// `ip -6 route del`.
     RouteDelete6(Route6),
+    /// `ip nexthop replace id ID via GW dev OIF [onlink] proto P`.
+    NexthopReplace(Nexthop),
+    /// `ip nexthop add ...` (`NLM_F_EXCL`): `EEXIST` when the id is taken.
+    NexthopAdd(Nexthop),
+    /// `ip nexthop del id ID` (only the id is sent).
+    NexthopDelete(Nexthop),
+    /// `ip -6 nexthop replace id ID via GW dev OIF [onlink] proto P`.
+    NexthopReplace6(Nexthop6),
+    /// `ip -6 nexthop add ...` (`NLM_F_EXCL`): `EEXIST` when the id is taken.
+    NexthopAdd6(Nexthop6),
+    /// `ip -6 nexthop del id ID` (only the id is sent).
+    NexthopDelete6(Nexthop6),
 }
 
 impl fmt::Display for Request {
@@ -171,6 +205,12 @@ impl fmt::Display for Request {
             Self::RouteReplace6(r) => fmt_route(f, Write::Replace, r),
             Self::RouteAdd6(r) => fmt_route(f, Write::Add, r),
             Self::RouteDelete6(r) => fmt_route(f, Write::Delete, r),
+            Self::NexthopReplace(n) => fmt_nexthop(f, Write::Replace, n),
+            Self::NexthopAdd(n) => fmt_nexthop(f, Write::Add, n),
+            Self::NexthopDelete(n) => fmt_nexthop(f, Write::Delete, n),
+            Self::NexthopReplace6(n) => fmt_nexthop(f, Write::Replace, n),
+            Self::NexthopAdd6(n) => fmt_nexthop(f, Write::Add, n),
+            Self::NexthopDelete6(n) => fmt_nexthop(f, Write::Delete, n),
         }
     }
 }
@@ -243,6 +283,10 @@ pub trait FamilyWire: Sized {
     fn route_request(r: IpRoute<Self>, write: Write) -> Request
     where
         Self: IpFamily;
+    /// The request variant carrying a nexthop write of this family.
+    fn nexthop_request(n: IpNexthop<Self>, write: Write) -> Request
+    where
+        Self: IpFamily;
 }
 
 impl FamilyWire for Ipv4Addr {
@@ -285,6 +329,14 @@ impl FamilyWire for Ipv4Addr {
             Write::Delete => Request::RouteDelete(r),
         }
     }
+
+    fn nexthop_request(n: Nexthop, write: Write) -> Request {
+        match write {
+            Write::Replace => Request::NexthopReplace(n),
+            Write::Add => Request::NexthopAdd(n),
+            Write::Delete => Request::NexthopDelete(n),
+        }
+    }
 }
 
 impl FamilyWire for Ipv6Addr {
@@ -324,6 +376,14 @@ impl FamilyWire for Ipv6Addr {
             Write::Replace => Request::RouteReplace6(r),
             Write::Add => Request::RouteAdd6(r),
             Write::Delete => Request::RouteDelete6(r),
+        }
+    }
+
+    fn nexthop_request(n: Nexthop6, write: Write) -> Request {
+        match write {
+            Write::Replace => Request::NexthopReplace6(n),
+            Write::Add => Request::NexthopAdd6(n),
+            Write::Delete => Request::NexthopDelete6(n),
         }
     }
 }
@@ -380,6 +440,24 @@ impl Request {
     pub fn route_delete<A: IpFamily>(r: IpRoute<A>) -> Self {
         A::route_request(r, Write::Delete)
     }
+
+    /// `ip [-6] nexthop replace`.
+    #[must_use]
+    pub fn nexthop_replace<A: IpFamily>(n: IpNexthop<A>) -> Self {
+        A::nexthop_request(n, Write::Replace)
+    }
+
+    /// `ip [-6] nexthop add`: `EEXIST` when the id is taken.
+    #[must_use]
+    pub fn nexthop_add<A: IpFamily>(n: IpNexthop<A>) -> Self {
+        A::nexthop_request(n, Write::Add)
+    }
+
+    /// `ip [-6] nexthop del id ID`.
+    #[must_use]
+    pub fn nexthop_delete<A: IpFamily>(n: IpNexthop<A>) -> Self {
+        A::nexthop_request(n, Write::Delete)
+    }
 }
 
 fn fmt_neighbour<A: IpFamily>(
@@ -420,6 +498,18 @@ fn fmt_route<A: IpFamily>(f: &mut fmt::Formatter<'_>, write: Write, r: &IpRoute<
         Write::Delete => "del",
     };
     write!(f, "{} route {verb} {r}", A::IP_COMMAND)
+}
+
+fn fmt_nexthop<A: IpFamily>(
+    f: &mut fmt::Formatter<'_>,
+    write: Write,
+    n: &IpNexthop<A>,
+) -> fmt::Result {
+    match write {
+        Write::Replace => write!(f, "{} nexthop replace {n}", A::IP_COMMAND),
+        Write::Add => write!(f, "{} nexthop add {n}", A::IP_COMMAND),
+        Write::Delete => write!(f, "{} nexthop del id {}", A::IP_COMMAND, n.id),
+    }
 }
 
 fn ip_octets(ip: impl Into<IpAddr>) -> Vec<u8> {
@@ -605,19 +695,29 @@ fn linkinfo(req: &Request, kind: &LinkKind) -> Result<Rtattr<Ifla, Buffer>, Netl
 fn route_msg<A: IpFamily>(req: &Request, r: &IpRoute<A>) -> Result<Rtmsg, NetlinkError> {
     let dst: IpNetwork = r.dst.into();
     let mut attrs = vec![typed_attr(Rta::Dst, &ip_octets(dst.network()))?];
-    if let Some(gw) = r.gateway {
+    // Through a nexthop object the id is all: the kernel refuses a gateway
+    // or device beside it (EINVAL), and deleting matches by id alone.
+    let (gateway, oif, onlink) = match r.nexthop_id {
+        Some(id) => {
+            let nh_id = Rta::from(c16(k::rtattr_type_t::RTA_NH_ID as u32));
+            attrs.push(typed_attr(nh_id, &id.to_ne_bytes())?);
+            (None, None, false)
+        }
+        None => (r.gateway, r.oif, r.onlink),
+    };
+    if let Some(gw) = gateway {
         attrs.push(typed_attr(Rta::Gateway, &ip_octets(gw))?);
     }
-    if let Some(oif) = r.oif {
+    if let Some(oif) = oif {
         attrs.push(typed_attr(Rta::Oif, &oif.to_ne_bytes())?);
     }
     attrs.push(typed_attr(Rta::Table, &r.table.to_ne_bytes())?);
-    let scope = if r.gateway.is_none() && r.oif.is_some() {
+    let scope = if gateway.is_none() && oif.is_some() {
         RtScope::Link
     } else {
         RtScope::Universe
     };
-    let flags = if r.onlink {
+    let flags = if onlink {
         RtmF::from_bits_retain(k::RTNH_F_ONLINK)
     } else {
         RtmF::empty()
@@ -696,6 +796,84 @@ fn push_route<A: IpFamily>(
         Write::Delete => (Rtm::Delroute, ack_request()),
     };
     push_msg(out, ty, flags, seq, route_msg(req, r)?)
+}
+
+/// Appends the message of a nexthop write: `struct nhmsg` then its
+/// attributes, written by hand (neli has no type for it).
+fn push_nexthop<A: IpFamily>(
+    req: &Request,
+    n: &IpNexthop<A>,
+    write: Write,
+    seq: u32,
+    out: &mut Vec<u8>,
+) -> Result<(), NetlinkError> {
+    if n.id == 0 {
+        // 0 asks the kernel to choose an id, which we could not then name.
+        return Err(NetlinkError::Invalid(format!(
+            "{req}: nexthop id 0 is not an id"
+        )));
+    }
+    let mut attrs = vec![raw_attr(nh::NHA_ID, &n.id.to_ne_bytes())?];
+    let (ty, flags, family, header_flags) = match write {
+        Write::Replace | Write::Add => {
+            if let Some(oif) = n.oif {
+                attrs.push(raw_attr(nh::NHA_OIF, &oif.to_ne_bytes())?);
+            }
+            if let Some(gw) = n.gateway {
+                attrs.push(raw_attr(nh::NHA_GATEWAY, &ip_octets(gw))?);
+            }
+            let flags = if n.onlink { k::RTNH_F_ONLINK } else { 0 };
+            let nl_flags = match write {
+                Write::Add => ack_request() | NlmF::CREATE | NlmF::EXCL,
+                _ => create_replace(),
+            };
+            (
+                rtm_nexthop(k::RTM_NEWNEXTHOP as u32),
+                nl_flags,
+                u8::from(A::RT_FAMILY),
+                flags,
+            )
+        }
+        Write::Delete => (rtm_nexthop(k::RTM_DELNEXTHOP as u32), ack_request(), 0, 0),
+    };
+    let protocol = if write != Write::Delete {
+        n.protocol
+    } else {
+        0
+    };
+    let body = nhmsg(req, family, protocol, header_flags, attrs)?;
+    push_msg(out, ty, flags, seq, Buffer::from(body))
+}
+
+/// `struct nhmsg` (scope 0, as the kernel wants it) followed by `attrs`.
+fn nhmsg(
+    req: &impl fmt::Display,
+    family: u8,
+    protocol: u8,
+    flags: u32,
+    attrs: Vec<Rtattr<u16, Buffer>>,
+) -> Result<Vec<u8>, NetlinkError> {
+    let mut body = Vec::with_capacity(nh::NHMSG_LEN + 32);
+    body.extend_from_slice(&[family, 0, protocol, 0]);
+    body.extend_from_slice(&flags.to_ne_bytes());
+    let attrs: RtBuffer<u16, Buffer> = attrs.into_iter().collect();
+    let mut cur = Cursor::new(Vec::new());
+    attrs.to_bytes(&mut cur).map_err(|e| enc_err(req, e))?;
+    body.extend_from_slice(cur.get_ref());
+    Ok(body)
+}
+
+/// Encodes `RTM_GETNEXTHOP` with `NLM_F_DUMP` for every object, of every
+/// family (the header all zeros, as the kernel requires of a dump).
+pub(crate) fn encode_nexthop_dump(seq: u32, out: &mut Vec<u8>) -> Result<(), NetlinkError> {
+    let body = nhmsg(&"ip nexthop show", 0, 0, 0, Vec::new())?;
+    push_msg(
+        out,
+        rtm_nexthop(k::RTM_GETNEXTHOP as u32),
+        NlmF::REQUEST | NlmF::DUMP,
+        seq,
+        Buffer::from(body),
+    )
 }
 
 /// Every request asks for an ACK.
@@ -834,6 +1012,12 @@ impl Request {
             Self::RouteReplace6(r) => push_route(self, r, Write::Replace, seq, out),
             Self::RouteAdd6(r) => push_route(self, r, Write::Add, seq, out),
             Self::RouteDelete6(r) => push_route(self, r, Write::Delete, seq, out),
+            Self::NexthopReplace(n) => push_nexthop(self, n, Write::Replace, seq, out),
+            Self::NexthopAdd(n) => push_nexthop(self, n, Write::Add, seq, out),
+            Self::NexthopDelete(n) => push_nexthop(self, n, Write::Delete, seq, out),
+            Self::NexthopReplace6(n) => push_nexthop(self, n, Write::Replace, seq, out),
+            Self::NexthopAdd6(n) => push_nexthop(self, n, Write::Add, seq, out),
+            Self::NexthopDelete6(n) => push_nexthop(self, n, Write::Delete, seq, out),
         }
     }
 }
@@ -938,6 +1122,40 @@ mod tests {
             f.to_string(),
             "bridge fdb append 0e:00:00:00:00:01 dev #4 dst 10.0.0.3 self permanent"
         );
+    }
+
+    #[test]
+    fn nexthop_requests_describe_themselves_like_ip_commands() {
+        let nh = Nexthop::via(5, "10.244.1.0".parse().expect("ip"), 4).onlink();
+        assert_eq!(
+            Request::NexthopReplace(nh).to_string(),
+            "ip nexthop replace id 5 via 10.244.1.0 dev #4 onlink proto 241"
+        );
+        assert_eq!(
+            Request::NexthopDelete(nh).to_string(),
+            "ip nexthop del id 5"
+        );
+        let r = Route::new("10.244.1.0/24".parse().expect("net"))
+            .via("10.244.1.0".parse().expect("ip"))
+            .dev(4)
+            .onlink()
+            .nexthop(5);
+        assert_eq!(
+            Request::RouteReplace(r).to_string(),
+            "ip route replace 10.244.1.0/24 nhid 5 proto 241"
+        );
+        let mut out = Vec::new();
+        let zero = Request::NexthopReplace(Nexthop { id: 0, ..nh });
+        assert!(matches!(
+            zero.encode(1, &mut out),
+            Err(NetlinkError::Invalid(_))
+        ));
+        Request::NexthopReplace(nh)
+            .encode(9, &mut out)
+            .expect("encode");
+        // nlmsghdr (16 bytes), then struct nhmsg: family, scope, protocol.
+        assert_eq!(u16::from_ne_bytes([out[4], out[5]]), 104, "RTM_NEWNEXTHOP");
+        assert_eq!((out[16], out[18]), (AF_INET, 241));
     }
 
     #[test]

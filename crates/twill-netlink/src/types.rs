@@ -288,6 +288,13 @@ pub struct IpRoute<A: IpFamily> {
     pub table: u32,
     /// Route protocol (`rtm_protocol`); [`TWILL_RTPROT`] for ours.
     pub protocol: u8,
+    /// The nexthop object the route goes through (`nhid N`, `RTA_NH_ID`).
+    /// When set, the route is sent with the id alone (the kernel refuses a
+    /// gateway or device beside it) and `gateway`, `oif` and `onlink`
+    /// describe where the object sends traffic: the kernel reports them in
+    /// dumps (`net.ipv4.nexthop_compat_mode`, on by default), and a caller
+    /// that has the object can fill them in whatever that mode is.
+    pub nexthop_id: Option<u32>,
 }
 
 /// An IPv4 unicast route: `ip route replace DST [via GW] [dev OIF] [onlink] [table T] [proto P]`.
@@ -307,7 +314,15 @@ impl<A: IpFamily> IpRoute<A> {
             onlink: false,
             table: MAIN_TABLE,
             protocol: TWILL_RTPROT,
+            nexthop_id: None,
         }
+    }
+
+    /// Routes through nexthop object `id` (`nhid ID`).
+    #[must_use]
+    pub fn nexthop(mut self, id: u32) -> Self {
+        self.nexthop_id = Some(id);
+        self
     }
 
     /// Sets the gateway.
@@ -349,6 +364,92 @@ impl<A: IpFamily> IpRoute<A> {
 impl<A: IpFamily> fmt::Display for IpRoute<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.dst)?;
+        // Through an object, the id is what is sent (and all `ip` takes).
+        if let Some(id) = self.nexthop_id {
+            write!(f, " nhid {id}")?;
+        } else {
+            if let Some(gw) = self.gateway {
+                write!(f, " via {gw}")?;
+            }
+            if let Some(oif) = self.oif {
+                write!(f, " dev #{oif}")?;
+            }
+            if self.onlink {
+                f.write_str(" onlink")?;
+            }
+        }
+        if self.table != MAIN_TABLE {
+            write!(f, " table {}", self.table)?;
+        }
+        write!(f, " proto {}", self.protocol)
+    }
+}
+
+/// A nexthop object of family `A` (Linux 5.3 and later):
+/// `ip nexthop replace id ID via GW dev OIF [onlink] proto P`.
+///
+/// Routes name it by id (`ip route replace DST nhid ID`). The kernel hashes
+/// these objects by id, where it hashes a route's own gateway into one
+/// bucket per device: 10,000 onlink routes with as many gateways on one
+/// device make every route insert walk all the others (docs/benchmarks.md
+/// §4), 10,000 objects do not.
+///
+/// Ids are one space per network namespace, shared by both families, groups
+/// and blackholes. A dump lists every object, read as this family: one of
+/// the other family, a group or a blackhole reads with no gateway (and the
+/// last two with no device), so it is never mistaken for a gateway nexthop
+/// of `A` while its id is still seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpNexthop<A: IpFamily> {
+    /// The object's id (`NHA_ID`, never 0: 0 asks the kernel to pick one).
+    pub id: u32,
+    /// Gateway (`NHA_GATEWAY`).
+    pub gateway: Option<A>,
+    /// Output device (`NHA_OIF`).
+    pub oif: Option<u32>,
+    /// `RTNH_F_ONLINK`: the gateway is on link even if no prefix says so.
+    pub onlink: bool,
+    /// Protocol (`nh_protocol`); [`TWILL_RTPROT`] for ours.
+    pub protocol: u8,
+}
+
+/// An IPv4 nexthop object: `ip nexthop replace id ID via GW dev OIF [onlink]`.
+pub type Nexthop = IpNexthop<Ipv4Addr>;
+
+/// An IPv6 nexthop object: `ip -6 nexthop replace id ID via GW dev OIF [onlink]`.
+pub type Nexthop6 = IpNexthop<Ipv6Addr>;
+
+impl<A: IpFamily> IpNexthop<A> {
+    /// Object `id` sending to `gateway` on `oif`, with protocol [`TWILL_RTPROT`].
+    #[must_use]
+    pub fn via(id: u32, gateway: A, oif: u32) -> Self {
+        Self {
+            id,
+            gateway: Some(gateway),
+            oif: Some(oif),
+            onlink: false,
+            protocol: TWILL_RTPROT,
+        }
+    }
+
+    /// Sets the onlink flag.
+    #[must_use]
+    pub fn onlink(mut self) -> Self {
+        self.onlink = true;
+        self
+    }
+
+    /// Sets the protocol.
+    #[must_use]
+    pub fn protocol(mut self, protocol: u8) -> Self {
+        self.protocol = protocol;
+        self
+    }
+}
+
+impl<A: IpFamily> fmt::Display for IpNexthop<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "id {}", self.id)?;
         if let Some(gw) = self.gateway {
             write!(f, " via {gw}")?;
         }
@@ -357,9 +458,6 @@ impl<A: IpFamily> fmt::Display for IpRoute<A> {
         }
         if self.onlink {
             f.write_str(" onlink")?;
-        }
-        if self.table != MAIN_TABLE {
-            write!(f, " table {}", self.table)?;
         }
         write!(f, " proto {}", self.protocol)
     }

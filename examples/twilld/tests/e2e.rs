@@ -254,7 +254,11 @@ fn article_seed_scenario_etcd_kernel_subnet_env_and_container_pings() {
         }
         let routes_text = sh(&c, i, "ip", &["route", "show", "dev", DEV]);
         for (l, _) in &peers {
-            let start = format!("{} via {} ", l.subnet, l.subnet.network());
+            // Through twill's nexthop object (this kernel has them) the
+            // route shows `nhid <the subnet as a number>` before flannel's
+            // `via <gateway>`.
+            let id = u32::from(l.subnet.network());
+            let start = format!("{} nhid {id} via {} ", l.subnet, l.subnet.network());
             assert!(
                 routes_text
                     .lines()

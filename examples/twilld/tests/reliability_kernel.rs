@@ -80,7 +80,9 @@ fn hand_made_damage_is_repaired_and_foreign_routes_are_untouched() {
     let (peer_mac, peer_ip) = want.fdb.iter().next().cloned().unwrap();
 
     // A route of ours deleted.
-    ip(&c, 0, &["route", "del", &peer_subnet, "dev", &dev]);
+    // Without `dev`: a route through a nexthop object is matched by its
+    // destination (the kernel matches no device on it).
+    ip(&c, 0, &["route", "del", &peer_subnet]);
     wait_repaired(&c, &want, "route deleted by hand");
 
     // An FDB entry deleted.
@@ -106,7 +108,9 @@ fn hand_made_damage_is_repaired_and_foreign_routes_are_untouched() {
     wait_repaired(&c, &want, "ARP entry deleted by hand");
 
     // All three of a peer at once, and a wrong MAC in an ARP entry.
-    ip(&c, 0, &["route", "del", &peer_subnet, "dev", &dev]);
+    // Without `dev`: a route through a nexthop object is matched by its
+    // destination (the kernel matches no device on it).
+    ip(&c, 0, &["route", "del", &peer_subnet]);
     ip(
         &c,
         0,

@@ -5,7 +5,46 @@ use std::net::Ipv4Addr;
 
 use twill_backend::{Backend, HostContext, LocalSetup, UnderlayInterface};
 use twill_model::{LeaseAttrs, LeaseKind, NetworkConfig, SubnetKey, SubnetLease};
-use twill_testbed::netns::Host;
+use twill_testbed::netns::{Host, Netns, NetnsError};
+
+/// `ip route show ...` as it forwards: each route's `nhid N` left out, so
+/// that a route through a nexthop object (twill, where the kernel has them)
+/// reads as flannel's route with its own gateway. The objects themselves
+/// are asserted where they are the subject.
+pub trait IpRoutes {
+    /// `ip ARGS` (a route listing) without the `nhid N` of each line.
+    fn ip_routes(&self, args: &[&str]) -> Result<String, NetnsError>;
+}
+
+impl IpRoutes for Netns {
+    fn ip_routes(&self, args: &[&str]) -> Result<String, NetnsError> {
+        Ok(without_nhid(&self.ip(args)?))
+    }
+}
+
+/// `text` without the `nhid N` of each line.
+pub fn without_nhid(text: &str) -> String {
+    text.split('\n')
+        .map(|line| {
+            let mut out = Vec::new();
+            let mut words = line.split(' ');
+            while let Some(w) = words.next() {
+                if w == "nhid" {
+                    words.next();
+                } else {
+                    out.push(w);
+                }
+            }
+            out.join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The ops that program one VXLAN peer on an empty kernel: its ARP and FDB
+/// entries, its nexthop object and its route through it (the test kernels
+/// have nexthop objects, so the default `Nexthops` uses them).
+pub const PEER_OPS: usize = 4;
 
 pub fn config(backend: &str) -> NetworkConfig {
     NetworkConfig::parse(&format!(
