@@ -910,3 +910,56 @@ impl RouteHandle<'_> {
         self.0.routes(table, "ip -6 route show")
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod frame_tests {
+    use super::*;
+
+    fn message(ty: u16, seq: u32, body: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(NLMSG_HDRLEN + body.len()).unwrap();
+        let mut m = Vec::new();
+        m.extend_from_slice(&len.to_ne_bytes());
+        m.extend_from_slice(&ty.to_ne_bytes());
+        m.extend_from_slice(&0u16.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    #[test]
+    fn frames_borrow_payloads_and_read_errors() {
+        let mut buf = message(24, 7, &[1, 2, 3, 4, 5]);
+        buf.extend_from_slice(&[0; 3]); // padding to 4 bytes
+        buf.extend(message(NLMSG_ERROR, 8, &(-17i32).to_ne_bytes()));
+        buf.extend(message(NLMSG_DONE, 9, &0i32.to_ne_bytes()));
+        let frames: Vec<_> = Frames::new(&buf, "t").map(Result::unwrap).collect();
+        assert_eq!(frames.len(), 3);
+        assert_eq!((frames[0].seq, frames[0].ty), (7, 24));
+        assert_eq!(frames[0].payload, &[1, 2, 3, 4, 5]);
+        assert_eq!((frames[1].ty, frames[1].errno), (NLMSG_ERROR, -17));
+        assert_eq!((frames[2].seq, frames[2].errno), (9, 0));
+    }
+
+    #[test]
+    fn truncated_or_lying_lengths_are_decode_errors_not_panics() {
+        let good = message(24, 1, &[0; 8]);
+        for cut in 0..good.len() {
+            let bad = &good[..cut];
+            let out: Vec<_> = Frames::new(bad, "t").collect();
+            assert!(cut == 0 || matches!(out.as_slice(), [Err(NetlinkError::Decode { .. })]));
+        }
+        let mut short = good.clone();
+        short[..4].copy_from_slice(&3u32.to_ne_bytes());
+        assert!(matches!(
+            Frames::new(&short, "t").next(),
+            Some(Err(NetlinkError::Decode { .. }))
+        ));
+        let error_without_errno = message(NLMSG_ERROR, 1, &[]);
+        assert!(matches!(
+            Frames::new(&error_without_errno, "t").next(),
+            Some(Err(NetlinkError::Decode { .. }))
+        ));
+    }
+}
