@@ -9,6 +9,8 @@
 #   twill-wireguard-backend  never reach twill-etcd (directly or through another crate)
 #   twill-agent      depends only on model, subnet, netlink, backend; never reaches twill-etcd
 #   crates/*         never depend on a package under examples/
+#   unsafe code      only in examples/twilld/src/malloc.rs (glibc's mallopt and
+#                    malloc_trim); the workspace lint denies it everywhere else
 # Prints one line per violation and exits 1 if there is any. Needs cargo and jq
 # (scripts/install-deps.sh installs jq).
 set -euo pipefail
@@ -124,6 +126,17 @@ while read -r p dir; do
         esac
     done
 done <<<"$dirs"
+
+# The workspace denies unsafe_code rather than forbidding it so that one module can
+# call glibc; no other file may lift the lint.
+unsafe_home=examples/twilld/src/malloc.rs
+while IFS= read -r hit; do
+    violations+=("unsafe: only $unsafe_home may allow unsafe_code: ${hit#"$root"/}")
+done < <(grep -rn --include='*.rs' -E '(allow|expect|warn)\(([^)]*[ ,(])?unsafe_code([^A-Za-z0-9_]|$)' "$root/crates" "$root/examples" "$root/benches" \
+             | grep -v "^$root/$unsafe_home:")
+while IFS= read -r hit; do
+    violations+=("unsafe: a package's own lint table sets unsafe_code: ${hit#"$root"/}")
+done < <(grep -rn --include=Cargo.toml -w unsafe_code "$root/crates" "$root/examples" "$root/benches")
 
 if [ ${#violations[@]} -gt 0 ]; then
     printf '%s\n' "${violations[@]}" >&2

@@ -684,6 +684,7 @@ impl<R: Registry + ?Sized + 'static> Running<'_, R> {
             .emit(AgentEvent::Reconciled(Arc::new(ReconcileOutcome {
                 peers: done.peers,
                 duration: done.duration,
+                incremental: done.changed.is_some(),
                 result,
             })));
     }

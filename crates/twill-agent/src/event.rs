@@ -57,6 +57,10 @@ pub struct ReconcileOutcome {
     pub peers: usize,
     /// How long the backend took.
     pub duration: Duration,
+    /// An incremental pass over the peers whose lease changed
+    /// ([`twill_backend::Backend::apply_changes`]); `false` for a full pass
+    /// over every peer.
+    pub incremental: bool,
     /// What it did, or why it could not read the kernel at all.
     pub result: Result<ReconcileReport, Arc<BackendError>>,
 }

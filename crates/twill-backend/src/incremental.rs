@@ -254,23 +254,18 @@ impl<A: IpFamily, C: Ord + Copy> PeerTable<A, C> {
 /// dumps the kernel, may decide about what it did not know of.
 pub(crate) fn delta_ops<A: IpFamily>(delta: &Delta<A>, owner: &Owner) -> Vec<IpOp<A>> {
     let mut ops = plan(&delta.desired, &delta.observed, owner);
+    let held_route = |r: &IpRoute<A>| {
+        delta
+            .observed
+            .routes
+            .iter()
+            .any(|o| (o.table, o.dst) == (r.table, r.dst))
+    };
+    let held_object = |n: &IpNexthop<A>| delta.observed.nexthops.iter().any(|o| o.id == n.id);
     for op in &mut ops {
         match *op {
-            IpOp::ReplaceRoute(r) => {
-                let held = delta
-                    .observed
-                    .routes
-                    .iter()
-                    .any(|o| (o.table, o.dst) == (r.table, r.dst));
-                if !held {
-                    *op = IpOp::AddRoute(r);
-                }
-            }
-            IpOp::ReplaceNexthop(n) => {
-                if !delta.observed.nexthops.iter().any(|o| o.id == n.id) {
-                    *op = IpOp::AddNexthop(n);
-                }
-            }
+            IpOp::ReplaceRoute(r) if !held_route(&r) => *op = IpOp::AddRoute(r),
+            IpOp::ReplaceNexthop(n) if !held_object(&n) => *op = IpOp::AddNexthop(n),
             _ => {}
         }
     }
