@@ -39,6 +39,19 @@ fn removed(l: &SubnetLease) -> PeerChange<'static> {
     }
 }
 
+/// A VXLAN backend on `h` (subnet 10.244.1.0/24) after a full pass over
+/// `peers`, and that pass's report.
+async fn vxlan_after_a_full_pass(
+    h: &twill_testbed::netns::Host,
+    peers: &[SubnetLease],
+) -> (VxlanBackend, twill_backend::ReconcileReport) {
+    let cfg = config(r#"{"Type":"vxlan"}"#);
+    let mut b = VxlanBackend::with_handle(VxlanOptions::default(), h.ns.netlink().expect("nl"));
+    bring_up(&mut b, h, &cfg, 1).await;
+    let first = b.reconcile(&refs(peers)).await.expect("full");
+    (b, first)
+}
+
 #[tokio::test]
 async fn vxlan_events_program_only_the_changed_peers_and_match_a_full_pass() {
     twill_testbed::require_root!();
@@ -155,11 +168,8 @@ async fn an_event_never_replaces_a_route_it_did_not_make() {
     twill_testbed::require_root!();
     let lan = Lan::new(1).expect("lan");
     let h = &lan.hosts[0];
-    let cfg = config(r#"{"Type":"vxlan"}"#);
-    let mut b = VxlanBackend::with_handle(VxlanOptions::default(), h.ns.netlink().expect("nl"));
-    bring_up(&mut b, h, &cfg, 1).await;
     let mut peers: Vec<SubnetLease> = (2..=4).map(peer).collect();
-    let first = b.reconcile(&refs(&peers)).await.expect("full");
+    let (mut b, first) = vxlan_after_a_full_pass(h, &peers).await;
     let per_peer = first.planned / 3;
 
     // Someone's route where a new peer's will go, made after the full pass.
@@ -285,11 +295,8 @@ async fn an_event_never_takes_over_a_nexthop_object_it_did_not_make() {
     twill_testbed::require_root!();
     let lan = Lan::new(1).expect("lan");
     let h = &lan.hosts[0];
-    let cfg = config(r#"{"Type":"vxlan"}"#);
-    let mut b = VxlanBackend::with_handle(VxlanOptions::default(), h.ns.netlink().expect("nl"));
-    bring_up(&mut b, h, &cfg, 1).await;
     let mut peers: Vec<SubnetLease> = (2..=4).map(peer).collect();
-    let first = b.reconcile(&refs(&peers)).await.expect("full");
+    let (mut b, first) = vxlan_after_a_full_pass(h, &peers).await;
     // The kernels twill is tested on have nexthop objects (4 ops a peer).
     assert_eq!(first.planned, 12, "{first:?}");
     let new = peer(12);

@@ -165,16 +165,46 @@ impl HealthCore {
             .map(|(k, _)| *k)
             .collect();
         for key in gone {
-            if let Some(p) = self.peers.remove(&key) {
-                self.due.remove(&(p.next_due, key));
-                self.underlay_wanted.remove(&key);
-            }
+            self.forget(key);
         }
         let new: Vec<ProbeTarget> = wanted
             .values()
             .filter(|t| !self.peers.contains_key(&t.key))
             .copied()
             .collect();
+        self.add(new, now);
+    }
+
+    /// Applies the changes of some peers only: each key's target now
+    /// (`None`: no longer probed). The same rules as [`Self::set_targets`],
+    /// at a cost that depends on the changes, not on the number of peers:
+    /// what a lease event costs.
+    pub fn update_targets(&mut self, changes: &[(SubnetKey, Option<ProbeTarget>)], now: Instant) {
+        let mut new = Vec::new();
+        for (key, target) in changes {
+            let kept = match (self.peers.get(key), target) {
+                (Some(p), Some(t)) => p.target == *t,
+                _ => false,
+            };
+            if kept {
+                continue;
+            }
+            self.forget(*key);
+            new.extend(*target);
+        }
+        new.sort_by_key(|t| t.key);
+        self.add(new, now);
+    }
+
+    fn forget(&mut self, key: SubnetKey) {
+        if let Some(p) = self.peers.remove(&key) {
+            self.due.remove(&(p.next_due, key));
+            self.underlay_wanted.remove(&key);
+        }
+    }
+
+    /// Starts probing `new` (in this order), spread evenly over a period.
+    fn add(&mut self, new: Vec<ProbeTarget>, now: Instant) {
         let n = u32::try_from(self.peers.len() + new.len()).unwrap_or(u32::MAX);
         let mut period = self.options.interval;
         let rate = self.options.max_probes_per_second.max(1);
@@ -632,5 +662,51 @@ mod tests {
         assert_eq!(report.len(), 1);
         assert_eq!(report[0].public_ip, moved.public_ip);
         assert_eq!(report[0].reachability, Reachability::Unknown);
+    }
+
+    /// A lease event's update of the peers it names leaves the core as
+    /// setting every target would: the untouched peers keep their state,
+    /// a changed one starts afresh, a gone one is forgotten.
+    #[test]
+    fn updating_some_targets_matches_setting_them_all() {
+        let t0 = Instant::now();
+        let all: Vec<ProbeTarget> = (1..=20).map(|i| target(i, true)).collect();
+        let mut by_update = HealthCore::new(options(), Some(8472), t0);
+        let mut by_set = HealthCore::new(options(), Some(8472), t0);
+        by_update.set_targets(&all, t0);
+        by_set.set_targets(&all, t0);
+        let mut ok = |_: &Probe| Some(Duration::from_millis(1));
+        drive(&mut by_update, t0, Duration::from_secs(3), &mut ok);
+        drive(&mut by_set, t0, Duration::from_secs(3), &mut ok);
+        let t1 = t0 + Duration::from_secs(3);
+        let mut moved = target(3, true);
+        moved.public_ip = Ipv4Addr::new(192, 0, 2, 77);
+        let mut now_all: Vec<ProbeTarget> =
+            all.iter().copied().filter(|t| t.key != key(5)).collect();
+        now_all[2] = moved;
+        now_all.push(target(21, true));
+        by_set.set_targets(&now_all, t1);
+        by_update.update_targets(
+            &[
+                (key(3), Some(moved)),
+                (key(5), None),
+                (key(21), Some(target(21, true))),
+                (key(7), Some(target(7, true))),
+            ],
+            t1,
+        );
+        let summary = |c: &HealthCore| {
+            c.report()
+                .into_iter()
+                .map(|p| (p.key, p.public_ip, p.reachability))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(summary(&by_update), summary(&by_set));
+        let r = by_update.report();
+        assert_eq!(r.len(), 20);
+        let of = |k| r.iter().find(|p| p.key == k).map(|p| p.reachability);
+        assert_eq!(of(key(7)), Some(Reachability::Reachable), "kept its state");
+        assert_eq!(of(key(3)), Some(Reachability::Unknown), "moved: afresh");
+        assert_eq!(of(key(5)), None, "gone");
     }
 }

@@ -92,6 +92,8 @@ fn run(
 ) {
     let mut core = HealthCore::new(options, tunnel_port, Instant::now());
     let mut first = true;
+    // The peer set's generation the targets were last taken from.
+    let mut seen: Option<u64> = None;
     let mut published: Option<Instant> = None;
     let mut send_error_logged = false;
     // A partition that takes 10,000 peers away logs the first ones, then a
@@ -102,13 +104,32 @@ fn run(
         match peers.has_changed() {
             Ok(changed) if changed || first => {
                 first = false;
-                let targets: Vec<_> = peers
-                    .borrow_and_update()
-                    .leases
-                    .values()
-                    .filter_map(|l| target_of(l, tunnel_port))
-                    .collect();
-                core.set_targets(&targets, now);
+                let set = peers.borrow_and_update();
+                // A lease event updates the peers it names; only a first
+                // look, or more changes than the set remembers, reads all.
+                match seen.and_then(|g| set.changed_since(g)) {
+                    Some(keys) => {
+                        let changes: Vec<_> = keys
+                            .into_iter()
+                            .map(|k| {
+                                (
+                                    k,
+                                    set.leases.get(&k).and_then(|l| target_of(l, tunnel_port)),
+                                )
+                            })
+                            .collect();
+                        core.update_targets(&changes, now);
+                    }
+                    None => {
+                        let targets: Vec<_> = set
+                            .leases
+                            .values()
+                            .filter_map(|l| target_of(l, tunnel_port))
+                            .collect();
+                        core.set_targets(&targets, now);
+                    }
+                }
+                seen = Some(set.generation);
             }
             Ok(_) => {}
             // The lease manager is gone: the agent is stopping.
