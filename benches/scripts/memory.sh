@@ -7,7 +7,7 @@
 #
 # Usage: benches/scripts/memory.sh          (N = 10,000, 10 cycles)
 #        TINY=1 benches/scripts/memory.sh   (N = 100, 2 cycles)
-# Env: PEERS, CYCLES. Needs root.
+# Env: PEERS, CYCLES, TWILLD_FLAGS. Needs root.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 tw_init memory
@@ -21,7 +21,8 @@ fi
 tw_build
 tw_single_host
 # Logging at warn: 10,000 "peer added" lines per cycle would measure the log pipe.
-TWILLD_LOG=warn tw_twilld a twilld http://127.0.0.1:2379 10.0.0.2
+# TWILLD_FLAGS: more twilld flags (e.g. -peer-health=false, to measure without the prober).
+TWILLD_LOG=warn tw_twilld a twilld http://127.0.0.1:2379 10.0.0.2 ${TWILLD_FLAGS:-}
 pid=$TW_LAST_PID
 
 tw_log "RSS with 0, $MID, $PEERS peers and after $CYCLES cycles of -$PEERS/+$PEERS"
