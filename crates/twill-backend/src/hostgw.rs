@@ -11,7 +11,10 @@ use twill_model::{BackendConfig, LeaseAttrs, NetworkConfig, SkipReason, SubnetKe
 use twill_netlink::{NetlinkHandle, MAIN_TABLE, TWILL_RTPROT};
 
 use crate::incremental::{apply_delta, Claims, PeerEntries, PeerTable};
-use crate::peers::{check_common, check_ipv6, claim_order, dedupe, dedupe6, on_segment};
+use crate::peers::{
+    check_common, check_ipv6, claim_of, claim_of6, claim_order, claim_order6, claim_rank,
+    claim_rank6, dedupe, dedupe6, on_segment,
+};
 use crate::plan::{hostgw_peer, Owner};
 use crate::vxlan::{converge, converge6};
 use crate::{
@@ -132,9 +135,7 @@ impl Backend for HostGwBackend {
             table.found_foreign_routes();
         }
         if let Some(u) = r.ipv6 {
-            let mut sorted = claim_order(peers.iter().copied(), &r.config);
-            let order6 = order6(&r.config);
-            sorted.sort_by_key(|p| (order6(p), p.key));
+            let sorted = claim_order6(peers.iter().copied(), &r.config);
             let (mut table6, skipped) = PeerTable::build(
                 sorted,
                 claim_of6,
@@ -167,13 +168,12 @@ impl Backend for HostGwBackend {
             return Ok(None);
         };
         let this = &*self;
-        let order = |p: &SubnetLease| (p.key.ipv4.prefix() != r.config.subnet_len, p.revision);
         let accept = |peer: &SubnetLease, claims: &mut Claims<u32>| {
             this.accept(&r, &connected.0, peer, claims)
         };
         // IPv4 off: the table stays empty, as the full pass left it.
         let changes4: &[PeerChange<'_>] = if r.config.enable_ipv4 { changes } else { &[] };
-        let Some((table, delta)) = table.update(changes4, order, accept) else {
+        let Some((table, delta)) = table.update(changes4, claim_rank(&r.config), accept) else {
             return Ok(None);
         };
         let delta6 = match (r.ipv6, table6) {
@@ -183,7 +183,7 @@ impl Backend for HostGwBackend {
                 let accept6 = |peer: &SubnetLease, claims: &mut Claims<u128>| {
                     this.accept6(&r, u, &connected.1, peer, claims)
                 };
-                match t.update(changes, order6(&r.config), accept6) {
+                match t.update(changes, claim_rank6(&r.config), accept6) {
                     Some(x) => Some(x),
                     None => return Ok(None),
                 }
@@ -212,26 +212,6 @@ fn owner(r: &Ready) -> Owner {
         protocol: TWILL_RTPROT,
         table: MAIN_TABLE,
         route_oifs: vec![r.underlay.index],
-    }
-}
-
-/// The claim key of a peer's IPv4 subnet: its first address.
-fn claim_of(key: &SubnetKey) -> Option<u32> {
-    Some(u32::from(key.ipv4.network()))
-}
-
-/// The claim key of a peer's IPv6 subnet, when it has one.
-fn claim_of6(key: &SubnetKey) -> Option<u128> {
-    key.ipv6.map(|n| u128::from(n.network()))
-}
-
-/// The claim order of the IPv6 pass for one lease.
-fn order6(config: &NetworkConfig) -> impl Fn(&SubnetLease) -> (bool, i64) + '_ {
-    |p| {
-        (
-            p.key.ipv6.map(|n| n.prefix()) != Some(config.ipv6_subnet_len),
-            p.revision,
-        )
     }
 }
 

@@ -87,9 +87,48 @@ pub(crate) fn claim_order<'a>(
     peers: impl IntoIterator<Item = &'a SubnetLease>,
     config: &NetworkConfig,
 ) -> Vec<&'a SubnetLease> {
+    let rank = claim_rank(config);
     let mut sorted: Vec<&SubnetLease> = peers.into_iter().collect();
-    sorted.sort_by_key(|p| (p.key.ipv4.prefix() != config.subnet_len, p.revision, p.key));
+    sorted.sort_by_key(|p| (rank(p), p.key));
     sorted
+}
+
+/// [`claim_order`] for the IPv6 pass: IPv6 subnets claim in the same way,
+/// by their own prefix length ([`claim_rank6`]).
+pub(crate) fn claim_order6<'a>(
+    peers: impl IntoIterator<Item = &'a SubnetLease>,
+    config: &NetworkConfig,
+) -> Vec<&'a SubnetLease> {
+    let rank = claim_rank6(config);
+    let mut sorted: Vec<&SubnetLease> = peers.into_iter().collect();
+    sorted.sort_by_key(|p| (rank(p), p.key));
+    sorted
+}
+
+/// A lease's place in [`claim_order`], before its key: what an
+/// incremental pass sorts its changed leases by.
+pub(crate) fn claim_rank(config: &NetworkConfig) -> impl Fn(&SubnetLease) -> (bool, i64) + '_ {
+    |p| (p.key.ipv4.prefix() != config.subnet_len, p.revision)
+}
+
+/// A lease's place in [`claim_order6`], before its key.
+pub(crate) fn claim_rank6(config: &NetworkConfig) -> impl Fn(&SubnetLease) -> (bool, i64) + '_ {
+    |p| {
+        (
+            p.key.ipv6.map(|n| n.prefix()) != Some(config.ipv6_subnet_len),
+            p.revision,
+        )
+    }
+}
+
+/// The claim key of a peer's IPv4 subnet in [`Claimed`]: its first address.
+pub(crate) fn claim_of(key: &SubnetKey) -> Option<u32> {
+    Some(u32::from(key.ipv4.network()))
+}
+
+/// The claim key of a peer's IPv6 subnet, when it has one.
+pub(crate) fn claim_of6(key: &SubnetKey) -> Option<u128> {
+    key.ipv6.map(|n| u128::from(n.network()))
 }
 
 /// Drops overlapping peer subnets after the first (in [`claim_order`]) so

@@ -50,7 +50,10 @@ use twill_netlink::{
 };
 
 use crate::incremental::{apply_delta, Claims, PeerEntries, PeerTable, Skipped};
-use crate::peers::{check_common, check_ipv6, claim_order, dedupe, dedupe6, on_segment};
+use crate::peers::{
+    check_common, check_ipv6, claim_of, claim_of6, claim_order, claim_order6, claim_rank,
+    claim_rank6, dedupe, dedupe6, on_segment,
+};
 use crate::plan::{
     peer_nexthop_id, plan, route_conflicts, via_nexthop, vxlan_peer, DataplaneState,
     DataplaneState6, Owner,
@@ -354,16 +357,6 @@ pub struct VxlanBackend {
     table6: Option<(u32, PeerTable<Ipv6Addr, u128>)>,
 }
 
-/// The claim key of a peer's IPv4 subnet: its first address.
-fn claim_of(key: &SubnetKey) -> Option<u32> {
-    Some(u32::from(key.ipv4.network()))
-}
-
-/// The claim key of a peer's IPv6 subnet, when it has one.
-fn claim_of6(key: &SubnetKey) -> Option<u128> {
-    key.ipv6.map(|n| u128::from(n.network()))
-}
-
 impl VxlanBackend {
     /// Builds from the `Backend` object, opening a netlink socket in the
     /// current thread's network namespace.
@@ -405,21 +398,6 @@ impl VxlanBackend {
             .into_iter()
             .map(|a| a.addr)
             .collect())
-    }
-
-    /// The claim order of the IPv4 pass ([`claim_order`]) for one lease.
-    fn order(config: &NetworkConfig) -> impl Fn(&SubnetLease) -> (bool, i64) + '_ {
-        |p| (p.key.ipv4.prefix() != config.subnet_len, p.revision)
-    }
-
-    /// The claim order of the IPv6 pass for one lease.
-    fn order6(config: &NetworkConfig) -> impl Fn(&SubnetLease) -> (bool, i64) + '_ {
-        |p| {
-            (
-                p.key.ipv6.map(|n| n.prefix()) != Some(config.ipv6_subnet_len),
-                p.revision,
-            )
-        }
     }
 
     /// The IPv6 pass's verdict on a peer: the rules common to both passes
@@ -790,10 +768,7 @@ impl VxlanBackend {
         dev: u32,
         peers: &[&SubnetLease],
     ) -> (PeerTable<Ipv6Addr, u128>, Skipped) {
-        let mut sorted = claim_order(peers.iter().copied(), &r.config);
-        // IPv6 subnets claim in the same way by their own prefix length.
-        let order6 = Self::order6(&r.config);
-        sorted.sort_by_key(|p| (order6(p), p.key));
+        let sorted = claim_order6(peers.iter().copied(), &r.config);
         PeerTable::build(
             sorted,
             claim_of6,
@@ -1210,7 +1185,7 @@ impl Backend for VxlanBackend {
                 let accept = |peer: &SubnetLease, claims: &mut Claims<u32>| {
                     this.peer_entries(r, dev, peer, &connected, claims)
                 };
-                match t.update(changes, Self::order(&r.config), accept) {
+                match t.update(changes, claim_rank(&r.config), accept) {
                     Some((t, d)) => Some((dev, t, d)),
                     None => return Ok(None),
                 }
@@ -1223,7 +1198,7 @@ impl Backend for VxlanBackend {
                 let accept = |peer: &SubnetLease, claims: &mut Claims<u128>| {
                     this.accept6(r, r6, dev, peer, claims)
                 };
-                match t.update(changes, Self::order6(&r.config), accept) {
+                match t.update(changes, claim_rank6(&r.config), accept) {
                     Some((t, d)) => Some((dev, t, d)),
                     None => return Ok(None),
                 }
