@@ -10,12 +10,12 @@ use ipnetwork::{Ipv4Network, Ipv6Network};
 use twill_model::{BackendConfig, LeaseAttrs, NetworkConfig, SkipReason, SubnetKey, SubnetLease};
 use twill_netlink::{NetlinkHandle, MAIN_TABLE, TWILL_RTPROT};
 
-use crate::incremental::{apply_delta, Claims, PeerEntries, PeerTable};
+use crate::incremental::{apply_delta, Claims, PeerProgram, PeerTable};
 use crate::peers::{
     check_common, check_ipv6, claim_of, claim_of6, claim_order, claim_order6, claim_rank,
     claim_rank6, dedupe, dedupe6, on_segment,
 };
-use crate::plan::{hostgw_peer, Owner};
+use crate::plan::Owner;
 use crate::vxlan::{converge, converge6};
 use crate::{
     Backend, BackendError, HostContext, Ipv6Underlay, LocalSetup, PeerChange, ReconcileReport,
@@ -250,7 +250,7 @@ impl HostGwBackend {
         connected: &[Ipv4Network],
         peer: &SubnetLease,
         claims: &mut Claims<u32>,
-    ) -> Result<Option<PeerEntries<Ipv4Addr>>, SkipReason> {
+    ) -> Result<Option<PeerProgram<Ipv4Addr>>, SkipReason> {
         if !check_common(peer, self.own.as_ref(), r.public_ip, &r.config, "host-gw")? {
             return Ok(None);
         }
@@ -262,11 +262,10 @@ impl HostGwBackend {
             });
         }
         dedupe(&mut claims.subnets, peer.key)?;
-        Ok(Some(PeerEntries::route(hostgw_peer(
-            peer.key.ipv4,
+        Ok(Some(PeerProgram::gateway(
             peer.attrs.public_ip,
             r.underlay.index,
-        ))))
+        )))
     }
 
     /// The IPv6 route of a peer's IPv6 half, if it can have one. A peer
@@ -279,7 +278,7 @@ impl HostGwBackend {
         connected: &[Ipv6Network],
         peer: &SubnetLease,
         claims: &mut Claims<u128>,
-    ) -> Result<Option<PeerEntries<Ipv6Addr>>, SkipReason> {
+    ) -> Result<Option<PeerProgram<Ipv6Addr>>, SkipReason> {
         match check_common(peer, self.own.as_ref(), r.public_ip, &r.config, "host-gw") {
             Ok(true) => {}
             Ok(false) => return Ok(None),
@@ -298,10 +297,6 @@ impl HostGwBackend {
             });
         }
         dedupe6(&mut claims.subnets, peer.key, subnet)?;
-        Ok(Some(PeerEntries::route(hostgw_peer(
-            subnet,
-            public,
-            r.underlay.index,
-        ))))
+        Ok(Some(PeerProgram::gateway(public, r.underlay.index)))
     }
 }

@@ -17,6 +17,9 @@
 //! Pure: no IO. The backends do the netlink part ([`apply_delta`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use twill_model::{SkipReason, SubnetKey, SubnetLease};
 use twill_netlink::{
@@ -24,7 +27,9 @@ use twill_netlink::{
 };
 
 use crate::peers::Claimed;
-use crate::plan::{plan, IpDataplaneState, IpOp, Owner};
+use crate::plan::{
+    hostgw_peer, peer_nexthop_id, plan, via_nexthop, vxlan_peer, IpDataplaneState, IpOp, Owner,
+};
 use crate::{BackendError, FailedOp, PeerChange, ReconcileReport};
 
 /// The subnets and VTEP MACs claimed so far, in claim order: the state
@@ -51,7 +56,8 @@ pub(crate) type Skipped = Vec<(SubnetKey, SkipReason)>;
 
 /// What one peer gets in one family: a route, on a VXLAN device its
 /// neighbour and FDB entries, and the nexthop object its route goes
-/// through when the kernel has them.
+/// through when the kernel has them. Derived from a [`PeerProgram`] when
+/// needed, never stored: ~130 bytes per peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PeerEntries<A: IpFamily> {
     pub(crate) neighbour: Option<IpNeighbour<A>>,
@@ -61,16 +67,6 @@ pub(crate) struct PeerEntries<A: IpFamily> {
 }
 
 impl<A: IpFamily> PeerEntries<A> {
-    /// A route only (host-gw, VXLAN direct routing).
-    pub(crate) fn route(route: IpRoute<A>) -> Self {
-        Self {
-            neighbour: None,
-            fdb: None,
-            nexthop: None,
-            route,
-        }
-    }
-
     fn push_into(&self, state: &mut IpDataplaneState<A>) {
         state.neighbours.extend(self.neighbour);
         state.fdb.extend(self.fdb);
@@ -79,27 +75,145 @@ impl<A: IpFamily> PeerEntries<A> {
     }
 }
 
+/// A family's part of a lease key and of its peer's entries.
+pub(crate) trait KeyFamily: IpFamily {
+    /// The key's subnet in this family (`None`: it has none).
+    fn subnet(key: &SubnetKey) -> Option<Self::Network>;
+    /// The nexthop object a route to `subnet` goes through when the
+    /// backend uses them (`None`: routes carry their gateway).
+    fn nexthop_id(subnet: Self::Network) -> Option<u32>;
+}
+
+impl KeyFamily for Ipv4Addr {
+    fn subnet(key: &SubnetKey) -> Option<Ipv4Network> {
+        Some(key.ipv4)
+    }
+
+    fn nexthop_id(subnet: Ipv4Network) -> Option<u32> {
+        peer_nexthop_id(subnet)
+    }
+}
+
+impl KeyFamily for Ipv6Addr {
+    fn subnet(key: &SubnetKey) -> Option<Ipv6Network> {
+        key.ipv6
+    }
+
+    fn nexthop_id(_: Ipv6Network) -> Option<u32> {
+        None
+    }
+}
+
+/// What the last pass gave one peer in one family, in the few bytes its
+/// entries are derived from with its key ([`PeerProgram::entries`]): 16
+/// bytes for IPv4 where the entries take ~130, so a table of 10,000 peers
+/// holds 0.6 MiB instead of 1.8 (docs/benchmarks.md §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PeerProgram<A> {
+    /// The peer's underlay address (`PublicIP`, `PublicIPv6`).
+    public: A,
+    /// The device its entries are on.
+    dev: u32,
+    via: Via,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// A route to the subnet through `public` (host-gw, VXLAN's direct
+    /// routing).
+    Gateway,
+    /// VXLAN: neighbour and FDB entries for the peer's VTEP MAC, a route
+    /// through the subnet's first address; through a nexthop object when
+    /// `nexthop` (and the family has them).
+    Tunnel { mac: MacAddr, nexthop: bool },
+}
+
+impl<A: KeyFamily> PeerProgram<A> {
+    /// A route through `public` on `dev` ([`hostgw_peer`]).
+    pub(crate) fn gateway(public: A, dev: u32) -> Self {
+        Self {
+            public,
+            dev,
+            via: Via::Gateway,
+        }
+    }
+
+    /// A VXLAN peer on `dev` ([`vxlan_peer`]), its route through a nexthop
+    /// object when `nexthop`.
+    pub(crate) fn tunnel(public: A, dev: u32, mac: MacAddr, nexthop: bool) -> Self {
+        Self {
+            public,
+            dev,
+            via: Via::Tunnel { mac, nexthop },
+        }
+    }
+
+    /// The peer's VTEP MAC, if it has one here.
+    fn mac(&self) -> Option<MacAddr> {
+        match self.via {
+            Via::Gateway => None,
+            Via::Tunnel { mac, .. } => Some(mac),
+        }
+    }
+
+    /// The entries of the peer of `key` (`None` when the key has no subnet
+    /// in this family, which a program is never made for).
+    pub(crate) fn entries(&self, key: &SubnetKey) -> Option<PeerEntries<A>> {
+        let subnet = A::subnet(key)?;
+        Some(match self.via {
+            Via::Gateway => PeerEntries {
+                neighbour: None,
+                fdb: None,
+                nexthop: None,
+                route: hostgw_peer(subnet, self.public, self.dev),
+            },
+            Via::Tunnel { mac, nexthop } => {
+                let (neigh, fdb, route) = vxlan_peer(self.dev, subnet, mac, self.public);
+                let (nexthop, route) = match A::nexthop_id(subnet).filter(|_| nexthop) {
+                    Some(id) => {
+                        let (object, route) = via_nexthop(route, id);
+                        (Some(object), route)
+                    }
+                    None => (None, route),
+                };
+                PeerEntries {
+                    neighbour: Some(neigh),
+                    fdb: Some(fdb),
+                    nexthop,
+                    route,
+                }
+            }
+        })
+    }
+
+    fn push_into(&self, key: &SubnetKey, state: &mut IpDataplaneState<A>) {
+        if let Some(e) = self.entries(key) {
+            e.push_into(state);
+        }
+    }
+}
+
 /// The per-peer rules of a backend for one family: `Ok(Some(entries))` for
 /// a peer to program (its claims made in `claims`), `Ok(None)` for one
 /// with nothing in this family (our own lease, no IPv6 half), `Err` for a
 /// peer skipped.
-pub(crate) trait AcceptPeer<A: IpFamily, C> {
+pub(crate) trait AcceptPeer<A: KeyFamily, C> {
     fn accept(
         &mut self,
         peer: &SubnetLease,
         claims: &mut Claims<C>,
-    ) -> Result<Option<PeerEntries<A>>, SkipReason>;
+    ) -> Result<Option<PeerProgram<A>>, SkipReason>;
 }
 
-impl<A: IpFamily, C, F> AcceptPeer<A, C> for F
+impl<A: KeyFamily, C, F> AcceptPeer<A, C> for F
 where
-    F: FnMut(&SubnetLease, &mut Claims<C>) -> Result<Option<PeerEntries<A>>, SkipReason>,
+    F: FnMut(&SubnetLease, &mut Claims<C>) -> Result<Option<PeerProgram<A>>, SkipReason>,
 {
     fn accept(
         &mut self,
         peer: &SubnetLease,
         claims: &mut Claims<C>,
-    ) -> Result<Option<PeerEntries<A>>, SkipReason> {
+    ) -> Result<Option<PeerProgram<A>>, SkipReason> {
         self(peer, claims)
     }
 }
@@ -107,7 +221,7 @@ where
 /// What the last pass programmed in one family, per peer.
 #[derive(Debug)]
 pub(crate) struct PeerTable<A: IpFamily, C> {
-    entries: HashMap<SubnetKey, PeerEntries<A>>,
+    entries: HashMap<SubnetKey, PeerProgram<A>>,
     claims: Claims<C>,
     /// Peers whose verdict depends on another peer: those skipped for a
     /// claim (subnet, VTEP MAC) and those holding it. A change to one of
@@ -140,7 +254,7 @@ fn claim_holder(reason: &SkipReason) -> Option<SubnetKey> {
     }
 }
 
-impl<A: IpFamily, C: Ord + Copy> PeerTable<A, C> {
+impl<A: KeyFamily, C: Ord + Copy> PeerTable<A, C> {
     /// A full pass over `sorted` (claim order): the table, and the peers
     /// skipped with why.
     pub(crate) fn build<'a>(
@@ -176,8 +290,8 @@ impl<A: IpFamily, C: Ord + Copy> PeerTable<A, C> {
     /// The kernel state every programmed peer needs.
     pub(crate) fn desired(&self) -> IpDataplaneState<A> {
         let mut state = IpDataplaneState::default();
-        for e in self.entries.values() {
-            e.push_into(&mut state);
+        for (key, p) in &self.entries {
+            p.push_into(key, &mut state);
         }
         state
     }
@@ -209,16 +323,16 @@ impl<A: IpFamily, C: Ord + Copy> PeerTable<A, C> {
         for c in changes {
             if let Some(old) = self.entries.remove(&c.key) {
                 self.release(&c.key, &old);
-                old.push_into(&mut delta.observed);
+                old.push_into(&c.key, &mut delta.observed);
             }
         }
         let mut leases: Vec<&SubnetLease> = changes.iter().filter_map(|c| c.lease).collect();
         leases.sort_by_key(|p| (order(p), p.key));
         for peer in leases {
             match accept.accept(peer, &mut self.claims) {
-                Ok(Some(e)) => {
-                    e.push_into(&mut delta.desired);
-                    self.entries.insert(peer.key, e);
+                Ok(Some(p)) => {
+                    p.push_into(&peer.key, &mut delta.desired);
+                    self.entries.insert(peer.key, p);
                 }
                 Ok(None) => {}
                 // Who keeps a claim is the full pass's claim order.
@@ -229,11 +343,11 @@ impl<A: IpFamily, C: Ord + Copy> PeerTable<A, C> {
         Some((self, delta))
     }
 
-    fn release(&mut self, key: &SubnetKey, old: &PeerEntries<A>) {
+    fn release(&mut self, key: &SubnetKey, old: &PeerProgram<A>) {
         if let Some(first) = (self.claim_of)(key) {
             self.claims.subnets.release(first, key);
         }
-        if let Some(mac) = old.neighbour.and_then(|n| n.mac) {
+        if let Some(mac) = old.mac() {
             if self.claims.macs.get(&mac) == Some(key) {
                 self.claims.macs.remove(&mac);
             }
@@ -322,14 +436,12 @@ pub(crate) fn apply_delta<A: IpFamily>(
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::net::Ipv4Addr;
-
     use proptest::prelude::*;
     use twill_model::{LeaseAttrs, LeaseKind};
     use twill_netlink::TWILL_RTPROT;
 
     use super::*;
-    use crate::plan::{simulate, vxlan_peer, DataplaneState};
+    use crate::plan::{simulate, DataplaneState};
 
     const DEV: u32 = 7;
 
@@ -372,7 +484,7 @@ mod tests {
     fn accept(
         peer: &SubnetLease,
         claims: &mut Claims<u32>,
-    ) -> Result<Option<PeerEntries<Ipv4Addr>>, SkipReason> {
+    ) -> Result<Option<PeerProgram<Ipv4Addr>>, SkipReason> {
         let mac: MacAddr = peer.attrs.backend_data.as_ref().unwrap().to_value()["VtepMAC"]
             .as_str()
             .unwrap()
@@ -383,13 +495,12 @@ mod tests {
         }
         crate::peers::dedupe(&mut claims.subnets, peer.key)?;
         claims.macs.insert(mac, peer.key);
-        let (n, f, r) = vxlan_peer(DEV, peer.key.ipv4, mac, peer.attrs.public_ip);
-        Ok(Some(PeerEntries {
-            neighbour: Some(n),
-            fdb: Some(f),
-            nexthop: None,
-            route: r,
-        }))
+        Ok(Some(PeerProgram::tunnel(
+            peer.attrs.public_ip,
+            DEV,
+            mac,
+            false,
+        )))
     }
 
     fn full(
@@ -407,6 +518,39 @@ mod tests {
         s.fdb.sort_by_key(|e| (e.index, e.mac, e.dst));
         s.routes.sort_by_key(|r| (r.table, r.dst));
         s
+    }
+
+    #[test]
+    fn a_peer_program_is_a_few_bytes_and_gives_the_entries_of_the_plan_rules() {
+        // What the table keeps per peer (docs/benchmarks.md §5): a regression
+        // here is 10,000 times larger.
+        assert!(std::mem::size_of::<PeerProgram<Ipv4Addr>>() <= 16);
+        let key: SubnetKey = "10.244.3.0-24".parse().unwrap();
+        let (mac, public) = (
+            "0e:00:00:00:00:03".parse().unwrap(),
+            Ipv4Addr::new(10, 0, 0, 3),
+        );
+        let (n, f, r) = vxlan_peer(DEV, key.ipv4, mac, public);
+        let tunnel = PeerProgram::tunnel(public, DEV, mac, false)
+            .entries(&key)
+            .unwrap();
+        assert_eq!(
+            (tunnel.neighbour, tunnel.fdb, tunnel.nexthop, tunnel.route),
+            (Some(n), Some(f), None, r)
+        );
+        let (object, via) = via_nexthop(r, peer_nexthop_id(key.ipv4).unwrap());
+        let nh = PeerProgram::tunnel(public, DEV, mac, true)
+            .entries(&key)
+            .unwrap();
+        assert_eq!((nh.nexthop, nh.route), (Some(object), via));
+        let gw = PeerProgram::gateway(public, 2).entries(&key).unwrap();
+        assert_eq!(
+            (gw.neighbour, gw.fdb, gw.route),
+            (None, None, hostgw_peer(key.ipv4, public, 2))
+        );
+        // No IPv6 subnet, no IPv6 entries.
+        let v6 = PeerProgram::gateway("fd00::3".parse::<Ipv6Addr>().unwrap(), 2);
+        assert!(v6.entries(&key).is_none());
     }
 
     #[test]

@@ -45,19 +45,16 @@ use twill_model::{
     BackendConfig, LeaseAttrs, MacAddr, NetworkConfig, SkipReason, SubnetKey, SubnetLease,
 };
 use twill_netlink::{
-    Address, Address6, Link, LinkChange, NetlinkError, NetlinkHandle, Nexthop, Request, Route,
-    VxlanSpec, LINUX_VXLAN_DEFAULT_PORT, MAIN_TABLE, TWILL_RTPROT,
+    Address, Address6, Link, LinkChange, NetlinkError, NetlinkHandle, Nexthop, Request, VxlanSpec,
+    LINUX_VXLAN_DEFAULT_PORT, MAIN_TABLE, TWILL_RTPROT,
 };
 
-use crate::incremental::{apply_delta, Claims, PeerEntries, PeerTable, Skipped};
+use crate::incremental::{apply_delta, Claims, PeerProgram, PeerTable, Skipped};
 use crate::peers::{
     check_common, check_ipv6, claim_of, claim_of6, claim_order, claim_order6, claim_rank,
     claim_rank6, dedupe, dedupe6, on_segment,
 };
-use crate::plan::{
-    peer_nexthop_id, plan, route_conflicts, via_nexthop, vxlan_peer, DataplaneState,
-    DataplaneState6, Owner,
-};
+use crate::plan::{plan, route_conflicts, DataplaneState, DataplaneState6, Owner};
 use crate::{
     Backend, BackendError, FailedOp, HostContext, Ipv6Underlay, LocalSetup, PeerChange,
     ReconcileReport, UnderlayInterface,
@@ -410,7 +407,7 @@ impl VxlanBackend {
         dev: u32,
         peer: &SubnetLease,
         claims: &mut Claims<u128>,
-    ) -> Result<Option<PeerEntries<Ipv6Addr>>, SkipReason> {
+    ) -> Result<Option<PeerProgram<Ipv6Addr>>, SkipReason> {
         match check_common(peer, self.own.as_ref(), r.public_ip, &r.config, "vxlan") {
             Ok(true) => self.peer_entries6(r6, dev, peer, claims),
             Ok(false) => Ok(None),
@@ -710,7 +707,7 @@ impl VxlanBackend {
         peer: &SubnetLease,
         connected: &[Ipv4Network],
         claims: &mut Claims<u32>,
-    ) -> Result<Option<PeerEntries<Ipv4Addr>>, SkipReason> {
+    ) -> Result<Option<PeerProgram<Ipv4Addr>>, SkipReason> {
         if !check_common(peer, self.own.as_ref(), r.public_ip, &r.config, "vxlan")? {
             return Ok(None);
         }
@@ -735,24 +732,10 @@ impl VxlanBackend {
         }
         dedupe(&mut claims.subnets, peer.key)?;
         if direct {
-            let route = Route::new(peer.key.ipv4).via(public).dev(r.underlay.index);
-            return Ok(Some(PeerEntries::route(route)));
+            return Ok(Some(PeerProgram::gateway(public, r.underlay.index)));
         }
         claims.macs.insert(mac, peer.key);
-        let (neigh, fdb, route) = vxlan_peer(dev, peer.key.ipv4, mac, public);
-        let (nexthop, route) = match peer_nexthop_id(peer.key.ipv4).filter(|_| r.nexthops) {
-            Some(id) => {
-                let (nexthop, route) = via_nexthop(route, id);
-                (Some(nexthop), route)
-            }
-            None => (None, route),
-        };
-        Ok(Some(PeerEntries {
-            neighbour: Some(neigh),
-            fdb: Some(fdb),
-            nexthop,
-            route,
-        }))
+        Ok(Some(PeerProgram::tunnel(public, dev, mac, r.nexthops)))
     }
 }
 
@@ -783,7 +766,7 @@ impl VxlanBackend {
         dev: u32,
         peer: &SubnetLease,
         claims: &mut Claims<u128>,
-    ) -> Result<Option<PeerEntries<Ipv6Addr>>, SkipReason> {
+    ) -> Result<Option<PeerProgram<Ipv6Addr>>, SkipReason> {
         let Some((subnet, public)) = check_ipv6(peer, r6.underlay.public_ip)? else {
             return Ok(None);
         };
@@ -799,13 +782,7 @@ impl VxlanBackend {
         }
         dedupe6(&mut claims.subnets, peer.key, subnet)?;
         claims.macs.insert(mac, peer.key);
-        let (neigh, fdb, route) = vxlan_peer(dev, subnet, mac, public);
-        Ok(Some(PeerEntries {
-            neighbour: Some(neigh),
-            fdb: Some(fdb),
-            nexthop: None,
-            route,
-        }))
+        Ok(Some(PeerProgram::tunnel(public, dev, mac, false)))
     }
 }
 
