@@ -25,7 +25,9 @@ use crate::{
 };
 
 /// Events kept for a slow [`Agent::events`] subscriber before it lags.
-const EVENT_BUFFER: usize = 4096;
+/// As many as the lease manager keeps: its tokio channel allocates every slot
+/// up front (~200 bytes each; 4,096 of them were 0.8 MB).
+const EVENT_BUFFER: usize = 1024;
 
 /// Stops a running [`Agent`] from anywhere (a signal handler, another
 /// task). Cheap to clone.
