@@ -176,6 +176,8 @@ struct Soak {
     partitioned: BTreeSet<usize>,
     hostile_keys: BTreeSet<String>,
     tolerated_keys: BTreeSet<String>,
+    /// Whether a hostile lease is being held (settling with it in place).
+    holding_hostile: bool,
     network: twill_model::Ipv4Network,
     limits: Limits,
     totals: Totals,
@@ -251,6 +253,7 @@ impl Soak {
             partitioned: BTreeSet::new(),
             hostile_keys: BTreeSet::new(),
             tolerated_keys: BTreeSet::new(),
+            holding_hostile: false,
             network,
             limits: Limits::default(),
             totals: Totals::default(),
@@ -409,6 +412,12 @@ impl Soak {
         let mut last = Vec::new();
         while t.elapsed() < SETTLE_DEADLINE {
             let tick = Instant::now();
+            if self.tolerated_keys.is_empty()
+                && !self.hostile_keys.is_empty()
+                && !self.holding_hostile
+            {
+                self.delete_hostile();
+            }
             if let Some(o) = self.observe(&BTreeSet::new(), true) {
                 last = check_all(&o, &self.limits);
                 // A kernel that could not be read is not a settled one.
@@ -491,7 +500,9 @@ impl Soak {
             // With the hostile lease still in etcd: every kernel must come
             // to the valid leases, the hostile one left out.
             self.log("settling with the hostile lease in place");
+            self.holding_hostile = true;
             bad |= self.settle(&touched);
+            self.holding_hostile = false;
         }
         for f in &step.faults {
             self.heal(&f.kind);
@@ -575,11 +586,20 @@ impl Soak {
             FaultKind::Kernel { .. } => {}
             FaultKind::HostileLease { .. } => {
                 self.tolerated_keys.clear();
-                for key in std::mem::take(&mut self.hostile_keys) {
-                    if self.etcdctl(&["del", &key]).is_none() {
-                        self.log(&format!("could not delete hostile {key}"));
-                    }
-                }
+                self.delete_hostile();
+            }
+        }
+    }
+
+    /// Deletes the hostile keys; one that cannot be deleted yet (etcd
+    /// without a quorum in an overlapping fault) stays hostile and is
+    /// retried at every settle tick, so it is never judged a valid lease.
+    fn delete_hostile(&mut self) {
+        for key in self.hostile_keys.clone() {
+            if self.etcdctl(&["del", &key]).is_some() {
+                self.hostile_keys.remove(&key);
+            } else {
+                self.log(&format!("could not delete hostile {key} yet"));
             }
         }
     }
