@@ -19,6 +19,7 @@
 //! }
 //! ```
 
+pub mod chaos;
 pub mod cluster;
 pub mod daemon;
 pub mod etcd;
