@@ -12,7 +12,7 @@ export TINY=1 PROFILE="${PROFILE:-debug}"
 # (FAMILY=6: the IPv6 variants).
 SCRIPTS=(program_peers.sh "FAMILY=6 program_peers.sh" convergence.sh startup.sh memory.sh
     responsiveness.sh dataplane.sh "FAMILY=6 dataplane.sh" allocation.sh scale.sh incremental.sh
-    health.sh chaos.sh)
+    health.sh)
 failed=()
 start=$(date +%s)
 for s in "${SCRIPTS[@]}"; do
