@@ -13,7 +13,7 @@ use twill_netlink::{NetlinkHandle, MAIN_TABLE, TWILL_RTPROT};
 use crate::incremental::{apply_delta, Claims, PeerProgram, PeerTable};
 use crate::peers::{
     check_common, check_ipv6, claim_of, claim_of6, claim_order, claim_order6, claim_rank,
-    claim_rank6, dedupe, dedupe6, on_segment,
+    claim_rank6, on_segment, range, range6,
 };
 use crate::plan::Owner;
 use crate::vxlan::{converge, converge6};
@@ -261,11 +261,9 @@ impl HostGwBackend {
                 connected: connected.to_vec(),
             });
         }
-        dedupe(&mut claims.subnets, peer.key)?;
-        Ok(Some(PeerProgram::gateway(
-            peer.attrs.public_ip,
-            r.underlay.index,
-        )))
+        let public = peer.attrs.public_ip;
+        claims.claim(peer.key, range(peer.key.ipv4), public, None)?;
+        Ok(Some(PeerProgram::gateway(public, r.underlay.index)))
     }
 
     /// The IPv6 route of a peer's IPv6 half, if it can have one. A peer
@@ -296,7 +294,7 @@ impl HostGwBackend {
                 ),
             });
         }
-        dedupe6(&mut claims.subnets, peer.key, subnet)?;
+        claims.claim(peer.key, range6(subnet), public, None)?;
         Ok(Some(PeerProgram::gateway(public, r.underlay.index)))
     }
 }

@@ -17,7 +17,7 @@
 //! Pure: no IO. The backends do the netlink part ([`apply_delta`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
 
@@ -32,21 +32,84 @@ use crate::plan::{
 };
 use crate::{BackendError, FailedOp, PeerChange, ReconcileReport};
 
-/// The subnets and VTEP MACs claimed so far, in claim order: the state
-/// the per-peer rules of a pass share.
+/// The subnets, underlay addresses and VTEP MACs claimed so far, in claim
+/// order: the state the per-peer rules of a pass share. A second peer
+/// with a claimed `PublicIP` or VTEP MAC cannot be told apart from the
+/// first on the wire (one FDB destination per MAC; one host per address),
+/// so the first in claim order keeps it, as for subnets. The address and
+/// MAC maps hold the holder's subnet by its first address (its key in
+/// `subnets`): 8 bytes an entry where a key would take 28.
 #[derive(Debug)]
 pub(crate) struct Claims<C> {
     /// Subnet ranges, disjoint.
     pub(crate) subnets: Claimed<C>,
-    /// The peer each unicast VTEP MAC belongs to.
-    pub(crate) macs: BTreeMap<MacAddr, SubnetKey>,
+    /// Peer underlay address → the first address of its holder's subnet.
+    publics: BTreeMap<C, C>,
+    /// Unicast VTEP MAC → the first address of its holder's subnet.
+    macs: BTreeMap<MacAddr, C>,
 }
 
 impl<C> Default for Claims<C> {
     fn default() -> Self {
         Self {
             subnets: Claimed::default(),
+            publics: BTreeMap::new(),
             macs: BTreeMap::new(),
+        }
+    }
+}
+
+impl<C: Ord + Copy> Claims<C> {
+    /// Claims, for `key`, its subnet `[first, last]`, its underlay address
+    /// `public` and, for a tunnel peer, its VTEP `mac`: all or nothing, so a
+    /// peer skipped claims nothing. A peer earlier in claim order holding
+    /// any of them keeps it; the MAC is checked first, then the address,
+    /// then the subnet.
+    pub(crate) fn claim<A>(
+        &mut self,
+        key: SubnetKey,
+        (first, last): (C, C),
+        public: A,
+        mac: Option<MacAddr>,
+    ) -> Result<(), SkipReason>
+    where
+        A: Into<C> + Into<IpAddr> + Copy,
+    {
+        if let Some(mac) = mac {
+            if let Some(peer) = self.macs.get(&mac).and_then(|f| self.subnets.holder(*f)) {
+                return Err(SkipReason::VtepMacInUse { mac, peer });
+            }
+        }
+        let at: C = public.into();
+        if let Some(peer) = self.publics.get(&at).and_then(|f| self.subnets.holder(*f)) {
+            return Err(SkipReason::PublicIpInUse {
+                ip: public.into(),
+                peer,
+            });
+        }
+        self.subnets.claim(first, last, key)?;
+        self.publics.insert(at, first);
+        if let Some(mac) = mac {
+            self.macs.insert(mac, first);
+        }
+        Ok(())
+    }
+
+    /// Gives back what [`Claims::claim`] took for the subnet starting at
+    /// `first`, if `key` holds it.
+    fn release<A: Into<C>>(&mut self, key: &SubnetKey, first: C, public: A, mac: Option<MacAddr>) {
+        if self.subnets.holder(first) != Some(*key) {
+            return;
+        }
+        self.subnets.release(first, key);
+        let at: C = public.into();
+        if self.publics.get(&at) == Some(&first) {
+            self.publics.remove(&at);
+        }
+        if let Some(mac) = mac {
+            if self.macs.get(&mac) == Some(&first) {
+                self.macs.remove(&mac);
+            }
         }
     }
 }
@@ -249,12 +312,14 @@ pub(crate) struct Delta<A: IpFamily> {
 fn claim_holder(reason: &SkipReason) -> Option<SubnetKey> {
     match reason {
         SkipReason::OverlapsPeer(k) => Some(*k),
-        SkipReason::VtepMacInUse { peer, .. } => Some(*peer),
+        SkipReason::VtepMacInUse { peer, .. } | SkipReason::PublicIpInUse { peer, .. } => {
+            Some(*peer)
+        }
         _ => None,
     }
 }
 
-impl<A: KeyFamily, C: Ord + Copy> PeerTable<A, C> {
+impl<A: KeyFamily + Into<C>, C: Ord + Copy> PeerTable<A, C> {
     /// A full pass over `sorted` (claim order): the table, and the peers
     /// skipped with why.
     pub(crate) fn build<'a>(
@@ -345,12 +410,7 @@ impl<A: KeyFamily, C: Ord + Copy> PeerTable<A, C> {
 
     fn release(&mut self, key: &SubnetKey, old: &PeerProgram<A>) {
         if let Some(first) = (self.claim_of)(key) {
-            self.claims.subnets.release(first, key);
-        }
-        if let Some(mac) = old.mac() {
-            if self.claims.macs.get(&mac) == Some(key) {
-                self.claims.macs.remove(&mac);
-            }
+            self.claims.release(key, first, old.public, old.mac());
         }
     }
 
@@ -490,17 +550,14 @@ mod tests {
             .unwrap()
             .parse()
             .unwrap();
-        if let Some(first) = claims.macs.get(&mac) {
-            return Err(SkipReason::VtepMacInUse { mac, peer: *first });
-        }
-        crate::peers::dedupe(&mut claims.subnets, peer.key)?;
-        claims.macs.insert(mac, peer.key);
-        Ok(Some(PeerProgram::tunnel(
-            peer.attrs.public_ip,
-            DEV,
-            mac,
-            false,
-        )))
+        let public = peer.attrs.public_ip;
+        claims.claim(
+            peer.key,
+            crate::peers::range(peer.key.ipv4),
+            public,
+            Some(mac),
+        )?;
+        Ok(Some(PeerProgram::tunnel(public, DEV, mac, false)))
     }
 
     fn full(

@@ -6,6 +6,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use twill_model::{NetworkConfig, PeerVerdict, SkipReason, SubnetKey, SubnetLease};
 
+use crate::incremental::Claims;
+
 /// The checks on a peer lease common to all backends: the host-level rules
 /// the lease core applies too ([`NetworkConfig::check_peer`], so a lease an
 /// embedder hands a backend directly is held to them), then our
@@ -67,6 +69,11 @@ impl<T: Ord + Copy> Claimed<T> {
         }
         self.0.insert(first, (last, key));
         Ok(())
+    }
+
+    /// The key holding the range that starts at `first`.
+    pub(crate) fn holder(&self, first: T) -> Option<SubnetKey> {
+        self.0.get(&first).map(|(_, k)| *k)
     }
 
     /// Gives back the range starting at `first`, if `key` holds it.
@@ -131,24 +138,16 @@ pub(crate) fn claim_of6(key: &SubnetKey) -> Option<u128> {
     key.ipv6.map(|n| u128::from(n.network()))
 }
 
-/// Drops overlapping peer subnets after the first (in [`claim_order`]) so
-/// two leases never fight over one route; the loser is reported.
-pub(crate) fn dedupe(claimed: &mut Claimed, key: SubnetKey) -> Result<(), SkipReason> {
-    let (first, last) = (key.ipv4.network(), key.ipv4.broadcast());
-    claimed.claim(u32::from(first), u32::from(last), key)
+/// A subnet as a claim range of [`Claimed`]: its first and last address.
+/// The first in [`claim_order`] keeps a range; a peer overlapping it is
+/// skipped and reported, so two leases never fight over one route.
+pub(crate) fn range(subnet: Ipv4Network) -> (u32, u32) {
+    (subnet.network().into(), subnet.broadcast().into())
 }
 
-/// [`Claimed`] for IPv6 subnets.
-pub(crate) type Claimed6 = Claimed<u128>;
-
-/// [`dedupe`] for the IPv6 subnet of `key` (which has one).
-pub(crate) fn dedupe6(
-    claimed: &mut Claimed6,
-    key: SubnetKey,
-    subnet: Ipv6Network,
-) -> Result<(), SkipReason> {
-    let (first, last) = (subnet.network(), subnet.broadcast());
-    claimed.claim(u128::from(first), u128::from(last), key)
+/// [`range`] for an IPv6 subnet.
+pub(crate) fn range6(subnet: Ipv6Network) -> (u128, u128) {
+    (subnet.network().into(), subnet.broadcast().into())
 }
 
 /// The IPv6 half of a peer that passed [`check_common`]: `Ok(None)` when it
@@ -244,7 +243,7 @@ pub fn select_peers<'a, T>(
         accepted: Vec::new(),
         skipped: Vec::new(),
     };
-    let mut claimed = Claimed::default();
+    let mut claims = Claims::<u32>::default();
     for peer in sorted {
         let verdict = check_common(
             peer,
@@ -258,7 +257,7 @@ pub fn select_peers<'a, T>(
                 return Ok(None);
             }
             let data = parse(peer)?;
-            dedupe(&mut claimed, peer.key)?;
+            claims.claim(peer.key, range(peer.key.ipv4), peer.attrs.public_ip, None)?;
             Ok(Some(data))
         });
         match verdict {
@@ -289,6 +288,10 @@ mod tests {
     fn dedupe_rejects_any_overlap_with_an_accepted_subnet() {
         let mut c = Claimed::default();
         let k = |s: &str| s.parse::<SubnetKey>().unwrap();
+        let dedupe = |c: &mut Claimed, key: SubnetKey| {
+            let (first, last) = range(key.ipv4);
+            c.claim(first, last, key)
+        };
         assert!(dedupe(&mut c, k("10.244.2.0-24")).is_ok());
         assert!(dedupe(&mut c, k("10.244.4.0-24")).is_ok());
         assert!(dedupe(&mut c, k("10.244.3.0-24")).is_ok());
@@ -305,6 +308,51 @@ mod tests {
         assert!(dedupe(&mut c, k("10.244.5.0-24")).is_ok());
         assert!(dedupe(&mut c, k("10.244.1.255-32")).is_ok());
         assert!(dedupe(&mut c, k("10.244.0.0-24")).is_ok());
+    }
+
+    #[test]
+    fn a_second_lease_with_a_peers_public_ip_is_skipped_whatever_the_order() {
+        let config =
+            NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"x"}}"#).unwrap();
+        let cx = PeerContext {
+            config: &config,
+            own: None,
+            public_ip: "10.0.0.2".parse().unwrap(),
+            backend_type: "x",
+        };
+        // The live host's lease (older) and a later one on a free subnet
+        // naming its address: the later one is skipped, in either order.
+        let live = SubnetLease {
+            revision: 7,
+            ..lease("10.244.9.0-24", "10.0.0.3", "x")
+        };
+        let hostile = SubnetLease {
+            revision: 9,
+            ..lease("10.244.1.0-24", "10.0.0.3", "x")
+        };
+        let other = SubnetLease {
+            revision: 8,
+            ..lease("10.244.2.0-24", "10.0.0.4", "x")
+        };
+        for peers in [[&live, &hostile, &other], [&hostile, &other, &live]] {
+            let sel = select_peers(&peers, &cx, |_| Ok(()));
+            let accepted: Vec<String> = sel
+                .accepted
+                .iter()
+                .map(|(p, _)| p.key.to_string())
+                .collect();
+            assert_eq!(accepted, ["10.244.2.0-24", "10.244.9.0-24"]);
+            assert_eq!(
+                sel.skipped,
+                [(
+                    hostile.key,
+                    SkipReason::PublicIpInUse {
+                        ip: "10.0.0.3".parse().unwrap(),
+                        peer: live.key
+                    }
+                )]
+            );
+        }
     }
 
     #[test]

@@ -52,7 +52,7 @@ use twill_netlink::{
 use crate::incremental::{apply_delta, Claims, PeerProgram, PeerTable, Skipped};
 use crate::peers::{
     check_common, check_ipv6, claim_of, claim_of6, claim_order, claim_order6, claim_rank,
-    claim_rank6, dedupe, dedupe6, on_segment,
+    claim_rank6, on_segment, range, range6,
 };
 use crate::plan::{plan, route_conflicts, DataplaneState, DataplaneState6, Owner};
 use crate::{
@@ -723,18 +723,17 @@ impl VxlanBackend {
         // The device's FDB holds one dst per unicast MAC: a second peer with
         // the same VtepMAC (a host that changed PublicIP and left its old
         // lease behind, cloned machines) cannot be reached, and its traffic
-        // would go to the first one. Checked before `dedupe` so a skipped
-        // peer claims no subnet; the first in claim order keeps the MAC.
-        if !direct {
-            if let Some(first) = claims.macs.get(&mac) {
-                return Err(SkipReason::VtepMacInUse { mac, peer: *first });
-            }
-        }
-        dedupe(&mut claims.subnets, peer.key)?;
+        // would go to the first one; the first in claim order keeps the MAC
+        // (a direct-routing peer has no FDB entry, so claims none).
+        claims.claim(
+            peer.key,
+            range(peer.key.ipv4),
+            public,
+            (!direct).then_some(mac),
+        )?;
         if direct {
             return Ok(Some(PeerProgram::gateway(public, r.underlay.index)));
         }
-        claims.macs.insert(mac, peer.key);
         Ok(Some(PeerProgram::tunnel(public, dev, mac, r.nexthops)))
     }
 }
@@ -777,11 +776,7 @@ impl VxlanBackend {
                     reason: e.to_string(),
                 })?;
         let mac = data.check(r6.mac, self.opts.vni)?;
-        if let Some(first) = claims.macs.get(&mac) {
-            return Err(SkipReason::VtepMacInUse { mac, peer: *first });
-        }
-        dedupe6(&mut claims.subnets, peer.key, subnet)?;
-        claims.macs.insert(mac, peer.key);
+        claims.claim(peer.key, range6(subnet), public, Some(mac))?;
         Ok(Some(PeerProgram::tunnel(public, dev, mac, false)))
     }
 }

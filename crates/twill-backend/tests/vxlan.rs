@@ -563,6 +563,64 @@ async fn peers_sharing_a_vtep_mac_converge_to_zero_ops() {
     );
 }
 
+/// A lease written on a free subnet with a live peer's PublicIP (and a MAC
+/// of nobody's): one address is one host, so it would send a subnet nobody
+/// holds to that host. The older lease keeps the address; the later one is
+/// skipped with a reason, whatever the order the peers come in, and
+/// nothing of it reaches the kernel.
+#[tokio::test]
+async fn a_second_lease_with_a_live_peers_public_ip_is_not_programmed() {
+    twill_testbed::require_root!();
+    let lan = Lan::new(1).expect("lan");
+    let cfg = config(r#"{"Type":"vxlan"}"#);
+    let h = &lan.hosts[0];
+    let mut b = backend(h, VxlanOptions::default());
+    bring_up(&mut b, h, &cfg, 1).await;
+    let ip = |s: &str| s.parse().expect("ip");
+    let mut live = lease(
+        "10.244.2.0/24",
+        vxlan_attrs(ip("10.0.0.3"), "0e:00:00:00:00:02"),
+    );
+    live.revision = 10;
+    let mut hostile = lease(
+        "10.244.7.0/24",
+        vxlan_attrs(ip("10.0.0.3"), "0e:00:00:00:00:77"),
+    );
+    hostile.revision = 20;
+    let r = b.reconcile(&refs(&[live.clone()])).await.expect("live");
+    assert_eq!((r.planned, r.applied), (PEER_OPS, PEER_OPS), "{r:?}");
+    for peers in [
+        vec![hostile.clone(), live.clone()],
+        vec![live.clone(), hostile.clone()],
+    ] {
+        let r = b.reconcile(&refs(&peers)).await.expect("both");
+        assert_eq!((r.planned, r.applied), (0, 0), "{r:?}");
+        assert_eq!(
+            r.skipped,
+            [(
+                hostile.key,
+                SkipReason::PublicIpInUse {
+                    ip: ip("10.0.0.3").into(),
+                    peer: live.key,
+                }
+            )],
+            "{r:?}"
+        );
+    }
+    let fdb =
+        h.ns.exec("bridge", &["fdb", "show", "dev", "flannel.1"])
+            .expect("fdb");
+    assert_eq!(count_lines(&fdb, " dst "), 1, "{fdb}");
+    assert!(!fdb.contains("0e:00:00:00:00:77"), "{fdb}");
+    let routes =
+        h.ns.ip_routes(&["route", "show", "proto", "241"])
+            .expect("route");
+    assert_eq!(
+        routes.trim(),
+        "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink"
+    );
+}
+
 /// A peer whose PublicIP changed in place (same lease, same stable VtepMAC):
 /// its FDB entry must move to the new `dst` in one pass. Before the fix the
 /// plan was `append new` (ignored by the kernel: the MAC already had a

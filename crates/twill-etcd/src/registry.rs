@@ -35,6 +35,43 @@ pub(crate) struct Shared {
     pub(crate) requests: Arc<AtomicU64>,
 }
 
+/// A client of each endpoint alone, made on first need, for renewals that
+/// must not wait on the balanced client. It picks an endpoint at random
+/// among those whose connection looks alive, and a member whose packets are
+/// dropped (a partitioned host, no reset) looks alive until HTTP/2
+/// keep-alive gives up on it: at least 5 s plus its timeout, since etcd
+/// refuses pings more often than every 5 s (`--grpc-keepalive-min-time`).
+/// A lease of a few seconds' TTL would expire meanwhile. A renewal that
+/// times out therefore goes round these, one endpoint after the other.
+struct Endpoints {
+    urls: Vec<String>,
+    options: ConnectOptions,
+    clients: Vec<tokio::sync::OnceCell<Client>>,
+    /// The endpoint the last renewal went through.
+    last_good: std::sync::atomic::AtomicUsize,
+}
+
+impl Endpoints {
+    fn new(urls: &[String], options: ConnectOptions) -> Self {
+        Self {
+            urls: urls.to_vec(),
+            options,
+            clients: urls.iter().map(|_| tokio::sync::OnceCell::new()).collect(),
+            last_good: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Endpoint `i`'s own client, connecting it (lazily: no request is
+    /// made before the first RPC, unless authentication needs one).
+    async fn client(&self, i: usize) -> Result<Client, etcd_client::Error> {
+        let url = std::slice::from_ref(&self.urls[i]);
+        self.clients[i]
+            .get_or_try_init(|| Client::connect(url, Some(self.options.clone())))
+            .await
+            .cloned()
+    }
+}
+
 impl Shared {
     /// Runs one counted etcd RPC under the request timeout.
     pub(crate) async fn call<T>(
@@ -165,6 +202,7 @@ pub struct EtcdRegistry {
     shared: Shared,
     config: Arc<EtcdConfig>,
     keepers: Arc<StdMutex<HashMap<SubnetKey, Arc<AsyncMutex<Keeper>>>>>,
+    endpoints: Arc<Endpoints>,
 }
 
 impl std::fmt::Debug for EtcdRegistry {
@@ -243,7 +281,7 @@ impl EtcdRegistry {
         }
         let client = match tokio::time::timeout(
             config.dial_timeout + config.request_timeout,
-            Client::connect(&config.endpoints, Some(opts)),
+            Client::connect(&config.endpoints, Some(opts.clone())),
         )
         .await
         {
@@ -283,6 +321,7 @@ impl EtcdRegistry {
         tracing::info!(endpoints = %endpoints, prefix = %config.prefix, "connected to etcd");
         Ok(EtcdRegistry {
             shared,
+            endpoints: Arc::new(Endpoints::new(&config.endpoints, opts)),
             config: Arc::new(config),
             keepers: Arc::new(StdMutex::new(HashMap::new())),
         })
@@ -459,33 +498,101 @@ impl EtcdRegistry {
         Ok(resp.take_kvs().into_iter().next())
     }
 
+    /// How long one step of a renewal may wait (a round on the stream, or
+    /// opening one on an endpoint) before trying the next endpoint: a tenth
+    /// of the TTL, so a renewal goes round three endpoints, a dead one
+    /// among them, well inside the third of the TTL left to it
+    /// (`CoreConfig::renew_after`); at most the request timeout.
+    fn renew_step(&self, ttl: Duration) -> Duration {
+        (ttl / 10)
+            .max(Duration::from_millis(400))
+            .min(self.shared.request_timeout)
+    }
+
     /// One keepalive round on the keeper's stream, opening it if needed
-    /// (opening sends the first keepalive).
+    /// (opening sends the first keepalive). A round that fails or times out
+    /// opens a new stream, on the balanced client the first time, then on
+    /// each endpoint in turn ([`Endpoints`]).
     async fn keep_alive_once(&self, k: &mut Keeper) -> Result<KeepAlive, EtcdError> {
+        let step = self.renew_step(k.ttl);
+        let mut stalled = false;
         if let Some((keeper, stream)) = k.stream.as_mut() {
             self.shared.requests.fetch_add(1, Ordering::Relaxed);
             let round = async {
                 keeper.keep_alive().await?;
                 stream.message().await
             };
-            match tokio::time::timeout(self.shared.request_timeout, round).await {
+            match tokio::time::timeout(step, round).await {
                 Ok(Ok(Some(resp))) if resp.ttl() > 0 => return Ok(KeepAlive::Renewed(resp.ttl())),
                 Ok(Ok(Some(_))) => return Ok(KeepAlive::Gone),
                 Ok(Ok(None)) => tracing::debug!(lease_id = k.lease_id, "keepalive stream ended"),
                 Ok(Err(e)) => {
                     tracing::debug!(lease_id = k.lease_id, error = %crate::error::describe(&e), "keepalive stream failed");
                 }
-                Err(_) => tracing::debug!(lease_id = k.lease_id, "keepalive timed out"),
+                Err(_) => {
+                    stalled = true;
+                    tracing::debug!(lease_id = k.lease_id, after = ?step, "keepalive timed out");
+                }
             }
             k.stream = None;
         }
-        // (Re)open the stream; its first response renews the lease.
-        let mut lc = self.shared.client.lease_client();
-        match self
-            .shared
-            .call("lease keepalive", lc.keep_alive(k.lease_id))
-            .await
-        {
+        let n = self.endpoints.urls.len();
+        if n == 1 || !stalled {
+            match self.open_keep_alive(None, k, step).await {
+                Err(e) if n > 1 && e.is_transient() => {
+                    tracing::debug!(lease_id = k.lease_id, error = %e, "keepalive: trying each endpoint");
+                }
+                done => return done,
+            }
+        }
+        // Round the endpoints, from the last one that worked.
+        let first = self.endpoints.last_good.load(Ordering::Relaxed);
+        let mut last = None;
+        for i in (0..n).map(|j| (first + j) % n) {
+            match self.open_keep_alive(Some(i), k, step).await {
+                Err(e) if e.is_transient() => {
+                    tracing::debug!(lease_id = k.lease_id, endpoint = %self.endpoints.urls[i], error = %e, "keepalive: next endpoint");
+                    last = Some(e);
+                }
+                done => {
+                    self.endpoints.last_good.store(i, Ordering::Relaxed);
+                    return done;
+                }
+            }
+        }
+        Err(last.unwrap_or(EtcdError::Timeout {
+            op: "lease keepalive",
+            after: step,
+        }))
+    }
+
+    /// Opens the keeper's stream on endpoint `at` (`None`: the balanced
+    /// client) within `step`; its first response renews the lease.
+    async fn open_keep_alive(
+        &self,
+        at: Option<usize>,
+        k: &mut Keeper,
+        step: Duration,
+    ) -> Result<KeepAlive, EtcdError> {
+        self.shared.requests.fetch_add(1, Ordering::Relaxed);
+        let open = async {
+            let client = match at {
+                None => self.shared.client.clone(),
+                Some(i) => self.endpoints.client(i).await?,
+            };
+            client.lease_client().keep_alive(k.lease_id).await
+        };
+        let opened = match tokio::time::timeout(step, open).await {
+            Err(_) => Err(EtcdError::Timeout {
+                op: "lease keepalive",
+                after: step,
+            }),
+            Ok(r) => r.map_err(|source| EtcdError::Request {
+                op: "lease keepalive",
+                source,
+            }),
+        };
+        match opened {
             Ok((keeper, stream)) => {
                 k.stream = Some((keeper, stream));
                 // keep_alive() consumed the first response after checking

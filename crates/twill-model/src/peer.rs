@@ -2,7 +2,7 @@
 //! by the lease core (which leases make the peer set) and by every backend
 //! (which never programs a lease an embedder hands it directly unchecked).
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
 
@@ -91,6 +91,17 @@ pub enum SkipReason {
     VtepMacInUse {
         /// The MAC.
         mac: MacAddr,
+        /// The peer holding it.
+        peer: SubnetKey,
+    },
+    /// The lease's `PublicIP` (`PublicIPv6` on the IPv6 side) is already
+    /// used by a peer that claimed it first: one address is one host, and
+    /// a second lease naming it (a hostile write, a host's stale lease)
+    /// would send another subnet's traffic to that host.
+    #[error("PublicIP {ip} is already used by peer {peer}")]
+    PublicIpInUse {
+        /// The address.
+        ip: IpAddr,
         /// The peer holding it.
         peer: SubnetKey,
     },
@@ -570,6 +581,13 @@ mod tests {
             (
                 SkipReason::VtepMacInUse { mac, peer },
                 "VtepMAC 0e:00:00:00:00:01 is already used by peer 10.244.2.0-24",
+            ),
+            (
+                SkipReason::PublicIpInUse {
+                    ip: "10.0.0.3".parse().unwrap(),
+                    peer,
+                },
+                "PublicIP 10.0.0.3 is already used by peer 10.244.2.0-24",
             ),
             (
                 SkipReason::NotOnSegment {

@@ -49,12 +49,12 @@ const DEVICE: &str = "flannel.100";
 /// subnet claimed with a live host's `PublicIP` is programmed as a second
 /// peer of that host. Their entries are logged, not counted as violations;
 /// empty this list once twilld skips them.
-const KNOWN_UNFIXED: &[Hostile] = &[Hostile::LivePublicIp];
+const KNOWN_UNFIXED: &[Hostile] = &[];
 /// The other open finding: cutting off a host that runs an etcd member can
 /// expire the leases of daemons connected to that member (no failover
 /// within the TTL). While true, such a fault touches every host (none is
 /// judged or pinged until the step settles); set false once fixed.
-const KNOWN_MEMBER_BLACKHOLE: bool = true;
+const KNOWN_MEMBER_BLACKHOLE: bool = false;
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())

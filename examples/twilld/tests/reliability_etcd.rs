@@ -128,6 +128,55 @@ fn one_member_of_three_down_has_no_effect() {
     );
 }
 
+/// A host running an etcd member cut off from etcd (its packets dropped,
+/// no reset) for three TTLs: a daemon that knows every member must keep
+/// its lease through the other two. Its client balances over the members
+/// whose connection looks alive, and a black-holed one looks alive for
+/// seconds; before the fix its keepalive waited there for the request
+/// timeout (10 s) and the 5 s lease expired (issue 18's chaos soak, seeds
+/// 2, 5 and 11). Each member is cut in turn, so the one carrying the
+/// daemon's keepalive stream is cut at least once, whichever it is.
+#[test]
+fn a_black_holed_member_does_not_expire_the_leases_of_others() {
+    twill_testbed::require_root!();
+    twill_testbed::require_etcd!();
+    // Hosts 0-2 run a member each and use it; host 3 knows all three.
+    let c = common::start(
+        common::builder(4)
+            .etcd_members(3)
+            .twilld_args(&["--lease-ttl=5s"]),
+    );
+    let watched = 3;
+    let renewed = |i| renewals(&c, i);
+    for cut in 0..3 {
+        let r0 = renewed(watched);
+        common::partition_from_etcd(&c, cut);
+        let t = Instant::now();
+        // Three TTLs, and at least two renewals meanwhile.
+        while t.elapsed() < Duration::from_secs(15) || renewed(watched) < r0 + 2.0 {
+            assert!(
+                t.elapsed() < DEADLINE,
+                "member {cut} cut off: host {watched} renewed {} times in {DEADLINE:?}\n{}",
+                renewed(watched) - r0,
+                c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        common::heal_partition(&c, cut);
+        let log = c.daemon(watched).log();
+        assert!(
+            !log.contains("lease was lost") && !log.contains("lease lost"),
+            "member {cut} cut off: host {watched} lost its lease\n{}",
+            c.logs()
+        );
+        common::wait_converged(&c, DEADLINE);
+    }
+    report(
+        "etcd: a member's host black-holed",
+        "each of 3 members cut off for 15 s (3 TTLs) in turn: the daemon knowing every member renewed through the others and never lost its lease",
+    );
+}
+
 #[test]
 fn all_members_down_for_30s() {
     twill_testbed::require_root!();
