@@ -30,9 +30,10 @@ use twill_testbed::chaos::{
 use twill_testbed::cluster::{StoredLease, TwillCluster};
 
 /// The CI seeds: changed only on purpose (a seed that found a bug stays).
-/// Seed 2 (fault 5) and 5 (fault 6) found the etcd-member black-hole
-/// finding ([`KNOWN_MEMBER_BLACKHOLE`]); seed 1 (faults 8, 9) the
-/// hostile-PublicIP one ([`KNOWN_UNFIXED`]).
+/// Seed 2 (fault 5) found the etcd-member black-hole finding (renewals
+/// waited on a member whose packets were dropped, fixed in twill-etcd's
+/// renewal failover); seed 1 (faults 8, 9) the hostile-PublicIP one (fixed
+/// by the PublicIP claims of twill-backend). Both replay with `SEED=`.
 const CI_SEEDS: &[u64] = &[1, 2];
 /// Seconds of fault holds per seed in CI (two seeds: about 60 s of faults).
 const CI_BUDGET_S: u64 = 30;
@@ -44,29 +45,23 @@ const TTL: Duration = Duration::from_secs(5);
 const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
 const TICK: Duration = Duration::from_millis(500);
 const DEVICE: &str = "flannel.100";
-/// Hostile leases twilld still programs, a finding of this soak reported
-/// but not yet fixed (the fix is in the lead's peer-table code): a free
-/// subnet claimed with a live host's `PublicIP` is programmed as a second
-/// peer of that host. Their entries are logged, not counted as violations;
-/// empty this list once twilld skips them.
+/// Hostile leases twilld is known to program, a finding of this soak not
+/// yet fixed: their entries are logged, not counted as violations. Empty
+/// since a free subnet claimed with a live host's `PublicIP` is skipped
+/// (`SkipReason::PublicIpInUse`); kept for the next finding.
 const KNOWN_UNFIXED: &[Hostile] = &[];
-/// The other open finding: cutting off a host that runs an etcd member can
-/// expire the leases of daemons connected to that member (no failover
-/// within the TTL). While true, such a fault touches every host (none is
-/// judged or pinged until the step settles); set false once fixed.
+/// Whether cutting off a host that runs an etcd member may expire the
+/// leases of daemons connected to that member (no failover within the
+/// TTL): while true, such a fault touches every host (none is judged or
+/// pinged until the step settles). False since renewals fail over to the
+/// other endpoints (reliability_etcd's black-holed member test).
 const KNOWN_MEMBER_BLACKHOLE: bool = false;
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
 
-// Not in the default run yet: the clean-clone CI of `922a794` failed seed 1
-// (fault 12+13: h4's lease gone while its subnet.env stayed, 2 of 61 pings
-// lost) where a local run passed: the open renewal finding of
-// docs/reliability.md ("Chaos soak"). Run it with `--ignored`, as
-// benches/scripts/chaos.sh does, until that is fixed (issue 18).
 #[test]
-#[ignore = "flaky until the etcd-member black-hole finding is fixed (issue 18); benches/scripts/chaos.sh runs it"]
 fn chaos_soak() {
     twill_testbed::require_root!();
     twill_testbed::require_etcd!();
