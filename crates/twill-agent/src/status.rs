@@ -11,6 +11,23 @@ use twill_model::SubnetKey;
 
 use crate::health::HealthReport;
 
+/// Makes the peers' health report when one is asked for: the prober's
+/// state, read under its lock. Nothing is kept between two requests,
+/// where a report published every second held a copy of every peer's
+/// state (0.56 MB at 10,000 peers, docs/benchmarks.md §5).
+pub(crate) type HealthSource = Arc<dyn Fn() -> HealthReport + Send + Sync>;
+
+/// [`HealthSource`] behind a lock; `Debug` says only whether there is one.
+#[derive(Default)]
+pub(crate) struct HealthSlot(Mutex<Option<HealthSource>>);
+
+impl std::fmt::Debug for HealthSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = self.0.lock().is_ok_and(|s| s.is_some());
+        f.debug_tuple("HealthSlot").field(&set).finish()
+    }
+}
+
 /// The live counters, shared between the agent and its readers
 /// ([`crate::Agent::status`]). Read them with [`AgentStatus::snapshot`].
 #[derive(Debug, Default)]
@@ -31,7 +48,7 @@ pub struct AgentStatus {
     pub(crate) leases_skipped: AtomicU64,
     pub(crate) lease_overwrites: AtomicU64,
     pub(crate) subnet: Mutex<Option<SubnetKey>>,
-    pub(crate) health: Mutex<Option<Arc<HealthReport>>>,
+    pub(crate) health: HealthSlot,
 }
 
 /// The agent's state at one moment.
@@ -135,15 +152,17 @@ impl AgentStatus {
         flag.swap(value, Ordering::Relaxed)
     }
 
-    /// The peers' health alone (what [`StatusSnapshot::health`] holds).
+    /// The peers' health alone (what [`StatusSnapshot::health`] holds),
+    /// made now from the prober's state.
     #[must_use]
     pub fn health(&self) -> Option<Arc<HealthReport>> {
-        self.health.lock().map_or(None, |h| h.clone())
+        let source = self.health.0.lock().map_or(None, |s| s.clone())?;
+        Some(Arc::new(source()))
     }
 
-    pub(crate) fn set_health(&self, report: Option<Arc<HealthReport>>) {
-        if let Ok(mut h) = self.health.lock() {
-            *h = report;
+    pub(crate) fn set_health(&self, source: Option<HealthSource>) {
+        if let Ok(mut h) = self.health.0.lock() {
+            *h = source;
         }
     }
 

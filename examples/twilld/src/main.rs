@@ -164,6 +164,16 @@ fn check_flags(flags: &Flags) -> anyhow::Result<EtcdConfig> {
         bail!("-etcd-username and -etcd-password must be given together");
     }
     let mut config = EtcdConfig::new(flags.etcd_endpoints.clone()).with_prefix(&flags.etcd_prefix);
+    // The lease manager makes one request at a time: one held by a member
+    // whose packets are dropped must give up early enough for the renewal
+    // behind it to go round the other members before the lease expires.
+    // 10 s (the default) with flannel's 24 h TTL; a fifth of a short one.
+    let request = config
+        .request_timeout
+        .min(flags.lease_ttl / 5)
+        .max(Duration::from_secs(1));
+    let dial = config.dial_timeout;
+    config = config.with_timeouts(dial, request);
     if flags.etcd_cafile.is_some() || flags.etcd_certfile.is_some() || flags.etcd_keyfile.is_some()
     {
         config = config.with_tls(EtcdTls {

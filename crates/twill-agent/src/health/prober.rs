@@ -3,7 +3,7 @@
 //! own, so that waiting on the socket never blocks the agent's runtime.
 
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -18,8 +18,6 @@ use crate::{AgentEvent, AgentStatus};
 /// Longest wait on the socket: how soon a peer-set change or a stop is
 /// seen.
 const TICK: Duration = Duration::from_millis(100);
-/// How often the report is published while nothing changes state (RTTs).
-const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
 /// Tells probers of one process apart on the wire.
 static INSTANCES: AtomicU16 = AtomicU16::new(0);
@@ -90,17 +88,30 @@ fn run(
     events: &broadcast::Sender<AgentEvent>,
     stop: &AtomicBool,
 ) {
-    let mut core = HealthCore::new(options, tunnel_port, Instant::now());
+    let shared = Arc::new(Mutex::new(HealthCore::new(
+        options,
+        tunnel_port,
+        Instant::now(),
+    )));
+    // The report is made when asked for, from the state under the lock.
+    let source = shared.clone();
+    status.set_health(Some(Arc::new(move || {
+        let core = lock(&source);
+        HealthReport {
+            peers: core.report(),
+            probes_sent: core.probes_sent(),
+        }
+    })));
     let mut first = true;
     // The peer set's generation the targets were last taken from.
     let mut seen: Option<u64> = None;
-    let mut published: Option<Instant> = None;
     let mut send_error_logged = false;
     // A partition that takes 10,000 peers away logs the first ones, then a
     // count: one line each for the few peers an operator looks for.
     let mut log_budget = LogBudget::new(SKIP_LOG_LIMIT, SKIP_LOG_WINDOW);
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
+        let mut core = lock(&shared);
         match peers.has_changed() {
             Ok(changed) if changed || first => {
                 first = false;
@@ -149,9 +160,7 @@ fn run(
                 }
             }
         }
-        let mut changed = false;
         while let Some(change) = core.poll_change() {
-            changed = true;
             let logged = log_budget.admit(now);
             report_change(&change, logged, events);
         }
@@ -163,19 +172,14 @@ fn run(
                 );
             }
         }
-        if changed || published.is_none_or(|t| now.saturating_duration_since(t) >= PUBLISH_EVERY) {
-            status.set_health(Some(Arc::new(HealthReport {
-                peers: core.report(),
-                probes_sent: core.probes_sent(),
-            })));
-            published = Some(now);
-        }
         let wait = core
             .poll_timeout()
             .map_or(TICK, |t| t.saturating_duration_since(Instant::now()))
             .min(TICK);
+        // Not held while waiting: a request for the report gets it at once.
+        drop(core);
         match socket.recv(wait) {
-            Ok(Some(reply)) => core.handle_reply(reply.seq, reply.from, Instant::now()),
+            Ok(Some(reply)) => lock(&shared).handle_reply(reply.seq, reply.from, Instant::now()),
             Ok(None) => {}
             Err(e) => {
                 debug!("health probe socket: {e}");
@@ -184,6 +188,12 @@ fn run(
         }
     }
     status.set_health(None);
+}
+
+/// The prober's state; a panic while it was held left nothing half done
+/// that a report could not show.
+fn lock(core: &Mutex<HealthCore>) -> MutexGuard<'_, HealthCore> {
+    core.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Logs a change (at warn/info when `logged`, else at debug) and sends its
