@@ -263,8 +263,19 @@ impl Soak {
         }
     }
 
+    /// Time into the run, and the UTC time of day the daemons' logs use.
     fn t(&self) -> String {
-        format!("t={:.1}s", self.start.elapsed().as_secs_f64())
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let (s, ms) = (now.as_secs() % 86_400, now.subsec_millis());
+        format!(
+            "t={:.1}s ({:02}:{:02}:{:02}.{ms:03}Z)",
+            self.start.elapsed().as_secs_f64(),
+            s / 3600,
+            s / 60 % 60,
+            s % 60
+        )
     }
 
     fn log(&self, what: &str) {
