@@ -7,7 +7,7 @@
 #
 # Usage: benches/scripts/memory.sh          (N = 10,000, 10 cycles)
 #        TINY=1 benches/scripts/memory.sh   (N = 100, 2 cycles)
-# Env: PEERS, CYCLES, TWILLD_FLAGS. Needs root.
+# Env: PEERS, CYCLES, SETTLE (ms after the last route, before a sample), TWILLD_FLAGS. Needs root.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 tw_init memory
@@ -15,7 +15,7 @@ tw_init memory
 if [[ "$TW_TINY" == 1 ]]; then
     PEERS="${PEERS:-100}"; CYCLES="${CYCLES:-2}"; MID=10; SETTLE=200
 else
-    PEERS="${PEERS:-10000}"; CYCLES="${CYCLES:-10}"; MID=1000; SETTLE=1000
+    PEERS="${PEERS:-10000}"; CYCLES="${CYCLES:-10}"; MID=1000; SETTLE=${SETTLE:-1000}
 fi
 
 tw_build
