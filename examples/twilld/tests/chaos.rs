@@ -19,7 +19,7 @@
 
 mod reliability_common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use reliability_common::{self as common, DEADLINE};
@@ -175,6 +175,14 @@ struct Soak {
     member_up: Vec<bool>,
     /// Hosts cut from etcd.
     partitioned: BTreeSet<usize>,
+    /// Hosts whose cut was healed, with their renewal count then: settled
+    /// once each has renewed since. A cut shorter than the TTL can still
+    /// cost the lease (renewals come a third of the TTL before expiry, so
+    /// one cut 3 s after a renewal leaves 2 s); it then expires just
+    /// after the heal, and a settle judged before that was too early
+    /// (seed 11, fault 60 of 600 s runs: "subnet.env but lease None" at
+    /// the next step).
+    renewed_since_heal: BTreeMap<usize, f64>,
     hostile_keys: BTreeSet<String>,
     tolerated_keys: BTreeSet<String>,
     /// Whether a hostile lease is being held (settling with it in place).
@@ -252,6 +260,7 @@ impl Soak {
             should_run: vec![true; HOSTS],
             member_up: vec![true; ETCD_MEMBERS],
             partitioned: BTreeSet::new(),
+            renewed_since_heal: BTreeMap::new(),
             hostile_keys: BTreeSet::new(),
             tolerated_keys: BTreeSet::new(),
             holding_hostile: false,
@@ -434,7 +443,13 @@ impl Soak {
                 last = check_all(&o, &self.limits);
                 // A kernel that could not be read is not a settled one.
                 let unread = o.hosts.iter().any(|h| h.kernel.is_none());
-                if last.is_empty() && !unread {
+                let renewed = self.renewed_since_heal.iter().all(|(&h, &n)| {
+                    !self.should_run[h]
+                        || common::metric(&self.c, h, "twill_lease_renewals_total")
+                            .is_some_and(|now| now > n)
+                });
+                if last.is_empty() && !unread && renewed {
+                    self.renewed_since_heal.clear();
                     let took = t.elapsed();
                     self.totals.worst_settle = self.totals.worst_settle.max(took);
                     self.log(&format!("settled in {:.1}s", took.as_secs_f64()));
@@ -601,6 +616,10 @@ impl Soak {
             FaultKind::Partition { host, .. } | FaultKind::CompactWhileAway { host } => {
                 common::heal_partition(&self.c, host);
                 self.partitioned.remove(&host);
+                let renewals = common::metric(&self.c, host, "twill_lease_renewals_total");
+                if let Some(n) = renewals.filter(|_| self.should_run[host]) {
+                    self.renewed_since_heal.insert(host, n);
+                }
             }
             FaultKind::Kernel { .. } => {}
             FaultKind::HostileLease { .. } => {
