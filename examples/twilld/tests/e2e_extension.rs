@@ -1,0 +1,292 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+//! End to end with the `extension` backend: both examples of flannel's
+//! `Documentation/extension.md`, verbatim, each on three hosts (real etcd,
+//! one real `twilld` per host, the real kernel in network namespaces made
+//! by the testbed), checked in each host's kernel and with container pings
+//! across hosts; and a peer's removal running `SubnetRemoveCommand`.
+//!
+//! Timings and what an operator sees (`ip route`, `bridge fdb`, twilld's
+//! log lines of the commands) are printed with `eprintln!`: run with
+//! `--nocapture` to see them.
+
+use std::time::{Duration, Instant};
+
+use twill_model::LeaseAttrs;
+use twill_testbed::cluster::{StoredLease, TwillCluster};
+
+/// flannel's `Documentation/extension.md`, "Simple example (host-gw)",
+/// byte for byte.
+const HOSTGW_EXAMPLE: &str = r#"{
+  "Network": "10.0.0.0/16",
+  "Backend": {
+    "Type": "extension",
+    "SubnetAddCommand": "ip route add \"$SUBNET\" via \"$PUBLIC_IP\"",
+    "SubnetRemoveCommand": "ip route del \"$SUBNET\" via \"$PUBLIC_IP\""
+  }
+}"#;
+
+/// flannel's `Documentation/extension.md`, "Complex example (vxlan)",
+/// byte for byte.
+const VXLAN_EXAMPLE: &str = r#"{
+  "Network": "10.50.0.0/16",
+  "Backend": {
+    "Type": "extension",
+    "PreStartupCommand": "export VNI=1; export IF_NAME=flannel-vxlan; ip link del \"$IF_NAME\" 2>/dev/null; ip link add \"$IF_NAME\" type vxlan id \"$VNI\" dstport 8472 && cat \"/sys/class/net/${IF_NAME}/address\"",
+    "PostStartupCommand": "export IF_NAME=flannel-vxlan; export SUBNET_IP=$(echo \"$SUBNET\" | cut -d'/' -f 1); ip addr add \"${SUBNET_IP}/32\" dev \"$IF_NAME\" && ip link set \"$IF_NAME\" up",
+    "SubnetAddCommand": "export SUBNET_IP=$(echo \"$SUBNET\" | cut -d'/' -f 1); export IF_NAME=flannel-vxlan; read VTEP; ip route add \"$SUBNET\" nexthop via \"$SUBNET_IP\" dev \"$IF_NAME\" onlink && ip neigh replace \"$SUBNET_IP\" dev \"$IF_NAME\" lladdr \"$VTEP\" && bridge fdb add \"$VTEP\" dev \"$IF_NAME\" self dst \"$PUBLIC_IP\""
+  }
+}"#;
+
+const NAMES: [&str; 3] = ["test", "test2", "test3"];
+/// Every wait's deadline: generous, so a loaded machine passes.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn cluster(config: &str) -> TwillCluster {
+    let started = Instant::now();
+    let mut c = TwillCluster::builder()
+        .hosts(3)
+        .names(&NAMES)
+        .config(config)
+        .etcd_members(1)
+        .build(env!("CARGO_BIN_EXE_twilld"))
+        .expect("building the cluster");
+    if let Err(e) = c.wait_all_ready(DEADLINE) {
+        panic!("twilld not ready: {e}\n{}", c.logs());
+    }
+    eprintln!(
+        "e2e extension: 3 twilld ready {:?} after the build began",
+        started.elapsed()
+    );
+    c
+}
+
+fn leases_by_host(c: &TwillCluster) -> Vec<StoredLease> {
+    (0..c.len())
+        .map(|i| {
+            c.own_lease(i)
+                .expect("reading leases")
+                .unwrap_or_else(|| panic!("no lease for {}\n{}", c.name(i), c.logs()))
+        })
+        .collect()
+}
+
+fn show(c: &TwillCluster, i: usize, program: &str, args: &[&str]) -> String {
+    c.show(i, program, args)
+        .unwrap_or_else(|e| format!("({e})"))
+}
+
+/// Every container pings every other host's container.
+fn ping_all(c: &mut TwillCluster) {
+    c.add_containers().expect("containers");
+    let started = Instant::now();
+    let mut failed = Vec::new();
+    for a in 0..3 {
+        for b in 0..3 {
+            if a == b {
+                continue;
+            }
+            let to = c.container_ip(b).expect("container");
+            if !c.ping(a, to) {
+                failed.push(format!("{} -> {} ({to})", c.name(a), c.name(b)));
+            }
+        }
+    }
+    assert!(failed.is_empty(), "pings failed: {failed:?}\n{}", c.logs());
+    eprintln!(
+        "e2e extension: 6 container-to-container pings in {:?}",
+        started.elapsed()
+    );
+}
+
+/// The log lines of host `i`'s daemon about the extension's commands.
+fn command_lines(c: &TwillCluster, i: usize) -> String {
+    c.daemon(i)
+        .log()
+        .lines()
+        .filter(|l| l.contains("twill_backend::extension"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Whether host `i`'s `ip route` has `<subnet> via <ip>`.
+fn has_route_via(c: &TwillCluster, i: usize, peer: &StoredLease) -> bool {
+    let want = format!("{} via {} ", peer.subnet, peer.public_ip.expect("PublicIP"));
+    show(c, i, "ip", &["-4", "route"])
+        .lines()
+        .any(|l| l.starts_with(&want))
+}
+
+#[test]
+fn flannels_hostgw_example_routes_pings_and_removes() {
+    twill_testbed::require_root!();
+    twill_testbed::require_etcd!();
+    let mut c = cluster(HOSTGW_EXAMPLE);
+    let leases = leases_by_host(&c);
+    for (i, l) in leases.iter().enumerate() {
+        let attrs = LeaseAttrs::from_json(&l.value).expect("flannel-format lease");
+        assert_eq!(attrs.backend_type, "extension");
+        assert_eq!(attrs.public_ip, c.ip(i));
+        assert_eq!(
+            attrs.backend_data, None,
+            "no PreStartupCommand: no BackendData"
+        );
+        assert!(
+            l.value.contains(r#""BackendType":"extension""#),
+            "{}",
+            l.value
+        );
+    }
+    let started = Instant::now();
+    TwillCluster::poll(DEADLINE, "every host routing both peers", || {
+        (0..3).all(|i| {
+            (0..3)
+                .filter(|&j| j != i)
+                .all(|j| has_route_via(&c, i, &leases[j]))
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    eprintln!(
+        "e2e extension (host-gw example): both peers' routes on every host {:?} after ready",
+        started.elapsed()
+    );
+    for i in 0..3 {
+        eprintln!(
+            "--- {} `ip -4 route`:\n{}",
+            c.name(i),
+            show(&c, i, "ip", &["-4", "route"])
+        );
+    }
+    ping_all(&mut c);
+
+    // test3 goes (its daemon killed, its lease deleted): the others run
+    // SubnetRemoveCommand, and its route leaves their kernels.
+    let gone = 2;
+    c.daemon_mut(gone).kill().expect("SIGKILL");
+    let removed = Instant::now();
+    c.etcdctl(&["del", &leases[gone].key]).expect("etcdctl del");
+    TwillCluster::poll(DEADLINE, "test3's route to leave test and test2", || {
+        (0..2).all(|i| !has_route_via(&c, i, &leases[gone]))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    eprintln!(
+        "e2e extension (host-gw example): test3's route gone from test and test2 {:?} after `etcdctl del`",
+        removed.elapsed()
+    );
+    for i in 0..2 {
+        // The other peer is still routed, and the removal was the command's.
+        let other = 1 - i;
+        assert!(has_route_via(&c, i, &leases[other]), "{}", c.logs());
+        let lines = command_lines(&c, i);
+        let subnet = leases[gone].subnet;
+        let want = format!(
+            "ran SubnetRemoveCommand for peer {}-{}",
+            subnet.network(),
+            subnet.prefix()
+        );
+        assert!(
+            lines.contains(&want),
+            "{}: no {want:?} in\n{lines}",
+            c.name(i)
+        );
+        assert!(!lines.contains("failed"), "{}: {lines}", c.name(i));
+        eprintln!("--- {} extension log:\n{lines}", c.name(i));
+    }
+    assert!(c.ping(0, c.container_ip(1).expect("container")));
+}
+
+#[test]
+fn flannels_vxlan_example_publishes_the_vtep_mac_and_pings() {
+    twill_testbed::require_root!();
+    twill_testbed::require_etcd!();
+    let mut c = cluster(VXLAN_EXAMPLE);
+    let leases = leases_by_host(&c);
+    let macs: Vec<String> = (0..3)
+        .map(|i| {
+            show(&c, i, "cat", &["/sys/class/net/flannel-vxlan/address"])
+                .trim()
+                .to_string()
+        })
+        .collect();
+    for (i, l) in leases.iter().enumerate() {
+        // PreStartupCommand's output, the device's MAC, as a JSON string.
+        let attrs = LeaseAttrs::from_json(&l.value).expect("flannel-format lease");
+        assert_eq!(attrs.backend_type, "extension");
+        assert_eq!(
+            attrs.backend_data.map(|d| d.to_value()),
+            Some(serde_json::Value::String(macs[i].clone())),
+            "{}: {}",
+            c.name(i),
+            l.value
+        );
+        // PostStartupCommand gave the device our subnet's .0/32 and set it up.
+        let addr = show(
+            &c,
+            i,
+            "ip",
+            &["-4", "-o", "addr", "show", "dev", "flannel-vxlan"],
+        );
+        assert!(
+            addr.contains(&format!("{}/32", l.subnet.network())),
+            "{}: {addr}",
+            c.name(i)
+        );
+        eprintln!("--- {} lease {}: {}", c.name(i), l.key, l.value);
+    }
+    let programmed = |i: usize, j: usize| {
+        let (l, ip) = (&leases[j], leases[j].public_ip.expect("PublicIP"));
+        let routes = show(
+            &c,
+            i,
+            "ip",
+            &["-4", "route", "show", "dev", "flannel-vxlan"],
+        );
+        let fdb = show(&c, i, "bridge", &["fdb", "show", "dev", "flannel-vxlan"]);
+        let neigh = show(
+            &c,
+            i,
+            "ip",
+            &["-4", "neigh", "show", "dev", "flannel-vxlan"],
+        );
+        routes
+            .lines()
+            .any(|r| r.starts_with(&format!("{} via {} ", l.subnet, l.subnet.network())))
+            && fdb
+                .lines()
+                .any(|f| f.starts_with(&format!("{} dst {ip} ", macs[j])))
+            && neigh
+                .lines()
+                .any(|n| n.starts_with(&format!("{} lladdr {} ", l.subnet.network(), macs[j])))
+    };
+    let started = Instant::now();
+    TwillCluster::poll(
+        DEADLINE,
+        "every host with both peers' route, ARP and FDB",
+        || (0..3).all(|i| (0..3).filter(|&j| j != i).all(|j| programmed(i, j))),
+    )
+    .unwrap_or_else(|e| {
+        let state: String = (0..3)
+            .map(|i| {
+                format!(
+                    "{}: {}\n{}\n{}\n",
+                    c.name(i),
+                    show(&c, i, "ip", &["-4", "route"]),
+                    show(&c, i, "bridge", &["fdb", "show", "dev", "flannel-vxlan"]),
+                    show(&c, i, "ip", &["neigh", "show", "dev", "flannel-vxlan"])
+                )
+            })
+            .collect();
+        panic!("{e}\n{state}\n{}", c.logs())
+    });
+    eprintln!(
+        "e2e extension (vxlan example): both peers' route, ARP and FDB on every host {:?} after ready",
+        started.elapsed()
+    );
+    eprintln!(
+        "--- test `ip -4 route show dev flannel-vxlan`:\n{}\n--- test `ip neigh show dev flannel-vxlan`:\n{}\n--- test `bridge fdb show dev flannel-vxlan`:\n{}",
+        show(&c, 0, "ip", &["-4", "route", "show", "dev", "flannel-vxlan"]),
+        show(&c, 0, "ip", &["neigh", "show", "dev", "flannel-vxlan"]),
+        show(&c, 0, "bridge", &["fdb", "show", "dev", "flannel-vxlan"]),
+    );
+    ping_all(&mut c);
+    eprintln!("--- test extension log:\n{}", command_lines(&c, 0));
+}
