@@ -275,7 +275,7 @@ pub enum CommandError {
     },
     /// It exited with a non-zero status or was killed by a signal.
     #[error(
-        "{} exited with {status}{}",
+        "`{}` failed ({status}){}",
         shorten(script, SHOWN_OUTPUT),
         show_output(output)
     )]
@@ -290,7 +290,7 @@ pub enum CommandError {
     /// It ran longer than the timeout and was killed (with its process
     /// group).
     #[error(
-        "{} timed out after {timeout:?} and was killed",
+        "`{}` timed out after {timeout:?} and was killed",
         shorten(script, SHOWN_OUTPUT)
     )]
     Timeout {
@@ -300,7 +300,7 @@ pub enum CommandError {
         timeout: Duration,
     },
     /// Reading its output or waiting for it failed.
-    #[error("{}: {source}", shorten(script, SHOWN_OUTPUT))]
+    #[error("`{}`: {source}", shorten(script, SHOWN_OUTPUT))]
     Io {
         /// The command.
         script: String,

@@ -166,7 +166,10 @@ fn a_failing_add_is_retried_at_each_pass_and_logged_once() {
             logs.text()
         );
         let warned = logs.text();
-        assert!(warned.contains("exited with exit status: 3"), "{warned}");
+        assert!(
+            warned.contains("failed (exit status: 3); stderr: not yet"),
+            "{warned}"
+        );
         assert!(warned.contains("stderr: not yet"), "{warned}");
         assert!(
             warned.contains(r#"echo "add $SUBNET"#),
@@ -220,7 +223,8 @@ fn a_hanging_command_is_killed_at_the_timeout_with_what_it_started() {
         );
         assert_eq!((r.planned, r.applied), (1, 0));
         assert!(
-            logs.text().contains("timed out after 300ms and was killed"),
+            logs.text()
+                .contains("` timed out after 300ms and was killed"),
             "{}",
             logs.text()
         );

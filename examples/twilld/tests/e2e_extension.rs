@@ -192,6 +192,28 @@ fn flannels_hostgw_example_routes_pings_and_removes() {
         eprintln!("--- {} extension log:\n{lines}", c.name(i));
     }
     assert!(c.ping(0, c.container_ip(1).expect("container")));
+
+    // test's daemon restarts: the route to test2 it added before is still
+    // there, so the example's `ip route add` is refused (File exists). It
+    // is retried at each pass and logged once; forwarding is unaffected.
+    c.daemon_mut(0).restart().expect("restart test's twilld");
+    c.wait_ready(0, DEADLINE)
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    c.wait_reconciles(&[0], 4, DEADLINE)
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let peer = leases[1].subnet;
+    let want = format!(
+        "SubnetAddCommand failed for peer {}-{}",
+        peer.network(),
+        peer.prefix()
+    );
+    let log = c.daemon(0).log_since_start();
+    let warned: Vec<&str> = log.lines().filter(|l| l.contains(&want)).collect();
+    assert_eq!(warned.len(), 1, "logged once over 4 passes:\n{log}");
+    assert!(warned[0].contains("File exists"), "{}", warned[0]);
+    eprintln!("--- test after a restart:\n{}", warned[0]);
+    assert!(has_route_via(&c, 0, &leases[1]));
+    assert!(c.ping(0, c.container_ip(1).expect("container")));
 }
 
 #[test]
