@@ -485,3 +485,41 @@ fn the_failing_set_names_command_and_peer() {
         assert!(b.failing().next().is_none());
     });
 }
+
+#[test]
+fn a_background_process_holding_the_output_open_is_killed_at_the_timeout() {
+    // The shell exits at once, but the `sleep` it left behind holds its
+    // standard output: the run is waited for until the timeout, then the
+    // process group (the sleep with it) is killed.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let cfg = config(&serde_json::json!({
+        "Type": "extension",
+        "CommandTimeout": 0.3,
+        "SubnetAddCommand": format!(r#"sleep 60 & echo $! > "{d}/sleep.pid""#),
+    }));
+    let pid_file = dir.path().join("sleep.pid");
+    let logs = with_logs(|_| async move {
+        let mut b = ready(&cfg).await;
+        let p = peer("10.50.2.0-24", "10.0.0.3", "");
+        let started = Instant::now();
+        let r = b.reconcile(&[&p]).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!((r.planned, r.applied), (1, 0));
+        let pid: u32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        poll(
+            Duration::from_secs(10),
+            "the background sleep to die",
+            || gone(pid),
+        );
+    });
+    assert!(
+        logs.text().contains("timed out after 300ms and was killed"),
+        "{}",
+        logs.text()
+    );
+}
