@@ -508,7 +508,8 @@ impl ExtensionBackend {
         self.failing.keys().copied()
     }
 
-    /// Runs one of our commands; logs its success.
+    /// Runs one of the configured commands; `Ok(None)` when it is not
+    /// configured (empty).
     async fn run(
         &self,
         kind: CommandKind,

@@ -523,3 +523,56 @@ fn a_background_process_holding_the_output_open_is_killed_at_the_timeout() {
         logs.text()
     );
 }
+
+#[test]
+fn ipv6_only_networks_are_refused_and_passes_wait_for_activation() {
+    with_logs(|_| async move {
+        let u = underlay();
+        let v6only = NetworkConfig::parse(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:50::/56","Backend":{"Type":"extension","SubnetAddCommand":"true"}}"#,
+        )
+        .unwrap();
+        let mut b = ExtensionBackend::from_config(&v6only.backend).unwrap();
+        let host = HostContext {
+            config: &v6only,
+            public_ip: "0.0.0.0".parse().unwrap(),
+            underlay: &u,
+            ipv6: None,
+        };
+        let err = b.setup(&host).await.unwrap_err();
+        assert!(err.is_config(), "{err:?}");
+        assert!(err.to_string().contains("EnableIPv4 is false"), "{err}");
+
+        let cfg = config(&serde_json::json!({"Type": "extension", "SubnetAddCommand": "true"}));
+        let mut b = ExtensionBackend::from_config(&cfg.backend).unwrap();
+        let p = peer("10.50.2.0-24", "10.0.0.3", "");
+        assert!(matches!(
+            b.reconcile(&[&p]).await,
+            Err(BackendError::NotReady("reconcile", "setup"))
+        ));
+        assert!(matches!(
+            b.activate(&own()).await,
+            Err(BackendError::NotReady("activate", "setup"))
+        ));
+        let host = HostContext {
+            config: &cfg,
+            public_ip: "10.0.0.2".parse().unwrap(),
+            underlay: &u,
+            ipv6: None,
+        };
+        b.setup(&host).await.unwrap();
+        assert!(matches!(
+            b.reconcile(&[&p]).await,
+            Err(BackendError::NotReady("reconcile", "activate"))
+        ));
+        // Our own lease outside Network is refused.
+        let outside = lease("10.99.1.0-24", "10.0.0.2", "extension", None);
+        assert!(matches!(
+            b.activate(&outside).await,
+            Err(BackendError::OwnLease { .. })
+        ));
+        b.activate(&own()).await.unwrap();
+        let r = b.reconcile(&[&p]).await.unwrap();
+        assert_eq!((r.planned, r.applied), (1, 1));
+    });
+}

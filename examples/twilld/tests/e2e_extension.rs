@@ -158,6 +158,43 @@ fn flannels_hostgw_example_routes_pings_and_removes() {
     }
     ping_all(&mut c);
 
+    // A lease of another BackendType (a vxlan host's) is skipped, reported,
+    // and runs no command.
+    let taken: Vec<_> = leases.iter().map(|l| l.subnet.network()).collect();
+    let third = (1u8..=254)
+        .find(|t| !taken.contains(&std::net::Ipv4Addr::new(10, 0, *t, 0)))
+        .expect("a free subnet");
+    let foreign = format!("/coreos.com/network/subnets/10.0.{third}.0-24");
+    c.etcdctl(&[
+        "put",
+        &foreign,
+        r#"{"PublicIP":"10.0.0.99","BackendType":"vxlan","BackendData":{"VtepMAC":"aa:bb:cc:00:00:99"}}"#,
+    ])
+    .expect("etcdctl put");
+    let reported = format!("peer=10.0.{third}.0-24");
+    TwillCluster::poll(
+        DEADLINE,
+        "the vxlan lease reported as not programmed",
+        || {
+            (0..3).all(|i| {
+                c.daemon(i).log().lines().any(|l| {
+                    l.contains("peer not programmed")
+                        && l.contains(&reported)
+                        && l.contains(r#"BackendType "vxlan" is not "extension""#)
+                })
+            })
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    c.wait_reconciles(&[0, 1, 2], 2, DEADLINE)
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    for i in 0..3 {
+        let routes = show(&c, i, "ip", &["-4", "route"]);
+        assert!(!routes.contains(&format!("10.0.{third}.0/24")), "{routes}");
+        assert!(!command_lines(&c, i).contains(&format!("10.0.{third}.0")));
+    }
+    c.etcdctl(&["del", &foreign]).expect("etcdctl del");
+
     // test3 goes (its daemon killed, its lease deleted): the others run
     // SubnetRemoveCommand, and its route leaves their kernels.
     let gone = 2;
