@@ -406,14 +406,22 @@ fn start_up_commands_publish_stdout_and_get_our_lease() {
 fn failing_or_hanging_start_up_commands_fail_the_step() {
     with_logs(|_| async move {
         let u = underlay();
-        for (pre, post, want) in [
-            ("echo boom >&2; exit 4", "", "exit status: 4"),
-            ("sleep 60", "", "timed out after 200ms"),
-            ("echo ok", "exit 5", "exit status: 5"),
+        // Only the hanging command gets a short timeout: a loaded machine
+        // may take long to start a shell.
+        for (pre, post, timeout, want) in [
+            (
+                "echo boom >&2; exit 4",
+                "",
+                10.0,
+                "failed (exit status: 4); stderr: boom",
+            ),
+            ("sleep 60", "", 0.2, "timed out after 200ms"),
+            ("echo ok", "exit 5", 10.0, "exit status: 5"),
+            ("echo ok", "sleep 60", 0.2, "timed out after 200ms"),
         ] {
             let cfg = config(&serde_json::json!({
                 "Type": "extension",
-                "CommandTimeout": 0.2,
+                "CommandTimeout": timeout,
                 "PreStartupCommand": pre,
                 "PostStartupCommand": post,
             }));
