@@ -380,6 +380,9 @@ pub async fn run_command(
         source,
     })?;
     let pid = child.id();
+    // Kills the group if this future is dropped mid-run (the agent shutting
+    // down): kill_on_drop alone would kill the shell and leave its children.
+    let mut group = GroupGuard(pid.and_then(|p| i32::try_from(p).ok()));
     let input = child.stdin.take();
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let work = async {
@@ -405,6 +408,8 @@ pub async fn run_command(
     };
     match tokio::time::timeout(timeout, work).await {
         Ok((out, err, status)) => {
+            // Done: what it left running in the background is its business.
+            group.disarm();
             let output = CommandOutput {
                 stdout: out.map_err(io)?,
                 stderr: err.map_err(io)?,
@@ -421,13 +426,7 @@ pub async fn run_command(
             }
         }
         Err(_) => {
-            if let Some(pgid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                // The group is the child's own (process_group(0)): its pid.
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pgid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+            group.kill();
             let _ = child.start_kill();
             // Reap it (SIGKILL is immediate); dropping it would leave that
             // to tokio's background reaper.
@@ -437,6 +436,33 @@ pub async fn run_command(
                 timeout,
             })
         }
+    }
+}
+
+/// The process group of a running command (its own: `process_group(0)`
+/// makes the shell's pid the group id), killed on drop unless disarmed.
+struct GroupGuard(Option<i32>);
+
+impl GroupGuard {
+    /// Sends SIGKILL to the group, once.
+    fn kill(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
+    /// The command ended: nothing to kill.
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

@@ -584,3 +584,46 @@ fn ipv6_only_networks_are_refused_and_passes_wait_for_activation() {
         assert_eq!((r.planned, r.applied), (1, 1));
     });
 }
+
+#[test]
+fn a_command_dropped_mid_run_takes_its_process_group_with_it() {
+    // The agent shutting down drops a pass in flight: the shell and what
+    // it started go, not only the shell (kill_on_drop alone).
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("sleep.pid");
+    let script = format!(r#"sleep 60 & echo $! > "{}"; wait"#, pid_file.display());
+    let file = pid_file.clone();
+    with_logs(|_| async move {
+        let run =
+            twill_backend::extension::run_command(&script, &[], "\n", Duration::from_secs(60));
+        let waited = async {
+            let start = Instant::now();
+            while !file.exists()
+                || std::fs::read_to_string(&file)
+                    .unwrap_or_default()
+                    .trim()
+                    .is_empty()
+            {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "the command never started"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::select! {
+            r = run => panic!("a 60 s command ended: {r:?}"),
+            () = waited => {}
+        }
+    });
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    poll(
+        Duration::from_secs(10),
+        "the sleep to die with its group",
+        || gone(pid),
+    );
+}

@@ -349,3 +349,89 @@ fn flannels_vxlan_example_publishes_the_vtep_mac_and_pings() {
     ping_all(&mut c);
     eprintln!("--- test extension log:\n{}", command_lines(&c, 0));
 }
+
+#[test]
+fn a_hanging_add_command_is_killed_and_twilld_keeps_working() {
+    twill_testbed::require_root!();
+    twill_testbed::require_etcd!();
+    // twilld runs the backend on a thread of its own, driving tokio's
+    // process and timer from its current-thread runtime: the timeout must
+    // fire there too, and the daemon go on renewing and reconciling.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pids = dir.path().join("pids");
+    let config = serde_json::json!({
+        "Network": "10.60.0.0/16",
+        "Backend": {
+            "Type": "extension",
+            "CommandTimeout": "1s",
+            "SubnetAddCommand": format!(
+                "echo $$ >> '{p}'; sleep 60 & echo $! >> '{p}'; wait",
+                p = pids.display()
+            ),
+        }
+    })
+    .to_string();
+    let mut c = TwillCluster::builder()
+        .hosts(2)
+        .config(&config)
+        .etcd_members(1)
+        .twilld_args(&["--lease-ttl=4s"])
+        .build(env!("CARGO_BIN_EXE_twilld"))
+        .expect("building the cluster");
+    if let Err(e) = c.wait_all_ready(DEADLINE) {
+        panic!("twilld not ready: {e}\n{}", c.logs());
+    }
+    // Several passes, each running (and killing) the add again, while the
+    // 4 s leases are renewed.
+    c.wait_reconciles(&[0, 1], 4, DEADLINE)
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let renewed = TwillCluster::poll(DEADLINE, "a renewal on each host", || {
+        (0..2).all(|i| {
+            c.metric(i, twill_testbed::cluster::LEASE_RENEWALS_TOTAL)
+                .is_ok_and(|n| n >= 1.0)
+        })
+    });
+    renewed.unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    for i in 0..2 {
+        let log = c.daemon(i).log();
+        let warned: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("SubnetAddCommand failed for peer"))
+            .collect();
+        assert_eq!(warned.len(), 1, "{}: logged once:\n{log}", c.name(i));
+        assert!(
+            warned[0].contains("timed out after 1s and was killed"),
+            "{}",
+            warned[0]
+        );
+        assert!(c.daemon_mut(i).is_running(), "{}", c.name(i));
+        eprintln!("--- {}: {}", c.name(i), warned[0]);
+    }
+    // Every shell the adds started, and its `sleep`, is gone (killed with
+    // its process group at the timeout): those
+    // recorded now belong to passes that have ended once two more have.
+    let started: Vec<u32> = std::fs::read_to_string(&pids)
+        .expect("pids")
+        .lines()
+        .map(|l| l.trim().parse().expect("a pid"))
+        .collect();
+    assert!(started.len() >= 8, "{started:?}");
+    c.wait_reconciles(&[0, 1], 2, DEADLINE)
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let gone = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+    };
+    TwillCluster::poll(
+        DEADLINE,
+        "every earlier add's shell and sleep to be gone",
+        || started.iter().all(gone),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {started:?}\n{}", c.logs()));
+    eprintln!(
+        "e2e extension: {} hanging adds (shell and sleep) started and killed across both hosts",
+        started.len() / 2
+    );
+}
