@@ -836,6 +836,43 @@ mod tests {
     }
 
     #[test]
+    fn post_startup_gets_the_network_and_our_lease() {
+        let config = NetworkConfig::parse(
+            r#"{"Network":"10.50.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:50::/56","Backend":{"Type":"extension"}}"#,
+        )
+        .unwrap();
+        let mut attrs = LeaseAttrs::new("10.0.0.2".parse().unwrap(), "extension");
+        attrs.public_ipv6 = Some("fd00:10::2".parse().unwrap());
+        let own = SubnetLease {
+            key: key("10.50.1.0-24&fd00:50:0:1::-64"),
+            attrs,
+            kind: LeaseKind::Expiring,
+            revision: 1,
+        };
+        let env: Vec<(&str, String)> = post_startup_env(&config, &own);
+        let want: Vec<(&str, String)> = [
+            ("NETWORK", "10.50.0.0/16"),
+            ("SUBNET", "10.50.1.0/24"),
+            ("IPV6SUBNET", "fd00:50:0:1::/64"),
+            ("PUBLIC_IP", "10.0.0.2"),
+            ("PUBLIC_IPV6", "fd00:10::2"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, v.to_string()))
+        .collect();
+        assert_eq!(env, want);
+        // IPv4 only: the IPv6 values are empty (flannel: `::/0`, `<nil>`).
+        let v4 = SubnetLease {
+            key: key("10.50.1.0-24"),
+            attrs: LeaseAttrs::new("10.0.0.2".parse().unwrap(), "extension"),
+            ..own
+        };
+        let env = post_startup_env(&config, &v4);
+        assert_eq!(env[2], ("IPV6SUBNET", String::new()));
+        assert_eq!(env[4], ("PUBLIC_IPV6", String::new()));
+    }
+
+    #[test]
     fn shorten_cuts_on_a_character_boundary() {
         assert_eq!(shorten("abc", 5), "abc");
         assert_eq!(shorten("abcdef", 3), "abc...");
