@@ -435,3 +435,29 @@ fn a_hanging_add_command_is_killed_and_twilld_keeps_working() {
         started.len() / 2
     );
 }
+
+#[test]
+fn a_failing_pre_startup_command_stops_twilld_with_its_output() {
+    twill_testbed::require_root!();
+    twill_testbed::require_etcd!();
+    // As flanneld: no lease is taken, and the daemon exits naming the
+    // command, its status and what it printed (never a hang).
+    let config = r#"{"Network":"10.70.0.0/16","Backend":{"Type":"extension","PreStartupCommand":"echo no vxlan module >&2; exit 3"}}"#;
+    let mut c = TwillCluster::builder()
+        .hosts(1)
+        .config(config)
+        .build(env!("CARGO_BIN_EXE_twilld"))
+        .expect("building the cluster");
+    TwillCluster::poll(DEADLINE, "twilld to exit", || !c.daemon_mut(0).is_running())
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let status = c.daemon_mut(0).exit_status().expect("an exit status");
+    assert!(!status.success(), "{status:?}");
+    let log = c.daemon(0).log();
+    assert!(
+        log.contains("PreStartupCommand")
+            && log.contains("failed (exit status: 3); stderr: no vxlan module"),
+        "{log}"
+    );
+    assert!(c.leases().expect("leases").is_empty(), "no lease taken");
+    eprintln!("--- twilld exited ({status}):\n{}", c.daemon(0).log_tail(3));
+}
