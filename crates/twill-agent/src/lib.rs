@@ -12,7 +12,8 @@
 //!
 //! The registry is yours to choose: `twill_etcd::EtcdRegistry` to share
 //! etcd with flanneld, or the in-memory [`twill_subnet::MemoryRegistry`];
-//! so are the backends ([`BackendRegistry`]: vxlan, host-gw, or your own).
+//! so are the backends ([`BackendRegistry`]: vxlan, host-gw, extension, or
+//! your own).
 //!
 //! ```
 //! use std::sync::Arc;

@@ -1,6 +1,9 @@
 //! flannel-compatible dataplane backends for twill: [`VxlanBackend`] and
 //! [`HostGwBackend`], behind a small public [`Backend`] trait that other
-//! crates (a userspace WireGuard backend, say) can implement too.
+//! crates (a userspace WireGuard backend, say) can implement too; and
+//! flannel's [`ExtensionBackend`], which runs the config's shell commands
+//! for each peer subnet instead (see [`extension`]: everything below about
+//! netlink is the other two's).
 //!
 //! Every backend follows the same loop, level-triggered and idempotent:
 //! dump what the kernel holds (links, neighbours, FDB, routes of our device
@@ -57,6 +60,7 @@ use std::sync::Arc;
 
 use twill_model::{BackendConfig, LeaseAttrs, NetworkConfig, SubnetKey, SubnetLease};
 
+pub mod extension;
 mod hostgw;
 mod incremental;
 mod peers;
@@ -65,6 +69,7 @@ mod vxlan;
 
 /// Backends implement [`Backend`] with this attribute macro.
 pub use async_trait::async_trait;
+pub use extension::ExtensionBackend;
 pub use hostgw::HostGwBackend;
 pub use peers::{select_peers, PeerContext, PeerSelection};
 pub use plan::{
@@ -515,12 +520,15 @@ impl BackendRegistry {
         Self::default()
     }
 
-    /// A registry with `vxlan` and `host-gw`.
+    /// A registry with `vxlan`, `host-gw` and `extension`.
     #[must_use]
     pub fn with_builtins() -> Self {
         let mut r = Self::new();
         r.register("vxlan", |c| Ok(Box::new(VxlanBackend::from_config(c)?)));
         r.register("host-gw", |c| Ok(Box::new(HostGwBackend::from_config(c)?)));
+        r.register("extension", |c| {
+            Ok(Box::new(ExtensionBackend::from_config(c)?))
+        });
         r
     }
 

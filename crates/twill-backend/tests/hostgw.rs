@@ -68,7 +68,10 @@ async fn host_gw_routes_via_peer_public_ip_and_pings() {
 #[test]
 fn registry_knows_builtins_and_names_unknown_types() {
     let reg = BackendRegistry::with_builtins();
-    assert_eq!(reg.names().collect::<Vec<_>>(), vec!["host-gw", "vxlan"]);
+    assert_eq!(
+        reg.names().collect::<Vec<_>>(),
+        vec!["extension", "host-gw", "vxlan"]
+    );
     let err = match reg.create(&twill_model::BackendConfig::new("udp")) {
         Err(e) => e,
         Ok(_) => panic!("udp must be unknown"),

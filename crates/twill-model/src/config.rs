@@ -133,7 +133,7 @@ pub struct NetworkConfig {
     pub backend: BackendConfig,
 }
 
-fn type_name(v: &Value) -> String {
+pub(crate) fn type_name(v: &Value) -> String {
     match v {
         Value::Null => "null".into(),
         Value::Bool(b) => format!("boolean {b}"),

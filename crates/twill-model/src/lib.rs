@@ -26,6 +26,7 @@
 mod config;
 mod env;
 mod error;
+mod extension;
 mod gojson;
 mod key;
 mod lease;
@@ -35,6 +36,7 @@ mod peer;
 pub use config::{BackendConfig, NetworkConfig, DEFAULT_PREFIX, MAX_CONFIG_BYTES};
 pub use env::{SubnetEnv, DEFAULT_SUBNET_FILE};
 pub use error::ModelError;
+pub use extension::{ExtensionConfig, MAX_COMMAND_TIMEOUT};
 pub use key::SubnetKey;
 pub use lease::{BackendData, LeaseAttrs, LeaseKind, SubnetLease, MAX_LEASE_BYTES};
 pub use mac::MacAddr;
