@@ -209,6 +209,19 @@ fn containers_attached_by_the_plugin_ping_across_twilld_hosts() {
             kept["ipam"]["ranges"],
             json!([[{"subnet": subnet.to_string()}]])
         );
+        if i == 0 {
+            // A transcript for docs/cni.md (run with --nocapture).
+            eprintln!(
+                "cni transcript: host {} subnet.env:\n{}\nconfig:\n{}\nADD result:\n{}\nip addr (container):\n{}\nip route (container):\n{}\nstate file:\n{}",
+                c.name(i),
+                std::fs::read_to_string(c.subnet_file(i)).unwrap_or_default(),
+                serde_json::to_string_pretty(&config).unwrap_or_default(),
+                serde_json::to_string_pretty(&result).unwrap_or_default(),
+                netns.ip(&["addr", "show", "eth0"]).unwrap_or_default(),
+                routes,
+                String::from_utf8_lossy(&std::fs::read(tmp.path().join(format!("h{i}/flannel/{id}"))).unwrap_or_default()),
+            );
+        }
         attached.push(Attached {
             netns,
             id,
@@ -240,6 +253,14 @@ fn containers_attached_by_the_plugin_ping_across_twilld_hosts() {
     eprintln!(
         "cni: 6 cross-host pings answered {:?} after start",
         started.elapsed()
+    );
+    let to = attached[1].ip.to_string();
+    eprintln!(
+        "cni transcript: ping from host 0's container to host 1's:\n{}",
+        attached[0]
+            .netns
+            .exec("ping", &["-c2", "-n", &to])
+            .unwrap_or_else(|e| e.to_string())
     );
 
     // CHECK: fine from 0.4.0 on; a 0.3.1 config may not CHECK.
