@@ -168,8 +168,14 @@ impl CniError {
         if !self.details().is_empty() {
             m.insert("details".into(), self.details().into());
         }
-        let mut out = serde_json::to_string_pretty(&serde_json::Value::Object(m))
-            .unwrap_or_else(|_| format!("{{\"code\":{}}}", self.code()));
+        // libcni indents with four spaces (json.MarshalIndent).
+        let mut buf = Vec::new();
+        let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+        let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
+        let mut out = match serde::Serialize::serialize(&serde_json::Value::Object(m), &mut ser) {
+            Ok(()) => String::from_utf8_lossy(&buf).into_owned(),
+            Err(_) => format!("{{\"code\":{}}}", self.code()),
+        };
         out.push('\n');
         out
     }
