@@ -313,3 +313,103 @@ fn containers_attached_by_the_plugin_ping_across_twilld_hosts() {
         ok(&cni(&c, i, "DEL", &a.id, &a.netns, &a.config), "second DEL");
     }
 }
+
+/// A dual-stack network (`EnableIPv6`, over a dual-stack LAN): the
+/// delegate gets an IPv4 and an IPv6 range and a route to each network,
+/// and containers on different hosts reach each other over both families.
+#[test]
+fn dual_stack_containers_get_both_families_and_ping_over_each() {
+    twill_testbed::require_root!();
+    twill_testbed::require_etcd!();
+    if !require_cni_plugins() {
+        return;
+    }
+    const DUAL: &str = r#"{"Network":"10.5.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fd00:5::/48","IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}"#;
+    let mut c = TwillCluster::builder()
+        .hosts(3)
+        .underlay(twill_testbed::netns::Underlay::DualStack)
+        .config(DUAL)
+        .twilld_args(&["--ip-masq"])
+        .build(twilld())
+        .expect("building the cluster");
+    if let Err(e) = c.wait_all_ready(DEADLINE) {
+        panic!("twilld not ready: {e}\n{}", c.logs());
+    }
+    // One holder per IPv6 subnet (a host whose listing missed another's
+    // may briefly share one, then yields), then every kernel programmed.
+    let distinct = || {
+        let Ok(leases) = c.leases() else { return false };
+        let halves: std::collections::BTreeSet<_> =
+            leases.iter().filter_map(|l| l.subnet6).collect();
+        halves.len() == leases.len() && leases.len() == c.len()
+    };
+    if let Err(e) = TwillCluster::poll(DEADLINE, "one holder per IPv6 subnet", distinct) {
+        panic!("{e}\n{}", c.logs());
+    }
+    if let Err(e) = c.wait_converged(DEADLINE) {
+        panic!("{e}\n{}", c.logs());
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut attached = Vec::new();
+    for i in 0..3 {
+        let env = SubnetEnv::parse_complete(
+            &std::fs::read_to_string(c.subnet_file(i)).expect("subnet.env"),
+        )
+        .expect("twilld's subnet.env");
+        let sn6 = env.ipv6_subnet.expect("FLANNEL_IPV6_SUBNET");
+        let netns = Netns::new(&format!("cni6{i}")).expect("container namespace");
+        let id = format!("twill-cni6-{}-{i}", std::process::id());
+        let config = json!({
+            "cniVersion": "1.0.0",
+            "name": "cbr0",
+            "type": "flannel",
+            "subnetFile": c.subnet_file(i),
+            "dataDir": tmp.path().join(format!("h{i}/flannel")),
+            "ipam": {"dataDir": tmp.path().join(format!("h{i}/ipam"))},
+        });
+        let result = ok(&cni(&c, i, "ADD", &id, &netns, &config), "ADD");
+        let ips = result["ips"].as_array().expect("ips");
+        assert_eq!(ips.len(), 2, "{result}");
+        let addr = |j: usize| -> std::net::IpAddr {
+            let a = ips[j]["address"].as_str().expect("address");
+            a.split_once('/').expect("CIDR").0.parse().expect("IP")
+        };
+        let (std::net::IpAddr::V4(v4), std::net::IpAddr::V6(v6)) = (addr(0), addr(1)) else {
+            panic!("an IPv4 then an IPv6 address: {result}");
+        };
+        assert!(
+            env.subnet_network().contains(v4),
+            "{v4} not in {}",
+            env.subnet_network()
+        );
+        let net6 = twill_model::Ipv6Network::new(sn6.network(), sn6.prefix()).expect("net");
+        assert!(net6.contains(v6), "{v6} not in FLANNEL_IPV6_SUBNET {sn6}");
+        let shown = netns
+            .ip(&["-6", "-o", "addr", "show", "dev", "eth0"])
+            .expect("ip addr");
+        assert!(shown.contains(&v6.to_string()), "{shown}");
+        let routes = netns.ip(&["-6", "route"]).expect("ip -6 route");
+        assert!(
+            routes.contains("fd00:5::/48 via"),
+            "route to FLANNEL_IPV6_NETWORK: {routes}"
+        );
+        attached.push((netns, id, config, v4, v6));
+    }
+    for (a, _, _, _, _) in &attached {
+        for (_, _, _, v4, v6) in &attached {
+            for (family, to) in [("-4", v4.to_string()), ("-6", v6.to_string())] {
+                if let Err(e) = TwillCluster::poll(DEADLINE, &format!("ping {family} {to}"), || {
+                    a.exec("ping", &[family, "-c1", "-W1", "-n", "-q", &to])
+                        .is_ok()
+                }) {
+                    panic!("{e}\n{}", c.logs());
+                }
+            }
+        }
+    }
+    for (i, (netns, id, config, _, _)) in attached.iter().enumerate() {
+        ok(&cni(&c, i, "DEL", id, netns, config), "DEL");
+        assert!(netns.ip(&["link", "show", "eth0"]).is_err(), "eth0 removed");
+        ok(&cni(&c, i, "DEL", id, netns, config), "second DEL");
+    }
+}
