@@ -26,6 +26,8 @@
 //! assert_eq!(d["ipam"]["ranges"][0][0]["subnet"], "10.1.17.0/24");
 //! ```
 
+#![deny(missing_docs)]
+
 mod error;
 mod netconf;
 pub mod plugin;

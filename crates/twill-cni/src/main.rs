@@ -1,5 +1,7 @@
 //! `flannel`: the CNI plugin binary (see the `twill_cni` crate docs).
 
+#![deny(missing_docs)]
+
 fn main() {
     let code = twill_cni::plugin::run(
         |k| std::env::var(k).ok(),
