@@ -8,6 +8,7 @@
 #   twill-backend,
 #   twill-wireguard-backend  never reach twill-etcd (directly or through another crate)
 #   twill-agent      depends only on model, subnet, netlink, backend; never reaches twill-etcd
+#   twill-cni        depends only on twill-model (the CNI plugin reads subnet.env, nothing else)
 #   crates/*         never depend on a package under examples/
 #   unsafe code      only in examples/twilld/src/malloc.rs (glibc's mallopt and
 #                    malloc_trim); the workspace lint denies it everywhere else
@@ -116,6 +117,10 @@ done
 
 only twill-agent twill-model twill-subnet twill-netlink twill-backend
 never twill-agent twill-etcd
+
+# The CNI plugin is run by container runtimes on every ADD/DEL: it reads subnet.env
+# and execs its delegate, and never talks to etcd or netlink itself.
+only twill-cni twill-model
 
 while read -r p dir; do
     case "$dir/" in "$root"/crates/*) ;; *) continue ;; esac

@@ -9,13 +9,15 @@ set -euo pipefail
 # libprotobuf-dev carries google/protobuf/*.proto, which etcd-client's build imports; it is
 # only a Recommends of protobuf-compiler, so --no-install-recommends would leave it out.
 # stress-ng keeps cores busy for `scripts/test.sh --busy` (the suite must pass on a busy host).
+# containernetworking-plugins: the real bridge and host-local CNI plugins that twill-cni's
+# `flannel` delegates to in its tests (crates/twill-cni/tests/cluster.rs, docs/cni.md).
 need=()
 for pair in etcd:etcd-server etcdctl:etcd-client protoc:protobuf-compiler \
             /usr/include/google/protobuf/descriptor.proto:libprotobuf-dev \
             cc:gcc /usr/include/stdio.h:libc6-dev \
             ip:iproute2 bridge:iproute2 nft:nftables iperf3:iperf3 tcpdump:tcpdump \
             openssl:openssl ping:iputils-ping curl:curl jq:jq stress-ng:stress-ng \
-            pgrep:procps; do
+            pgrep:procps /usr/lib/cni/bridge:containernetworking-plugins; do
     what=${pair%%:*}; pkg=${pair#*:}
     if [ "${what#/}" != "$what" ]; then [ -e "$what" ] && continue
     else command -v "$what" >/dev/null 2>&1 && continue; fi
