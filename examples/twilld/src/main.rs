@@ -84,7 +84,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line, once: logging also goes to stderr, so the error is
             // not logged as well.
-            eprintln!("twilld: {}", one_line(&format!("{e:#}")));
+            eprintln!("twilld: {}", one_line(&chain(&e)));
             ExitCode::FAILURE
         }
     }
@@ -106,7 +106,7 @@ fn run_diagnose(flags: &Flags) -> ExitCode {
     match runtime.block_on(diagnose::run(flags)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("twilld diagnose: {}", one_line(&format!("{e:#}")));
+            eprintln!("twilld diagnose: {}", one_line(&chain(&e)));
             ExitCode::from(2)
         }
     }
@@ -129,6 +129,21 @@ fn init_logging(flags: &Flags) {
 }
 
 /// Joins a possibly multi-line message (e.g. nft's or a TLS library's) into one line.
+/// An error and its causes, each cause once: the library errors put their
+/// cause in their own message and also give it as their source, so
+/// anyhow's `{:#}` would print it two or three times.
+fn chain(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
 fn one_line(msg: &str) -> String {
     msg.lines()
         .map(str::trim)

@@ -458,6 +458,13 @@ fn a_failing_pre_startup_command_stops_twilld_with_its_output() {
             && log.contains("failed (exit status: 3); stderr: no vxlan module"),
         "{log}"
     );
+    // One line, each cause once (the errors' own messages carry their
+    // causes, which anyhow's chain would repeat).
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("twilld: "))
+        .unwrap_or_else(|| panic!("no error line\n{log}"));
+    assert_eq!(line.matches("stderr: no vxlan module").count(), 1, "{line}");
     assert!(c.leases().expect("leases").is_empty(), "no lease taken");
     eprintln!("--- twilld exited ({status}):\n{}", c.daemon(0).log_tail(3));
 }
