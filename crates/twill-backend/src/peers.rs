@@ -130,12 +130,12 @@ pub(crate) fn claim_rank6(config: &NetworkConfig) -> impl Fn(&SubnetLease) -> (b
 
 /// The claim key of a peer's IPv4 subnet in [`Claimed`]: its first address.
 pub(crate) fn claim_of(key: &SubnetKey) -> Option<u32> {
-    Some(u32::from(key.ipv4.network()))
+    Some(range(key.ipv4).0)
 }
 
 /// The claim key of a peer's IPv6 subnet, when it has one.
 pub(crate) fn claim_of6(key: &SubnetKey) -> Option<u128> {
-    key.ipv6.map(|n| u128::from(n.network()))
+    key.ipv6.map(|n| range6(n).0)
 }
 
 /// A subnet as a claim range of [`Claimed`]: its first and last address.

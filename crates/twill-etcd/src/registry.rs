@@ -79,11 +79,21 @@ impl Shared {
         op: &'static str,
         fut: impl Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, EtcdError> {
+        self.call_within(op, self.request_timeout, fut).await
+    }
+
+    /// [`Shared::call`] under a deadline of its own.
+    pub(crate) async fn call_within<T>(
+        &self,
+        op: &'static str,
+        deadline: Duration,
+        fut: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, EtcdError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(self.request_timeout, fut).await {
+        match tokio::time::timeout(deadline, fut).await {
             Err(_) => Err(EtcdError::Timeout {
                 op,
-                after: self.request_timeout,
+                after: deadline,
             }),
             Ok(Err(source)) => Err(EtcdError::Request { op, source }),
             Ok(Ok(v)) => Ok(v),
@@ -574,25 +584,15 @@ impl EtcdRegistry {
         k: &mut Keeper,
         step: Duration,
     ) -> Result<KeepAlive, EtcdError> {
-        self.shared.requests.fetch_add(1, Ordering::Relaxed);
+        let lease_id = k.lease_id;
         let open = async {
             let client = match at {
                 None => self.shared.client.clone(),
                 Some(i) => self.endpoints.client(i).await?,
             };
-            client.lease_client().keep_alive(k.lease_id).await
+            client.lease_client().keep_alive(lease_id).await
         };
-        let opened = match tokio::time::timeout(step, open).await {
-            Err(_) => Err(EtcdError::Timeout {
-                op: "lease keepalive",
-                after: step,
-            }),
-            Ok(r) => r.map_err(|source| EtcdError::Request {
-                op: "lease keepalive",
-                source,
-            }),
-        };
-        match opened {
+        match self.shared.call_within("lease keepalive", step, open).await {
             Ok((keeper, stream)) => {
                 k.stream = Some((keeper, stream));
                 // keep_alive() consumed the first response after checking
