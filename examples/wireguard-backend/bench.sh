@@ -8,6 +8,7 @@
 #
 #   examples/wireguard-backend/bench.sh            # 10 s per measurement, release build
 #   DURATION=3 PROFILE=debug examples/wireguard-backend/bench.sh
+#   WG_BEFORE=/path/to/old/twill-wg-agent ...   # also measures that build, same run
 #
 # Everything runs in network namespaces named twwgb-<pid>-*, removed on exit;
 # every process started is stopped by PID. Nothing else is touched.
@@ -83,7 +84,7 @@ cpu_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t -
 # iperf3 CLIENT_NS SERVER_NS SERVER_IP -> Mbit/s received; $CPU_PIDS (if set)
 # get their CPU use during the run printed as NAME_cpu_<label>.
 iperf() {
-    local cns="$1" sns="$2" ip="$3" name="$4"
+    local cns="$1" sns="$2" ip="$3" name="$4" streams="${5:-1}"
     bg "$sns" "$STATE/iperf-server-$name.log" iperf3 -s -1 -B "$ip"
     local server=$LAST_PID
     for _ in $(seq 1 50); do
@@ -100,7 +101,7 @@ iperf() {
     local t0 t1 busy0 total0
     read -r busy0 total0 < <(cpu_ticks)
     t0=$(date +%s%N)
-    ip netns exec "$P-$cns" iperf3 -c "$ip" -t "$DURATION" -J >"$STATE/iperf-$name.json"
+    ip netns exec "$P-$cns" iperf3 -c "$ip" -t "$DURATION" -P "$streams" -J >"$STATE/iperf-$name.json"
     t1=$(date +%s%N)
     local busy1 total1
     read -r busy1 total1 < <(cpu_ticks)
@@ -112,6 +113,11 @@ iperf() {
     result "${name}_cpu_all" \
         "$(awk -v b=$((busy1 - busy0)) -v t=$((total1 - total0)) 'BEGIN { printf "%.0f", 100 * b / t }')" \
         "% of all cores"
+    # Cores kept busy (everything on the machine: both hosts, iperf3) per
+    # Gbit/s carried.
+    result "${name}_cores_per_gbit" \
+        "$(awk -v b=$((busy1 - busy0)) -v t=$((total1 - total0)) -v n="$(nproc)" -v bps="$bps" \
+            'BEGIN { printf "%.2f", (b / t * n) / (bps / 1e9) }')" "cores per Gbit/s"
     local hz
     hz=$(getconf CLK_TCK)
     # The agents' CPU: user (crypto, our code) and system (TUN and UDP
@@ -140,7 +146,7 @@ overlay_up() {
     for i in 1 2; do
         mkdir -p "$STATE/$kind-h$i"
         if [[ "$kind" == wireguard ]]; then
-            bg "h$i" "$STATE/$kind-h$i/agent.log" "$BIN/twill-wg-agent" \
+            bg "h$i" "$STATE/$kind-h$i/agent.log" "${WG_AGENT:-$BIN/twill-wg-agent}" ${WG_FLAGS:-} \
                 --etcd-endpoints=http://10.0.0.2:2379 --iface=eth0 \
                 --key-file="$STATE/$kind-h$i/wgkey" --subnet-file="$STATE/$kind-h$i/subnet.env" \
                 --release-on-exit
@@ -186,6 +192,7 @@ overlay_down() {
         ip -n "$P-h$i" link del "cni-$kind" 2>/dev/null || true
         ip -n "$P-h$i" link del "v$kind" 2>/dev/null || true
         ip -n "$P-h$i" link del flannel.1 2>/dev/null || true
+        ip netns del "$P-$kind-c$i" 2>/dev/null || true
     done
 }
 
@@ -197,21 +204,37 @@ say "vxlan: container h1 -> container h2 through twilld"
 overlay_up '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}' vxlan
 result vxlan_mtu "$MTU" bytes
 iperf vxlan-c1 vxlan-c2 "$C2_IP" vxlan_tcp
+iperf vxlan-c1 vxlan-c2 "$C2_IP" vxlan_tcp4 4
 overlay_down vxlan
 
-say "wireguard: container h1 -> container h2 through twill-wg-agent"
-overlay_up '{"Network":"10.245.0.0/16","Backend":{"Type":"wireguard"}}' wireguard
-result wireguard_mtu "$MTU" bytes
-CPU_PIDS=([sender_agent]="${AGENT_PIDS[h1]}" [receiver_agent]="${AGENT_PIDS[h2]}")
-iperf wireguard-c1 wireguard-c2 "$C2_IP" wireguard_tcp
-CPU_PIDS=()
-# Where packets were lost: the TUN queue (the agent did not read fast
-# enough) or the UDP socket's receive buffer (nor there).
-for i in 1 2; do
-    result "wireguard_tun_tx_dropped_h$i" \
-        "$(ip netns exec "$P-h$i" cat /sys/class/net/flannel-wg/statistics/tx_dropped)" packets
-    result "wireguard_udp_rcvbuf_errors_h$i" \
-        "$(ip netns exec "$P-h$i" awk '/^Udp:/ { if (h) print $6; h = 1 }' /proc/net/snmp)" packets
-done
-overlay_down wireguard
+# wireguard LABEL: one and four streams through twill-wg-agent as
+# $WG_AGENT/$WG_FLAGS set it.
+wireguard() {
+    local label="$1"
+    overlay_up '{"Network":"10.245.0.0/16","Backend":{"Type":"wireguard"}}' wireguard
+    result "${label}_mtu" "$MTU" bytes
+    CPU_PIDS=([sender_agent]="${AGENT_PIDS[h1]}" [receiver_agent]="${AGENT_PIDS[h2]}")
+    iperf wireguard-c1 wireguard-c2 "$C2_IP" "${label}_tcp"
+    iperf wireguard-c1 wireguard-c2 "$C2_IP" "${label}_tcp4" 4
+    CPU_PIDS=()
+    # Where packets were lost: the TUN queue (the agent did not read fast
+    # enough) or the UDP socket's receive buffer (nor there).
+    for i in 1 2; do
+        result "${label}_tun_tx_dropped_h$i" \
+            "$(ip netns exec "$P-h$i" cat /sys/class/net/flannel-wg/statistics/tx_dropped)" packets
+        result "${label}_udp_rcvbuf_errors_h$i" \
+            "$(ip netns exec "$P-h$i" awk '/^Udp:/ { if (h) print $6; h = 1 }' /proc/net/snmp)" packets
+    done
+    grep -h "data path up" "$STATE"/wireguard-h*/agent.log | head -1 | sed 's/^/# /' >&2 || true
+    overlay_down wireguard
+}
+
+say "wireguard: container h1 -> container h2 through twill-wg-agent (default: a worker per core)"
+wireguard wireguard
+say "wireguard, one worker (--queues=1)"
+WG_FLAGS=--queues=1 wireguard wireguard_q1
+if [[ -n "${WG_BEFORE:-}" ]]; then
+    say "wireguard before: $WG_BEFORE"
+    WG_AGENT="$WG_BEFORE" wireguard wireguard_before
+fi
 result cores "$(nproc)" ""

@@ -44,6 +44,10 @@ struct Flags {
     /// UDP port, ours and the peers' (overrides `Backend.ListenPort`).
     #[arg(long)]
     port: Option<u16>,
+    /// Data path workers, each with a TUN queue and a UDP socket (default:
+    /// one per core, at most 8).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=8))]
+    queues: Option<u16>,
     /// TTL of our lease (`5s`, `24h`).
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     lease_ttl: Duration,
@@ -83,10 +87,11 @@ fn main() -> ExitCode {
 /// key file and port from our flags (hence a capturing factory).
 fn backends(flags: &Flags) -> BackendRegistry {
     let mut registry = BackendRegistry::with_builtins();
-    let (key_file, port) = (flags.key_file.clone(), flags.port);
+    let (key_file, port, queues) = (flags.key_file.clone(), flags.port, flags.queues);
     registry.register("wireguard", move |config| {
         let mut opts = WireguardOptions::from_config(config, key_file.clone())?;
         opts.port = port.unwrap_or(opts.port);
+        opts.queues = queues.map_or(opts.queues, usize::from);
         Ok(Box::new(WireguardBackend::new(opts)?))
     });
     registry

@@ -17,7 +17,7 @@ use twill_backend::{
 use twill_model::{BackendConfig, LeaseAttrs, NetworkConfig, SubnetKey, SubnetLease};
 
 use crate::keys::{decode_key, encode_key, KeyPair};
-use crate::pump::{PeerConfig, Pump};
+use crate::pump::{default_queues, PeerConfig, Pump, PumpConfig};
 
 /// flannel's `Backend.Type` for WireGuard.
 pub const BACKEND_TYPE: &str = "wireguard";
@@ -64,6 +64,9 @@ pub struct WireguardOptions {
     pub psk: Option<[u8; 32]>,
     /// TUN device name.
     pub device: String,
+    /// Data path workers, each with a TUN queue and a UDP socket (default:
+    /// one per core, at most [`crate::pump::MAX_QUEUES`]).
+    pub queues: usize,
 }
 
 impl WireguardOptions {
@@ -95,6 +98,7 @@ impl WireguardOptions {
             keepalive: f.keepalive.unwrap_or(DEFAULT_KEEPALIVE),
             psk,
             device: DEVICE.to_string(),
+            queues: default_queues(),
         })
     }
 }
@@ -182,9 +186,15 @@ impl WireguardBackend {
             if let Some(old) = self.pump.take() {
                 old.stop().await; // frees the UDP port
             }
-            let keepalive = Some(self.opts.keepalive).filter(|k| *k > 0);
-            let (keys, port, psk) = (self.keys.clone(), self.opts.port, self.opts.psk);
-            let pump = Pump::open(&name, port, keys, keepalive, psk).await;
+            let port = self.opts.port;
+            let pump = Pump::open(PumpConfig {
+                device: name.clone(),
+                port,
+                keys: self.keys.clone(),
+                keepalive: Some(self.opts.keepalive).filter(|k| *k > 0),
+                psk: self.opts.psk,
+                queues: self.opts.queues,
+            });
             self.pump = Some(pump.map_err(|e| custom(&format!("opening {name}, UDP {port}"), e))?);
             link = self.nl.link().find(&name)?;
         }

@@ -1,20 +1,39 @@
 //! The userspace WireGuard data path: packets between the TUN device and
-//! one UDP socket, through one boringtun [`Tunn`] per peer.
+//! UDP port 51820, through one boringtun [`Tunn`] per peer.
 //!
-//! Three tokio tasks:
-//! * TUN → UDP: read an IP packet, find the peer whose subnet holds its
-//!   destination (longest prefix), `encapsulate`, send to the peer's endpoint;
-//! * UDP → TUN: read a datagram, find its peer (a handshake initiation by the
-//!   sender's static key, anything else by our receiver index), `decapsulate`,
-//!   write the packet to the TUN if its source is in that peer's subnet
-//!   (WireGuard's "allowed IPs"), send handshake replies and queued packets;
-//! * timers: `update_timers` for every peer every [`TIMER_TICK`]
-//!   (handshake retries, rekeying, persistent keepalive).
+//! It is built for throughput the way wireguard-go and Tailscale are:
+//! * the TUN device speaks `IFF_VNET_HDR` with TCP (and UDP) segmentation
+//!   offload, so one read returns a TSO super-packet of up to 64 KiB that
+//!   tun-rs splits into MTU-size packets, and one write takes packets that
+//!   tun-rs coalesced back (GRO) into one;
+//! * the UDP socket sends many ciphertexts in one `sendmsg` (UDP GSO,
+//!   `UDP_SEGMENT`; grouped by [`batch`]) and receives many per `recvmmsg`,
+//!   coalesced by the kernel (UDP GRO); quinn-udp does both;
+//! * the TUN is multi-queue, with one queue, one `SO_REUSEPORT` socket and
+//!   one pair of tasks per worker, on a runtime of their own so the crypto
+//!   never runs on the agent's threads.
+//!
+//! Each worker runs two tasks:
+//! * TUN → UDP: read a batch, find each packet's peer (longest prefix),
+//!   `encapsulate` into the batch buffer, send each run of equal-size
+//!   ciphertexts to one peer as one GSO send;
+//! * UDP → TUN: receive a batch, split each coalesced datagram at its
+//!   stride, find its peer (a handshake initiation by the sender's static
+//!   key, anything else by our receiver index), `decapsulate`, keep the
+//!   packet if its source is in that peer's subnet (WireGuard's "allowed
+//!   IPs"), send handshake replies and queued packets, write the batch.
+//!
+//! A timer task runs `update_timers` for every peer every [`TIMER_TICK`]
+//! (handshake retries, rekeying, persistent keepalive). Where the kernel
+//! lacks an offload, the path falls back to one packet per syscall for it.
 //!
 //! The peer table is replaced by [`Pump::set_peers`]; a peer whose key,
 //! subnet and endpoint are unchanged keeps its session.
 
+mod batch;
+
 use std::collections::{BTreeMap, HashMap};
+use std::io::IoSliceMut;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -27,10 +46,13 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::PublicKey;
 use ipnetwork::Ipv4Network;
 use nix::sys::socket::{setsockopt, sockopt};
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
-use tokio_tun::Tun;
+use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
+use self::batch::{GsoBatch, Placement, MAX_GSO_BYTES};
 use crate::keys::{encode_key, KeyPair};
 
 /// How often the WireGuard timers run (boringtun's device uses 250 ms).
@@ -43,6 +65,41 @@ const OUT_BUFFER: usize = MAX_PACKET + 148;
 const UDP_BUFFER: usize = 4 << 20;
 /// Handshakes per second before cookies are demanded (boringtun's default).
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// Receive buffers per `recvmmsg`, each big enough for a GRO-coalesced
+/// datagram (up to 64 KiB).
+const RX_SLOTS: usize = 8;
+/// Most workers (TUN queues): past the core count they only add threads.
+pub const MAX_QUEUES: usize = 8;
+
+/// How to open the data path.
+#[derive(Debug, Clone)]
+pub struct PumpConfig {
+    /// TUN device name.
+    pub device: String,
+    /// UDP port, bound on every address.
+    pub port: u16,
+    /// Our static key pair.
+    pub keys: KeyPair,
+    /// Persistent keepalive in seconds.
+    pub keepalive: Option<u16>,
+    /// Pre-shared key mixed into every handshake.
+    pub psk: Option<[u8; 32]>,
+    /// Workers, each with a TUN queue and a socket (1 to [`MAX_QUEUES`]).
+    pub queues: usize,
+}
+
+/// What the kernel granted: the offloads and queues in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Datapath {
+    /// TUN queues (= workers).
+    pub queues: usize,
+    /// `IFF_VNET_HDR` with TSO on the TUN device.
+    pub tun_offload: bool,
+    /// Datagrams per UDP send (1: no GSO).
+    pub udp_gso_segments: usize,
+    /// Datagrams the kernel may coalesce per receive (1: no GRO).
+    pub udp_gro_segments: usize,
+}
 
 /// A peer as the backend wants it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,10 +130,14 @@ pub struct PumpStats {
     pub unknown_peer: AtomicU64,
     /// Decrypted packets dropped because their source is not the peer's subnet.
     pub bad_source: AtomicU64,
-    /// Packets sent to the network / written to the TUN.
+    /// Datagrams sent to the network.
     pub sent: AtomicU64,
-    /// Packets written to the TUN.
+    /// Packets written to the TUN (before GRO coalesces them).
     pub received: AtomicU64,
+    /// UDP sends (one per GSO batch).
+    pub udp_sends: AtomicU64,
+    /// TUN reads that returned packets.
+    pub tun_reads: AtomicU64,
 }
 
 struct PeerState {
@@ -129,17 +190,52 @@ impl Shared {
     }
 }
 
+/// One worker's UDP socket and its quinn-udp state (GSO/GRO, batching).
+struct Socket {
+    io: UdpSocket,
+    state: UdpSocketState,
+}
+
+impl Socket {
+    /// Sends `contents` to `to` as datagrams of `segment` bytes (the last
+    /// may be shorter) in one GSO send.
+    async fn send_segments(&self, contents: &[u8], to: SocketAddr, segment: usize) {
+        let transmit = Transmit {
+            destination: to,
+            ecn: None,
+            contents,
+            segment_size: (contents.len() > segment).then_some(segment),
+            src_ip: None,
+        };
+        // quinn-udp logs and swallows the errors a datagram protocol
+        // retries anyway (and turns GSO off where the kernel refuses it);
+        // only a full socket buffer comes back, and we wait for room.
+        let sent = self
+            .io
+            .async_io(Interest::WRITABLE, || {
+                self.state.send((&self.io).into(), &transmit)
+            })
+            .await;
+        if let Err(e) = sent {
+            tracing::debug!(%to, "send failed: {e}");
+        }
+    }
+}
+
 /// The running data path; its tasks stop when it is dropped.
 pub struct Pump {
     shared: Arc<Shared>,
-    udp: Arc<UdpSocket>,
+    control: Arc<Socket>,
+    datapath: Datapath,
     tasks: Vec<JoinHandle<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl std::fmt::Debug for Pump {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pump")
             .field("peers", &self.shared.table().by_key.len())
+            .field("datapath", &self.datapath)
             .finish_non_exhaustive()
     }
 }
@@ -149,65 +245,142 @@ impl Drop for Pump {
         for t in &self.tasks {
             t.abort();
         }
+        if let Some(rt) = self.runtime.take() {
+            // Dropping a runtime may block, which an async caller must not.
+            rt.shutdown_background();
+        }
     }
 }
 
-impl Pump {
-    /// Creates the TUN device `device` and binds UDP `port` (on every
-    /// address, with 4 MiB buffers), then [`Pump::start`]s.
-    ///
-    /// # Errors
-    /// When the device cannot be created (not root? no `/dev/net/tun`?)
-    /// or the port is taken.
-    pub async fn open(
-        device: &str,
-        port: u16,
-        keys: KeyPair,
-        keepalive: Option<u16>,
-        psk: Option<[u8; 32]>,
-    ) -> std::io::Result<Self> {
-        let tun = Tun::builder()
-            .name(device)
-            .build()
-            .map_err(std::io::Error::other)?
-            .pop()
-            .ok_or_else(|| std::io::Error::other("no TUN queue"))?;
-        let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))?;
-        socket.set_nonblocking(true)?;
+/// The default number of workers: one per core, at most [`MAX_QUEUES`].
+#[must_use]
+pub fn default_queues() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .clamp(1, MAX_QUEUES)
+}
+
+/// Creates the TUN device with offloads and `queues` queues, or with what
+/// the kernel grants (no offload: one packet per read; no multi-queue: one).
+fn open_tun(name: &str, queues: usize) -> std::io::Result<Vec<AsyncDevice>> {
+    let build = |offload: bool, multi: bool| {
+        DeviceBuilder::new()
+            .name(name)
+            .offload(offload)
+            .multi_queue(multi)
+            .build_async()
+    };
+    let multi = queues > 1;
+    let first = build(true, multi)
+        .or_else(|e| {
+            tracing::warn!(
+                device = name,
+                "TUN offloads unavailable ({e}): one packet per read"
+            );
+            build(false, multi)
+        })
+        .or_else(|e| {
+            tracing::warn!(
+                device = name,
+                "multi-queue TUN unavailable ({e}): one queue"
+            );
+            build(true, false).or_else(|_| build(false, false))
+        })?;
+    let mut devices = vec![first];
+    while devices.len() < queues {
+        match devices[0].try_clone() {
+            Ok(d) => devices.push(d),
+            Err(e) => {
+                tracing::warn!(device = name, "TUN queue {} refused: {e}", devices.len());
+                break;
+            }
+        }
+    }
+    Ok(devices)
+}
+
+/// Binds `n` UDP sockets to `port` on every address (`SO_REUSEPORT`, so the
+/// kernel spreads flows over them), with 4 MiB buffers, GRO on.
+fn bind_udp(port: u16, n: usize) -> std::io::Result<Vec<Socket>> {
+    use socket2::{Domain, Protocol, Type};
+    let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+    let mut sockets = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = socket2::Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+        if n > 1 {
+            s.set_reuse_port(true)?;
+        }
+        s.bind(&addr.into())?;
+        s.set_nonblocking(true)?;
         // Bursts overflow the default 208 KiB (the benchmark saw it). Forcing
         // needs CAP_NET_ADMIN, which creating the device needed too.
-        let _ = setsockopt(&socket, sockopt::RcvBufForce, &UDP_BUFFER);
-        let _ = setsockopt(&socket, sockopt::SndBufForce, &UDP_BUFFER);
-        let udp = UdpSocket::from_std(socket)?;
-        Ok(Self::start(tun, udp, keys, keepalive, psk))
+        let _ = setsockopt(&s, sockopt::RcvBufForce, &UDP_BUFFER);
+        let _ = setsockopt(&s, sockopt::SndBufForce, &UDP_BUFFER);
+        let std_socket = std::net::UdpSocket::from(s);
+        let state = UdpSocketState::new((&std_socket).into())?;
+        sockets.push(Socket {
+            io: UdpSocket::from_std(std_socket)?,
+            state,
+        });
     }
+    Ok(sockets)
+}
 
-    /// Starts the three tasks on the current tokio runtime.
-    #[must_use]
-    pub fn start(
-        tun: Tun,
-        udp: UdpSocket,
-        keys: KeyPair,
-        keepalive: Option<u16>,
-        psk: Option<[u8; 32]>,
-    ) -> Self {
-        let limiter = Arc::new(RateLimiter::new(&keys.public, HANDSHAKE_RATE_LIMIT));
+impl Pump {
+    /// Creates the TUN device and binds the UDP port, then starts the
+    /// workers and the timers on a runtime of their own.
+    ///
+    /// # Errors
+    /// When the device cannot be created (not root? no `/dev/net/tun`?),
+    /// the port is taken, or the runtime cannot start its threads.
+    pub fn open(config: PumpConfig) -> std::io::Result<Self> {
+        let queues = config.queues.clamp(1, MAX_QUEUES);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(queues)
+            .thread_name("wg-pump")
+            .enable_io()
+            .enable_time()
+            .build()?;
+        // The device's and the sockets' fds register with this runtime.
+        let (tuns, sockets) = {
+            let _in_runtime = runtime.enter();
+            let tuns = open_tun(&config.device, queues)?;
+            let sockets = bind_udp(config.port, tuns.len())?;
+            (tuns, sockets)
+        };
+        let datapath = Datapath {
+            queues: tuns.len(),
+            tun_offload: tuns[0].tcp_gso(),
+            udp_gso_segments: sockets[0].state.max_gso_segments(),
+            udp_gro_segments: sockets[0].state.gro_segments(),
+        };
+        let limiter = Arc::new(RateLimiter::new(&config.keys.public, HANDSHAKE_RATE_LIMIT));
         let shared = Arc::new(Shared {
-            keys,
-            keepalive,
-            psk,
+            keys: config.keys,
+            keepalive: config.keepalive,
+            psk: config.psk,
             table: RwLock::new(PeerTable::default()),
             next_index: AtomicU32::new(1),
             limiter,
             stats: PumpStats::default(),
         });
-        let (tun, udp) = (Arc::new(tun), Arc::new(udp));
-        let tasks = vec![
-            tokio::spawn(tun_to_udp(shared.clone(), tun.clone(), udp.clone())),
-            tokio::spawn(udp_to_tun(shared.clone(), tun, udp.clone())),
-            tokio::spawn(timers(shared.clone(), udp.clone())),
-        ];
-        Pump { shared, udp, tasks }
+        let sockets: Vec<Arc<Socket>> = sockets.into_iter().map(Arc::new).collect();
+        let control = sockets[0].clone();
+        let mut tasks = Vec::with_capacity(2 * tuns.len() + 1);
+        for (tun, socket) in tuns.into_iter().zip(sockets) {
+            let tun = Arc::new(tun);
+            tasks.push(runtime.spawn(tun_to_udp(shared.clone(), tun.clone(), socket.clone())));
+            tasks.push(runtime.spawn(udp_to_tun(shared.clone(), tun, socket)));
+        }
+        tasks.push(runtime.spawn(timers(shared.clone(), control.clone())));
+        tracing::info!(device = %config.device, port = config.port, ?datapath, "WireGuard data path up");
+        Ok(Pump {
+            shared,
+            control,
+            datapath,
+            tasks,
+            runtime: Some(runtime),
+        })
     }
 
     /// Stops the tasks and waits until they (and their sockets) are gone,
@@ -217,6 +390,12 @@ impl Pump {
             t.abort();
             let _ = t.await;
         }
+    }
+
+    /// The offloads and queues in use.
+    #[must_use]
+    pub fn datapath(&self) -> Datapath {
+        self.datapath
     }
 
     /// The data path's counters.
@@ -258,7 +437,7 @@ impl Pump {
                 st.tunn.format_handshake_initiation(&mut out, false)
             {
                 // Best effort: the timers retry if the socket is full.
-                let _ = self.udp.try_send_to(p, st.endpoint);
+                let _ = self.control.io.try_send_to(p, st.endpoint);
             }
         }
         changes
@@ -325,47 +504,86 @@ fn ipv4_dst(packet: &[u8]) -> Option<Ipv4Addr> {
     }
 }
 
-async fn send(shared: &Shared, udp: &UdpSocket, packet: &[u8], to: SocketAddr) {
-    match udp.send_to(packet, to).await {
-        Ok(_) => {
-            shared.stats.sent.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(e) => tracing::debug!(%to, "send failed: {e}"),
-    }
+/// A task's IO error, logged once per kind of error until it clears, and
+/// paced so a persistent one cannot spin.
+async fn io_error_pause(what: &str, e: &std::io::Error) {
+    tracing::warn!("{what}: {e}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-async fn tun_to_udp(shared: Arc<Shared>, tun: Arc<Tun>, udp: Arc<UdpSocket>) {
-    let mut packet = vec![0u8; MAX_PACKET];
-    let mut out = vec![0u8; OUT_BUFFER];
+async fn tun_to_udp(shared: Arc<Shared>, tun: Arc<AsyncDevice>, udp: Arc<Socket>) {
+    let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + MAX_PACKET];
+    // Untouched pages cost nothing: only the bytes packets occupy are resident.
+    let mut packets = vec![vec![0u8; MAX_PACKET]; IDEAL_BATCH_SIZE];
+    let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
+    // A batch of ciphertexts, plus room to encrypt one more after it.
+    let mut out = vec![0u8; MAX_GSO_BYTES + OUT_BUFFER];
+    let mut batch = GsoBatch::new(udp.state.max_gso_segments());
     loop {
-        let n = match tun.recv(&mut packet).await {
+        let n = match tun
+            .recv_multiple(&mut original, &mut packets, &mut sizes, 0)
+            .await
+        {
             Ok(n) => n,
             Err(e) => {
-                tracing::warn!("reading the TUN device: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                io_error_pause("reading the TUN device", &e).await;
                 continue;
             }
         };
-        let Some(dst) = ipv4_dst(&packet[..n]) else {
-            continue;
-        };
-        let Some(peer) = shared.table().route(dst).cloned() else {
-            shared.stats.no_route.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
-        let (len, to) = {
-            let mut st = peer.lock();
-            match st.tunn.encapsulate(&packet[..n], &mut out) {
-                TunnResult::WriteToNetwork(p) => (p.len(), st.endpoint),
-                TunnResult::Err(e) => {
-                    tracing::debug!(%dst, "encapsulate: {e:?}");
-                    continue;
+        shared.stats.tun_reads.fetch_add(1, Ordering::Relaxed);
+        // quinn-udp turns GSO off for good if the kernel refuses it.
+        batch.set_max_segments(udp.state.max_gso_segments());
+        let mut last: Option<(Ipv4Addr, Arc<Peer>)> = None;
+        for (packet, &size) in packets.iter().zip(&sizes).take(n) {
+            let packet = &packet[..size];
+            let Some(dst) = ipv4_dst(packet) else {
+                continue;
+            };
+            // The packets of one read are mostly one flow: skip the lookup.
+            let peer = match &last {
+                Some((d, p)) if *d == dst => p.clone(),
+                _ => {
+                    let Some(p) = shared.table().route(dst).cloned() else {
+                        shared.stats.no_route.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    last = Some((dst, p.clone()));
+                    p
                 }
-                _ => continue,
+            };
+            let at = batch.len();
+            let (len, to) = {
+                let mut st = peer.lock();
+                match st.tunn.encapsulate(packet, &mut out[at..]) {
+                    TunnResult::WriteToNetwork(p) => (p.len(), st.endpoint),
+                    TunnResult::Err(e) => {
+                        tracing::debug!(%dst, "encapsulate: {e:?}");
+                        continue;
+                    }
+                    _ => continue,
+                }
+            };
+            if let Placement::FlushFirst(flush) = batch.place(to, len) {
+                udp.send_segments(&out[..flush.end], flush.to, flush.segment)
+                    .await;
+                count_send(&shared, flush.count);
+                out.copy_within(at..at + len, 0);
             }
-        };
-        send(&shared, &udp, &out[..len], to).await;
+        }
+        if let Some(flush) = batch.take() {
+            udp.send_segments(&out[..flush.end], flush.to, flush.segment)
+                .await;
+            count_send(&shared, flush.count);
+        }
     }
+}
+
+fn count_send(shared: &Shared, datagrams: usize) {
+    shared
+        .stats
+        .sent
+        .fetch_add(datagrams as u64, Ordering::Relaxed);
+    shared.stats.udp_sends.fetch_add(1, Ordering::Relaxed);
 }
 
 /// The peer a datagram is for, if any (after the handshake rate limiter).
@@ -398,74 +616,180 @@ enum Found {
     None,
 }
 
-async fn udp_to_tun(shared: Arc<Shared>, tun: Arc<Tun>, udp: Arc<UdpSocket>) {
-    let mut datagram = vec![0u8; MAX_PACKET];
-    let mut out = vec![0u8; OUT_BUFFER];
-    loop {
-        let (n, from) = match udp.recv_from(&mut datagram).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!("reading the UDP socket: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let peer = match find_peer(&shared, from, &datagram[..n], &mut out) {
-            Found::Peer(p) => p,
-            Found::Cookie(len) => {
-                send(&shared, &udp, &out[..len], from).await;
-                continue;
-            }
-            Found::None => {
-                shared.stats.unknown_peer.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-        };
-        let mut input: &[u8] = &datagram[..n];
-        // A handshake message may be followed by packets boringtun queued
-        // while it waited: repeat with an empty datagram until Done.
-        loop {
-            let action = {
-                let mut st = peer.lock();
-                match st.tunn.decapsulate(Some(from.ip()), input, &mut out) {
-                    TunnResult::WriteToNetwork(p) => {
-                        st.endpoint = from;
-                        Some((p.len(), None))
-                    }
-                    TunnResult::WriteToTunnelV4(p, src) => {
-                        st.endpoint = from;
-                        Some((p.len(), Some(src)))
-                    }
-                    TunnResult::Err(e) => {
-                        tracing::debug!(%from, "decapsulate: {e:?}");
-                        None
-                    }
-                    TunnResult::Done | TunnResult::WriteToTunnelV6(..) => None,
-                }
-            };
-            match action {
-                Some((len, None)) => {
-                    send(&shared, &udp, &out[..len], from).await;
-                    input = &[];
-                }
-                Some((len, Some(src))) => {
-                    if peer.config.subnet.contains(src) {
-                        if let Err(e) = tun.send(&out[..len]).await {
-                            tracing::debug!("writing the TUN device: {e}");
-                        }
-                        shared.stats.received.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        shared.stats.bad_source.fetch_add(1, Ordering::Relaxed);
-                    }
-                    break;
-                }
-                None => break,
-            }
+/// Decrypted packets waiting for one TUN write, each at
+/// [`VIRTIO_NET_HDR_LEN`] in its buffer (room tun-rs fills with the
+/// virtio header of a coalesced packet).
+struct TunWrites {
+    bufs: Vec<Vec<u8>>,
+    len: usize,
+    gro: GROTable,
+}
+
+impl TunWrites {
+    fn new() -> Self {
+        TunWrites {
+            // GRO appends a flow's packets to its first buffer, and only
+            // where that buffer's capacity holds them all (it never
+            // reallocates): room for a 64 KiB packet, resident only as used.
+            bufs: (0..IDEAL_BATCH_SIZE)
+                .map(|_| Vec::with_capacity(2 * VIRTIO_NET_HDR_LEN + MAX_PACKET))
+                .collect(),
+            len: 0,
+            gro: GROTable::default(),
+        }
+    }
+
+    /// The next buffer, with room for a packet of up to `max` bytes.
+    fn next(&mut self, max: usize) -> &mut Vec<u8> {
+        let buf = &mut self.bufs[self.len];
+        buf.resize(VIRTIO_NET_HDR_LEN + max, 0);
+        buf
+    }
+
+    /// Keeps the packet of `len` bytes just written into [`TunWrites::next`].
+    fn commit(&mut self, len: usize) {
+        self.bufs[self.len].truncate(VIRTIO_NET_HDR_LEN + len);
+        self.len += 1;
+    }
+
+    fn is_full(&self) -> bool {
+        self.len == self.bufs.len()
+    }
+
+    async fn flush(&mut self, tun: &AsyncDevice) {
+        if self.len == 0 {
+            return;
+        }
+        let n = self.len;
+        self.len = 0;
+        if let Err(e) = tun
+            .send_multiple(&mut self.gro, &mut self.bufs[..n], VIRTIO_NET_HDR_LEN)
+            .await
+        {
+            tracing::debug!("writing the TUN device: {e}");
         }
     }
 }
 
-async fn timers(shared: Arc<Shared>, udp: Arc<UdpSocket>) {
+async fn udp_to_tun(shared: Arc<Shared>, tun: Arc<AsyncDevice>, udp: Arc<Socket>) {
+    let mut slots = vec![0u8; RX_SLOTS * MAX_PACKET];
+    let mut metas = [RecvMeta::default(); RX_SLOTS];
+    let mut writes = TunWrites::new();
+    let mut scratch = vec![0u8; OUT_BUFFER];
+    loop {
+        let received = {
+            let mut iovs: Vec<IoSliceMut<'_>> =
+                slots.chunks_mut(MAX_PACKET).map(IoSliceMut::new).collect();
+            udp.io
+                .async_io(Interest::READABLE, || {
+                    udp.state.recv((&udp.io).into(), &mut iovs, &mut metas)
+                })
+                .await
+        };
+        let n = match received {
+            Ok(n) => n,
+            Err(e) => {
+                io_error_pause("reading the UDP socket", &e).await;
+                continue;
+            }
+        };
+        for (slot, meta) in slots.chunks(MAX_PACKET).zip(&metas).take(n) {
+            let data = &slot[..meta.len.min(slot.len())];
+            for datagram in data.chunks(meta.stride.max(1)) {
+                handle_datagram(
+                    &shared,
+                    &udp,
+                    datagram,
+                    meta.addr,
+                    &mut writes,
+                    &mut scratch,
+                )
+                .await;
+                if writes.is_full() {
+                    writes.flush(&tun).await;
+                }
+            }
+        }
+        writes.flush(&tun).await;
+    }
+}
+
+/// Decrypts one datagram into `writes`, or answers it (handshakes, cookies).
+async fn handle_datagram(
+    shared: &Shared,
+    udp: &Socket,
+    datagram: &[u8],
+    from: SocketAddr,
+    writes: &mut TunWrites,
+    scratch: &mut [u8],
+) {
+    let peer = match find_peer(shared, from, datagram, scratch) {
+        Found::Peer(p) => p,
+        Found::Cookie(len) => {
+            udp.send_segments(&scratch[..len], from, len).await;
+            return;
+        }
+        Found::None => {
+            shared.stats.unknown_peer.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    // A data packet decrypts into the next TUN buffer. A handshake message
+    // may be answered, and followed by packets boringtun queued while it
+    // waited: those are asked for with empty datagrams until Done, and
+    // encrypted into `scratch`.
+    let buf = writes.next(datagram.len().max(256));
+    match decapsulate(&peer, from, datagram, &mut buf[VIRTIO_NET_HDR_LEN..]) {
+        Some((len, Some(src))) => {
+            if peer.config.subnet.contains(src) {
+                writes.commit(len);
+                shared.stats.received.fetch_add(1, Ordering::Relaxed);
+            } else {
+                shared.stats.bad_source.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Some((len, None)) => {
+            let reply = &writes.next(len)[VIRTIO_NET_HDR_LEN..][..len];
+            udp.send_segments(reply, from, len).await;
+            count_send(shared, 1);
+            while let Some((len, None)) = decapsulate(&peer, from, &[], scratch) {
+                udp.send_segments(&scratch[..len], from, len).await;
+                count_send(shared, 1);
+            }
+        }
+        None => {}
+    }
+}
+
+/// One `decapsulate`: `(len, None)` to send `out[..len]` back to `from`,
+/// `(len, Some(source))` for a packet at `out[..len]`, `None` when done.
+fn decapsulate(
+    peer: &Peer,
+    from: SocketAddr,
+    input: &[u8],
+    out: &mut [u8],
+) -> Option<(usize, Option<Ipv4Addr>)> {
+    let mut st = peer.lock();
+    match st.tunn.decapsulate(Some(from.ip()), input, out) {
+        TunnResult::WriteToNetwork(p) => {
+            let len = p.len();
+            st.endpoint = from;
+            Some((len, None))
+        }
+        TunnResult::WriteToTunnelV4(p, src) => {
+            let len = p.len();
+            st.endpoint = from;
+            Some((len, Some(src)))
+        }
+        TunnResult::Err(e) => {
+            tracing::debug!(%from, "decapsulate: {e:?}");
+            None
+        }
+        TunnResult::Done | TunnResult::WriteToTunnelV6(..) => None,
+    }
+}
+
+async fn timers(shared: Arc<Shared>, udp: Arc<Socket>) {
     let mut out = vec![0u8; OUT_BUFFER];
     let mut tick = tokio::time::interval(TIMER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -490,7 +814,8 @@ async fn timers(shared: Arc<Shared>, udp: Arc<UdpSocket>) {
                     _ => continue,
                 }
             };
-            send(&shared, &udp, &out[..len], to).await;
+            udp.send_segments(&out[..len], to, len).await;
+            count_send(&shared, 1);
         }
     }
 }
