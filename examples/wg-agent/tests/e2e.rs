@@ -615,3 +615,113 @@ fn malformed_public_keys_are_skipped_with_a_clear_log() {
     let keepalives = capture.finish().iter().filter(|p| is_keepalive(p)).count();
     assert!(keepalives >= 4, "{keepalives} keepalives");
 }
+
+/// A pseudo-random byte stream (xorshift64*) both ends can regenerate.
+struct Pattern(u64);
+
+impl Pattern {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            let v = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+/// The fast path's offloads (TSO super-packets split in userspace, GRO
+/// coalescing into the TUN, UDP GSO/GRO) and its two workers carry a bulk
+/// TCP transfer byte for byte, both ways at once; the underlay still sees
+/// only WireGuard (the other test) and the data path says which offloads it
+/// got.
+#[test]
+fn a_bulk_tcp_transfer_crosses_the_offloaded_tunnel_intact() {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    twill_testbed::require_root!();
+    twill_testbed::require_etcd!();
+    const BYTES: usize = 48 << 20;
+    let mut c = WgCluster::start(2, &config(25));
+    for i in 0..2 {
+        c.add_container(i);
+    }
+    c.wait_converged(&[0, 1]);
+    c.wait_ping(0, 1);
+    // This machine's kernel grants every offload: a data path without
+    // them would not be the one under test.
+    let logs = c.logs();
+    for i in 0..2 {
+        let line = c.agents[i]
+            .log()
+            .lines()
+            .find(|l| l.contains("WireGuard data path up"))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no data path line:\n{logs}"));
+        assert!(line.contains("tun_offload: true"), "{line}");
+        assert!(!line.contains("udp_gso_segments: 1,"), "{line}");
+    }
+
+    // Each container listens; each sends BYTES to the other.
+    let seeds = [0x9e37_79b9_7f4a_7c15_u64, 0xd1b5_4a32_d192_ed03];
+    let listeners: Vec<TcpListener> = (0..2)
+        .map(|i| {
+            let addr = SocketAddr::from((c.container_ip(i), 7000));
+            c.container(i)
+                .run(move || TcpListener::bind(addr))
+                .expect("netns")
+                .expect("listen")
+        })
+        .collect();
+    let senders: Vec<TcpStream> = (0..2)
+        .map(|i| {
+            let addr = SocketAddr::from((c.container_ip(1 - i), 7000));
+            c.container(i)
+                .run(move || TcpStream::connect_timeout(&addr, DEADLINE))
+                .expect("netns")
+                .expect("connect")
+        })
+        .collect();
+    std::thread::scope(|s| {
+        let mut receivers = Vec::new();
+        for (i, listener) in listeners.iter().enumerate() {
+            // Container i receives what container 1 - i sends.
+            let seed = seeds[1 - i];
+            receivers.push(s.spawn(move || {
+                let (mut conn, _) = listener.accept().expect("accept");
+                conn.set_read_timeout(Some(DEADLINE)).expect("timeout");
+                let (mut want, mut got, mut expect) =
+                    (Pattern(seed), vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+                // The sender writes whole 64 KiB chunks of the pattern.
+                let (mut total, mut wrong) = (0usize, 0usize);
+                while total < BYTES {
+                    conn.read_exact(&mut got).expect("read");
+                    want.fill(&mut expect);
+                    wrong += got.iter().zip(&expect).filter(|(a, b)| a != b).count();
+                    total += got.len();
+                }
+                // And nothing after them.
+                assert_eq!(conn.read(&mut got).expect("read"), 0, "bytes past the end");
+                (total, wrong)
+            }));
+        }
+        for (i, mut conn) in senders.into_iter().enumerate() {
+            s.spawn(move || {
+                let mut p = Pattern(seeds[i]);
+                let mut buf = vec![0u8; 1 << 16];
+                let mut sent = 0;
+                while sent < BYTES {
+                    p.fill(&mut buf);
+                    conn.write_all(&buf).expect("write");
+                    sent += buf.len();
+                }
+                conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
+            });
+        }
+        for r in receivers {
+            let (total, wrong) = r.join().expect("receiver");
+            assert_eq!((total, wrong), (BYTES, 0), "{}", c.logs());
+        }
+    });
+}
