@@ -36,7 +36,9 @@ const HEALTHY_AFTER: Duration = Duration::from_secs(5);
 /// A response estimated at more than this many bytes renews the watch, so
 /// that its stream's buffer is freed. The responses of ordinary churn are
 /// far smaller (one lease is ~250 bytes; a transaction of 128 leases ~40
-/// KB), so this costs one watch creation per mass change only.
+/// KB), so this costs one watch creation per mass change only. A watch
+/// catching up on a long history after a disconnect renews after each
+/// large batch it is sent; each renewal starts past what was delivered.
 pub(crate) const RENEW_AFTER_BYTES: usize = 128 << 10;
 /// What an event costs in a response besides its key and value (revisions,
 /// version, lease id, field tags), for [`response_bytes`].
