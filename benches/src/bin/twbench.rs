@@ -897,7 +897,7 @@ async fn wait_routes(
     Ok(())
 }
 
-/// `memory --pid PID --n N --cycles C [--mid M]`.
+/// `memory --pid PID --n N --cycles C [--mid M] [--smaps DIR]`.
 async fn memory(opts: &Opts) -> Result<()> {
     let pid: u32 = opts.num("pid", 0)?;
     let n: u32 = opts.num("n", 10_000)?;
