@@ -7,7 +7,11 @@
 #
 # Usage: benches/scripts/memory.sh          (N = 10,000, 10 cycles)
 #        TINY=1 benches/scripts/memory.sh   (N = 100, 2 cycles)
-# Env: PEERS, CYCLES, SETTLE (ms after the last route, before a sample), TWILLD_FLAGS. Needs root.
+# Env: PEERS, CYCLES, SETTLE (ms after the last route, before a sample), TWILLD_FLAGS,
+# SMAPS_DIR (a copy of /proc/<pid>/smaps at each sample, to see which mapping grew),
+# TWBENCH_SAMPLE_HOOK (a shell command run at each sample with "$1" the sample's name and
+# "$2" twilld's pid, e.g. gdb calling malloc_stats()). Needs root.
+# Each sample's VmRSS, RssAnon and RssFile go to stderr, also with 0 peers within each cycle.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 tw_init memory
@@ -27,7 +31,8 @@ pid=$TW_LAST_PID
 
 tw_log "RSS with 0, $MID, $PEERS peers and after $CYCLES cycles of -$PEERS/+$PEERS"
 out=$(ip netns exec "$ns" "$TWBENCH" memory --pid "$pid" --n "$PEERS" --mid "$MID" \
-    --cycles "$CYCLES" --settle-ms "$SETTLE" --samples "${SAMPLES_DIR:-$TW_STATE}/memory_samples.txt")
+    --cycles "$CYCLES" --settle-ms "$SETTLE" --samples "${SAMPLES_DIR:-$TW_STATE}/memory_samples.txt" \
+    ${SMAPS_DIR:+--smaps "$SMAPS_DIR"})
 tw_take "$out"
 kill -0 "$pid" || { echo "twilld died" >&2; exit 1; }
 tw_report

@@ -844,6 +844,30 @@ fn rss_kib(pid: u32) -> Result<u64> {
     status_kib(pid, "VmRSS:")
 }
 
+/// One sample on stderr: VmRSS split into RssAnon (heap, stacks) and
+/// RssFile (the binary's and libraries' pages), so a rise can be told apart
+/// as heap or as code touched for the first time. With `--smaps DIR`, also
+/// a copy of `/proc/<pid>/smaps` named after the sample, to see which
+/// mapping grew.
+fn sample(pid: u32, what: &str, smaps: Option<&String>) -> Result<u64> {
+    let rss = rss_kib(pid)?;
+    let anon = status_kib(pid, "RssAnon:")?;
+    let file = status_kib(pid, "RssFile:")?;
+    eprintln!("memory: {what}: rss {rss} anon {anon} file {file} KiB");
+    if let Some(dir) = smaps {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+        std::fs::write(format!("{dir}/{what}.smaps"), text)?;
+    }
+    // Investigation only: a command run at each sample (e.g. gdb calling
+    // malloc_stats in twilld), given the sample's name and the pid.
+    if let Ok(hook) = std::env::var("TWBENCH_SAMPLE_HOOK") {
+        Command::new("sh")
+            .args(["-c", &hook, "hook", what, &pid.to_string()])
+            .status()?;
+    }
+    Ok(rss)
+}
+
 /// Waits until the kernel holds routes for exactly `want` of `peers`.
 async fn wait_routes(
     nl: &mut mpsc::UnboundedReceiver<Seen>,
@@ -873,7 +897,7 @@ async fn wait_routes(
     Ok(())
 }
 
-/// `memory --pid PID --n N --cycles C [--mid M]`.
+/// `memory --pid PID --n N --cycles C [--mid M] [--smaps DIR]`.
 async fn memory(opts: &Opts) -> Result<()> {
     let pid: u32 = opts.num("pid", 0)?;
     let n: u32 = opts.num("n", 10_000)?;
@@ -889,7 +913,7 @@ async fn memory(opts: &Opts) -> Result<()> {
     let mut nl = monitor()?;
 
     tokio::time::sleep(settle).await;
-    let rss0 = rss_kib(pid)?;
+    let rss0 = sample(pid, "start", opts.named.get("smaps"))?;
     let anon0 = status_kib(pid, "RssAnon:")?;
     let mut lease = client.lease_grant(3600, None).await?.id();
     put_txns(&mut client, &prefix, lease, &peers[..mid as usize]).await?;
@@ -902,17 +926,19 @@ async fn memory(opts: &Opts) -> Result<()> {
     let rss_n = rss_kib(pid)?;
     // RssAnon: the heap and stacks alone, without the binary's pages.
     let anon_n = status_kib(pid, "RssAnon:")?;
+    let smaps = opts.named.get("smaps");
+    sample(pid, "full", smaps)?;
     let mut per_cycle = Vec::new();
     for c in 0..cycles {
         client.lease_revoke(lease).await?;
         wait_routes(&mut nl, &mut present, &ours, 0, timeout).await?;
+        tokio::time::sleep(settle).await;
+        sample(pid, &format!("cycle{}-empty", c + 1), smaps)?;
         lease = client.lease_grant(3600, None).await?.id();
         put_txns(&mut client, &prefix, lease, &peers).await?;
         wait_routes(&mut nl, &mut present, &ours, n as usize, timeout).await?;
         tokio::time::sleep(settle).await;
-        let rss = rss_kib(pid)?;
-        eprintln!("memory: cycle {} rss {rss} KiB", c + 1);
-        per_cycle.push(rss);
+        per_cycle.push(sample(pid, &format!("cycle{}-full", c + 1), smaps)?);
     }
     client.lease_revoke(lease).await?;
     wait_routes(&mut nl, &mut present, &ours, 0, timeout).await?;

@@ -8,6 +8,14 @@
 //! Reconnects wait with jittered exponential backoff (100 ms doubling to
 //! 5 s), reset only after a connection stayed up for a while, so a server that
 //! keeps refusing or cancelling never makes the task spin.
+//!
+//! After a large response the watch is re-created at once from the next
+//! revision ([`End::Renew`]): tonic's response stream keeps its receive
+//! buffer at the size of the largest message it decoded, for as long as the
+//! stream lives. One lease revoke that removes 10,000 leases is one
+//! response of ~600 KB (every delete of one revision comes in one message),
+//! which twilld otherwise kept for good: 0.6 MiB of the RSS growth after
+//! the first cycle of `benches/scripts/memory.sh` (docs/benchmarks.md §5).
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +33,16 @@ pub(crate) const RECONNECT: RetryPolicy =
     RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(5));
 /// A connection that lasted this long resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(5);
+/// A response estimated at more than this many bytes renews the watch, so
+/// that its stream's buffer is freed. The responses of ordinary churn are
+/// far smaller (one lease is ~250 bytes; a transaction of 128 leases ~40
+/// KB), so this costs one watch creation per mass change only. A watch
+/// catching up on a long history after a disconnect renews after each
+/// large batch it is sent; each renewal starts past what was delivered.
+pub(crate) const RENEW_AFTER_BYTES: usize = 128 << 10;
+/// What an event costs in a response besides its key and value (revisions,
+/// version, lease id, field tags), for [`response_bytes`].
+const EVENT_OVERHEAD: usize = 32;
 
 /// [`RECONNECT`]'s attempts and jitter for one watch task.
 struct Backoff {
@@ -62,6 +80,18 @@ enum End {
     Disconnected,
     /// The start revision was compacted: resync.
     Compacted,
+    /// A large response was delivered: watch again from `next_rev` at once,
+    /// to drop the stream and the buffer it grew.
+    Renew,
+}
+
+/// About how many bytes `resp` took on the wire (what the stream's buffer
+/// grew to hold).
+fn response_bytes(resp: &WatchResponse) -> usize {
+    resp.events()
+        .iter()
+        .map(|ev| EVENT_OVERHEAD + ev.kv().map_or(0, |kv| kv.key().len() + kv.value().len()))
+        .sum()
 }
 
 /// etcd answers a request for a compacted revision with gRPC `OutOfRange`
@@ -74,16 +104,17 @@ fn is_compacted(e: &EtcdError) -> bool {
 pub(crate) async fn run(shared: Shared, from_revision: i64, tx: mpsc::Sender<RegistryEvent>) {
     let mut next_rev = from_revision;
     let mut backoff = Backoff::new();
-    let mut first = true;
+    // The first watch, and one renewed after a large response (no
+    // failure: progress was made), start without a delay.
+    let mut at_once = true;
     loop {
-        if !first {
+        if !std::mem::take(&mut at_once) {
             let delay = backoff.next_delay();
             tokio::select! {
                 () = tx.closed() => return,
                 () = tokio::time::sleep(delay) => {}
             }
         }
-        first = false;
         let started = Instant::now();
         let end = tokio::select! {
             () = tx.closed() => End::ReceiverGone,
@@ -98,6 +129,10 @@ pub(crate) async fn run(shared: Shared, from_revision: i64, tx: mpsc::Sender<Reg
                 if started.elapsed() >= HEALTHY_AFTER {
                     backoff.reset();
                 }
+            }
+            End::Renew => {
+                backoff.reset();
+                at_once = true;
             }
             End::Compacted => match resync(&shared, &tx, &mut backoff).await {
                 Some(rev) => next_rev = rev + 1,
@@ -195,6 +230,15 @@ async fn watch_once(shared: &Shared, next_rev: &mut i64, tx: &mpsc::Sender<Regis
                 }
                 if deliver(shared, &resp, next_rev, tx).await.is_err() {
                     return End::ReceiverGone;
+                }
+                let bytes = response_bytes(&resp);
+                if bytes > RENEW_AFTER_BYTES {
+                    tracing::debug!(
+                        bytes,
+                        revision = *next_rev,
+                        "large watch response; renewing the watch to free its buffer"
+                    );
+                    return End::Renew;
                 }
             }
             Ok(None) => {

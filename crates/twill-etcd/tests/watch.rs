@@ -1,4 +1,5 @@
-//! The lease watch: etcd restarts, compaction, malformed values.
+//! The lease watch: etcd restarts, compaction, malformed values, renewal
+//! after a large response.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -7,7 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::*;
-use etcd_client::CompactionOptions;
+use etcd_client::{CompactionOptions, PutOptions, Txn, TxnOp};
 use twill_model::SubnetKey;
 use twill_subnet::{Registry, RegistryEvent};
 
@@ -249,4 +250,55 @@ async fn the_watch_task_stops_when_the_receiver_is_dropped() {
         "no reconnect attempts after the receiver is gone"
     );
     drop(kept);
+}
+
+/// A mass removal (one etcd lease revoked under 4,000 leases: one watch
+/// response of ~250 KB) renews the watch, so that the stream's receive
+/// buffer grown for it is freed (docs/benchmarks.md §5), and the renewed
+/// watch loses and repeats nothing.
+#[tokio::test]
+async fn a_large_response_renews_the_watch_and_loses_and_repeats_nothing() {
+    twill_testbed::require_etcd!();
+    let etcd = start_etcd();
+    let reg = connect(&etcd).await;
+    let rev = reg.list_leases().await.unwrap().revision;
+    let mut watch = reg.watch_leases(rev + 1).await.unwrap();
+    let mut raw = raw(&etcd).await;
+    let lease = raw.lease_grant(600, None).await.unwrap().id();
+    let keys: Vec<String> = (0..4000)
+        .map(|i| format!("10.{}.{}.0-24", 60 + i / 256, i % 256))
+        .collect();
+    // etcd takes at most 128 operations in a transaction.
+    for chunk in keys.chunks(100) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|k| {
+                TxnOp::put(
+                    format!("{SUBNETS}{k}"),
+                    SEED_LEASE,
+                    Some(PutOptions::new().with_lease(lease)),
+                )
+            })
+            .collect();
+        raw.txn(Txn::new().and_then(ops)).await.unwrap();
+    }
+    assert_eq!(next_events(&mut watch, keys.len()).await.len(), keys.len());
+
+    let requests = reg.requests_made();
+    let revoked = raw.lease_revoke(lease).await.unwrap();
+    let revision = revoked.header().unwrap().revision();
+    let removed = next_events(&mut watch, keys.len()).await;
+    let want: Vec<(String, i64, bool)> = {
+        let mut v: Vec<_> = keys.iter().map(|k| (k.clone(), revision, true)).collect();
+        v.sort();
+        v
+    };
+    let mut got = summary(&removed);
+    got.sort();
+    assert_eq!(got, want);
+    // Nothing repeated by the renewed watch, and it carries on.
+    let extra = events_before_marker(&mut watch, &mut raw, "10.99.0.0-24").await;
+    assert!(extra.is_empty(), "{} events repeated", extra.len());
+    // One watch creation: the renewal after the removals' response.
+    assert_eq!(reg.requests_made() - requests, 1);
 }
