@@ -217,6 +217,9 @@ wireguard() {
     iperf wireguard-c1 wireguard-c2 "$C2_IP" "${label}_tcp"
     iperf wireguard-c1 wireguard-c2 "$C2_IP" "${label}_tcp4" 4
     CPU_PIDS=()
+    for i in 1 2; do
+        result "${label}_rss_h$i" "$(awk '/^VmRSS/ { print $2 }' "/proc/${AGENT_PIDS[h$i]}/status")" KiB
+    done
     # Where packets were lost: the TUN queue (the agent did not read fast
     # enough) or the UDP socket's receive buffer (nor there).
     for i in 1 2; do

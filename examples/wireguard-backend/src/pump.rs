@@ -504,29 +504,56 @@ fn ipv4_dst(packet: &[u8]) -> Option<Ipv4Addr> {
     }
 }
 
-/// A task's IO error, logged once per kind of error until it clears, and
-/// paced so a persistent one cannot spin.
-async fn io_error_pause(what: &str, e: &std::io::Error) {
-    tracing::warn!("{what}: {e}");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+/// A task's read errors: the first of a run is a warning, the rest until a
+/// read succeeds are debug lines. An error of the descriptor (an errno) is
+/// paced so that a persistent one cannot spin; one of a packet (tun-rs
+/// refusing a malformed virtio header or GSO packet: no errno) only drops
+/// that packet.
+#[derive(Default)]
+struct ReadErrors {
+    failing: bool,
+}
+
+impl ReadErrors {
+    async fn failed(&mut self, what: &str, e: &std::io::Error) {
+        if std::mem::replace(&mut self.failing, true) {
+            tracing::debug!("{what}: {e}");
+        } else {
+            tracing::warn!("{what}: {e} (further errors at debug level until a read succeeds)");
+        }
+        if e.raw_os_error().is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.failing = false;
+    }
 }
 
 async fn tun_to_udp(shared: Arc<Shared>, tun: Arc<AsyncDevice>, udp: Arc<Socket>) {
     let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + MAX_PACKET];
-    // Untouched pages cost nothing: only the bytes packets occupy are resident.
-    let mut packets = vec![vec![0u8; MAX_PACKET]; IDEAL_BATCH_SIZE];
+    // Each buffer zeroed by the allocator (not cloned: a clone would touch
+    // every page): only the bytes packets occupy become resident.
+    let mut packets: Vec<Vec<u8>> = (0..IDEAL_BATCH_SIZE)
+        .map(|_| vec![0u8; MAX_PACKET])
+        .collect();
     let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
     // A batch of ciphertexts, plus room to encrypt one more after it.
     let mut out = vec![0u8; MAX_GSO_BYTES + OUT_BUFFER];
     let mut batch = GsoBatch::new(udp.state.max_gso_segments());
+    let mut errors = ReadErrors::default();
     loop {
         let n = match tun
             .recv_multiple(&mut original, &mut packets, &mut sizes, 0)
             .await
         {
-            Ok(n) => n,
+            Ok(n) => {
+                errors.succeeded();
+                n
+            }
             Err(e) => {
-                io_error_pause("reading the TUN device", &e).await;
+                errors.failed("reading the TUN device", &e).await;
                 continue;
             }
         };
@@ -676,6 +703,7 @@ async fn udp_to_tun(shared: Arc<Shared>, tun: Arc<AsyncDevice>, udp: Arc<Socket>
     let mut metas = [RecvMeta::default(); RX_SLOTS];
     let mut writes = TunWrites::new();
     let mut scratch = vec![0u8; OUT_BUFFER];
+    let mut errors = ReadErrors::default();
     loop {
         let received = {
             let mut iovs: Vec<IoSliceMut<'_>> =
@@ -687,9 +715,12 @@ async fn udp_to_tun(shared: Arc<Shared>, tun: Arc<AsyncDevice>, udp: Arc<Socket>
                 .await
         };
         let n = match received {
-            Ok(n) => n,
+            Ok(n) => {
+                errors.succeeded();
+                n
+            }
             Err(e) => {
-                io_error_pause("reading the UDP socket", &e).await;
+                errors.failed("reading the UDP socket", &e).await;
                 continue;
             }
         };
