@@ -48,6 +48,10 @@ struct Flags {
     /// one per core, at most 8).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=8))]
     queues: Option<u16>,
+    /// Ask for the TUN device's segmentation offload and GRO (`false`: one
+    /// packet per syscall, for a kernel whose offloads misbehave).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    tun_offload: bool,
     /// TTL of our lease (`5s`, `24h`).
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     lease_ttl: Duration,
@@ -88,10 +92,12 @@ fn main() -> ExitCode {
 fn backends(flags: &Flags) -> BackendRegistry {
     let mut registry = BackendRegistry::with_builtins();
     let (key_file, port, queues) = (flags.key_file.clone(), flags.port, flags.queues);
+    let tun_offload = flags.tun_offload;
     registry.register("wireguard", move |config| {
         let mut opts = WireguardOptions::from_config(config, key_file.clone())?;
         opts.port = port.unwrap_or(opts.port);
         opts.queues = queues.map_or(opts.queues, usize::from);
+        opts.tun_offload = tun_offload;
         Ok(Box::new(WireguardBackend::new(opts)?))
     });
     registry

@@ -67,6 +67,9 @@ pub struct WireguardOptions {
     /// Data path workers, each with a TUN queue and a UDP socket (default:
     /// one per core, at most [`crate::pump::MAX_QUEUES`]).
     pub queues: usize,
+    /// Ask for the TUN device's offloads (default); off, one packet per
+    /// syscall (see [`crate::pump::PumpConfig::tun_offload`]).
+    pub tun_offload: bool,
 }
 
 impl WireguardOptions {
@@ -99,6 +102,7 @@ impl WireguardOptions {
             psk,
             device: DEVICE.to_string(),
             queues: default_queues(),
+            tun_offload: true,
         })
     }
 }
@@ -194,6 +198,7 @@ impl WireguardBackend {
                 keepalive: Some(self.opts.keepalive).filter(|k| *k > 0),
                 psk: self.opts.psk,
                 queues: self.opts.queues,
+                tun_offload: self.opts.tun_offload,
             });
             self.pump = Some(pump.map_err(|e| custom(&format!("opening {name}, UDP {port}"), e))?);
             link = self.nl.link().find(&name)?;

@@ -86,6 +86,9 @@ pub struct PumpConfig {
     pub psk: Option<[u8; 32]>,
     /// Workers, each with a TUN queue and a socket (1 to [`MAX_QUEUES`]).
     pub queues: usize,
+    /// Ask for the TUN offloads (TSO/USO out, GRO in). Off: one packet per
+    /// read and write, for a kernel whose offloads misbehave.
+    pub tun_offload: bool,
 }
 
 /// What the kernel granted: the offloads and queues in use.
@@ -260,9 +263,10 @@ pub fn default_queues() -> usize {
         .clamp(1, MAX_QUEUES)
 }
 
-/// Creates the TUN device with offloads and `queues` queues, or with what
-/// the kernel grants (no offload: one packet per read; no multi-queue: one).
-fn open_tun(name: &str, queues: usize) -> std::io::Result<Vec<AsyncDevice>> {
+/// Creates the TUN device with offloads (if `offload`) and `queues` queues,
+/// or with what the kernel grants (no offload: one packet per read; no
+/// multi-queue: one queue).
+fn open_tun(name: &str, queues: usize, offload: bool) -> std::io::Result<Vec<AsyncDevice>> {
     let build = |offload: bool, multi: bool| {
         DeviceBuilder::new()
             .name(name)
@@ -271,8 +275,11 @@ fn open_tun(name: &str, queues: usize) -> std::io::Result<Vec<AsyncDevice>> {
             .build_async()
     };
     let multi = queues > 1;
-    let first = build(true, multi)
+    let first = build(offload, multi)
         .or_else(|e| {
+            if !offload {
+                return Err(e);
+            }
             tracing::warn!(
                 device = name,
                 "TUN offloads unavailable ({e}): one packet per read"
@@ -284,7 +291,7 @@ fn open_tun(name: &str, queues: usize) -> std::io::Result<Vec<AsyncDevice>> {
                 device = name,
                 "multi-queue TUN unavailable ({e}): one queue"
             );
-            build(true, false).or_else(|_| build(false, false))
+            build(offload, false).or_else(|_| build(false, false))
         })?;
     let mut devices = vec![first];
     while devices.len() < queues {
@@ -344,7 +351,7 @@ impl Pump {
         // The device's and the sockets' fds register with this runtime.
         let (tuns, sockets) = {
             let _in_runtime = runtime.enter();
-            let tuns = open_tun(&config.device, queues)?;
+            let tuns = open_tun(&config.device, queues, config.tun_offload)?;
             let sockets = bind_udp(config.port, tuns.len())?;
             (tuns, sockets)
         };
