@@ -7,7 +7,7 @@
 //!   tun-rs splits into MTU-size packets, and one write takes packets that
 //!   tun-rs coalesced back (GRO) into one;
 //! * the UDP socket sends many ciphertexts in one `sendmsg` (UDP GSO,
-//!   `UDP_SEGMENT`; grouped by [`batch`]) and receives many per `recvmmsg`,
+//!   `UDP_SEGMENT`; grouped by `pump::batch`) and receives many per `recvmmsg`,
 //!   coalesced by the kernel (UDP GRO); quinn-udp does both;
 //! * the TUN is multi-queue, with one queue, one `SO_REUSEPORT` socket and
 //!   one pair of tasks per worker, on a runtime of their own so the crypto
