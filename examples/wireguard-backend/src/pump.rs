@@ -202,7 +202,12 @@ struct Socket {
 impl Socket {
     /// Sends `contents` to `to` as datagrams of `segment` bytes (the last
     /// may be shorter) in one GSO send.
-    async fn send_segments(&self, contents: &[u8], to: SocketAddr, segment: usize) {
+    async fn send_segments(
+        &self,
+        contents: &[u8],
+        to: SocketAddr,
+        segment: usize,
+    ) -> std::io::Result<()> {
         let transmit = Transmit {
             destination: to,
             ecn: None,
@@ -213,15 +218,11 @@ impl Socket {
         // quinn-udp logs and swallows the errors a datagram protocol
         // retries anyway (and turns GSO off where the kernel refuses it);
         // only a full socket buffer comes back, and we wait for room.
-        let sent = self
-            .io
+        self.io
             .async_io(Interest::WRITABLE, || {
                 self.state.send((&self.io).into(), &transmit)
             })
-            .await;
-        if let Err(e) = sent {
-            tracing::debug!(%to, "send failed: {e}");
-        }
+            .await
     }
 }
 
@@ -597,27 +598,40 @@ async fn tun_to_udp(shared: Arc<Shared>, tun: Arc<AsyncDevice>, udp: Arc<Socket>
                     _ => continue,
                 }
             };
-            if let Placement::FlushFirst(flush) = batch.place(to, len) {
-                udp.send_segments(&out[..flush.end], flush.to, flush.segment)
-                    .await;
-                count_send(&shared, flush.count);
+            if let Placement::FlushFirst(f) = batch.place(to, len) {
+                send(&shared, &udp, &out[..f.end], f.to, f.segment, f.count).await;
                 out.copy_within(at..at + len, 0);
             }
         }
-        if let Some(flush) = batch.take() {
-            udp.send_segments(&out[..flush.end], flush.to, flush.segment)
-                .await;
-            count_send(&shared, flush.count);
+        if let Some(f) = batch.take() {
+            send(&shared, &udp, &out[..f.end], f.to, f.segment, f.count).await;
         }
     }
 }
 
-fn count_send(shared: &Shared, datagrams: usize) {
-    shared
-        .stats
-        .sent
-        .fetch_add(datagrams as u64, Ordering::Relaxed);
-    shared.stats.udp_sends.fetch_add(1, Ordering::Relaxed);
+/// Sends `datagrams` datagrams of `segment` bytes (the last may be
+/// shorter), back to back in `contents`, in one send, and counts them.
+async fn send(
+    shared: &Shared,
+    udp: &Socket,
+    contents: &[u8],
+    to: SocketAddr,
+    segment: usize,
+    datagrams: usize,
+) {
+    match udp.send_segments(contents, to, segment).await {
+        Ok(()) => {
+            let stats = &shared.stats;
+            stats.sent.fetch_add(datagrams as u64, Ordering::Relaxed);
+            stats.udp_sends.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => tracing::debug!(%to, "send failed: {e}"),
+    }
+}
+
+/// [`send`] of one datagram.
+async fn send_one(shared: &Shared, udp: &Socket, datagram: &[u8], to: SocketAddr) {
+    send(shared, udp, datagram, to, datagram.len(), 1).await;
 }
 
 /// The peer a datagram is for, if any (after the handshake rate limiter).
@@ -764,7 +778,7 @@ async fn handle_datagram(
     let peer = match find_peer(shared, from, datagram, scratch) {
         Found::Peer(p) => p,
         Found::Cookie(len) => {
-            udp.send_segments(&scratch[..len], from, len).await;
+            send_one(shared, udp, &scratch[..len], from).await;
             return;
         }
         Found::None => {
@@ -788,11 +802,9 @@ async fn handle_datagram(
         }
         Some((len, None)) => {
             let reply = &writes.next(len)[VIRTIO_NET_HDR_LEN..][..len];
-            udp.send_segments(reply, from, len).await;
-            count_send(shared, 1);
+            send_one(shared, udp, reply, from).await;
             while let Some((len, None)) = decapsulate(&peer, from, &[], scratch) {
-                udp.send_segments(&scratch[..len], from, len).await;
-                count_send(shared, 1);
+                send_one(shared, udp, &scratch[..len], from).await;
             }
         }
         None => {}
@@ -852,8 +864,7 @@ async fn timers(shared: Arc<Shared>, udp: Arc<Socket>) {
                     _ => continue,
                 }
             };
-            udp.send_segments(&out[..len], to, len).await;
-            count_send(&shared, 1);
+            send_one(&shared, &udp, &out[..len], to).await;
         }
     }
 }
