@@ -849,7 +849,7 @@ fn rss_kib(pid: u32) -> Result<u64> {
 /// as heap or as code touched for the first time. With `--smaps DIR`, also
 /// a copy of `/proc/<pid>/smaps` named after the sample, to see which
 /// mapping grew.
-fn sample(pid: u32, what: &str, smaps: Option<&String>) -> Result<u64> {
+fn sample(pid: u32, what: &str, smaps: Option<&String>) -> Result<Sample> {
     let rss = rss_kib(pid)?;
     let anon = status_kib(pid, "RssAnon:")?;
     let file = status_kib(pid, "RssFile:")?;
@@ -865,7 +865,15 @@ fn sample(pid: u32, what: &str, smaps: Option<&String>) -> Result<u64> {
             .args(["-c", &hook, "hook", what, &pid.to_string()])
             .status()?;
     }
-    Ok(rss)
+    Ok(Sample { rss, anon })
+}
+
+/// What [`sample`] read, in KiB.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    rss: u64,
+    /// RssAnon: the heap and stacks alone, without the binary's pages.
+    anon: u64,
 }
 
 /// Waits until the kernel holds routes for exactly `want` of `peers`.
@@ -912,9 +920,12 @@ async fn memory(opts: &Opts) -> Result<()> {
     let mut present = HashSet::new();
     let mut nl = monitor()?;
 
+    let smaps = opts.named.get("smaps");
     tokio::time::sleep(settle).await;
-    let rss0 = sample(pid, "start", opts.named.get("smaps"))?;
-    let anon0 = status_kib(pid, "RssAnon:")?;
+    let Sample {
+        rss: rss0,
+        anon: anon0,
+    } = sample(pid, "start", smaps)?;
     let mut lease = client.lease_grant(3600, None).await?.id();
     put_txns(&mut client, &prefix, lease, &peers[..mid as usize]).await?;
     wait_routes(&mut nl, &mut present, &ours, mid as usize, timeout).await?;
@@ -923,11 +934,10 @@ async fn memory(opts: &Opts) -> Result<()> {
     put_txns(&mut client, &prefix, lease, &peers[mid as usize..]).await?;
     wait_routes(&mut nl, &mut present, &ours, n as usize, timeout).await?;
     tokio::time::sleep(settle).await;
-    let rss_n = rss_kib(pid)?;
-    // RssAnon: the heap and stacks alone, without the binary's pages.
-    let anon_n = status_kib(pid, "RssAnon:")?;
-    let smaps = opts.named.get("smaps");
-    sample(pid, "full", smaps)?;
+    let Sample {
+        rss: rss_n,
+        anon: anon_n,
+    } = sample(pid, "full", smaps)?;
     let mut per_cycle = Vec::new();
     for c in 0..cycles {
         client.lease_revoke(lease).await?;
@@ -938,7 +948,7 @@ async fn memory(opts: &Opts) -> Result<()> {
         put_txns(&mut client, &prefix, lease, &peers).await?;
         wait_routes(&mut nl, &mut present, &ours, n as usize, timeout).await?;
         tokio::time::sleep(settle).await;
-        per_cycle.push(sample(pid, &format!("cycle{}-full", c + 1), smaps)?);
+        per_cycle.push(sample(pid, &format!("cycle{}-full", c + 1), smaps)?.rss);
     }
     client.lease_revoke(lease).await?;
     wait_routes(&mut nl, &mut present, &ours, 0, timeout).await?;
